@@ -1,0 +1,313 @@
+//! Envelopes: what the gateway sends to workers and what comes back.
+//!
+//! Every envelope starts with `v`; [`decode_envelope`] reads that first, so a
+//! worker meeting a newer envelope answers "unsupported version" instead of a
+//! confusing decode error. JSON-RPC payloads travel as the raw JSON bytes the
+//! client sent (or the worker produced): they are parsed once, at the receiving
+//! end, by rmcp's model types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{DecodeError, EncodeError, decode, encode};
+use crate::principal::Principal;
+
+/// Version of [`Envelope`] this build writes and reads.
+pub const ENVELOPE_VERSION: u16 = 1;
+
+/// A request from the gateway to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u16,
+    /// W3C `traceparent` of the sender's span (also in NATS headers).
+    #[serde(default)]
+    pub trace: Option<String>,
+    pub principal: Principal,
+    /// The actor key: a session id, `user:<sub>`, or empty for stateless requests.
+    pub key: String,
+    pub body: Body,
+}
+
+/// Where the worker sends the server→client messages that answer a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route {
+    /// Nothing comes back (the message was a notification or a response).
+    Nothing,
+    /// A gateway's open HTTP response, subject from [`crate::subjects::reply`].
+    Reply { subject: String },
+    /// The session's own stream (legacy HTTP+SSE puts every answer there).
+    SessionEvents,
+}
+
+/// What the gateway asks of an actor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// Create a session from this `initialize` request.
+    Open {
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+        route: Route,
+        /// `true` for sessions of the legacy HTTP+SSE transport.
+        legacy_sse: bool,
+    },
+    /// Hand a client JSON-RPC message to an existing session.
+    Deliver {
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+        route: Route,
+    },
+    /// Check the session exists and belongs to the caller (GET stream, SSE attach).
+    Attach,
+    /// End the session (HTTP DELETE).
+    Close,
+    /// Serve one request of the stateless (2026-07-28) revision, no session.
+    Stateless {
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+        route: Route,
+    },
+}
+
+/// A worker's immediate answer to an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ack {
+    /// Taken; answers follow on the route.
+    Accepted,
+    /// No such session, or it belongs to someone else (the gateway answers 404).
+    NotFound,
+    /// The message was refused before reaching the MCP handler.
+    Rejected { code: i64, message: String },
+}
+
+/// One server→client message on a [`Route::Reply`] or session events subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    pub v: u16,
+    /// Position in its stream, from 1.
+    pub seq: u64,
+    /// JSON-RPC message, serialized JSON.
+    #[serde(with = "serde_bytes")]
+    pub message: Vec<u8>,
+    /// `true` on the final message of a request (its response or error).
+    pub last: bool,
+    /// The stream is closed without an answer (session ended, worker draining).
+    #[serde(default)]
+    pub aborted: bool,
+}
+
+/// What a worker stores about a session so that another worker can take it over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub v: u16,
+    /// [`Principal::identity`] of the creator.
+    pub owner: String,
+    pub principal: Principal,
+    /// The `initialize` request, replayed to rmcp on rehydration.
+    #[serde(with = "serde_bytes")]
+    pub initialize: Vec<u8>,
+    pub protocol_version: String,
+    pub legacy_sse: bool,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u16,
+}
+
+fn check_version(what: &'static str, bytes: &[u8]) -> Result<(), DecodeError> {
+    let probe: VersionProbe = decode(what, bytes)?;
+    if probe.v != ENVELOPE_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            what,
+            found: probe.v,
+            supported: ENVELOPE_VERSION,
+        });
+    }
+    Ok(())
+}
+
+impl Envelope {
+    pub fn new(principal: Principal, key: impl Into<String>, body: Body) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            trace: None,
+            principal,
+            key: key.into(),
+            body,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        encode("envelope", self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        check_version("envelope", bytes)?;
+        decode("envelope", bytes)
+    }
+}
+
+impl Ack {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        encode("ack", self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode("ack", bytes)
+    }
+}
+
+impl Outbound {
+    pub fn new(seq: u64, message: Vec<u8>, last: bool) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            seq,
+            message,
+            last,
+            aborted: false,
+        }
+    }
+
+    pub fn aborted(seq: u64) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            seq,
+            message: Vec::new(),
+            last: true,
+            aborted: true,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        encode("outbound", self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        check_version("outbound", bytes)?;
+        decode("outbound", bytes)
+    }
+}
+
+impl SessionRecord {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        encode("session record", self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        check_version("session record", bytes)?;
+        decode("session record", bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            iss: "https://issuer.example".into(),
+            sub: "alice".into(),
+            email: Some("alice@example.com".into()),
+            scopes: vec!["mcp".into()],
+            permissions: vec!["image_generation".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips_every_body() {
+        let bodies = [
+            Body::Open {
+                message: br#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#.to_vec(),
+                route: Route::Reply {
+                    subject: "mcp.reply.gw.1".into(),
+                },
+                legacy_sse: false,
+            },
+            Body::Deliver {
+                message: b"{}".to_vec(),
+                route: Route::SessionEvents,
+            },
+            Body::Attach,
+            Body::Close,
+            Body::Stateless {
+                message: b"{}".to_vec(),
+                route: Route::Nothing,
+            },
+        ];
+        for body in bodies {
+            let mut env = Envelope::new(principal(), "sess-1", body);
+            env.trace = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+            let bytes = env.to_bytes().expect("encode");
+            assert_eq!(Envelope::from_bytes(&bytes).expect("decode"), env);
+        }
+    }
+
+    #[test]
+    fn payload_is_binary_not_an_array_of_ints() {
+        let message = vec![b'x'; 1000];
+        let env = Envelope::new(
+            principal(),
+            "k",
+            Body::Deliver {
+                message,
+                route: Route::Nothing,
+            },
+        );
+        let bytes = env.to_bytes().expect("encode");
+        assert!(bytes.len() < 1400, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn acks_and_outbound_round_trip() {
+        for ack in [
+            Ack::Accepted,
+            Ack::NotFound,
+            Ack::Rejected {
+                code: -32600,
+                message: "no".into(),
+            },
+        ] {
+            let bytes = ack.to_bytes().expect("encode");
+            assert_eq!(Ack::from_bytes(&bytes).expect("decode"), ack);
+        }
+        for out in [Outbound::new(3, b"{}".to_vec(), true), Outbound::aborted(4)] {
+            let bytes = out.to_bytes().expect("encode");
+            assert_eq!(Outbound::from_bytes(&bytes).expect("decode"), out);
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let err = Envelope::from_bytes(b"\xc1not msgpack").expect_err("must fail");
+        assert!(err.to_string().starts_with("malformed envelope"), "{err}");
+    }
+
+    #[test]
+    fn newer_version_is_refused_by_name() {
+        let mut env = Envelope::new(principal(), "k", Body::Attach);
+        env.v = 9;
+        let bytes = encode("envelope", &env).expect("encode");
+        let err = Envelope::from_bytes(&bytes).expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            "unsupported envelope version 9 (this build speaks 1)"
+        );
+    }
+
+    #[test]
+    fn session_record_round_trips() {
+        let rec = SessionRecord {
+            v: ENVELOPE_VERSION,
+            owner: principal().identity(),
+            principal: principal(),
+            initialize: b"{}".to_vec(),
+            protocol_version: "2025-11-25".into(),
+            legacy_sse: false,
+            created_at: 1,
+        };
+        let bytes = rec.to_bytes().expect("encode");
+        assert_eq!(SessionRecord::from_bytes(&bytes).expect("decode"), rec);
+    }
+}

@@ -1,0 +1,96 @@
+//! NATS subject names.
+//!
+//! | subject | who publishes | who listens |
+//! |---|---|---|
+//! | `mcp.shard.<n>.<key>` | gateway (request) | the worker owning shard `n` |
+//! | `mcp.stateless` | gateway (request) | any worker, queue group [`STATELESS_QUEUE`] |
+//! | `mcp.events.<session>` | worker | gateways holding that session's GET or legacy SSE stream |
+//! | `mcp.reply.<gateway>.<stream>` | worker | the gateway that opened that HTTP response |
+//!
+//! Keys and ids are reduced to subject-safe tokens with [`token`].
+
+use crate::shard::shard;
+
+pub const SHARD_PREFIX: &str = "mcp.shard";
+pub const STATELESS: &str = "mcp.stateless";
+pub const STATELESS_QUEUE: &str = "mcp-workers";
+pub const EVENTS_PREFIX: &str = "mcp.events";
+pub const REPLY_PREFIX: &str = "mcp.reply";
+
+/// JetStream KV bucket holding shard leases (`shard.<n>` → worker id).
+pub const LEASE_BUCKET: &str = "mcp_shard_leases";
+/// JetStream KV bucket holding live workers (`<worker id>` → heartbeat).
+pub const WORKER_BUCKET: &str = "mcp_workers";
+/// JetStream KV bucket holding session records (`<session id>` → SessionRecord).
+pub const SESSION_BUCKET: &str = "mcp_sessions";
+
+/// A subject-safe token for an arbitrary key: kept as is when it only uses
+/// `[A-Za-z0-9_-]`, hex-encoded with an `x` prefix otherwise.
+pub fn token(key: &str) -> String {
+    let safe = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if safe {
+        key.to_owned()
+    } else {
+        let mut out = String::with_capacity(1 + key.len() * 2);
+        out.push('x');
+        for b in key.as_bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+}
+
+/// The subject a request for actor `key` is sent to.
+pub fn actor(key: &str) -> String {
+    format!("{SHARD_PREFIX}.{}.{}", shard(key), token(key))
+}
+
+/// What the owner of shard `n` subscribes to.
+pub fn shard_filter(n: u16) -> String {
+    format!("{SHARD_PREFIX}.{n}.>")
+}
+
+/// Server→client messages of a session that belong to no request.
+pub fn events(session: &str) -> String {
+    format!("{EVENTS_PREFIX}.{}", token(session))
+}
+
+/// Where a gateway receives the messages of one of its open HTTP responses.
+pub fn reply(gateway: &str, stream: u64) -> String {
+    format!("{REPLY_PREFIX}.{}.{stream}", token(gateway))
+}
+
+/// What a gateway subscribes to for all its open HTTP responses.
+pub fn reply_filter(gateway: &str) -> String {
+    format!("{REPLY_PREFIX}.{}.*", token(gateway))
+}
+
+/// The KV key of shard `n`'s lease.
+pub fn lease_key(n: u16) -> String {
+    format!("shard.{n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_subject_safe() {
+        assert_eq!(token("0b9c-11_ab"), "0b9c-11_ab");
+        assert_eq!(token("user:a.b"), "x757365723a612e62");
+        assert_eq!(token(""), "x");
+        for key in ["a.b", "a*b", "a>b", "a b", "ü"] {
+            let t = token(key);
+            assert!(!t.contains(['.', '*', '>', ' ']), "{t}");
+        }
+    }
+
+    #[test]
+    fn actor_subject_uses_shard() {
+        let s = actor("abc");
+        assert_eq!(s, format!("mcp.shard.{}.abc", shard("abc")));
+    }
+}
