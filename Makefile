@@ -1,0 +1,42 @@
+# mcp-cluster developer entry points. Everything runs on loopback.
+#   make run     local cluster (NATS, dev issuer, 2 workers, gateway on http://localhost:8788/mcp)
+#   make test    build, cargo tests, end-to-end suite, conformance suite
+#   make token   a fresh DEVELOPMENT-ONLY bearer token for the running `make run` cluster
+
+SHELL := /bin/bash
+PYTHON := .venv/bin/python
+
+.PHONY: run token test deps build test-cargo test-e2e test-conformance bench clean-run
+
+run:
+	bash scripts/run-local.sh
+
+token:
+	@bash scripts/mint-token.sh $(SUB)
+
+test:
+	bash scripts/test.sh
+
+deps:
+	bash scripts/install-deps.sh
+
+build:
+	cargo build --release --workspace
+
+# The single stages of `make test`, for iterating on one of them (they assume `make deps build`).
+test-cargo:
+	cargo test --workspace --release
+
+test-e2e:
+	$(PYTHON) -m pytest tests/e2e -q $(PYTEST_ARGS)
+
+test-conformance:
+	$(PYTHON) tests/e2e/with_cluster.py --profile conformance -- \
+		bash tests/conformance/run.sh '{url}' --token '{token}'
+
+bench:
+	@if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then bash bench/run.sh; \
+	else echo "bench/run.sh does not exist yet: no benchmark to run"; fi
+
+clean-run:
+	rm -rf .run

