@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +26,9 @@ def inspector(url: str, token: str | None, *args: str) -> subprocess.CompletedPr
     if token is not None:
         argv += ["--header", f"Authorization: Bearer {token}"]
     argv += list(args)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT, env=env, cwd=Path.cwd())
+    # cwd: inspector-cli 1.0.3 finds its package.json only when started from a directory whose
+    # parent holds one (it tests "../package.json" against the cwd); its build/ dir is such a place.
+    return subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT, env=env, cwd=CLI_JS.parent)
 
 
 def json_out(out: subprocess.CompletedProcess[str]) -> Any:
