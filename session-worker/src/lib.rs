@@ -1,1 +1,205 @@
+//! session-worker: the MCP server logic of mcp-cluster.
+//!
+//! A worker leases a fair share of the shards ([`leases`]), subscribes to their
+//! subjects ([`router`]) and runs one actix actor per MCP session ([`actor`]),
+//! each serving MCP through the official Rust SDK `rmcp` over a channel
+//! transport fed from NATS ([`transport`]). Stateless (2026-07-28) requests
+//! arrive through a queue group and are served without a session
+//! ([`stateless`]). Session records live in JetStream KV, so another worker can
+//! take a session over.
+//!
+//! This crate never speaks HTTP to MCP clients (that is the gateway's job) and
+//! never validates tokens: it trusts the principal in the envelope, which only
+//! the gateway, on the private NATS network, can send.
+#![forbid(unsafe_code)]
 
+pub mod actor;
+pub mod config;
+pub mod leases;
+pub mod metrics;
+pub mod router;
+pub mod stateless;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use crate::actor::{Registry, Shared};
+use crate::leases::Leases;
+use crate::router::{Router, Subscriptions};
+
+/// A started worker.
+pub struct Worker {
+    pub worker_id: String,
+    pub admin_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    /// Drain and stop: release leases, evict actors (their state is in KV),
+    /// finish in-flight stateless requests within the drain timeout.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Run until `shutdown` resolves, then drain.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let worker = start(config).await?;
+    shutdown.await;
+    worker.shutdown().await;
+    Ok(())
+}
+
+/// Connect, take leases, subscribe and serve. Must run inside an actix `System`.
+pub async fn start(config: Config) -> anyhow::Result<Worker> {
+    let profile = config.validate()?;
+    let worker_id = config
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple()));
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::Metrics::register(&registry)?;
+    let nats = async_nats::ConnectOptions::new()
+        .name(format!("session-worker {worker_id}"))
+        .connect(config.nats_url.as_str())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let js = jetstream::new(nats.clone());
+    let sessions = leases::bucket(
+        &js,
+        proto::subjects::SESSION_BUCKET,
+        Duration::from_secs(config.session_ttl_secs),
+        jetstream::stream::StorageType::File,
+    )
+    .await?;
+    let mut leases = Leases::open(&js, &worker_id, config.lease_ttl()).await?;
+
+    let threads = if config.arbiters == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        config.arbiters
+    };
+    let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
+    let shared = Arc::new(Shared {
+        nats: nats.clone(),
+        sessions,
+        profile,
+        metrics: metrics.clone(),
+        registry: Registry::default(),
+        idle_timeout: config.idle_timeout(),
+    });
+    let router = Router::new(
+        shared.clone(),
+        arbiters.iter().map(|a| a.handle()).collect(),
+        Duration::from_secs(config.stateless_timeout_secs),
+    );
+
+    let mut stateless_sub = nats
+        .queue_subscribe(proto::subjects::STATELESS, proto::subjects::STATELESS_QUEUE.into())
+        .await?;
+    let stateless_router = router.clone();
+    let stateless_task = tokio::spawn(async move {
+        while let Some(msg) = stateless_sub.next().await {
+            stateless_router.handle_stateless_message(msg).await;
+        }
+    });
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let probe_ready = ready.clone();
+    let probe_nats = nats.clone();
+    let admin = telemetry::admin_server(
+        config.admin_listen,
+        registry,
+        Arc::new(move || {
+            probe_ready.load(Ordering::Relaxed)
+                && matches!(probe_nats.connection_state(), async_nats::connection::State::Connected)
+        }),
+    )?;
+    let (admin_addr, admin_handle, admin_server) = (admin.addr, admin.handle, admin.server);
+    let admin_task = tokio::spawn(async move {
+        if let Err(err) = admin_server.await {
+            warn!(error = %err, "admin server failed");
+        }
+    });
+
+    let mut subs = Subscriptions::new(router.clone());
+    let owned = leases.tick().await?;
+    subs.apply(&owned).await?;
+    nats.flush().await?;
+    metrics.owned_shards.set(subs.owned() as i64);
+    ready.store(!owned.is_empty(), Ordering::Relaxed);
+    info!(%worker_id, %admin_addr, shards = owned.len(), "session worker started");
+
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let renew_every = config.lease_ttl() / 3;
+    let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
+    let id = worker_id.clone();
+    let task = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(renew_every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                _ = interval.tick() => {
+                    match leases.tick().await {
+                        Ok(owned) => {
+                            if let Err(err) = subs.apply(&owned).await {
+                                warn!(error = %err, "cannot subscribe to shards");
+                            }
+                            let _ = shared.nats.flush().await;
+                            metrics.owned_shards.set(subs.owned() as i64);
+                            ready.store(subs.owned() > 0, Ordering::Relaxed);
+                        }
+                        Err(err) => warn!(error = %err, "lease round failed"),
+                    }
+                }
+            }
+        }
+        info!(worker_id = %id, "draining");
+        ready.store(false, Ordering::Relaxed);
+        stateless_task.abort();
+        subs.clear();
+        leases.release_all().await;
+        metrics.owned_shards.set(0);
+        for handle in shared.registry.all() {
+            handle.evict();
+        }
+        let deadline = Instant::now() + drain_timeout;
+        while Instant::now() < deadline
+            && (!shared.registry.is_empty() || metrics.stateless_inflight.get() > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = shared.nats.flush().await;
+        admin_handle.stop(true).await;
+        let _ = admin_task.await;
+        for arbiter in arbiters {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+        info!(worker_id = %id, "stopped");
+    });
+    Ok(Worker {
+        worker_id,
+        admin_addr,
+        stop: Some(stop_tx),
+        task,
+    })
+}

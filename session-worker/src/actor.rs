@@ -1,0 +1,499 @@
+//! One actix actor per MCP session: the Durable-Object analogue.
+//!
+//! The actor owns an rmcp server (run with `serve_server` over a
+//! [`ChannelTransport`]) and the routing table that sends each server→client
+//! message to where the client waits for it: the HTTP response of the request
+//! it answers (a gateway reply subject), or the session's own event subject.
+//! Routing follows rmcp's own streamable HTTP session manager: responses and
+//! errors by request id, progress by progress token, server requests by
+//! their originating request (SEP-2260), everything else to the session stream.
+//!
+//! The session record (principal, initialize request, protocol version) is
+//! written to JetStream KV before the initialize response is published, so any
+//! worker that later owns the shard can rehydrate the session.
+//!
+//! Callers use [`SessionHandle`]; nothing outside this module touches actix.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use proto::{Outbound, Route, SessionRecord, subjects};
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientNotification, GetExtensions, GetMeta, ProgressToken, RequestId,
+    ServerJsonRpcMessage, ServerNotification, ServerResult,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::transport::{ChannelTransport, FromServer, Outlet};
+
+/// How often an actor checks whether it has been idle too long, at most.
+const IDLE_CHECK_MAX: Duration = Duration::from_secs(30);
+
+/// What every actor shares: connections, settings, metrics, the registry.
+pub struct Shared {
+    pub nats: async_nats::Client,
+    pub sessions: async_nats::jetstream::kv::Store,
+    pub profile: tools::Profile,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub idle_timeout: Duration,
+}
+
+/// Live session actors of this process, by session id.
+#[derive(Default, Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<HashMap<String, SessionHandle>>>,
+}
+
+impl Registry {
+    pub fn get(&self, id: &str) -> Option<SessionHandle> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Insert `handle` unless a live actor already has the id; returns the one in place.
+    pub fn insert_if_absent(&self, id: &str, handle: SessionHandle) -> SessionHandle {
+        let mut map = self.lock();
+        match map.get(id) {
+            Some(existing) if existing.addr.connected() => existing.clone(),
+            _ => {
+                map.insert(id.to_owned(), handle.clone());
+                handle
+            }
+        }
+    }
+
+    fn remove_if(&self, id: &str, generation: u64) {
+        let mut map = self.lock();
+        if map.get(id).is_some_and(|h| h.generation == generation) {
+            map.remove(id);
+        }
+    }
+
+    /// Handles of the sessions whose shard satisfies `pred`.
+    pub fn matching(&self, pred: impl Fn(&str) -> bool) -> Vec<SessionHandle> {
+        self.lock()
+            .iter()
+            .filter(|(id, _)| pred(id))
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<SessionHandle> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionHandle>> {
+        // A poisoned lock only means another thread panicked while holding it;
+        // the map itself is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A cheap handle to a session actor.
+#[derive(Clone)]
+pub struct SessionHandle {
+    addr: Addr<SessionActor>,
+    /// `Principal::identity` of the session's creator.
+    pub owner: String,
+    generation: u64,
+}
+
+impl SessionHandle {
+    /// Start an actor for a new session (from `initialize`) or a stored one.
+    pub fn start(
+        arbiter: &actix::ArbiterHandle,
+        shared: Arc<Shared>,
+        id: String,
+        record: SessionRecord,
+        start: Start,
+    ) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static GENERATION: AtomicU64 = AtomicU64::new(1);
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+        let owner = record.owner.clone();
+        let actor_id = id.clone();
+        let addr = SessionActor::start_in_arbiter(arbiter, move |_ctx| SessionActor {
+            id: actor_id,
+            generation,
+            record,
+            start: Some(start),
+            shared,
+            input: None,
+            publisher: None,
+            routes: HashMap::new(),
+            progress: HashMap::new(),
+            events_seq: 0,
+            init_id: None,
+            persisted: false,
+            last_activity: Instant::now(),
+            ct: CancellationToken::new(),
+            _live: None,
+        });
+        Self {
+            addr,
+            owner,
+            generation,
+        }
+    }
+
+    pub fn deliver(&self, message: ClientJsonRpcMessage, route: Route) {
+        self.addr.do_send(Inbound { message, route });
+    }
+
+    /// End the session for good (DELETE): the record is removed.
+    pub fn close(&self) {
+        self.addr.do_send(Shutdown { delete: true });
+    }
+
+    /// Stop the actor but keep the record (shard moved away, worker draining).
+    pub fn evict(&self) {
+        self.addr.do_send(Shutdown { delete: false });
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.addr.connected()
+    }
+}
+
+/// How an actor begins.
+pub enum Start {
+    /// A client's `initialize`; its answer goes to `route`.
+    Open {
+        initialize: ClientJsonRpcMessage,
+        route: Route,
+    },
+    /// Rehydration: replay the stored `initialize`, drop its answer.
+    Restore,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Inbound {
+    message: ClientJsonRpcMessage,
+    route: Route,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Shutdown {
+    delete: bool,
+}
+
+/// Where the messages belonging to one client request go.
+enum Target {
+    Drop,
+    Reply { subject: String, seq: u64 },
+    Events,
+}
+
+enum Dest {
+    Drop,
+    Subject(String, u64),
+    Events,
+}
+
+enum PubOp {
+    Publish { subject: String, payload: Vec<u8> },
+    Persist { payload: Vec<u8> },
+    Delete,
+}
+
+pub struct SessionActor {
+    id: String,
+    generation: u64,
+    record: SessionRecord,
+    start: Option<Start>,
+    shared: Arc<Shared>,
+    input: Option<mpsc::UnboundedSender<ClientJsonRpcMessage>>,
+    publisher: Option<mpsc::UnboundedSender<PubOp>>,
+    routes: HashMap<RequestId, Target>,
+    progress: HashMap<ProgressToken, RequestId>,
+    events_seq: u64,
+    init_id: Option<RequestId>,
+    persisted: bool,
+    last_activity: Instant,
+    ct: CancellationToken,
+    _live: Option<GaugeGuard>,
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self._live = Some(GaugeGuard::new(&self.shared.metrics.actors));
+        let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let transport = ChannelTransport::new(input_rx, Outlet::Actor(ctx.address().recipient()));
+        let server = tools::McpServer::new(self.shared.profile.clone(), Some(self.record.principal.clone()));
+        let ct = self.ct.clone();
+        let me = ctx.address();
+        let id = self.id.clone();
+        actix_rt::spawn(async move {
+            match rmcp::service::serve_server_with_ct(server, transport, ct).await {
+                Ok(running) => {
+                    let _ = running.waiting().await;
+                }
+                Err(err) => warn!(session_id = %id, error = %err, "session ended during initialize"),
+            }
+            me.do_send(Shutdown { delete: false });
+        });
+        self.input = Some(input_tx);
+        self.publisher = Some(spawn_publisher(self.shared.clone(), self.id.clone()));
+
+        let idle = self.shared.idle_timeout;
+        ctx.run_interval((idle / 4).min(IDLE_CHECK_MAX).max(Duration::from_millis(100)), move |act, ctx| {
+            if act.routes.is_empty() && act.last_activity.elapsed() >= idle {
+                debug!(session_id = %act.id, "idle session actor stops");
+                ctx.stop();
+            }
+        });
+
+        match self.start.take() {
+            Some(Start::Open { initialize, route }) => {
+                if let ClientJsonRpcMessage::Request(req) = &initialize {
+                    self.init_id = Some(req.id.clone());
+                }
+                self.accept(initialize, route);
+            }
+            Some(Start::Restore) => {
+                self.persisted = true;
+                match serde_json::from_slice::<ClientJsonRpcMessage>(&self.record.initialize) {
+                    Ok(initialize) => self.accept(initialize, Route::Nothing),
+                    Err(err) => {
+                        warn!(session_id = %self.id, error = %err, "stored initialize request is unreadable");
+                        ctx.stop();
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.ct.cancel();
+        self.abort_routes();
+        self.shared.registry.remove_if(&self.id, self.generation);
+    }
+}
+
+impl SessionActor {
+    /// Register where the answers to `message` go, then hand it to rmcp.
+    fn accept(&mut self, message: ClientJsonRpcMessage, route: Route) {
+        self.last_activity = Instant::now();
+        match &message {
+            ClientJsonRpcMessage::Request(req) => {
+                let target = match route {
+                    Route::Nothing => Target::Drop,
+                    Route::Reply { subject } => Target::Reply { subject, seq: 0 },
+                    Route::SessionEvents => Target::Events,
+                };
+                self.routes.insert(req.id.clone(), target);
+                if let Some(token) = req.request.get_meta().get_progress_token() {
+                    self.progress.insert(token, req.id.clone());
+                }
+            }
+            ClientJsonRpcMessage::Notification(n) => {
+                if let ClientNotification::CancelledNotification(c) = &n.notification
+                    && let Some(request_id) = c.params.request_id.clone()
+                {
+                    // The client gave up on it: end its HTTP response now.
+                    if let Some(target) = self.routes.remove(&request_id) {
+                        self.abort(target);
+                    }
+                    self.progress.retain(|_, id| *id != request_id);
+                }
+            }
+            _ => {}
+        }
+        if let Some(input) = &self.input
+            && input.send(message).is_err()
+        {
+            warn!(session_id = %self.id, "rmcp server is gone; message dropped");
+        }
+    }
+
+    /// The request a server message belongs to, and whether it is the last one.
+    fn owner_of(&self, message: &ServerJsonRpcMessage) -> (Option<RequestId>, bool) {
+        match message {
+            ServerJsonRpcMessage::Response(r) => (Some(r.id.clone()), true),
+            ServerJsonRpcMessage::Error(e) => (e.id.clone(), true),
+            ServerJsonRpcMessage::Request(r) => (
+                r.request
+                    .extensions()
+                    .get::<rmcp::service::OriginatingRequestId>()
+                    .map(|o| o.0.clone()),
+                false,
+            ),
+            ServerJsonRpcMessage::Notification(n) => match &n.notification {
+                ServerNotification::ProgressNotification(p) => {
+                    (self.progress.get(&p.params.progress_token).cloned(), false)
+                }
+                ServerNotification::CancelledNotification(c) => (c.params.request_id.clone(), false),
+                _ => (None, false),
+            },
+        }
+    }
+
+    fn route_out(&mut self, message: ServerJsonRpcMessage) {
+        let (owner, last) = self.owner_of(&message);
+        if let (Some(init_id), ServerJsonRpcMessage::Response(r)) = (&self.init_id, &message)
+            && &r.id == init_id
+            && !self.persisted
+        {
+            if let ServerResult::InitializeResult(result) = &r.result {
+                self.record.protocol_version = result.protocol_version.as_str().to_owned();
+            }
+            self.persist();
+        }
+        let payload = match serde_json::to_vec(&message) {
+            Ok(p) => p,
+            Err(err) => {
+                warn!(session_id = %self.id, error = %err, "cannot serialize server message");
+                return;
+            }
+        };
+        let dest = match &owner {
+            Some(id) if last => match self.routes.remove(id) {
+                Some(Target::Reply { subject, seq }) => Dest::Subject(subject, seq + 1),
+                Some(Target::Drop) => Dest::Drop,
+                Some(Target::Events) | None => Dest::Events,
+            },
+            Some(id) => match self.routes.get_mut(id) {
+                Some(Target::Reply { subject, seq }) => {
+                    *seq += 1;
+                    Dest::Subject(subject.clone(), *seq)
+                }
+                Some(Target::Drop) => Dest::Drop,
+                Some(Target::Events) | None => Dest::Events,
+            },
+            None => Dest::Events,
+        };
+        if last && let Some(id) = &owner {
+            self.progress.retain(|_, rid| rid != id);
+        }
+        match dest {
+            Dest::Drop => {}
+            Dest::Subject(subject, seq) => {
+                self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
+                self.send(subject, Outbound::new(seq, payload, last));
+            }
+            Dest::Events => {
+                self.shared.metrics.outbound.with_label_values(&["events"]).inc();
+                self.events_seq += 1;
+                let subject = subjects::events(&self.id);
+                self.send(subject, Outbound::new(self.events_seq, payload, false));
+            }
+        }
+    }
+
+    fn send(&self, subject: String, out: Outbound) {
+        match out.to_bytes() {
+            Ok(payload) => {
+                if let Some(p) = &self.publisher {
+                    let _ = p.send(PubOp::Publish { subject, payload });
+                }
+            }
+            Err(err) => warn!(session_id = %self.id, error = %err, "cannot encode outbound"),
+        }
+    }
+
+    fn persist(&mut self) {
+        self.persisted = true;
+        match self.record.to_bytes() {
+            Ok(payload) => {
+                if let Some(p) = &self.publisher {
+                    let _ = p.send(PubOp::Persist { payload });
+                }
+            }
+            Err(err) => warn!(session_id = %self.id, error = %err, "cannot encode session record"),
+        }
+    }
+
+    fn abort(&mut self, target: Target) {
+        if let Target::Reply { subject, seq } = target {
+            self.send(subject, Outbound::aborted(seq + 1));
+        }
+    }
+
+    fn abort_routes(&mut self) {
+        let routes: Vec<_> = self.routes.drain().map(|(_, t)| t).collect();
+        for target in routes {
+            self.abort(target);
+        }
+        self.progress.clear();
+    }
+}
+
+impl Handler<Inbound> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, _ctx: &mut Self::Context) {
+        self.accept(msg.message, msg.route);
+    }
+}
+
+impl Handler<FromServer> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromServer, _ctx: &mut Self::Context) {
+        self.route_out(msg.0);
+    }
+}
+
+impl Handler<Shutdown> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
+        if msg.delete {
+            info!(session_id = %self.id, "session closed by client");
+            self.shared.metrics.sessions_closed.inc();
+            self.abort_routes();
+            self.events_seq += 1;
+            self.send(subjects::events(&self.id), Outbound::aborted(self.events_seq));
+            if let Some(p) = &self.publisher {
+                let _ = p.send(PubOp::Delete);
+            }
+        }
+        ctx.stop();
+    }
+}
+
+/// One task per session publishes in order: a record write completes before
+/// the reply that follows it is sent.
+fn spawn_publisher(shared: Arc<Shared>, id: String) -> mpsc::UnboundedSender<PubOp> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PubOp>();
+    actix_rt::spawn(async move {
+        while let Some(op) = rx.recv().await {
+            match op {
+                PubOp::Publish { subject, payload } => {
+                    if let Err(err) = shared.nats.publish(subject, payload.into()).await {
+                        warn!(session_id = %id, error = %err, "publish failed");
+                    }
+                }
+                PubOp::Persist { payload } => {
+                    if let Err(err) = shared.sessions.put(subjects::token(&id), payload.into()).await {
+                        warn!(session_id = %id, error = %err, "cannot store session record");
+                    }
+                }
+                PubOp::Delete => {
+                    if let Err(err) = shared.sessions.delete(subjects::token(&id)).await {
+                        warn!(session_id = %id, error = %err, "cannot delete session record");
+                    }
+                }
+            }
+        }
+    });
+    tx
+}

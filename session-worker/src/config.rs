@@ -1,0 +1,104 @@
+//! Worker configuration: one struct, built in `main`, passed down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const ENV_NATS_URL: &str = "NATS_URL";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const ENV_ADMIN_LISTEN: &str = "WORKER_ADMIN_LISTEN";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9790";
+pub const ENV_WORKER_ID: &str = "WORKER_ID";
+pub const ENV_IDLE_TIMEOUT: &str = "WORKER_IDLE_TIMEOUT";
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+pub const ENV_SESSION_TTL: &str = "WORKER_SESSION_TTL";
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 86_400;
+pub const ENV_TOOL_PROFILE: &str = "WORKER_TOOL_PROFILE";
+pub const DEFAULT_TOOL_PROFILE: &str = "default";
+pub const ENV_LEASE_TTL: &str = "WORKER_LEASE_TTL";
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 10;
+pub const ENV_ARBITERS: &str = "WORKER_ARBITERS";
+pub const DEFAULT_ARBITERS: usize = 0;
+pub const ENV_DRAIN_TIMEOUT: &str = "WORKER_DRAIN_TIMEOUT";
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+pub const ENV_STATELESS_TIMEOUT: &str = "WORKER_STATELESS_TIMEOUT";
+pub const DEFAULT_STATELESS_TIMEOUT_SECS: u64 = 300;
+
+/// session-worker settings (`--help` lists every default).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "session-worker", version, about = "mcp-cluster session worker")]
+pub struct Config {
+    /// NATS server URL.
+    #[arg(long, env = ENV_NATS_URL, default_value = DEFAULT_NATS_URL)]
+    pub nats_url: String,
+    /// Address of the admin server (/healthz, /readyz, /metrics). Port 0 picks one.
+    #[arg(long, env = ENV_ADMIN_LISTEN, default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Identity of this worker in shard leases (default: a random id).
+    #[arg(long, env = ENV_WORKER_ID)]
+    pub worker_id: Option<String>,
+    /// Seconds without traffic after which a session actor stops (its state stays in KV).
+    #[arg(long, env = ENV_IDLE_TIMEOUT, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
+    pub idle_timeout_secs: u64,
+    /// Seconds a session record lives in KV after its last write.
+    #[arg(long, env = ENV_SESSION_TTL, default_value_t = DEFAULT_SESSION_TTL_SECS)]
+    pub session_ttl_secs: u64,
+    /// Tools served: `default` (add) or `conformance` (add + conformance fixtures).
+    #[arg(long, env = ENV_TOOL_PROFILE, default_value = DEFAULT_TOOL_PROFILE)]
+    pub tool_profile: String,
+    /// Seconds a shard lease lives without renewal; renewed every third of it.
+    #[arg(long, env = ENV_LEASE_TTL, default_value_t = DEFAULT_LEASE_TTL_SECS)]
+    pub lease_ttl_secs: u64,
+    /// Actor threads (actix arbiters); 0 means one per CPU.
+    #[arg(long, env = ENV_ARBITERS, default_value_t = DEFAULT_ARBITERS)]
+    pub arbiters: usize,
+    /// Seconds to finish in-flight requests after SIGTERM.
+    #[arg(long, env = ENV_DRAIN_TIMEOUT, default_value_t = DEFAULT_DRAIN_TIMEOUT_SECS)]
+    pub drain_timeout_secs: u64,
+    /// Upper bound in seconds for one stateless request.
+    #[arg(long, env = ENV_STATELESS_TIMEOUT, default_value_t = DEFAULT_STATELESS_TIMEOUT_SECS)]
+    pub stateless_timeout_secs: u64,
+}
+
+/// A setting is out of range.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl Config {
+    /// Check what clap cannot.
+    pub fn validate(&self) -> Result<tools::Profile, ConfigError> {
+        if self.idle_timeout_secs == 0 {
+            return Err(ConfigError {
+                setting: ENV_IDLE_TIMEOUT,
+                reason: "must be at least 1 second".into(),
+            });
+        }
+        if self.lease_ttl_secs < 3 {
+            return Err(ConfigError {
+                setting: ENV_LEASE_TTL,
+                reason: "must be at least 3 seconds".into(),
+            });
+        }
+        if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
+            return Err(ConfigError {
+                setting: ENV_NATS_URL,
+                reason: format!("{:?} is not a nats:// or tls:// URL", self.nats_url),
+            });
+        }
+        self.tool_profile.parse().map_err(|_| ConfigError {
+            setting: ENV_TOOL_PROFILE,
+            reason: format!("{:?} is not one of default, conformance", self.tool_profile),
+        })
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
+}

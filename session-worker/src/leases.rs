@@ -1,0 +1,222 @@
+//! Shard leases in JetStream KV: who owns which shard.
+//!
+//! Each shard `n` has the key `shard.<n>` in [`subjects::LEASE_BUCKET`], whose
+//! value is the owning worker's id. Leases are taken with `create` (fails when
+//! someone holds it) and renewed with `update` at the revision we hold
+//! (compare-and-swap), every third of the bucket's max age; a lease that is not
+//! renewed expires with the bucket's max age. Live workers heartbeat in
+//! [`subjects::WORKER_BUCKET`]; each worker aims at `ceil(S / workers)` shards,
+//! releasing extras and claiming free ones, so shards spread as workers join
+//! and move to survivors when one dies. JetStream is the only source of truth.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::{StreamExt, TryStreamExt};
+use proto::{SHARD_COUNT, subjects};
+use tracing::{debug, info, warn};
+
+/// Concurrent KV operations while renewing or claiming.
+const KV_CONCURRENCY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("cannot open bucket {bucket}: {reason}")]
+    Bucket { bucket: &'static str, reason: String },
+    #[error("cannot list {bucket}: {reason}")]
+    List { bucket: &'static str, reason: String },
+    #[error("cannot heartbeat: {0}")]
+    Heartbeat(String),
+}
+
+pub struct Leases {
+    worker_id: String,
+    leases: kv::Store,
+    workers: kv::Store,
+    /// shard → revision of our lease.
+    owned: HashMap<u16, u64>,
+    /// Where this worker starts looking for free shards, so workers starting
+    /// together do not all fight for shard 0 first.
+    offset: u16,
+}
+
+/// Open (or create) a KV bucket with the given max age.
+pub async fn bucket(
+    js: &jetstream::Context,
+    name: &'static str,
+    max_age: Duration,
+    storage: jetstream::stream::StorageType,
+) -> Result<kv::Store, LeaseError> {
+    let config = kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        max_age,
+        storage,
+        ..Default::default()
+    };
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_or_update_key_value(config)
+            .await
+            .map_err(|e| LeaseError::Bucket {
+                bucket: name,
+                reason: e.to_string(),
+            }),
+    }
+}
+
+impl Leases {
+    pub async fn open(js: &jetstream::Context, worker_id: &str, ttl: Duration) -> Result<Self, LeaseError> {
+        let leases = bucket(js, subjects::LEASE_BUCKET, ttl, jetstream::stream::StorageType::Memory).await?;
+        let workers = bucket(js, subjects::WORKER_BUCKET, ttl, jetstream::stream::StorageType::Memory).await?;
+        Ok(Self {
+            worker_id: worker_id.to_owned(),
+            leases,
+            workers,
+            owned: HashMap::new(),
+            offset: proto::shard(worker_id),
+        })
+    }
+
+    pub fn owned(&self) -> BTreeSet<u16> {
+        self.owned.keys().copied().collect()
+    }
+
+    /// One round: heartbeat, renew, release extras, claim free shards.
+    pub async fn tick(&mut self) -> Result<BTreeSet<u16>, LeaseError> {
+        self.workers
+            .put(subjects::token(&self.worker_id), now_bytes())
+            .await
+            .map_err(|e| LeaseError::Heartbeat(e.to_string()))?;
+        let live: Vec<String> = self
+            .workers
+            .keys()
+            .await
+            .map_err(|e| LeaseError::List {
+                bucket: subjects::WORKER_BUCKET,
+                reason: e.to_string(),
+            })?
+            .try_collect()
+            .await
+            .map_err(|e| LeaseError::List {
+                bucket: subjects::WORKER_BUCKET,
+                reason: e.to_string(),
+            })?;
+        let workers = live.len().max(1);
+        let target = usize::from(SHARD_COUNT).div_ceil(workers);
+
+        self.renew().await;
+
+        if self.owned.len() > target {
+            self.release(self.owned.len() - target).await;
+        } else if self.owned.len() < target {
+            self.claim(target - self.owned.len()).await?;
+        }
+        debug!(workers, target, owned = self.owned.len(), "lease round");
+        Ok(self.owned())
+    }
+
+    async fn renew(&mut self) {
+        let value = bytes::Bytes::from(self.worker_id.clone());
+        let leases = &self.leases;
+        let results: Vec<(u16, Option<u64>)> = futures::stream::iter(self.owned.clone())
+            .map(|(n, rev)| {
+                let value = value.clone();
+                async move {
+                    match leases.update(subjects::lease_key(n), value, rev).await {
+                        Ok(new_rev) => (n, Some(new_rev)),
+                        Err(err) => {
+                            warn!(shard = n, error = %err, "lease lost");
+                            (n, None)
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(KV_CONCURRENCY)
+            .collect()
+            .await;
+        for (n, rev) in results {
+            match rev {
+                Some(rev) => {
+                    self.owned.insert(n, rev);
+                }
+                None => {
+                    self.owned.remove(&n);
+                }
+            }
+        }
+    }
+
+    async fn release(&mut self, count: usize) {
+        let mut mine: Vec<(u16, u64)> = self.owned.iter().map(|(n, r)| (*n, *r)).collect();
+        // Give away the shards farthest from our starting offset.
+        mine.sort_by_key(|(n, _)| (n.wrapping_sub(self.offset)) % SHARD_COUNT);
+        for (n, rev) in mine.into_iter().rev().take(count) {
+            if let Err(err) = self.leases.delete_expect_revision(subjects::lease_key(n), Some(rev)).await {
+                warn!(shard = n, error = %err, "cannot release lease");
+            }
+            self.owned.remove(&n);
+        }
+        info!(owned = self.owned.len(), "released shards to rebalance");
+    }
+
+    async fn claim(&mut self, want: usize) -> Result<(), LeaseError> {
+        let taken: HashSet<String> = self
+            .leases
+            .keys()
+            .await
+            .map_err(|e| LeaseError::List {
+                bucket: subjects::LEASE_BUCKET,
+                reason: e.to_string(),
+            })?
+            .try_collect()
+            .await
+            .map_err(|e| LeaseError::List {
+                bucket: subjects::LEASE_BUCKET,
+                reason: e.to_string(),
+            })?;
+        let free: Vec<u16> = (0..SHARD_COUNT)
+            .map(|i| (i + self.offset) % SHARD_COUNT)
+            .filter(|n| !self.owned.contains_key(n) && !taken.contains(&subjects::lease_key(*n)))
+            .take(want)
+            .collect();
+        let value = bytes::Bytes::from(self.worker_id.clone());
+        let leases = &self.leases;
+        let won: Vec<(u16, u64)> = futures::stream::iter(free)
+            .map(|n| {
+                let value = value.clone();
+                async move { leases.create(subjects::lease_key(n), value).await.ok().map(|rev| (n, rev)) }
+            })
+            .buffer_unordered(KV_CONCURRENCY)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        if !won.is_empty() {
+            info!(claimed = won.len(), "shards claimed");
+        }
+        self.owned.extend(won);
+        Ok(())
+    }
+
+    /// Give every lease back (graceful shutdown) so others take over at once.
+    pub async fn release_all(&mut self) {
+        let owned: Vec<(u16, u64)> = self.owned.drain().collect();
+        let leases = &self.leases;
+        futures::stream::iter(owned)
+            .for_each_concurrent(KV_CONCURRENCY, |(n, rev)| async move {
+                let _ = leases.delete_expect_revision(subjects::lease_key(n), Some(rev)).await;
+            })
+            .await;
+        let _ = self.workers.delete(subjects::token(&self.worker_id)).await;
+    }
+}
+
+fn now_bytes() -> bytes::Bytes {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    bytes::Bytes::from(secs.to_string())
+}

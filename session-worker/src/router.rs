@@ -1,0 +1,335 @@
+//! From NATS to actors: one subscription per owned shard, one queue
+//! subscription for stateless requests.
+//!
+//! Messages of one shard are handled in order by one task, so the messages of a
+//! session reach its actor in the order the gateway sent them. Every envelope
+//! gets an immediate [`Ack`]; answers follow on the route the envelope names.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, SessionRecord, shard, subjects};
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::actor::{SessionHandle, Shared, Start};
+
+/// Stateless requests served at once by one worker.
+pub const MAX_STATELESS_INFLIGHT: usize = 1024;
+
+/// JSON-RPC codes used in [`Ack::Rejected`].
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+
+pub struct Router {
+    shared: Arc<Shared>,
+    arbiters: Vec<actix::ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+    stateless_timeout: std::time::Duration,
+    stateless_slots: Arc<Semaphore>,
+}
+
+impl Router {
+    pub fn new(
+        shared: Arc<Shared>,
+        arbiters: Vec<actix::ArbiterHandle>,
+        stateless_timeout: std::time::Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shared,
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            stateless_timeout,
+            stateless_slots: Arc::new(Semaphore::new(MAX_STATELESS_INFLIGHT)),
+        })
+    }
+
+    fn arbiter(&self) -> &actix::ArbiterHandle {
+        let i = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len().max(1);
+        &self.arbiters[i]
+    }
+
+    /// Handle one message from a shard subject.
+    pub async fn handle_actor_message(self: &Arc<Self>, msg: async_nats::Message) {
+        let Some(reply) = msg.reply.clone() else {
+            warn!(subject = %msg.subject, "envelope without reply subject ignored");
+            return;
+        };
+        let (kind, ack) = match Envelope::from_bytes(&msg.payload) {
+            Ok(env) => {
+                let trace = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(proto::trace::TRACEPARENT))
+                    .map(|v| v.as_str().to_owned())
+                    .or_else(|| env.trace.clone())
+                    .unwrap_or_default();
+                let span = info_span!("envelope", session_id = %env.key, traceparent = %trace);
+                self.dispatch(env).instrument(span).await
+            }
+            Err(err) => {
+                warn!(subject = %msg.subject, error = %err, "undecodable envelope");
+                (
+                    "invalid",
+                    Ack::Rejected {
+                        code: INVALID_REQUEST,
+                        message: err.to_string(),
+                    },
+                )
+            }
+        };
+        let outcome = match &ack {
+            Ack::Accepted => "accepted",
+            Ack::NotFound => "not_found",
+            Ack::Rejected { .. } => "rejected",
+        };
+        self.shared.metrics.envelopes.with_label_values(&[kind, outcome]).inc();
+        respond(&self.shared.nats, reply, &ack).await;
+    }
+
+    async fn dispatch(self: &Arc<Self>, env: Envelope) -> (&'static str, Ack) {
+        let identity = env.principal.identity();
+        match env.body {
+            Body::Open {
+                message,
+                route,
+                legacy_sse,
+            } => {
+                let initialize = match parse(&message) {
+                    Ok(m @ ClientJsonRpcMessage::Request(_)) if is_initialize(&m) => m,
+                    Ok(_) => return ("open", rejected(INVALID_REQUEST, "a session starts with an initialize request")),
+                    Err(ack) => return ("open", ack),
+                };
+                if self.shared.registry.get(&env.key).is_some() {
+                    return ("open", rejected(INVALID_REQUEST, "session id already in use"));
+                }
+                let record = SessionRecord {
+                    v: ENVELOPE_VERSION,
+                    owner: identity,
+                    principal: env.principal,
+                    initialize: message,
+                    protocol_version: String::new(),
+                    legacy_sse,
+                    created_at: now_secs(),
+                };
+                let handle = SessionHandle::start(
+                    self.arbiter(),
+                    self.shared.clone(),
+                    env.key.clone(),
+                    record,
+                    Start::Open { initialize, route },
+                );
+                self.shared.registry.insert_if_absent(&env.key, handle);
+                self.shared.metrics.sessions_opened.inc();
+                info!(session_id = %env.key, "session opened");
+                ("open", Ack::Accepted)
+            }
+            Body::Deliver { message, route } => {
+                let message = match parse(&message) {
+                    Ok(m) => m,
+                    Err(ack) => return ("deliver", ack),
+                };
+                match self.session(&env.key, &identity).await {
+                    Some(handle) => {
+                        handle.deliver(message, route);
+                        ("deliver", Ack::Accepted)
+                    }
+                    None => ("deliver", Ack::NotFound),
+                }
+            }
+            Body::Attach => match self.session(&env.key, &identity).await {
+                Some(_) => ("attach", Ack::Accepted),
+                None => ("attach", Ack::NotFound),
+            },
+            Body::Close => match self.session(&env.key, &identity).await {
+                Some(handle) => {
+                    handle.close();
+                    ("close", Ack::Accepted)
+                }
+                None => ("close", Ack::NotFound),
+            },
+            Body::Stateless { .. } => (
+                "stateless",
+                rejected(INVALID_REQUEST, "stateless requests do not go to a shard"),
+            ),
+        }
+    }
+
+    /// The live actor of a session, rehydrated from the store when needed;
+    /// `None` when it does not exist or belongs to someone else.
+    async fn session(&self, id: &str, identity: &str) -> Option<SessionHandle> {
+        if let Some(handle) = self.shared.registry.get(id)
+            && handle.is_alive()
+        {
+            return (handle.owner == identity).then_some(handle);
+        }
+        let bytes = match self.shared.sessions.get(subjects::token(id)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(err) => {
+                warn!(session_id = %id, error = %err, "session store read failed");
+                return None;
+            }
+        };
+        let record = match SessionRecord::from_bytes(&bytes) {
+            Ok(r) => r,
+            Err(err) => {
+                warn!(session_id = %id, error = %err, "unreadable session record");
+                return None;
+            }
+        };
+        if record.owner != identity {
+            return None;
+        }
+        let handle = SessionHandle::start(
+            self.arbiter(),
+            self.shared.clone(),
+            id.to_owned(),
+            record,
+            Start::Restore,
+        );
+        let handle = self.shared.registry.insert_if_absent(id, handle);
+        self.shared.metrics.sessions_restored.inc();
+        info!(session_id = %id, "session rehydrated from store");
+        Some(handle)
+    }
+
+    /// Handle one message from the stateless queue group.
+    pub async fn handle_stateless_message(self: &Arc<Self>, msg: async_nats::Message) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        let env = match Envelope::from_bytes(&msg.payload) {
+            Ok(env) => env,
+            Err(err) => {
+                warn!(error = %err, "undecodable stateless envelope");
+                respond(&self.shared.nats, reply, &rejected(INVALID_REQUEST, &err.to_string())).await;
+                return;
+            }
+        };
+        let Body::Stateless { message, route } = env.body else {
+            respond(&self.shared.nats, reply, &rejected(INVALID_REQUEST, "expected a stateless request")).await;
+            return;
+        };
+        let message = match parse(&message) {
+            Ok(m) => m,
+            Err(ack) => {
+                respond(&self.shared.nats, reply, &ack).await;
+                return;
+            }
+        };
+        let Ok(permit) = self.stateless_slots.clone().try_acquire_owned() else {
+            respond(&self.shared.nats, reply, &rejected(-32000, "worker is at capacity")).await;
+            return;
+        };
+        self.shared.metrics.envelopes.with_label_values(&["stateless", "accepted"]).inc();
+        respond(&self.shared.nats, reply, &Ack::Accepted).await;
+        let shared = self.shared.clone();
+        let timeout = self.stateless_timeout;
+        tokio::spawn(async move {
+            crate::stateless::serve(shared, env.principal, message, route, timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+fn is_initialize(m: &ClientJsonRpcMessage) -> bool {
+    matches!(m, ClientJsonRpcMessage::Request(r) if matches!(r.request, ClientRequest::InitializeRequest(_)))
+}
+
+fn parse(bytes: &[u8]) -> Result<ClientJsonRpcMessage, Ack> {
+    serde_json::from_slice(bytes).map_err(|err| {
+        if serde_json::from_slice::<serde_json::Value>(bytes).is_err() {
+            rejected(PARSE_ERROR, &format!("parse error: {err}"))
+        } else {
+            rejected(INVALID_REQUEST, &format!("invalid request: {err}"))
+        }
+    })
+}
+
+fn rejected(code: i64, message: &str) -> Ack {
+    Ack::Rejected {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+async fn respond(nats: &async_nats::Client, reply: async_nats::Subject, ack: &Ack) {
+    match ack.to_bytes() {
+        Ok(bytes) => {
+            if let Err(err) = nats.publish(reply, bytes.into()).await {
+                warn!(error = %err, "cannot send ack");
+            }
+        }
+        Err(err) => warn!(error = %err, "cannot encode ack"),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The shard subscriptions of this worker, following the leases it holds.
+pub struct Subscriptions {
+    router: Arc<Router>,
+    tasks: HashMap<u16, JoinHandle<()>>,
+}
+
+impl Subscriptions {
+    pub fn new(router: Arc<Router>) -> Self {
+        Self {
+            router,
+            tasks: HashMap::new(),
+        }
+    }
+
+    /// Subscribe to newly owned shards, drop lost ones (evicting their actors).
+    pub async fn apply(&mut self, owned: &BTreeSet<u16>) -> Result<(), async_nats::SubscribeError> {
+        let lost: Vec<u16> = self.tasks.keys().filter(|s| !owned.contains(s)).copied().collect();
+        for n in &lost {
+            if let Some(task) = self.tasks.remove(n) {
+                task.abort();
+            }
+        }
+        if !lost.is_empty() {
+            let lost: BTreeSet<u16> = lost.into_iter().collect();
+            for handle in self.router.shared.registry.matching(|id| lost.contains(&shard(id))) {
+                handle.evict();
+            }
+            debug!(count = lost.len(), "shards released");
+        }
+        for n in owned {
+            if self.tasks.contains_key(n) {
+                continue;
+            }
+            let mut sub = self.router.shared.nats.subscribe(subjects::shard_filter(*n)).await?;
+            let router = self.router.clone();
+            let task = tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    router.handle_actor_message(msg).await;
+                }
+            });
+            self.tasks.insert(*n, task);
+        }
+        Ok(())
+    }
+
+    pub fn owned(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Stop every subscription (drain).
+    pub fn clear(&mut self) {
+        for (_, task) in self.tasks.drain() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Stateless requests (protocol 2026-07-28): no session, any worker.
+//!
+//! Each request gets a fresh `McpServer` run with rmcp's `serve_directly`
+//! over a [`ChannelTransport`]; every message it produces goes to the
+//! gateway's reply subject, the response or error last.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::{Outbound, Principal, Route};
+use rmcp::model::{
+    ClientCapabilities, ClientJsonRpcMessage, GetMeta, Implementation, InitializeRequestParams,
+    ProtocolVersion, ServerJsonRpcMessage,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::actor::Shared;
+use crate::metrics::GaugeGuard;
+use crate::transport::{ChannelTransport, Outlet};
+
+/// Serve one stateless request; returns when its final message is published.
+pub async fn serve(
+    shared: Arc<Shared>,
+    principal: Principal,
+    message: ClientJsonRpcMessage,
+    route: Route,
+    timeout: Duration,
+) {
+    let _inflight = GaugeGuard::new(&shared.metrics.stateless_inflight);
+    let ClientJsonRpcMessage::Request(request) = &message else {
+        // Notifications and responses have nothing to answer without a session.
+        return;
+    };
+    let request_id = request.id.clone();
+    let version = request
+        .request
+        .get_meta()
+        .protocol_version()
+        .unwrap_or(ProtocolVersion::V_2026_07_28);
+    let peer_info = InitializeRequestParams::new(ClientCapabilities::default(), Implementation::default())
+        .with_protocol_version(version);
+
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ServerJsonRpcMessage>();
+    let transport = ChannelTransport::new(in_rx, Outlet::Channel(out_tx));
+    let ct = CancellationToken::new();
+    let server = tools::McpServer::new(shared.profile.clone(), Some(principal));
+    let service = rmcp::service::serve_directly_with_ct(server, transport, Some(peer_info), ct.clone());
+    let waiter = tokio::spawn(async move {
+        let _ = service.waiting().await;
+    });
+    // Keep `in_tx` alive until the answer is out: closing it ends the service.
+    if in_tx.send(message).is_err() {
+        ct.cancel();
+        return;
+    }
+    let subject = match route {
+        Route::Reply { subject } => Some(subject),
+        _ => None,
+    };
+    let mut seq = 0u64;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        let next = tokio::select! {
+            m = out_rx.recv() => m,
+            _ = &mut deadline => {
+                warn!(request_id = %request_id, "stateless request timed out");
+                None
+            }
+        };
+        seq += 1;
+        let Some(message) = next else {
+            if let Some(subject) = &subject {
+                publish(&shared, subject, Outbound::aborted(seq)).await;
+            }
+            break;
+        };
+        let last = match &message {
+            ServerJsonRpcMessage::Response(r) => r.id == request_id,
+            ServerJsonRpcMessage::Error(e) => e.id.as_ref().is_none_or(|id| *id == request_id),
+            _ => false,
+        };
+        if let Some(subject) = &subject {
+            match serde_json::to_vec(&message) {
+                Ok(payload) => publish(&shared, subject, Outbound::new(seq, payload, last)).await,
+                Err(err) => warn!(error = %err, "cannot serialize server message"),
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    ct.cancel();
+    drop(in_tx);
+    let _ = waiter.await;
+}
+
+async fn publish(shared: &Shared, subject: &str, out: Outbound) {
+    shared.metrics.outbound.with_label_values(&["stateless"]).inc();
+    match out.to_bytes() {
+        Ok(bytes) => {
+            if let Err(err) = shared.nats.publish(subject.to_owned(), bytes.into()).await {
+                warn!(error = %err, "publish failed");
+            }
+        }
+        Err(err) => warn!(error = %err, "cannot encode outbound"),
+    }
+}

@@ -1,0 +1,117 @@
+//! What every mcp-cluster binary does the same way: JSON logs through
+//! `tracing`, the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) and
+//! the shutdown signal (SIGTERM or SIGINT).
+//!
+//! It holds no global state besides the tracing subscriber that `main` installs.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
+use prometheus::{Encoder, TextEncoder};
+
+/// Install JSON logging; `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(true)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Readiness probe supplied by the service.
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+#[derive(Clone)]
+struct AdminState {
+    registry: prometheus::Registry,
+    ready: Readiness,
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
+    if (state.ready)() {
+        HttpResponse::Ok().content_type("text/plain").body("ready\n")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("not ready\n")
+    }
+}
+
+async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
+    let mut buf = Vec::new();
+    match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(buf),
+        Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
+    }
+}
+
+/// A bound admin server: run `server` (e.g. spawn it), stop it with `handle`.
+pub struct Admin {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    pub server: actix_web::dev::Server,
+}
+
+/// Bind the admin server on `listen` (port 0 picks one).
+pub fn admin_server(
+    listen: SocketAddr,
+    registry: prometheus::Registry,
+    ready: Readiness,
+) -> std::io::Result<Admin> {
+    let data = web::Data::new(AdminState { registry, ready });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("admin server bound no address"))?;
+    let server = server.run();
+    Ok(Admin {
+        addr,
+        handle: server.handle(),
+        server,
+    })
+}
