@@ -1,0 +1,328 @@
+//! Bearer-token validation for the gateway in resource-server mode.
+//!
+//! The gateway accepts JWT access tokens from the issuers in `allowed_issuers` (our
+//! own auth-service among them), validated locally against each issuer's JWKS: no
+//! round trip per request. This module owns the accept/refuse decision and the shape
+//! of a refusal (RFC 6750 challenge with the RFC 9728 `resource_metadata` pointer,
+//! JSON body with the SSO seed's error codes). It never logs, stores or echoes a token.
+//!
+//! Order of checks, so each refusal has one well-defined reason:
+//! 1. `Authorization: Bearer <jwt>` present (scheme case-insensitive) — else
+//!    `MISSING_AUTHORIZATION`; a malformed value is `INVALID_TOKEN`.
+//! 2. The header parses and names EdDSA, ES256 or RS256 — never `none`, never HS*.
+//! 3. `iss` (read before verification only to pick the keys) is exactly one of
+//!    `allowed_issuers` — else `INVALID_ISSUER`, and no network request is made.
+//! 4. The issuer's key for `kid` (JWKS cached per issuer, refetched on an unknown
+//!    `kid` at most once per [`jwks::MIN_REFRESH_INTERVAL`]) — a fetch failure with no
+//!    cached keys is `ISSUER_UNAVAILABLE` (503); the key must fit the token's `alg`.
+//! 5. Signature (`INVALID_SIGNATURE`), then `exp` (`TOKEN_EXPIRED`, [`LEEWAY`] of clock
+//!    skew), `nbf`, `aud` contains `resource` (`INVALID_AUDIENCE`), then the required
+//!    scopes (`INSUFFICIENT_SCOPE`, 403).
+
+mod error;
+pub mod jwks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+
+pub use error::AuthError;
+use jwks::{JwksCache, KeyLookup};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY: u64 = 30;
+/// The only signature algorithms accepted.
+pub const ALGORITHMS: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+/// Longest bearer token accepted, in bytes (a cheap guard before any parsing).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// How the gateway validates tokens. Built once from the gateway's config.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Issuers whose tokens are accepted, compared as exact strings with `iss`.
+    pub allowed_issuers: Vec<String>,
+    /// This resource's identifier (RESOURCE_IDENTIFIER, e.g. `http://localhost:8788/mcp`);
+    /// a token's `aud` must contain it.
+    pub resource: String,
+    /// The URL of this resource's RFC 9728 metadata, sent in every challenge.
+    pub resource_metadata_url: String,
+    /// How long an issuer's JWKS is used before it is fetched again.
+    pub jwks_cache_ttl: Duration,
+    /// Scopes every token must carry (empty: none).
+    pub required_scopes: Vec<String>,
+    /// Authorization servers advertised in the RFC 9728 metadata; empty means
+    /// `allowed_issuers`.
+    pub authorization_servers: Vec<String>,
+}
+
+/// Validates bearer tokens. Cheap to clone; one instance is shared by all workers.
+#[derive(Clone)]
+pub struct Validator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: AuthConfig,
+    keys: JwksCache,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("allowed_issuers", &self.inner.cfg.allowed_issuers)
+            .field("resource", &self.inner.cfg.resource)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Validator {
+    pub fn new(cfg: AuthConfig, http: reqwest::Client) -> Self {
+        Self::with_min_refresh_interval(cfg, http, jwks::MIN_REFRESH_INTERVAL)
+    }
+
+    /// As [`Validator::new`], with another floor between forced JWKS refetches
+    /// (tests use zero to exercise key rotation without waiting).
+    pub fn with_min_refresh_interval(
+        cfg: AuthConfig,
+        http: reqwest::Client,
+        min_refresh_interval: Duration,
+    ) -> Self {
+        let keys = JwksCache::new(http, cfg.jwks_cache_ttl, min_refresh_interval);
+        Self {
+            inner: Arc::new(Inner { cfg, keys }),
+        }
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.inner.cfg
+    }
+
+    /// Validate the value of an `Authorization` header (`None` when absent).
+    pub async fn validate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<proto::Principal, AuthError> {
+        let result = self.validate_inner(authorization).await;
+        match &result {
+            Ok(p) => tracing::debug!(iss = %p.iss, sub = %p.sub, "bearer token accepted"),
+            Err(e) => tracing::debug!(code = e.code(), reason = %e, "bearer token refused"),
+        }
+        result
+    }
+
+    /// The complete refusal for `err`, challenge with `resource_metadata` included, as
+    /// an actix error (`return Err(validator.reject(e))`).
+    pub fn reject(&self, err: AuthError) -> actix_web::Error {
+        let response = err.to_response(Some(&self.inner.cfg.resource_metadata_url));
+        actix_web::error::InternalError::from_response(err, response).into()
+    }
+
+    /// The complete refusal for `err` as a response.
+    pub fn reject_response(&self, err: &AuthError) -> actix_web::HttpResponse {
+        err.to_response(Some(&self.inner.cfg.resource_metadata_url))
+    }
+
+    async fn validate_inner(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<proto::Principal, AuthError> {
+        let cfg = &self.inner.cfg;
+        let token = bearer_token(authorization)?;
+
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::InvalidToken("malformed token".into()))?;
+        let alg = header.alg;
+        if !ALGORITHMS.contains(&alg) {
+            return Err(AuthError::InvalidToken(
+                "unsupported token algorithm".into(),
+            ));
+        }
+
+        // Read `iss` unverified, only to choose whose keys to verify with.
+        let unverified: UnverifiedIssuer =
+            jsonwebtoken::dangerous::insecure_decode_claims(token)
+                .map_err(|_| AuthError::InvalidToken("malformed token claims".into()))?;
+        let iss = unverified.iss.ok_or(AuthError::InvalidIssuer)?;
+        if !cfg.allowed_issuers.contains(&iss) {
+            return Err(AuthError::InvalidIssuer);
+        }
+
+        let jwk = match self
+            .inner
+            .keys
+            .key_for(&iss, header.kid.as_deref(), alg)
+            .await
+        {
+            Ok(KeyLookup::Found(jwk)) => jwk,
+            Ok(KeyLookup::NotFound) => {
+                return Err(match header.kid {
+                    Some(_) => AuthError::InvalidSignature,
+                    None => AuthError::InvalidToken("token has no kid".into()),
+                });
+            }
+            Err(e) => return Err(AuthError::IssuerUnavailable(e.to_string())),
+        };
+        if !jwks::key_fits(&jwk, alg) {
+            return Err(AuthError::InvalidToken(
+                "token algorithm does not match the signing key".into(),
+            ));
+        }
+        let key = DecodingKey::from_jwk(&jwk)
+            .map_err(|_| AuthError::IssuerUnavailable("issuer published an unusable key".into()))?;
+
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.set_audience(&[&cfg.resource]);
+        validation.set_issuer(&[&iss]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+            .map_err(|e| map_jwt_error(e.kind()))?;
+        let principal = principal_from_claims(&iss, &data.claims)?;
+
+        let missing: Vec<&String> = cfg
+            .required_scopes
+            .iter()
+            .filter(|s| !principal.has_scope(s))
+            .collect();
+        if !missing.is_empty() {
+            return Err(AuthError::InsufficientScope(cfg.required_scopes.clone()));
+        }
+        Ok(principal)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct UnverifiedIssuer {
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+/// The token from `Authorization: Bearer <token>`; the scheme is case-insensitive.
+fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthError> {
+    let value = authorization.map(str::trim).unwrap_or_default();
+    if value.is_empty() {
+        return Err(AuthError::MissingAuthorization);
+    }
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Basic, DPoP, ...: no bearer credentials were offered.
+        return Err(AuthError::MissingAuthorization);
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Err(AuthError::InvalidToken("empty bearer token".into()));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::InvalidToken("bearer token too long".into()));
+    }
+    if token.split('.').count() != 3
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(AuthError::InvalidToken("bearer token is not a jwt".into()));
+    }
+    Ok(token)
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::InvalidSignature,
+        ErrorKind::ExpiredSignature => AuthError::TokenExpired,
+        ErrorKind::ImmatureSignature => AuthError::InvalidToken("token is not yet valid".into()),
+        ErrorKind::InvalidAudience => AuthError::InvalidAudience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::InvalidAudience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::InvalidIssuer,
+        ErrorKind::MissingRequiredClaim(claim) => {
+            AuthError::InvalidToken(format!("token has no {claim} claim"))
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            AuthError::InvalidToken(format!("token {claim} claim is malformed"))
+        }
+        ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
+        ErrorKind::InvalidAlgorithm => {
+            AuthError::InvalidToken("token algorithm does not match the signing key".into())
+        }
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => {
+            AuthError::InvalidSignature
+        }
+        _ => AuthError::InvalidToken("malformed token".into()),
+    }
+}
+
+/// Build the principal from verified claims.
+fn principal_from_claims(
+    iss: &str,
+    claims: &serde_json::Value,
+) -> Result<proto::Principal, AuthError> {
+    let sub = str_claim(claims, "sub")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| AuthError::InvalidToken("token has no sub claim".into()))?;
+    let scopes = match claims.get("scope") {
+        Some(v) => string_list(v),
+        None => claims.get("scp").map(string_list).unwrap_or_default(),
+    };
+    Ok(proto::Principal {
+        iss: iss.to_owned(),
+        sub,
+        email: str_claim(claims, "email"),
+        name: str_claim(claims, "name"),
+        scopes,
+        permissions: claims
+            .get("permissions")
+            .map(string_list)
+            .unwrap_or_default(),
+        groups: claims.get("groups").map(string_list).unwrap_or_default(),
+        client_id: str_claim(claims, "client_id").or_else(|| str_claim(claims, "azp")),
+        expires_at: claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0),
+    })
+}
+
+fn str_claim(claims: &serde_json::Value, name: &str) -> Option<String> {
+    claims.get(name).and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+/// A space-separated string (`scope`) or an array of strings (`scp`, `permissions`).
+fn string_list(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// This resource's RFC 9728 protected-resource metadata document.
+pub fn protected_resource_metadata(cfg: &AuthConfig) -> serde_json::Value {
+    let servers = if cfg.authorization_servers.is_empty() {
+        &cfg.allowed_issuers
+    } else {
+        &cfg.authorization_servers
+    };
+    let mut doc = serde_json::json!({
+        "resource": cfg.resource,
+        "authorization_servers": servers,
+        "bearer_methods_supported": ["header"],
+    });
+    if !cfg.required_scopes.is_empty()
+        && let Some(obj) = doc.as_object_mut()
+    {
+        obj.insert(
+            "scopes_supported".into(),
+            serde_json::json!(cfg.required_scopes),
+        );
+    }
+    doc
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
