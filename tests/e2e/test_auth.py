@@ -7,6 +7,7 @@ import base64
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,17 @@ from harness import Cluster, free_port
 from mcp_http import headers, initialize_msg, response_for
 
 RESOURCE_METADATA = re.compile(r'resource_metadata="([^"]+)"')
+
+
+def json_strings(value: Any) -> set[str]:
+    """Every string value in a JSON document (the error code may sit in any field)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*(json_strings(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(json_strings(v) for v in value)) if value else set()
+    return set()
 
 
 def other_key(tmp_path: Path) -> Path:
@@ -71,8 +83,7 @@ def test_token_failure_codes(cluster: Cluster, tmp_path: Path, case: str) -> Non
     m = RESOURCE_METADATA.search(challenge)
     assert m, f"no resource_metadata in {challenge!r}"
     assert m.group(1).startswith(cluster.gateway.base_url + "/.well-known/oauth-protected-resource"), m.group(1)
-    assert code in r.text, f"{case}: expected {code} in body {r.text!r}"
-    r.json()  # the body is JSON
+    assert code in json_strings(r.json()), f"{case}: expected {code} in body {r.text!r}"
 
 
 @pytest.mark.parametrize("path", ["/sse", "/messages?sessionId=00000000-0000-0000-0000-000000000000"])
@@ -84,7 +95,7 @@ def test_legacy_endpoints_need_a_token(cluster: Cluster, path: str) -> None:
     else:
         r = httpx.post(url, json=initialize_msg(), timeout=10)
     assert r.status_code == 401, f"{path}: {r.status_code} {r.text}"
-    assert "MISSING_AUTHORIZATION" in r.text
+    assert "MISSING_AUTHORIZATION" in json_strings(r.json()), r.text
     assert RESOURCE_METADATA.search(r.headers.get("www-authenticate", ""))
 
 

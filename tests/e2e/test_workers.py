@@ -10,6 +10,9 @@ from harness import Cluster, Worker, retry_until
 from mcp_http import SESSIONFUL_VERSION, headers, open_session, response_for, rpc
 
 SESSIONS = 40  # P(all on one worker) with an even shard split is 2 * 2**-40
+SHARD_COUNT = 1024  # proto::shard::SHARD_COUNT
+OWNED_SHARDS = "mcp_worker_owned_shards"  # gauge: shards leased by this worker
+SESSIONS_OPENED = "mcp_worker_sessions_opened_total"  # counter
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -29,34 +32,30 @@ def samples(text: str) -> dict[str, float]:
     return out
 
 
-def owned_shards(w: Worker) -> float:
+def metric(w: Worker, name: str) -> float:
     s = samples(w.metrics())
-    return sum(v for k, v in s.items() if "shard" in k and ("own" in k or "lease" in k))
-
-
-def sessions_seen(w: Worker) -> float:
-    s = samples(w.metrics())
-    return sum(v for k, v in s.items() if "session" in k and not k.endswith(("_bucket", "_sum", "_count")))
+    assert name in s, f"{w.worker_id} /metrics has no {name}"
+    return s[name]
 
 
 def test_both_workers_own_shards(cluster: Cluster) -> None:
     assert len(cluster.workers) == 2
     for w in cluster.workers:
         assert httpx.get(f"{w.admin_url}/readyz", timeout=5).status_code == 200
-    # Rebalancing to a fair share is eventually consistent: wait (bounded) until both own shards.
-    counts = retry_until(
-        lambda: (c := [owned_shards(w) for w in cluster.workers]) if all(x > 0 for x in c) else None,
-        60,
-        "both workers own shards per /metrics",
-        interval=0.5,
-    )
-    assert all(c > 0 for c in counts), counts
+    # Rebalancing to a fair share is eventually consistent: wait (bounded) until each worker
+    # owns a fair part (at least a quarter here) and together they own every shard once.
+    def split() -> list[float]:
+        c = [metric(w, OWNED_SHARDS) for w in cluster.workers]
+        assert min(c) >= SHARD_COUNT // 4 and sum(c) == SHARD_COUNT, f"owned shards per worker: {c}"
+        return c
+
+    retry_until(split, 60, f"both workers own a fair share of the {SHARD_COUNT} shards", interval=0.5)
 
 
 def test_sessions_spread_over_both_workers(cluster: Cluster, token: str) -> None:
     assert cluster.gateway is not None
     url = cluster.gateway.mcp_url
-    before = [sessions_seen(w) for w in cluster.workers]
+    before = [metric(w, SESSIONS_OPENED) for w in cluster.workers]
     with httpx.Client(timeout=30) as client:
         for i in range(SESSIONS):
             session = open_session(client, url, token)
@@ -65,6 +64,7 @@ def test_sessions_spread_over_both_workers(cluster: Cluster, token: str) -> None
             )
             assert r.status_code == 200, f"session {i}: {r.status_code} {r.text}"
             assert "result" in response_for(r, 2)
-    after = [sessions_seen(w) for w in cluster.workers]
+    after = [metric(w, SESSIONS_OPENED) for w in cluster.workers]
     grew = [a > b for a, b in zip(after, before)]
-    assert all(grew), f"session metrics per worker before {before} after {after}"
+    assert all(grew), f"{SESSIONS_OPENED} per worker before {before} after {after}"
+    assert sum(after) - sum(before) >= SESSIONS, (before, after)
