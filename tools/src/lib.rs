@@ -1,0 +1,352 @@
+//! The MCP server handler that session workers run through the official Rust SDK
+//! `rmcp`: the tools we ship and the fixture profile that the official MCP
+//! conformance suite expects.
+//!
+//! What it owns: answering MCP requests once the transport has parsed them
+//! (tools, resources, prompts, completion, logging, progress, sampling,
+//! elicitation, `server/discover`, multi-round-trip requests).
+//!
+//! What it must never do: touch HTTP, NATS or storage, or keep state outside the
+//! [`McpServer`] value itself. A worker builds one `McpServer` per session (the
+//! session actor owns it) and one per stateless request; everything a handler
+//! needs to carry between rounds of a stateless exchange travels in the
+//! integrity-protected `requestState` instead.
+//!
+//! # Protocol revisions
+//! `2024-11-05` through `2026-07-28` (see [`SUPPORTED_PROTOCOL_VERSIONS`]).
+//! On `2026-07-28` the server never sends server→client requests: fixtures that
+//! would call `sampling/createMessage` or `elicitation/create` answer with an
+//! `InputRequiredResult` (MRTR, SEP-2322) and finish when the client retries with
+//! `inputResponses`. On earlier revisions they ask the client over the session.
+//! Unknown methods get JSON-RPC `-32601` (rmcp's dispatch does this for us).
+#![forbid(unsafe_code)]
+// Logging, sampling and roots are deprecated by SEP-2577, yet still part of every
+// revision we serve.
+#![allow(deprecated)]
+
+mod add;
+mod conformance;
+mod listen;
+mod logging;
+mod mrtr;
+
+use std::{borrow::Cow, str::FromStr, sync::Arc};
+
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler,
+    model::{
+        CacheScope, CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
+        GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
+        InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
+        ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams,
+        SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+    },
+    service::{RequestContext, SubscriptionContext},
+};
+
+pub use listen::ListenHub;
+
+/// Protocol revisions this handler speaks, oldest first. Pinned rather than
+/// taken from rmcp so that an rmcp upgrade never advertises a revision we have
+/// not tested.
+pub const SUPPORTED_PROTOCOL_VERSIONS: &[ProtocolVersion] = &[
+    ProtocolVersion::V_2024_11_05,
+    ProtocolVersion::V_2025_03_26,
+    ProtocolVersion::V_2025_06_18,
+    ProtocolVersion::V_2025_11_25,
+    ProtocolVersion::V_2026_07_28,
+];
+
+/// Cache lifetime hint (SEP-2549) on list and read results. Lists are marked
+/// `private`: which tools a caller sees will depend on the caller's grants.
+pub const LIST_TTL_MS: u64 = 60_000;
+
+/// Name reported in `serverInfo`.
+pub const SERVER_NAME: &str = "mcp-cluster";
+
+/// Which set of tools, resources and prompts a server exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// The shipped tools (`add`).
+    #[default]
+    Default,
+    /// `add` plus every fixture the official MCP conformance suite's server
+    /// scenarios expect.
+    Conformance,
+}
+
+/// A profile name that is neither `default` nor `conformance`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown profile {0:?}: expected \"default\" or \"conformance\"")]
+pub struct UnknownProfile(pub String);
+
+impl FromStr for Profile {
+    type Err = UnknownProfile;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Self::Default),
+            "conformance" => Ok(Self::Conformance),
+            other => Err(UnknownProfile(other.to_owned())),
+        }
+    }
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Conformance => "conformance",
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The MCP server handler. Cheap to clone: clones share the same session state.
+#[derive(Clone)]
+pub struct McpServer {
+    profile: Profile,
+    principal: Option<Arc<proto::Principal>>,
+    session: Arc<logging::SessionState>,
+    listen: ListenHub,
+}
+
+impl McpServer {
+    /// A handler for one session (or one stateless request) of `principal`.
+    pub fn new(profile: Profile, principal: Option<proto::Principal>) -> Self {
+        Self {
+            profile,
+            principal: principal.map(Arc::new),
+            session: Arc::default(),
+            listen: ListenHub::default(),
+        }
+    }
+
+    /// Deliver list-changed notifications to the `subscriptions/listen` streams
+    /// registered in `hub`. Handlers built for separate stateless requests of one
+    /// process share a hub so that a change made by one request reaches a listen
+    /// stream held by another; without it each handler only reaches its own.
+    pub fn with_listen_hub(mut self, hub: ListenHub) -> Self {
+        self.listen = hub;
+        self
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// The authenticated caller, if the transport authenticated one.
+    pub fn principal(&self) -> Option<&proto::Principal> {
+        self.principal.as_deref()
+    }
+
+    fn tools(&self) -> Vec<Tool> {
+        let mut tools = vec![add::tool()];
+        if self.profile == Profile::Conformance {
+            tools.extend(conformance::tools());
+        }
+        tools
+    }
+}
+
+/// The protocol revision a request runs under: its own `_meta` on 2026-07-28,
+/// the negotiated one in a session.
+pub(crate) fn is_stateless_era(cx: &RequestContext<RoleServer>) -> bool {
+    cx.protocol_version()
+        .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
+}
+
+fn capabilities(profile: Profile) -> ServerCapabilities {
+    match profile {
+        Profile::Default => ServerCapabilities::builder().enable_tools().build(),
+        Profile::Conformance => ServerCapabilities::builder()
+            .enable_logging()
+            .enable_completions()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build(),
+    }
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        let info = ServerConfig::new(capabilities(self.profile))
+            .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")));
+        match self.profile {
+            Profile::Default => info,
+            Profile::Conformance => {
+                info.with_instructions("Fixture server for the MCP conformance suite.")
+            }
+        }
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(SUPPORTED_PROTOCOL_VERSIONS)
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools().into_iter().find(|t| t.name == name)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools())
+            .with_ttl_ms(LIST_TTL_MS)
+            .with_cache_scope(CacheScope::Private))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == add::NAME {
+            return add::call(&request).map(Into::into);
+        }
+        match self.profile {
+            Profile::Conformance => conformance::call_tool(self, request, cx).await,
+            Profile::Default => Err(unknown_tool(&request.name)),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        self.require_conformance::<rmcp::model::ListResourcesRequestMethod>()?;
+        Ok(conformance::list_resources())
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.require_conformance::<rmcp::model::ListResourceTemplatesRequestMethod>()?;
+        Ok(conformance::list_resource_templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        self.require_conformance::<rmcp::model::ReadResourceRequestMethod>()?;
+        conformance::read_resource(&request.uri)
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.require_conformance::<rmcp::model::SubscribeRequestMethod>()?;
+        self.session.subscribe(request.uri.to_string());
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.require_conformance::<rmcp::model::UnsubscribeRequestMethod>()?;
+        self.session.unsubscribe(request.uri.as_str());
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        (self.profile == Profile::Conformance)
+            .then(|| requested.supported_by(&capabilities(self.profile)))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let _registration = self.listen.register(context.sink().clone());
+        context.cancelled().await;
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        self.require_conformance::<rmcp::model::ListPromptsRequestMethod>()?;
+        Ok(conformance::list_prompts())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        self.require_conformance::<rmcp::model::GetPromptRequestMethod>()?;
+        conformance::get_prompt(request)
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        self.require_conformance::<rmcp::model::CompleteRequestMethod>()?;
+        conformance::complete(&request)
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.require_conformance::<rmcp::model::SetLevelRequestMethod>()?;
+        self.session.set_log_level(request.level);
+        Ok(())
+    }
+}
+
+impl McpServer {
+    /// Methods whose capability only the conformance profile advertises answer
+    /// `-32601` elsewhere, so capabilities and handlers always agree.
+    fn require_conformance<M: rmcp::model::ConstString>(&self) -> Result<(), ErrorData> {
+        match self.profile {
+            Profile::Conformance => Ok(()),
+            Profile::Default => Err(ErrorData::method_not_found::<M>()),
+        }
+    }
+}
+
+pub(crate) fn unknown_tool(name: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!("unknown tool: {name}"),
+        Some(serde_json::json!({ "name": name })),
+    )
+}
+
+#[cfg(test)]
+mod tests;

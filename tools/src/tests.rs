@@ -1,0 +1,560 @@
+//! The handler driven through rmcp in-process: an rmcp client and server over a
+//! tokio duplex pipe, sessionful (`initialize`) and 2026-07-28 stateless.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use rmcp::{
+    ClientHandler, ErrorData, ServiceExt,
+    model::*,
+    service::{
+        NotificationContext, RequestContext, RoleClient, RoleServer, RunningService, ServiceError,
+        serve_directly,
+    },
+};
+use serde_json::{Value, json};
+
+use crate::{McpServer, Profile};
+
+/// A client that answers sampling, elicitation and roots, and records the log
+/// messages it receives.
+#[derive(Clone, Default)]
+struct FixtureClient {
+    logs: Arc<Mutex<Vec<LoggingMessageNotificationParam>>>,
+    protocol: Option<ProtocolVersion>,
+}
+
+impl ClientHandler for FixtureClient {
+    fn get_info(&self) -> ClientInfo {
+        ClientInfo::new(
+            ClientCapabilities::builder()
+                .enable_roots()
+                .enable_sampling()
+                .enable_elicitation()
+                .build(),
+            Implementation::new("tools-tests", "0"),
+        )
+        .with_protocol_version(
+            self.protocol
+                .clone()
+                .unwrap_or(ProtocolVersion::V_2025_11_25),
+        )
+    }
+
+    async fn create_message(
+        &self,
+        _request: CreateMessageRequestParams,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        Ok(CreateMessageResult::new(
+            SamplingMessage::assistant_text("Paris."),
+            "test-model".into(),
+        )
+        .with_stop_reason(CreateMessageResult::STOP_REASON_END_TURN))
+    }
+
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        Ok(ElicitResult::new(ElicitationAction::Accept)
+            .with_content(json!({ "name": "Ferris", "color": "orange", "ok": true })))
+    }
+
+    async fn list_roots(
+        &self,
+        _cx: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        Ok(ListRootsResult::new(vec![Root::new("file:///workspace")]))
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        self.logs.lock().unwrap().push(params);
+    }
+}
+
+type Client = RunningService<RoleClient, FixtureClient>;
+
+/// A sessionful pair: the client sends `initialize` at 2025-11-25.
+async fn session(profile: Profile, client: FixtureClient) -> Client {
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        if let Ok(running) = McpServer::new(profile, None).serve(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    client.serve(client_io).await.expect("initialize")
+}
+
+/// A 2026-07-28 pair with no handshake, as a stateless HTTP request is served.
+async fn stateless(profile: Profile) -> Client {
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let client = FixtureClient {
+        protocol: Some(ProtocolVersion::V_2026_07_28),
+        ..FixtureClient::default()
+    };
+    let server_peer_info = client.get_info();
+    let mut client_peer_info =
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build());
+    client_peer_info.protocol_version = ProtocolVersion::V_2026_07_28;
+    tokio::spawn(async move {
+        let running = serve_directly::<RoleServer, _, _, _, _>(
+            McpServer::new(profile, None),
+            server_io,
+            Some(server_peer_info),
+        );
+        let _ = running.waiting().await;
+    });
+    serve_directly::<RoleClient, _, _, _, _>(client, client_io, Some(client_peer_info.into()))
+}
+
+fn call(name: &str, args: Value) -> CallToolRequestParams {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    CallToolRequestParams::new(name.to_owned()).with_arguments(args)
+}
+
+fn only_text(result: &CallToolResult) -> &str {
+    assert_eq!(result.content.len(), 1, "{result:?}");
+    &result.content[0].as_text().expect("text content").text
+}
+
+fn error_code(e: ServiceError) -> ErrorCode {
+    match e {
+        ServiceError::McpError(e) => e.code,
+        other => panic!("expected a JSON-RPC error, got {other:?}"),
+    }
+}
+
+#[test]
+fn profile_parses_both_names_and_rejects_others() {
+    assert_eq!("default".parse::<Profile>().unwrap(), Profile::Default);
+    assert_eq!(
+        "conformance".parse::<Profile>().unwrap(),
+        Profile::Conformance
+    );
+    assert!("Conformance".parse::<Profile>().is_err());
+    assert_eq!(Profile::Conformance.to_string(), "conformance");
+}
+
+#[tokio::test]
+async fn add_returns_the_sum_as_text() {
+    let client = session(Profile::Default, FixtureClient::default()).await;
+    let result = client
+        .call_tool(call("add", json!({ "a": 2, "b": 3 })))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&result), "5");
+    assert_ne!(result.is_error, Some(true));
+    let result = client
+        .call_tool(call("add", json!({ "a": 0.5, "b": -2 })))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&result), "-1.5");
+}
+
+#[tokio::test]
+async fn add_with_a_missing_operand_is_a_tool_error() {
+    let client = session(Profile::Default, FixtureClient::default()).await;
+    let result = client
+        .call_tool(call("add", json!({ "a": 2 })))
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(true));
+}
+
+#[tokio::test]
+async fn default_profile_lists_add_only_and_refuses_fixture_methods() {
+    let client = session(Profile::Default, FixtureClient::default()).await;
+    let info = client.peer_info().expect("server info");
+    assert!(info.capabilities.tools.is_some());
+    assert!(info.capabilities.resources.is_none());
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<_> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["add"]);
+    let e = client
+        .call_tool(call("test_simple_text", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(e), ErrorCode::INVALID_PARAMS);
+    let e = client.list_resources(None).await.unwrap_err();
+    assert_eq!(error_code(e), ErrorCode::METHOD_NOT_FOUND);
+}
+
+#[tokio::test]
+async fn unknown_methods_get_method_not_found() {
+    for profile in [Profile::Default, Profile::Conformance] {
+        let client = session(profile, FixtureClient::default()).await;
+        let e = client
+            .send_request(ClientRequest::CustomRequest(CustomRequest::new(
+                "no/such-method",
+                None,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(error_code(e), ErrorCode::METHOD_NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn conformance_tools_are_listed_with_valid_names_and_schemas() {
+    let client = session(Profile::Conformance, FixtureClient::default()).await;
+    let tools = client.list_all_tools().await.unwrap();
+    for expected in [
+        "add",
+        "test_simple_text",
+        "test_image_content",
+        "test_audio_content",
+        "test_embedded_resource",
+        "test_multiple_content_types",
+        "test_tool_with_logging",
+        "test_error_handling",
+        "test_tool_with_progress",
+        "test_sampling",
+        "test_elicitation",
+        "test_elicitation_sep1034_defaults",
+        "test_elicitation_sep1330_enums",
+        "json_schema_2020_12_tool",
+        "test_reconnection",
+        "test_custom_header",
+        "test_missing_capability",
+        "test_input_required_result_elicitation",
+    ] {
+        assert!(
+            tools.iter().any(|t| t.name == expected),
+            "{expected} missing"
+        );
+    }
+    for tool in &tools {
+        assert!(tool.name.len() <= 128);
+        assert!(
+            tool.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
+            "{}",
+            tool.name
+        );
+        assert_eq!(tool.input_schema.get("type"), Some(&json!("object")));
+        assert!(tool.description.is_some());
+    }
+    let schema = &tools
+        .iter()
+        .find(|t| t.name == "json_schema_2020_12_tool")
+        .unwrap()
+        .input_schema;
+    for keyword in [
+        "$schema",
+        "$defs",
+        "allOf",
+        "if",
+        "then",
+        "else",
+        "additionalProperties",
+    ] {
+        assert!(schema.contains_key(keyword), "{keyword} stripped");
+    }
+}
+
+#[tokio::test]
+async fn content_fixtures_return_the_documented_content() {
+    let client = session(Profile::Conformance, FixtureClient::default()).await;
+    let r = client
+        .call_tool(call("test_simple_text", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&r), "This is a simple text response for testing.");
+
+    let r = client
+        .call_tool(call("test_image_content", json!({})))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&r.content[0]).unwrap();
+    assert_eq!(v["type"], "image");
+    assert_eq!(v["mimeType"], "image/png");
+
+    let r = client
+        .call_tool(call("test_audio_content", json!({})))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&r.content[0]).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["mimeType"].as_str()),
+        (Some("audio"), Some("audio/wav"))
+    );
+
+    let r = client
+        .call_tool(call("test_embedded_resource", json!({})))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&r.content[0]).unwrap();
+    assert_eq!(v["resource"]["uri"], "test://embedded-resource");
+    assert_eq!(
+        v["resource"]["text"],
+        "This is an embedded resource content."
+    );
+
+    let r = client
+        .call_tool(call("test_multiple_content_types", json!({})))
+        .await
+        .unwrap();
+    let kinds: Vec<_> = r
+        .content
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap()["type"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("text"), json!("image"), json!("resource")]);
+
+    let r = client
+        .call_tool(call("test_error_handling", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+
+    let r = client
+        .call_tool(call("json_schema_2020_12_tool", json!({ "name": "Ada" })))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&r), "Hello, Ada!");
+
+    let r = client
+        .call_tool(call("test_custom_header", json!({ "value": "Hello" })))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&r), "Hello");
+}
+
+#[tokio::test]
+async fn resources_and_template_read_back() {
+    let client = session(Profile::Conformance, FixtureClient::default()).await;
+    let listed = client.list_resources(None).await.unwrap();
+    assert!(
+        listed
+            .resources
+            .iter()
+            .any(|r| r.uri == "test://static-text")
+    );
+    let templates = client.list_resource_templates(None).await.unwrap();
+    assert_eq!(
+        templates.resource_templates[0].uri_template,
+        "test://template/{id}/data"
+    );
+
+    let read = |uri: &str| client.read_resource(ReadResourceRequestParams::new(uri));
+    let text = serde_json::to_value(read("test://static-text").await.unwrap()).unwrap();
+    assert_eq!(
+        text["contents"][0]["text"],
+        "This is the content of the static text resource."
+    );
+    let blob = serde_json::to_value(read("test://static-binary").await.unwrap()).unwrap();
+    assert_eq!(blob["contents"][0]["mimeType"], "image/png");
+    assert!(blob["contents"][0]["blob"].is_string());
+    let templated = serde_json::to_value(read("test://template/123/data").await.unwrap()).unwrap();
+    let data: Value =
+        serde_json::from_str(templated["contents"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        data,
+        json!({ "id": "123", "templateTest": true, "data": "Data for ID: 123" })
+    );
+    // Legacy revisions keep -32002; rmcp maps it to -32602 for 2026-07-28 peers.
+    let e = read("test://nope").await.unwrap_err();
+    assert_eq!(error_code(e), ErrorCode::RESOURCE_NOT_FOUND);
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_track_uris() {
+    let server = McpServer::new(Profile::Conformance, None);
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let handler = server.clone();
+    tokio::spawn(async move {
+        if let Ok(running) = handler.serve(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    let client = FixtureClient::default().serve(client_io).await.unwrap();
+    client
+        .subscribe(SubscribeRequestParams::new("test://watched-resource"))
+        .await
+        .unwrap();
+    assert_eq!(server.session.subscriptions(), ["test://watched-resource"]);
+    client
+        .unsubscribe(UnsubscribeRequestParams::new("test://watched-resource"))
+        .await
+        .unwrap();
+    assert!(server.session.subscriptions().is_empty());
+}
+
+#[tokio::test]
+async fn prompts_render_their_arguments() {
+    let client = session(Profile::Conformance, FixtureClient::default()).await;
+    let prompts = client.list_all_prompts().await.unwrap();
+    assert!(
+        prompts
+            .iter()
+            .any(|p| p.name == "test_prompt_with_arguments")
+    );
+    let args = json!({ "arg1": "hello", "arg2": "world" });
+    let Value::Object(args) = args else {
+        unreachable!()
+    };
+    let got = client
+        .get_prompt(GetPromptRequestParams::new("test_prompt_with_arguments").with_arguments(args))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&got.messages[0]).unwrap();
+    assert_eq!(
+        v["content"]["text"],
+        "Prompt with arguments: arg1='hello', arg2='world'"
+    );
+    let got = client
+        .get_prompt(GetPromptRequestParams::new("test_prompt_with_image"))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&got.messages[0]).unwrap();
+    assert_eq!(v["content"]["type"], "image");
+}
+
+#[tokio::test]
+async fn completion_filters_by_prefix() {
+    let client = session(Profile::Conformance, FixtureClient::default()).await;
+    let values = client
+        .complete_prompt_simple("test_prompt_with_arguments", "arg1", "par")
+        .await
+        .unwrap();
+    assert_eq!(values, ["paris", "park", "party"]);
+}
+
+#[tokio::test]
+async fn logging_fixture_sends_three_messages_and_honours_set_level() {
+    let client = FixtureClient::default();
+    let logs = client.logs.clone();
+    let client = session(Profile::Conformance, client).await;
+    client
+        .call_tool(call("test_tool_with_logging", json!({})))
+        .await
+        .unwrap();
+    // Notifications are sent before the response on the same pipe.
+    let texts: Vec<Value> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l.data.clone())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            json!("Tool execution started"),
+            json!("Tool processing data"),
+            json!("Tool execution completed")
+        ]
+    );
+    logs.lock().unwrap().clear();
+    client
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Error))
+        .await
+        .unwrap();
+    client
+        .call_tool(call("test_tool_with_logging", json!({})))
+        .await
+        .unwrap();
+    assert!(logs.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sampling_and_elicitation_ask_the_client_over_the_session() {
+    let client = session(Profile::Conformance, FixtureClient::default()).await;
+    let r = client
+        .call_tool(call(
+            "test_sampling",
+            json!({ "prompt": "Capital of France?" }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&r), "LLM response: Paris.");
+    let r = client
+        .call_tool(call(
+            "test_elicitation",
+            json!({ "message": "Who are you?" }),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        only_text(&r).starts_with("User response: action=accept"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn stateless_discover_reports_every_supported_revision() {
+    let client = stateless(Profile::Default).await;
+    let discovered = client
+        .send_request(ClientRequest::DiscoverRequest(DiscoverRequest::default()))
+        .await;
+    // The client attaches the per-request _meta itself.
+    let ServerResult::DiscoverResult(result) = discovered.unwrap() else {
+        panic!("expected a discover result")
+    };
+    assert_eq!(
+        result.supported_versions,
+        crate::SUPPORTED_PROTOCOL_VERSIONS
+    );
+}
+
+#[tokio::test]
+async fn stateless_add_and_mrtr_fixtures_complete_through_input_rounds() {
+    let client = stateless(Profile::Conformance).await;
+    let r = client
+        .call_tool(call("add", json!({ "a": 40, "b": 2 })))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&r), "42");
+
+    // rmcp's client fulfils each input_required round through FixtureClient.
+    let r = client
+        .call_tool(call("test_input_required_result_multi_round", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&r), "Multi-round flow complete");
+    let r = client
+        .call_tool(call("test_input_required_result_elicitation", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&r), "Hello, Ferris!");
+    // Server→client requests become MRTR rounds on 2026-07-28.
+    let r = client
+        .call_tool(call(
+            "test_sampling",
+            json!({ "prompt": "Capital of France?" }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(only_text(&r), "LLM response: Paris.");
+}
+
+#[tokio::test]
+async fn stateless_first_round_is_input_required() {
+    let client = stateless(Profile::Conformance).await;
+    let first = client
+        .call_tool_once(call("test_input_required_result_request_state", json!({})))
+        .await
+        .unwrap();
+    let CallToolResponse::InputRequired(first) = first else {
+        panic!("expected input_required, got {first:?}")
+    };
+    assert!(
+        first
+            .input_requests
+            .as_ref()
+            .unwrap()
+            .contains_key("confirm")
+    );
+    let mut retry = call("test_input_required_result_request_state", json!({}));
+    retry.request_state = Some(format!("{}x", first.request_state.unwrap()));
+    let e = client.call_tool_once(retry).await.unwrap_err();
+    assert_eq!(error_code(e), ErrorCode::INVALID_PARAMS);
+}
