@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
 # Shared paths and helpers for the scripts in this directory. Source it; do not run it.
 #
 # Everything the scripts install lives inside the repository, in ignored directories:

@@ -36,6 +36,7 @@ trap summary EXIT
 stage deps bash scripts/install-deps.sh || exit 1
 stage build cargo build --release --workspace || exit 1
 stage "cargo test" cargo test --workspace --release || true
+# shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
 stage e2e "$VENV_DIR/bin/python" -m pytest tests/e2e -q ${PYTEST_ARGS:-} || true
 if [[ -f tests/conformance/run.sh ]]; then
   stage conformance "$VENV_DIR/bin/python" tests/e2e/with_cluster.py --profile conformance -- \
