@@ -1,1 +1,216 @@
+//! gateway: the edge of mcp-cluster.
+//!
+//! It holds client connections — Streamable HTTP at `/mcp` ([`mcp`]) and the
+//! legacy HTTP+SSE transport at `/sse` + `/messages` ([`legacy`]) — checks
+//! Host/Origin ([`guard`]) and bearer tokens ([`auth`]), and relays every
+//! message to the worker that owns its session over NATS ([`relay`]).
+//!
+//! The gateway keeps no session state: any replica serves any request of any
+//! session. It never runs MCP handlers and never sees a worker's memory; it
+//! never forwards a request without a validated principal.
+#![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod config;
+pub mod errors;
+pub mod guard;
+pub mod legacy;
+pub mod mcp;
+pub mod metrics;
+pub mod relay;
+pub mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context as _;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use crate::auth::{AuthConfig, Validator};
+use crate::errors::{Kind, McpError};
+use crate::mcp::AppState;
+
+/// A started gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway_id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Drain: refuse new work, end SSE streams with a reconnect hint, wait for
+    /// in-flight requests up to the drain timeout, then stop.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Run until `shutdown` resolves, then drain.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let gateway = start(config).await?;
+    shutdown.await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn not_found() -> HttpResponse {
+    actix_web::ResponseError::error_response(&McpError::new(Kind::InvalidRequest).detail("no such endpoint"))
+        .customize_status(actix_web::http::StatusCode::NOT_FOUND)
+}
+
+trait Customize {
+    fn customize_status(self, status: actix_web::http::StatusCode) -> HttpResponse;
+}
+
+impl Customize for HttpResponse {
+    fn customize_status(mut self, status: actix_web::http::StatusCode) -> HttpResponse {
+        *self.status_mut() = status;
+        self
+    }
+}
+
+async fn mcp_method_not_allowed() -> HttpResponse {
+    actix_web::ResponseError::error_response(&McpError::new(Kind::MethodNotAllowed).allow("GET, POST, DELETE"))
+}
+
+/// Connect to NATS, bind the public and admin servers, serve.
+pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+    config.validate()?;
+    let gateway_id = config
+        .gateway_id
+        .clone()
+        .unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple()));
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::Metrics::register(&registry)?;
+    let nats = async_nats::ConnectOptions::new()
+        .name(format!("gateway {gateway_id}"))
+        .request_timeout(Some(config.ack_timeout()))
+        .connect(config.nats_url.as_str())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let (relay, relay_task) = relay::Relay::start(
+        nats.clone(),
+        gateway_id.clone(),
+        config.ack_timeout(),
+        Duration::from_millis(config.no_responders_retry_ms),
+        metrics.clone(),
+    )
+    .await?;
+    let auth_config = AuthConfig {
+        allowed_issuers: config.allowed_issuers.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        resource: config.resource_identifier.clone(),
+        resource_metadata_url: config.resource_metadata_url(),
+        jwks_cache_ttl: Duration::from_secs(config.jwks_cache_ttl_secs),
+        required_scopes: config.required_scopes.iter().filter(|s| !s.is_empty()).cloned().collect(),
+        authorization_servers: config.authorization_servers.iter().filter(|s| !s.is_empty()).cloned().collect(),
+    };
+    let metadata = auth::protected_resource_metadata(&auth_config);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let drain = CancellationToken::new();
+    let state = web::Data::new(AppState {
+        relay,
+        validator: Validator::new(auth_config, http),
+        metrics: metrics.clone(),
+        policy: guard::OriginPolicy::new(&config.allowed_hosts, &config.allowed_origins),
+        drain: drain.clone(),
+        max_body: config.max_body_bytes,
+        request_timeout: config.request_timeout(),
+        keepalive: config.sse_keepalive(),
+    });
+    let metadata = web::Data::new(metadata);
+    let mcp_path = config.resource_path();
+    let mcp_path = if mcp_path == "/" { "/mcp".to_owned() } else { mcp_path };
+    let metadata_path = format!("/.well-known/oauth-protected-resource{mcp_path}");
+    let workers = if config.http_workers == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        config.http_workers
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(metadata.clone())
+            .route(&mcp_path, web::post().to(mcp::post))
+            .route(&mcp_path, web::get().to(mcp::get))
+            .route(&mcp_path, web::delete().to(mcp::delete))
+            .route(&mcp_path, web::route().to(mcp_method_not_allowed))
+            .route("/sse", web::get().to(legacy::open))
+            .route("/messages", web::post().to(legacy::message))
+            .route("/.well-known/oauth-protected-resource", web::get().to(resource_metadata))
+            .route(&metadata_path, web::get().to(resource_metadata))
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(config.drain_timeout_secs)
+    .bind(config.listen)
+    .with_context(|| format!("cannot bind {}", config.listen))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("public server bound no address")?;
+    let server = server.run();
+    let server_handle = server.handle();
+    let server_task = tokio::spawn(server);
+
+    let probe_nats = nats.clone();
+    let probe_drain = drain.clone();
+    let admin = telemetry::admin_server(
+        config.admin_listen,
+        registry,
+        Arc::new(move || {
+            !probe_drain.is_cancelled()
+                && matches!(probe_nats.connection_state(), async_nats::connection::State::Connected)
+        }),
+    )?;
+    let admin_addr = admin.addr;
+    let admin_handle = admin.handle;
+    let admin_task = tokio::spawn(admin.server);
+    info!(%gateway_id, %addr, %admin_addr, "gateway listening");
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let id = gateway_id.clone();
+    let task = tokio::spawn(async move {
+        let _ = stop_rx.await;
+        info!(gateway_id = %id, "draining");
+        drain.cancel();
+        server_handle.stop(true).await;
+        if let Err(err) = server_task.await {
+            warn!(error = %err, "public server task failed");
+        }
+        let _ = nats.flush().await;
+        relay_task.abort();
+        admin_handle.stop(true).await;
+        let _ = admin_task.await;
+        info!(gateway_id = %id, "stopped");
+    });
+    Ok(Gateway {
+        addr,
+        admin_addr,
+        gateway_id,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+async fn resource_metadata(metadata: web::Data<serde_json::Value>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "public, max-age=300"))
+        .json(metadata.get_ref())
+}

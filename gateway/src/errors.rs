@@ -1,0 +1,159 @@
+//! Every error the gateway answers with, from one table, mapped to HTTP in
+//! exactly one place ([`McpError`]'s `ResponseError`). Bodies are JSON-RPC error
+//! objects built by [`jsonrpc_error`]; auth failures have their own OAuth-style
+//! bodies in [`crate::auth`].
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{Value, json};
+
+/// What went wrong, independent of how it is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    ParseError,
+    InvalidRequest,
+    BatchNotSupported,
+    UnsupportedMediaType,
+    NotAcceptable,
+    PayloadTooLarge,
+    ForbiddenOrigin,
+    ForbiddenHost,
+    SessionRequired,
+    SessionNotFound,
+    UnsupportedProtocolVersion,
+    HeaderMismatch,
+    InvalidParams,
+    MethodNotAllowed,
+    NoWorker,
+    WorkerTimeout,
+    Draining,
+    Internal,
+}
+
+/// The table: HTTP status, JSON-RPC code, message.
+pub fn describe(kind: Kind) -> (StatusCode, i64, &'static str) {
+    use Kind::*;
+    match kind {
+        ParseError => (StatusCode::BAD_REQUEST, -32700, "Parse error"),
+        InvalidRequest => (StatusCode::BAD_REQUEST, -32600, "Invalid Request"),
+        BatchNotSupported => (StatusCode::BAD_REQUEST, -32600, "Invalid Request: JSON-RPC batches are not supported"),
+        UnsupportedMediaType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            -32600,
+            "Unsupported Media Type: Content-Type must be application/json",
+        ),
+        NotAcceptable => (StatusCode::NOT_ACCEPTABLE, -32600, "Not Acceptable"),
+        PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, -32600, "Payload Too Large"),
+        ForbiddenOrigin => (StatusCode::FORBIDDEN, -32600, "Forbidden: Origin not allowed"),
+        ForbiddenHost => (StatusCode::FORBIDDEN, -32600, "Forbidden: Host not allowed"),
+        SessionRequired => (StatusCode::BAD_REQUEST, -32600, "Bad Request: Mcp-Session-Id header is required"),
+        SessionNotFound => (StatusCode::NOT_FOUND, -32001, "Session not found"),
+        UnsupportedProtocolVersion => (StatusCode::BAD_REQUEST, -32600, "Bad Request: Unsupported protocol version"),
+        HeaderMismatch => (StatusCode::BAD_REQUEST, -32020, "Header mismatch"),
+        InvalidParams => (StatusCode::BAD_REQUEST, -32602, "Invalid params"),
+        MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, -32600, "Method Not Allowed"),
+        NoWorker => (StatusCode::SERVICE_UNAVAILABLE, -32000, "No session worker is available"),
+        WorkerTimeout => (StatusCode::GATEWAY_TIMEOUT, -32000, "Session worker did not answer in time"),
+        Draining => (StatusCode::SERVICE_UNAVAILABLE, -32000, "Gateway is shutting down"),
+        Internal => (StatusCode::INTERNAL_SERVER_ERROR, -32603, "Internal error"),
+    }
+}
+
+/// A JSON-RPC error object.
+pub fn jsonrpc_error(id: Option<&Value>, code: i64, message: &str) -> Value {
+    let mut body = json!({
+        "jsonrpc": "2.0",
+        "error": { "code": code, "message": message },
+    });
+    body["id"] = id.cloned().unwrap_or(Value::Null);
+    body
+}
+
+/// An error answered to an MCP client.
+#[derive(Debug, Clone)]
+pub struct McpError {
+    pub kind: Kind,
+    pub id: Option<Value>,
+    pub detail: Option<String>,
+    /// Overrides the table's JSON-RPC code (errors a worker reported).
+    pub code: Option<i64>,
+    pub allow: Option<&'static str>,
+}
+
+impl McpError {
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            id: None,
+            detail: None,
+            code: None,
+            allow: None,
+        }
+    }
+
+    pub fn with_id(mut self, id: Option<Value>) -> Self {
+        self.id = id;
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn code(mut self, code: i64) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn allow(mut self, methods: &'static str) -> Self {
+        self.allow = Some(methods);
+        self
+    }
+
+    pub fn message(&self) -> String {
+        let (_, _, message) = describe(self.kind);
+        match &self.detail {
+            Some(d) => format!("{message}: {d}"),
+            None => message.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for McpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl ResponseError for McpError {
+    fn status_code(&self) -> StatusCode {
+        describe(self.kind).0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, code, _) = describe(self.kind);
+        let body = jsonrpc_error(self.id.as_ref(), self.code.unwrap_or(code), &self.message());
+        let mut resp = HttpResponse::build(status);
+        if let Some(allow) = self.allow {
+            resp.insert_header(("Allow", allow));
+        }
+        resp.content_type("application/json").body(body.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_is_jsonrpc() {
+        let e = McpError::new(Kind::ParseError).with_id(None).detail("eof");
+        let resp = e.error_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = jsonrpc_error(Some(&json!(7)), -32601, "nope");
+        assert_eq!(body["id"], 7);
+        assert_eq!(body["error"]["code"], -32601);
+        assert_eq!(body["jsonrpc"], "2.0");
+    }
+}

@@ -1,0 +1,148 @@
+//! The legacy HTTP+SSE transport (protocol 2024-11-05), as older clients and
+//! the seeds use it: `GET /sse` opens the stream and names the endpoint
+//! `/messages?sessionId=…`; every answer, response or not, comes back on that
+//! stream. The stream's end ends the session.
+
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use proto::{Body, Envelope, Route, subjects};
+use serde::Deserialize;
+use tracing::info;
+
+use crate::errors::{Kind, McpError};
+use crate::mcp::{AppState, Incoming, MessageKind, admit, check_content_type, event_frames, read_body, trace_of};
+use crate::metrics::{StreamGuard, method_label};
+use crate::sse;
+
+/// GET /sse
+pub async fn open(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
+    let resp = match open_inner(&req, &st).await {
+        Ok(r) => r,
+        Err(e) => actix_web::ResponseError::error_response(&e),
+    };
+    let status = resp.status().as_u16().to_string();
+    st.metrics.requests.with_label_values(&["/sse", "stream", &status]).inc();
+    st.metrics
+        .duration
+        .with_label_values(&["/sse", "stream"])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpResponse, McpError> {
+    let principal = match admit(req, st).await {
+        Ok(p) => p,
+        Err(resp) => return Ok(resp),
+    };
+    let session = uuid::Uuid::new_v4().simple().to_string();
+    let sub = st
+        .relay
+        .events(&session)
+        .await
+        .map_err(|e| McpError::new(Kind::Internal).detail(e.to_string()))?;
+    let endpoint = sse::named_event("endpoint", &format!("/messages?sessionId={session}"));
+    let frames = futures::StreamExt::chain(futures::stream::once(async move { endpoint }), event_frames(sub));
+    let relay = st.relay.clone();
+    let trace = trace_of(req);
+    let closing = session.clone();
+    let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
+        tokio::spawn(async move {
+            let env = Envelope::new(principal, closing.clone(), Body::Close);
+            let _ = relay.send(subjects::actor(&closing), &env, &trace).await;
+        });
+    });
+    info!(session_id = %session, "legacy SSE stream opened");
+    Ok(sse::response(
+        frames,
+        st.keepalive,
+        st.drain.clone(),
+        StreamGuard::new(&st.metrics, "legacy"),
+        Some(on_close),
+        vec![],
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct MessagesQuery {
+    #[serde(rename = "sessionId")]
+    session_id: Option<String>,
+}
+
+/// POST /messages?sessionId=…
+pub async fn message(
+    req: HttpRequest,
+    query: web::Query<MessagesQuery>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let (resp, method) = match message_inner(&req, query.into_inner(), payload, &st).await {
+        Ok(r) => r,
+        Err(e) => (actix_web::ResponseError::error_response(&e), "unknown"),
+    };
+    let status = resp.status().as_u16().to_string();
+    st.metrics.requests.with_label_values(&["/messages", method, &status]).inc();
+    st.metrics
+        .duration
+        .with_label_values(&["/messages", method])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn message_inner(
+    req: &HttpRequest,
+    query: MessagesQuery,
+    payload: web::Payload,
+    st: &AppState,
+) -> Result<(HttpResponse, &'static str), McpError> {
+    let principal = match admit(req, st).await {
+        Ok(p) => p,
+        Err(resp) => return Ok((resp, "unknown")),
+    };
+    let Some(session) = query.session_id.filter(|s| !s.is_empty() && s.len() <= 128) else {
+        return Err(McpError::new(Kind::InvalidRequest).detail("sessionId query parameter is required"));
+    };
+    check_content_type(req)?;
+    let raw = read_body(req, payload, st.max_body).await?;
+    let msg = Incoming::parse(raw)?;
+    let label = method_label(msg.method.as_deref());
+    let route = if msg.kind == MessageKind::Request {
+        Route::SessionEvents
+    } else {
+        Route::Nothing
+    };
+    let message = msg.raw.to_vec();
+    let body = if msg.kind == MessageKind::Request && msg.method.as_deref() == Some("initialize") {
+        st.metrics.sessions_opened.inc();
+        Body::Open {
+            message,
+            route,
+            legacy_sse: true,
+        }
+    } else {
+        Body::Deliver { message, route }
+    };
+    let env = Envelope::new(principal, session.clone(), body);
+    let ack = st
+        .relay
+        .send(subjects::actor(&session), &env, &trace_of(req))
+        .await
+        .map_err(|e| {
+            let kind = match e {
+                crate::relay::RelayError::NoResponders(_) => Kind::NoWorker,
+                crate::relay::RelayError::TimedOut(_) => Kind::WorkerTimeout,
+                _ => Kind::Internal,
+            };
+            McpError::new(kind).with_id(msg.id.clone())
+        })?;
+    match ack {
+        proto::Ack::Accepted => Ok((HttpResponse::Accepted().body("Accepted"), label)),
+        proto::Ack::NotFound => Err(McpError::new(Kind::SessionNotFound).with_id(msg.id)),
+        proto::Ack::Rejected { code, message } => Err(McpError::new(Kind::InvalidRequest)
+            .code(code)
+            .detail(message)
+            .with_id(msg.id)),
+    }
+}

@@ -1,0 +1,25 @@
+//! gateway binary: parse config, set up logging, run.
+
+use clap::Parser;
+
+fn main() {
+    let config = gateway::Config::parse();
+    if let Err(err) = config.validate() {
+        eprintln!("gateway: {err}");
+        std::process::exit(64);
+    }
+    telemetry::init_logging();
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|err| {
+                eprintln!("gateway: cannot start runtime: {err}");
+                std::process::exit(70)
+            })
+    });
+    if let Err(err) = system.block_on(gateway::run(config, telemetry::shutdown_signal())) {
+        eprintln!("gateway: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,698 @@
+//! Streamable HTTP at `/mcp` (POST, GET, DELETE), every MCP revision the
+//! cluster serves:
+//!
+//! - sessionful 2025-03-26 / 2025-06-18 / 2025-11-25: `initialize` opens a
+//!   session whose id the gateway mints (`Mcp-Session-Id`) and whose shard picks
+//!   the worker; later requests carry the id; GET opens the session's stream;
+//!   DELETE ends it.
+//! - stateless 2026-07-28: no session; requests carry
+//!   `_meta.io.modelcontextprotocol/protocolVersion` (and `server/discover`
+//!   needs none) and go to any worker through a queue group.
+//!
+//! The gateway parses just enough of each message to route it (method, id,
+//! protocol version) and relays the client's bytes unchanged; the worker's
+//! rmcp server does the rest. A request's answer comes back as one JSON body
+//! when the first thing the worker sends is the final response, or as an SSE
+//! stream when notifications or server requests come first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use proto::trace::TraceParent;
+use proto::{Ack, Body, Envelope, Outbound, Principal, Route, subjects};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::Validator;
+use crate::errors::{Kind, McpError, jsonrpc_error};
+use crate::guard::OriginPolicy;
+use crate::metrics::{Metrics, StreamGuard, method_label};
+use crate::relay::{Relay, RelayError, ReplyStream};
+use crate::sse;
+
+pub const HEADER_SESSION_ID: &str = "Mcp-Session-Id";
+pub const HEADER_PROTOCOL_VERSION: &str = "MCP-Protocol-Version";
+pub const HEADER_METHOD: &str = "Mcp-Method";
+pub const HEADER_NAME: &str = "Mcp-Name";
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The first stateless revision.
+pub const STATELESS_VERSION: &str = "2026-07-28";
+/// Revisions accepted in the `MCP-Protocol-Version` header.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
+/// Longest session id accepted (ours are 32 hex digits).
+const MAX_SESSION_ID: usize = 128;
+
+/// Shared by every handler.
+pub struct AppState {
+    pub relay: Arc<Relay>,
+    pub validator: Validator,
+    pub metrics: Metrics,
+    pub policy: OriginPolicy,
+    pub drain: CancellationToken,
+    pub max_body: usize,
+    pub request_timeout: Duration,
+    pub keepalive: Duration,
+}
+
+/// A client JSON-RPC message, parsed just enough to route it.
+pub struct Incoming {
+    pub raw: Bytes,
+    pub value: Value,
+    pub id: Option<Value>,
+    pub method: Option<String>,
+    pub kind: MessageKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Request,
+    Notification,
+    Response,
+}
+
+impl Incoming {
+    pub fn parse(raw: Bytes) -> Result<Self, McpError> {
+        let value: Value = serde_json::from_slice(&raw)
+            .map_err(|e| McpError::new(Kind::ParseError).detail(e.to_string()))?;
+        if value.is_array() {
+            return Err(McpError::new(Kind::BatchNotSupported));
+        }
+        let Some(obj) = value.as_object() else {
+            return Err(McpError::new(Kind::InvalidRequest).detail("expected a JSON-RPC object"));
+        };
+        let id = obj.get("id").cloned();
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Err(McpError::new(Kind::InvalidRequest)
+                .detail("jsonrpc must be \"2.0\"")
+                .with_id(id));
+        }
+        let method = match obj.get("method") {
+            None => None,
+            Some(Value::String(m)) => Some(m.clone()),
+            Some(_) => {
+                return Err(McpError::new(Kind::InvalidRequest)
+                    .detail("method must be a string")
+                    .with_id(id));
+            }
+        };
+        let valid_id = matches!(&id, Some(Value::String(_)) | Some(Value::Number(_)));
+        let kind = match (&method, &id) {
+            (Some(_), None) => MessageKind::Notification,
+            (Some(_), Some(_)) if valid_id => MessageKind::Request,
+            (None, Some(_)) if valid_id && (obj.contains_key("result") || obj.contains_key("error")) => {
+                MessageKind::Response
+            }
+            _ => {
+                return Err(McpError::new(Kind::InvalidRequest)
+                    .detail("not a JSON-RPC request, notification or response")
+                    .with_id(id.filter(|_| valid_id)));
+            }
+        };
+        Ok(Self {
+            raw,
+            value,
+            id,
+            method,
+            kind,
+        })
+    }
+
+    fn meta_protocol_version(&self) -> Option<&str> {
+        self.value
+            .get("params")
+            .and_then(|p| p.get("_meta"))
+            .and_then(|m| m.get(META_PROTOCOL_VERSION))
+            .and_then(Value::as_str)
+    }
+
+    fn is(&self, method: &str) -> bool {
+        self.method.as_deref() == Some(method)
+    }
+
+    /// The `Mcp-Name` a request names: tool or prompt name, resource URI.
+    fn name(&self) -> Option<&str> {
+        let params = self.value.get("params")?;
+        match self.method.as_deref()? {
+            "tools/call" | "prompts/get" => params.get("name")?.as_str(),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params.get("uri")?.as_str(),
+            _ => None,
+        }
+    }
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// W3C trace context: the client's, or a new trace.
+pub fn trace_of(req: &HttpRequest) -> TraceParent {
+    let span: u64 = rand::random::<u64>() | 1;
+    match header(req, proto::trace::TRACEPARENT).and_then(TraceParent::parse) {
+        Some(parent) => parent.child(span),
+        None => TraceParent {
+            trace_id: rand::random::<u128>() | 1,
+            span_id: span,
+            sampled: false,
+        },
+    }
+}
+
+/// Host/Origin, bearer token, drain: what every MCP endpoint checks first.
+pub async fn admit(req: &HttpRequest, st: &AppState) -> Result<Principal, HttpResponse> {
+    if let Err(e) = st.policy.check(req) {
+        warn!(error = %e, "request refused by origin policy");
+        return Err(actix_web::ResponseError::error_response(&e));
+    }
+    let authorization = header(req, "authorization");
+    match st.validator.validate(authorization).await {
+        Ok(p) => {
+            if st.drain.is_cancelled() {
+                return Err(actix_web::ResponseError::error_response(&McpError::new(Kind::Draining)));
+            }
+            Ok(p)
+        }
+        Err(e) => {
+            st.metrics.auth_failures.with_label_values(&[e.code()]).inc();
+            info!(code = e.code(), "bearer token refused");
+            Err(st.validator.reject_response(&e))
+        }
+    }
+}
+
+/// Read the body, refusing more than `limit` bytes.
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, McpError> {
+    if let Some(len) = header(req, "content-length").and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(McpError::new(Kind::PayloadTooLarge).detail(format!("body exceeds {limit} bytes")));
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| McpError::new(Kind::InvalidRequest).detail(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(McpError::new(Kind::PayloadTooLarge).detail(format!("body exceeds {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+pub fn check_content_type(req: &HttpRequest) -> Result<(), McpError> {
+    let ok = header(req, "content-type").is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if ok { Ok(()) } else { Err(McpError::new(Kind::UnsupportedMediaType)) }
+}
+
+/// Media types the client accepts (`*/*` counts as any).
+fn accepts(req: &HttpRequest, media: &str) -> bool {
+    req.headers().get_all("accept").filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').any(|part| {
+            let essence = part.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case(media) || essence == "*/*"
+        })
+    })
+}
+
+fn session_id(req: &HttpRequest) -> Result<Option<String>, McpError> {
+    match header(req, HEADER_SESSION_ID) {
+        None => Ok(None),
+        Some(id) if !id.is_empty() && id.len() <= MAX_SESSION_ID && id.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(id.to_owned()))
+        }
+        Some(_) => Err(McpError::new(Kind::SessionNotFound)),
+    }
+}
+
+fn relay_error(err: RelayError) -> McpError {
+    warn!(error = %err, "worker unreachable");
+    match err {
+        RelayError::NoResponders(_) => McpError::new(Kind::NoWorker),
+        RelayError::TimedOut(_) => McpError::new(Kind::WorkerTimeout),
+        RelayError::Encode(_) | RelayError::Decode(_) | RelayError::Nats(_) => McpError::new(Kind::Internal),
+    }
+}
+
+fn ack_error(ack: Ack, id: Option<Value>) -> Option<McpError> {
+    match ack {
+        Ack::Accepted => None,
+        Ack::NotFound => Some(McpError::new(Kind::SessionNotFound).with_id(id)),
+        Ack::Rejected { code, message } => {
+            let kind = if code == -32700 { Kind::ParseError } else { Kind::InvalidRequest };
+            Some(McpError::new(kind).code(code).detail(message).with_id(id))
+        }
+    }
+}
+
+/// HTTP status for a stateless request's final answer (2026-07-28 maps some
+/// JSON-RPC errors to HTTP errors; sessionful revisions always use 200).
+fn stateless_status(message: &[u8], meta_malformed: bool) -> StatusCode {
+    let Ok(v) = serde_json::from_slice::<Value>(message) else {
+        return StatusCode::OK;
+    };
+    match v.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64) {
+        Some(-32022 | -32021 | -32020) => StatusCode::BAD_REQUEST,
+        Some(-32602) if meta_malformed => StatusCode::BAD_REQUEST,
+        Some(-32601) => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
+
+/// Status to answer with, and the metric label for the MCP method.
+type Answer = (HttpResponse, &'static str);
+
+fn record(st: &AppState, route: &str, started: Instant, (resp, method): Answer) -> HttpResponse {
+    let status = resp.status().as_u16().to_string();
+    st.metrics.requests.with_label_values(&[route, method, &status]).inc();
+    st.metrics
+        .duration
+        .with_label_values(&[route, method])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn err_answer(e: McpError, method: &'static str) -> Answer {
+    (actix_web::ResponseError::error_response(&e), method)
+}
+
+/// POST /mcp
+pub async fn post(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
+    let answer = post_inner(&req, payload, &st).await;
+    record(&st, "/mcp", started, answer)
+}
+
+async fn post_inner(req: &HttpRequest, payload: web::Payload, st: &AppState) -> Answer {
+    let principal = match admit(req, st).await {
+        Ok(p) => p,
+        Err(resp) => return (resp, "unknown"),
+    };
+    if let Err(e) = check_content_type(req) {
+        return err_answer(e, "unknown");
+    }
+    if !(accepts(req, "application/json") && accepts(req, "text/event-stream")) {
+        return err_answer(
+            McpError::new(Kind::NotAcceptable).detail("client must accept both application/json and text/event-stream"),
+            "unknown",
+        );
+    }
+    let raw = match read_body(req, payload, st.max_body).await {
+        Ok(b) => b,
+        Err(e) => return err_answer(e, "unknown"),
+    };
+    let msg = match Incoming::parse(raw) {
+        Ok(m) => m,
+        Err(e) => {
+            info!(error = %e, "malformed message refused");
+            return err_answer(e, "unknown");
+        }
+    };
+    let label = method_label(msg.method.as_deref());
+    match route_post(req, st, principal, msg).await {
+        Ok(resp) => (resp, label),
+        Err(e) => err_answer(e, label),
+    }
+}
+
+async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg: Incoming) -> Result<HttpResponse, McpError> {
+    let header_version = header(req, HEADER_PROTOCOL_VERSION);
+    let meta_version = msg.meta_protocol_version().map(str::to_owned);
+    let id = msg.id.clone();
+    if let Some(v) = header_version
+        && meta_version.is_none()
+        && !SUPPORTED_VERSIONS.contains(&v)
+    {
+        return Err(McpError::new(Kind::UnsupportedProtocolVersion)
+            .detail(format!("{v:?}; supported: {}", SUPPORTED_VERSIONS.join(", ")))
+            .with_id(id));
+    }
+    // SEP-2243: routing headers, when present, must agree with the body.
+    if msg.kind == MessageKind::Request {
+        if let Some(m) = header(req, HEADER_METHOD)
+            && Some(m) != msg.method.as_deref()
+        {
+            return Err(McpError::new(Kind::HeaderMismatch)
+                .detail(format!("{HEADER_METHOD} header does not match the body method"))
+                .with_id(id));
+        }
+        if let Some(n) = header(req, HEADER_NAME)
+            && Some(n) != msg.name()
+        {
+            return Err(McpError::new(Kind::HeaderMismatch)
+                .detail(format!("{HEADER_NAME} header does not match the body"))
+                .with_id(id));
+        }
+    }
+    let trace = trace_of(req);
+    let session = session_id(req)?;
+
+    if msg.is("initialize") && msg.kind == MessageKind::Request {
+        if session.is_some() {
+            return Err(McpError::new(Kind::InvalidRequest)
+                .detail("initialize must not carry a session id")
+                .with_id(id));
+        }
+        let requested = msg
+            .value
+            .get("params")
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str);
+        if let (Some(h), Some(b)) = (header_version, requested)
+            && h != b
+        {
+            return Err(McpError::new(Kind::InvalidRequest)
+                .detail(format!("{HEADER_PROTOCOL_VERSION} header ({h}) does not match initialize params.protocolVersion ({b})"))
+                .with_id(id));
+        }
+        let session = uuid::Uuid::new_v4().simple().to_string();
+        st.metrics.sessions_opened.inc();
+        let raw = msg.raw.to_vec();
+        return relay_request(
+            st,
+            principal,
+            session.clone(),
+            |route| Body::Open {
+                message: raw,
+                route,
+                legacy_sse: false,
+            },
+            id,
+            &trace,
+            None,
+            vec![(HEADER_SESSION_ID, session)],
+        )
+        .await;
+    }
+
+    if let Some(session) = session {
+        let raw = msg.raw.to_vec();
+        return match msg.kind {
+            MessageKind::Request => {
+                relay_request(
+                    st,
+                    principal,
+                    session,
+                    |route| Body::Deliver { message: raw, route },
+                    id,
+                    &trace,
+                    None,
+                    vec![],
+                )
+                .await
+            }
+            _ => {
+                let env = Envelope::new(
+                    principal,
+                    session.clone(),
+                    Body::Deliver {
+                        message: raw,
+                        route: Route::Nothing,
+                    },
+                );
+                let ack = st.relay.send(subjects::actor(&session), &env, &trace).await.map_err(relay_error)?;
+                match ack_error(ack, None) {
+                    Some(e) => Err(e),
+                    None => Ok(HttpResponse::Accepted().finish()),
+                }
+            }
+        };
+    }
+
+    // No session: the stateless revision, or a client that forgot its session.
+    let stateless = msg.is("server/discover")
+        || meta_version.is_some()
+        || header_version.is_some_and(|v| v >= STATELESS_VERSION);
+    if !stateless {
+        return Err(McpError::new(Kind::SessionRequired).with_id(id));
+    }
+    if msg.kind != MessageKind::Request {
+        // Nothing to do with a notification or response outside a session.
+        return Ok(HttpResponse::Accepted().finish());
+    }
+    let meta_malformed;
+    match (&meta_version, header_version) {
+        (None, _) => {
+            meta_malformed = true;
+            if msg.is("server/discover") || header_version.is_some_and(|v| v >= STATELESS_VERSION) {
+                return Err(McpError::new(Kind::InvalidParams)
+                    .detail(format!("request _meta is missing or has malformed required fields: {META_PROTOCOL_VERSION}"))
+                    .with_id(id));
+            }
+        }
+        (Some(_), None) => {
+            return Err(McpError::new(Kind::HeaderMismatch)
+                .detail(format!("request _meta protocolVersion requires the {HEADER_PROTOCOL_VERSION} header"))
+                .with_id(id));
+        }
+        (Some(m), Some(h)) if m != h => {
+            return Err(McpError::new(Kind::HeaderMismatch)
+                .detail(format!("{HEADER_PROTOCOL_VERSION} header ({h}) does not match request _meta protocolVersion ({m})"))
+                .with_id(id));
+        }
+        _ => meta_malformed = false,
+    }
+    let raw = msg.raw.to_vec();
+    relay_request(
+        st,
+        principal,
+        String::new(),
+        |route| Body::Stateless { message: raw, route },
+        id,
+        &trace,
+        Some(meta_malformed),
+        vec![],
+    )
+    .await
+}
+
+/// Send a request to its actor (or the stateless queue) and answer with the
+/// worker's messages: JSON when the first one is final, SSE otherwise.
+#[allow(clippy::too_many_arguments)]
+async fn relay_request(
+    st: &AppState,
+    principal: Principal,
+    key: String,
+    body: impl FnOnce(Route) -> Body,
+    id: Option<Value>,
+    trace: &TraceParent,
+    stateless: Option<bool>,
+    headers: Vec<(&'static str, String)>,
+) -> Result<HttpResponse, McpError> {
+    let mut stream = st.relay.open_stream();
+    let subject = if stateless.is_some() {
+        subjects::STATELESS.to_owned()
+    } else {
+        subjects::actor(&key)
+    };
+    let env = Envelope {
+        trace: Some(trace.header_value()),
+        ..Envelope::new(principal, key, body(Route::Reply {
+            subject: stream.subject.clone(),
+        }))
+    };
+    let ack = st.relay.send(subject, &env, trace).await.map_err(|e| relay_error(e).with_id(id.clone()))?;
+    if let Some(e) = ack_error(ack, id.clone()) {
+        return Err(e);
+    }
+    let deadline = tokio::time::Instant::now() + st.request_timeout;
+    let first = match tokio::time::timeout_at(deadline, stream.next()).await {
+        Ok(Some(first)) => first,
+        Ok(None) => return Err(McpError::new(Kind::Internal).with_id(id)),
+        Err(_) => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
+    };
+    if first.aborted {
+        return Err(McpError::new(Kind::NoWorker)
+            .detail("the session ended before answering")
+            .with_id(id));
+    }
+    if first.last {
+        let status = match stateless {
+            Some(meta_malformed) => stateless_status(&first.message, meta_malformed),
+            None => StatusCode::OK,
+        };
+        let mut resp = HttpResponse::build(status);
+        for (name, value) in headers {
+            resp.insert_header((name, value));
+        }
+        return Ok(resp.content_type("application/json").body(first.message));
+    }
+    let frames = reply_frames(first, stream, id, deadline);
+    Ok(sse::response(
+        frames,
+        st.keepalive,
+        st.drain.clone(),
+        StreamGuard::new(&st.metrics, "post"),
+        None,
+        headers,
+    ))
+}
+
+/// The SSE frames of one request's answer, ending after its final message.
+fn reply_frames(
+    first: Outbound,
+    stream: ReplyStream,
+    id: Option<Value>,
+    deadline: tokio::time::Instant,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    let first_frame = sse::message_event(&first.message, None);
+    let rest = futures::stream::unfold(Some((stream, id)), move |state| async move {
+        let (mut stream, id) = state?;
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(out)) if out.aborted => {
+                let err = jsonrpc_error(id.as_ref(), -32000, "the session ended before answering");
+                Some((sse::message_event(err.to_string().as_bytes(), None), None))
+            }
+            Ok(Some(out)) => {
+                let frame = sse::message_event(&out.message, None);
+                let next = if out.last { None } else { Some((stream, id)) };
+                Some((frame, next))
+            }
+            Ok(None) => None,
+            Err(_) => {
+                let err = jsonrpc_error(id.as_ref(), -32000, "request timed out");
+                Some((sse::message_event(err.to_string().as_bytes(), None), None))
+            }
+        }
+    });
+    futures::stream::once(async move { first_frame }).chain(rest)
+}
+
+/// GET /mcp: the session's own stream of server→client messages.
+pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
+    let answer = match get_inner(&req, &st).await {
+        Ok(resp) => (resp, "stream"),
+        Err(e) => err_answer(e, "stream"),
+    };
+    record(&st, "/mcp", started, answer)
+}
+
+async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, McpError> {
+    let principal = match admit(req, st).await {
+        Ok(p) => p,
+        Err(resp) => return Ok(resp),
+    };
+    if !accepts(req, "text/event-stream") {
+        return Err(McpError::new(Kind::NotAcceptable).detail("client must accept text/event-stream"));
+    }
+    let Some(session) = session_id(req)? else {
+        if header(req, HEADER_PROTOCOL_VERSION).is_some_and(|v| v >= STATELESS_VERSION) {
+            return Err(McpError::new(Kind::MethodNotAllowed).allow("POST"));
+        }
+        return Err(McpError::new(Kind::SessionRequired));
+    };
+    let trace = trace_of(req);
+    // Subscribe first so nothing published after the check is missed.
+    let sub = st.relay.events(&session).await.map_err(relay_error)?;
+    let env = Envelope::new(principal, session.clone(), Body::Attach);
+    let ack = st.relay.send(subjects::actor(&session), &env, &trace).await.map_err(relay_error)?;
+    if let Some(e) = ack_error(ack, None) {
+        return Err(e);
+    }
+    Ok(sse::response(
+        event_frames(sub),
+        st.keepalive,
+        st.drain.clone(),
+        StreamGuard::new(&st.metrics, "get"),
+        None,
+        vec![],
+    ))
+}
+
+/// Frames from a session's event subject, until the session ends.
+pub fn event_frames(sub: async_nats::Subscriber) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    futures::stream::unfold(Some(sub), |sub| async move {
+        let mut sub = sub?;
+        loop {
+            let msg = sub.next().await?;
+            match Outbound::from_bytes(&msg.payload) {
+                Ok(out) if out.aborted => return None,
+                Ok(out) => return Some((sse::message_event(&out.message, None), Some(sub))),
+                Err(err) => warn!(error = %err, "undecodable session event"),
+            }
+        }
+    })
+}
+
+/// DELETE /mcp: end the session.
+pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
+    let answer = match delete_inner(&req, &st).await {
+        Ok(resp) => (resp, "delete"),
+        Err(e) => err_answer(e, "delete"),
+    };
+    record(&st, "/mcp", started, answer)
+}
+
+async fn delete_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, McpError> {
+    let principal = match admit(req, st).await {
+        Ok(p) => p,
+        Err(resp) => return Ok(resp),
+    };
+    let Some(session) = session_id(req)? else {
+        return Err(McpError::new(Kind::SessionRequired));
+    };
+    let env = Envelope::new(principal, session.clone(), Body::Close);
+    let ack = st.relay.send(subjects::actor(&session), &env, &trace_of(req)).await.map_err(relay_error)?;
+    match ack_error(ack, None) {
+        Some(e) => Err(e),
+        None => Ok(HttpResponse::Ok().finish()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Incoming, McpError> {
+        Incoming::parse(Bytes::from(s.to_owned()))
+    }
+
+    #[test]
+    fn classifies_messages() {
+        let r = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).expect("request");
+        assert_eq!(r.kind, MessageKind::Request);
+        let n = parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).expect("notification");
+        assert_eq!(n.kind, MessageKind::Notification);
+        let resp = parse(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).expect("response");
+        assert_eq!(resp.kind, MessageKind::Response);
+    }
+
+    #[test]
+    fn refuses_bad_messages_with_clear_kinds() {
+        assert_eq!(parse("{").err().map(|e| e.kind), Some(Kind::ParseError));
+        assert_eq!(parse("[]").err().map(|e| e.kind), Some(Kind::BatchNotSupported));
+        assert_eq!(parse("3").err().map(|e| e.kind), Some(Kind::InvalidRequest));
+        assert_eq!(parse(r#"{"id":1,"method":"x"}"#).err().map(|e| e.kind), Some(Kind::InvalidRequest));
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).err().map(|e| e.kind),
+            Some(Kind::InvalidRequest)
+        );
+        assert_eq!(parse(r#"{"jsonrpc":"2.0","id":1}"#).err().map(|e| e.kind), Some(Kind::InvalidRequest));
+    }
+
+    #[test]
+    fn names_for_routing_headers() {
+        let r = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}"#).expect("ok");
+        assert_eq!(r.name(), Some("add"));
+        let r = parse(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"x://y"}}"#).expect("ok");
+        assert_eq!(r.name(), Some("x://y"));
+    }
+
+    #[test]
+    fn stateless_status_mapping() {
+        let e = |code: i64| format!(r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"m"}}}}"#);
+        assert_eq!(stateless_status(e(-32601).as_bytes(), false), StatusCode::NOT_FOUND);
+        assert_eq!(stateless_status(e(-32022).as_bytes(), false), StatusCode::BAD_REQUEST);
+        assert_eq!(stateless_status(e(-32602).as_bytes(), true), StatusCode::BAD_REQUEST);
+        assert_eq!(stateless_status(e(-32602).as_bytes(), false), StatusCode::OK);
+        assert_eq!(stateless_status(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false), StatusCode::OK);
+    }
+}

@@ -1,0 +1,97 @@
+//! Every metric of the gateway, registered on one `prometheus::Registry`.
+//! Labels are bounded: route patterns, known MCP method names, status codes.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// MCP methods reported by name; anything else is `other`.
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
+
+pub fn method_label(method: Option<&str>) -> &'static str {
+    match method {
+        None => "response",
+        Some(m) => KNOWN_METHODS.iter().find(|k| **k == m).copied().unwrap_or("other"),
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub nats_rtt: HistogramVec,
+    pub sse_streams: IntGaugeVec,
+    pub auth_failures: IntCounterVec,
+    pub sessions_opened: IntGauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new("mcp_gateway_requests_total", "HTTP requests by route, MCP method and status"),
+                &["route", "mcp_method", "status"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new("mcp_gateway_request_duration_seconds", "time to the response head")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+                &["route", "mcp_method"],
+            )?,
+            nats_rtt: HistogramVec::new(
+                HistogramOpts::new("mcp_gateway_nats_roundtrip_seconds", "envelope sent to worker ack received")
+                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0]),
+                &["kind"],
+            )?,
+            sse_streams: IntGaugeVec::new(
+                Opts::new("mcp_gateway_sse_streams", "open SSE streams by kind"),
+                &["kind"],
+            )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new("mcp_gateway_auth_failures_total", "rejected bearer tokens by error code"),
+                &["code"],
+            )?,
+            sessions_opened: IntGauge::new("mcp_gateway_sessions_opened_total", "sessions opened through this gateway")?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.nats_rtt.clone()))?;
+        registry.register(Box::new(m.sse_streams.clone()))?;
+        registry.register(Box::new(m.auth_failures.clone()))?;
+        registry.register(Box::new(m.sessions_opened.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Keeps an SSE-stream gauge up while alive.
+pub struct StreamGuard(IntGauge);
+
+impl StreamGuard {
+    pub fn new(metrics: &Metrics, kind: &str) -> Self {
+        let g = metrics.sse_streams.with_label_values(&[kind]);
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,193 @@
+//! The gateway's side of NATS: sends envelopes to workers and receives the
+//! server→client messages that answer them.
+//!
+//! All HTTP responses a gateway has open share one wildcard subscription,
+//! `mcp.reply.<gateway>.*`; each response registers a stream number and gets
+//! its messages through an in-process channel. Session event streams (GET,
+//! legacy SSE) subscribe to `mcp.events.<session>` for as long as they are open.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, RequestErrorKind};
+use futures::StreamExt;
+use proto::trace::TraceParent;
+use proto::{Ack, Envelope, Outbound, subjects};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+
+/// Pause between attempts while no worker answers a shard (shards moving).
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why a worker could not be reached; small and matchable so callers can decide.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RelayError {
+    #[error("no worker is subscribed to {0}")]
+    NoResponders(String),
+    #[error("worker did not acknowledge within {0:?}")]
+    TimedOut(Duration),
+    #[error("cannot encode envelope: {0}")]
+    Encode(String),
+    #[error("unreadable answer from worker: {0}")]
+    Decode(String),
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+pub struct Relay {
+    nats: async_nats::Client,
+    gateway_id: String,
+    streams: Mutex<HashMap<u64, mpsc::UnboundedSender<Outbound>>>,
+    next: AtomicU64,
+    ack_timeout: Duration,
+    no_responders_retry: Duration,
+    metrics: Metrics,
+}
+
+/// The messages answering one request, until the last one.
+pub struct ReplyStream {
+    id: u64,
+    pub subject: String,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    relay: Arc<Relay>,
+}
+
+impl ReplyStream {
+    pub async fn next(&mut self) -> Option<Outbound> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for ReplyStream {
+    fn drop(&mut self) {
+        self.relay.lock().remove(&self.id);
+    }
+}
+
+impl Relay {
+    /// Subscribe to this gateway's reply subjects; returns the relay and the
+    /// dispatcher task (ends when the subscription does).
+    pub async fn start(
+        nats: async_nats::Client,
+        gateway_id: String,
+        ack_timeout: Duration,
+        no_responders_retry: Duration,
+        metrics: Metrics,
+    ) -> Result<(Arc<Self>, JoinHandle<()>), async_nats::SubscribeError> {
+        let mut sub = nats.subscribe(subjects::reply_filter(&gateway_id)).await?;
+        let relay = Arc::new(Self {
+            nats,
+            gateway_id,
+            streams: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            ack_timeout,
+            no_responders_retry,
+            metrics,
+        });
+        let weak = Arc::downgrade(&relay);
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(relay) = weak.upgrade() else { break };
+                let Some(id) = msg.subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let out = match Outbound::from_bytes(&msg.payload) {
+                    Ok(out) => out,
+                    Err(err) => {
+                        warn!(error = %err, "undecodable message from worker");
+                        Outbound::aborted(0)
+                    }
+                };
+                let sender = relay.lock().get(&id).cloned();
+                match sender {
+                    Some(tx) => {
+                        let _ = tx.send(out);
+                    }
+                    None => debug!(stream = id, "message for a closed response dropped"),
+                }
+            }
+        });
+        Ok((relay, task))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Outbound>>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// Register a new response stream; its subject goes in the envelope's route.
+    pub fn open_stream(self: &Arc<Self>) -> ReplyStream {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().insert(id, tx);
+        ReplyStream {
+            id,
+            subject: subjects::reply(&self.gateway_id, id),
+            rx,
+            relay: self.clone(),
+        }
+    }
+
+    /// Send an envelope and wait for the worker's acknowledgement.
+    pub async fn send(&self, subject: String, env: &Envelope, trace: &TraceParent) -> Result<Ack, RelayError> {
+        let payload: bytes::Bytes = env.to_bytes().map_err(|e| RelayError::Encode(e.to_string()))?.into();
+        let mut headers = HeaderMap::new();
+        headers.insert(proto::trace::TRACEPARENT, trace.header_value().as_str());
+        let kind = match &env.body {
+            proto::Body::Open { .. } => "open",
+            proto::Body::Deliver { .. } => "deliver",
+            proto::Body::Attach => "attach",
+            proto::Body::Close => "close",
+            proto::Body::Stateless { .. } => "stateless",
+        };
+        let started = Instant::now();
+        loop {
+            let attempt = tokio::time::timeout(
+                self.ack_timeout,
+                self.nats
+                    .request_with_headers(subject.clone(), headers.clone(), payload.clone()),
+            )
+            .await;
+            match attempt {
+                Err(_) => return Err(RelayError::TimedOut(self.ack_timeout)),
+                Ok(Ok(msg)) => {
+                    self.metrics
+                        .nats_rtt
+                        .with_label_values(&[kind])
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ack::from_bytes(&msg.payload).map_err(|e| RelayError::Decode(e.to_string()));
+                }
+                Ok(Err(err)) => match err.kind() {
+                    RequestErrorKind::NoResponders => {
+                        if started.elapsed() + NO_RESPONDERS_PAUSE > self.no_responders_retry {
+                            return Err(RelayError::NoResponders(subject));
+                        }
+                        tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
+                    }
+                    RequestErrorKind::TimedOut => return Err(RelayError::TimedOut(self.ack_timeout)),
+                    _ => return Err(RelayError::Nats(err.to_string())),
+                },
+            }
+        }
+    }
+
+    /// Subscribe to a session's event subject.
+    pub async fn events(&self, session: &str) -> Result<async_nats::Subscriber, RelayError> {
+        let sub = self
+            .nats
+            .subscribe(subjects::events(session))
+            .await
+            .map_err(|e| RelayError::Nats(e.to_string()))?;
+        // Make sure the server has the interest before the caller proceeds.
+        self.nats.flush().await.map_err(|e| RelayError::Nats(e.to_string()))?;
+        Ok(sub)
+    }
+}
