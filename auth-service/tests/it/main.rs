@@ -1,0 +1,4 @@
+//! auth-service integration tests: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod issuer;
