@@ -161,7 +161,12 @@ impl Validator {
                     None => AuthError::InvalidToken("token has no kid".into()),
                 });
             }
-            Err(e) => return Err(AuthError::IssuerUnavailable(e.to_string())),
+            // The details (URLs, reasons) are logged by `jwks`; clients get no internals.
+            Err(_) => {
+                return Err(AuthError::IssuerUnavailable(
+                    "cannot fetch the issuer's signing keys".into(),
+                ));
+            }
         };
         if !jwks::key_fits(&jwk, alg) {
             return Err(AuthError::InvalidToken(
