@@ -40,6 +40,7 @@ pub const HEADER_PROTOCOL_VERSION: &str = "MCP-Protocol-Version";
 pub const HEADER_METHOD: &str = "Mcp-Method";
 pub const HEADER_NAME: &str = "Mcp-Name";
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// The first stateless revision.
 pub const STATELESS_VERSION: &str = "2026-07-28";
 /// Revisions accepted in the `MCP-Protocol-Version` header.
@@ -140,6 +141,7 @@ impl Incoming {
         match self.method.as_deref()? {
             "tools/call" | "prompts/get" => params.get("name")?.as_str(),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params.get("uri")?.as_str(),
+            "tasks/get" | "tasks/update" | "tasks/cancel" => params.get("taskId")?.as_str(),
             _ => None,
         }
     }
@@ -333,22 +335,17 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
             .detail(format!("{v:?}; supported: {}", SUPPORTED_VERSIONS.join(", ")))
             .with_id(id));
     }
-    // SEP-2243: routing headers, when present, must agree with the body.
-    if msg.kind == MessageKind::Request {
-        if let Some(m) = header(req, HEADER_METHOD)
-            && Some(m) != msg.method.as_deref()
-        {
-            return Err(McpError::new(Kind::HeaderMismatch)
-                .detail(format!("{HEADER_METHOD} header does not match the body method"))
-                .with_id(id));
-        }
-        if let Some(n) = header(req, HEADER_NAME)
-            && Some(n) != msg.name()
-        {
-            return Err(McpError::new(Kind::HeaderMismatch)
-                .detail(format!("{HEADER_NAME} header does not match the body"))
-                .with_id(id));
-        }
+    // SEP-2243: routing headers must agree with the body (and from 2026-07-28 on
+    // they are required).
+    let standard_headers = header_version.is_some_and(|v| v >= STATELESS_VERSION);
+    if let Err(reason) = check_standard_headers(req, &msg, standard_headers) {
+        return Err(McpError::new(Kind::HeaderMismatch).detail(reason).with_id(id));
+    }
+    if msg.is("initialize") && meta_version.as_deref().is_some_and(|v| v >= STATELESS_VERSION) {
+        // The handshake does not exist in the stateless revision.
+        return Err(McpError::new(Kind::MethodNotFound)
+            .detail("initialize is not a method of protocol revision 2026-07-28")
+            .with_id(id));
     }
     let trace = trace_of(req);
     let session = session_id(req)?;
@@ -387,6 +384,7 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
             &trace,
             None,
             vec![(HEADER_SESSION_ID, session)],
+            vec![],
         )
         .await;
     }
@@ -403,6 +401,7 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
                     id,
                     &trace,
                     None,
+                    vec![],
                     vec![],
                 )
                 .await
@@ -456,9 +455,17 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
                 .detail(format!("{HEADER_PROTOCOL_VERSION} header ({h}) does not match request _meta protocolVersion ({m})"))
                 .with_id(id));
         }
-        _ => meta_malformed = false,
+        _ => {
+            meta_malformed = !msg
+                .value
+                .get("params")
+                .and_then(|p| p.get("_meta"))
+                .and_then(|m| m.get(META_CLIENT_CAPABILITIES))
+                .is_some_and(Value::is_object);
+        }
     }
     let raw = msg.raw.to_vec();
+    let forwarded = param_headers(req);
     relay_request(
         st,
         principal,
@@ -468,8 +475,72 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
         &trace,
         Some(meta_malformed),
         vec![],
+        forwarded,
     )
     .await
+}
+
+/// The `Mcp-Param-*` headers, for the worker to check against the tool schema.
+fn param_headers(req: &HttpRequest) -> Vec<(String, String)> {
+    req.headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("mcp-param-"))
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.trim().to_owned())))
+        .collect()
+}
+
+/// Undo SEP-2243's `=?base64?…?=` wrapping; plain values are taken literally.
+fn decode_header_value(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    match value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?=")) {
+        Some(inner) => String::from_utf8(base64::engine::general_purpose::STANDARD.decode(inner).ok()?).ok(),
+        None => Some(value.to_owned()),
+    }
+}
+
+/// The single value of a header, trimmed; an error when it repeats or is not text.
+fn single_header(req: &HttpRequest, name: &str) -> Result<Option<String>, String> {
+    let mut values = req.headers().get_all(name);
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(format!("duplicate {name} header"));
+    }
+    first
+        .to_str()
+        .map(|v| Some(v.trim().to_owned()))
+        .map_err(|_| format!("{name} header contains invalid characters"))
+}
+
+/// SEP-2243 `Mcp-Method` / `Mcp-Name`: when present they must match the body;
+/// when `required` (2026-07-28) they must be present too.
+fn check_standard_headers(req: &HttpRequest, msg: &Incoming, required: bool) -> Result<(), String> {
+    let Some(method) = msg.method.as_deref() else {
+        return Ok(());
+    };
+    match single_header(req, HEADER_METHOD)? {
+        None if required && method != "initialize" => return Err(format!("missing required {HEADER_METHOD} header")),
+        None => {}
+        Some(v) if v != method => return Err(format!("{HEADER_METHOD} header `{v}` does not match body method `{method}`")),
+        Some(_) => {}
+    }
+    if msg.kind != MessageKind::Request {
+        return Ok(());
+    }
+    if let Some(expected) = msg.name() {
+        match single_header(req, HEADER_NAME)? {
+            None if required => return Err(format!("missing required {HEADER_NAME} header for `{method}`")),
+            None => {}
+            Some(raw) => {
+                let decoded = decode_header_value(&raw).ok_or_else(|| format!("{HEADER_NAME} header is not valid Base64"))?;
+                if decoded != expected {
+                    return Err(format!("{HEADER_NAME} header does not match the body"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Send a request to its actor (or the stateless queue) and answer with the
@@ -484,6 +555,7 @@ async fn relay_request(
     trace: &TraceParent,
     stateless: Option<bool>,
     headers: Vec<(&'static str, String)>,
+    forwarded: Vec<(String, String)>,
 ) -> Result<HttpResponse, McpError> {
     let mut stream = st.relay.open_stream();
     let subject = if stateless.is_some() {
@@ -493,6 +565,7 @@ async fn relay_request(
     };
     let env = Envelope {
         trace: Some(trace.header_value()),
+        headers: forwarded,
         ..Envelope::new(principal, key, body(Route::Reply {
             subject: stream.subject.clone(),
         }))

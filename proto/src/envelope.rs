@@ -25,6 +25,10 @@ pub struct Envelope {
     /// The actor key: a session id, `user:<sub>`, or empty for stateless requests.
     pub key: String,
     pub body: Body,
+    /// HTTP headers the handler needs to see (lower-case names): the SEP-2243
+    /// `mcp-param-*` headers, checked against the tool's input schema.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 /// Where the worker sends the server→client messages that answer a request.
@@ -135,6 +139,7 @@ impl Envelope {
             principal,
             key: key.into(),
             body,
+            headers: Vec::new(),
         }
     }
 
@@ -239,6 +244,7 @@ mod tests {
         for body in bodies {
             let mut env = Envelope::new(principal(), "sess-1", body);
             env.trace = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+            env.headers = vec![("mcp-param-region".into(), "eu".into())];
             let bytes = env.to_bytes().expect("encode");
             assert_eq!(Envelope::from_bytes(&bytes).expect("decode"), env);
         }

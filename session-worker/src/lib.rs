@@ -15,6 +15,7 @@
 
 pub mod actor;
 pub mod config;
+pub mod headers;
 pub mod leases;
 pub mod metrics;
 pub mod router;

@@ -25,6 +25,7 @@ pub const MAX_STATELESS_INFLIGHT: usize = 1024;
 /// JSON-RPC codes used in [`Ack::Rejected`].
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
+const HEADER_MISMATCH: i64 = -32020;
 
 pub struct Router {
     shared: Arc<Shared>,
@@ -223,6 +224,10 @@ impl Router {
                 return;
             }
         };
+        if let Err(mismatch) = self.check_param_headers(&env.principal, &env.headers, &message) {
+            respond(&self.shared.nats, reply, &rejected(HEADER_MISMATCH, &mismatch.to_string())).await;
+            return;
+        }
         let Ok(permit) = self.stateless_slots.clone().try_acquire_owned() else {
             respond(&self.shared.nats, reply, &rejected(-32000, "worker is at capacity")).await;
             return;
@@ -235,6 +240,30 @@ impl Router {
             crate::stateless::serve(shared, env.principal, message, route, timeout).await;
             drop(permit);
         });
+    }
+}
+
+impl Router {
+    /// SEP-2243: `Mcp-Param-*` headers of a `tools/call` must match the arguments
+    /// the tool's schema marks with `x-mcp-header`.
+    fn check_param_headers(
+        &self,
+        principal: &proto::Principal,
+        headers: &[(String, String)],
+        message: &ClientJsonRpcMessage,
+    ) -> Result<(), crate::headers::HeaderMismatch> {
+        let ClientJsonRpcMessage::Request(request) = message else {
+            return Ok(());
+        };
+        let ClientRequest::CallToolRequest(call) = &request.request else {
+            return Ok(());
+        };
+        let server = tools::McpServer::new(self.shared.profile, Some(principal.clone()));
+        let Some(tool) = rmcp::ServerHandler::get_tool(&server, &call.params.name) else {
+            return Ok(());
+        };
+        let arguments = call.params.arguments.clone().map(serde_json::Value::Object);
+        crate::headers::check_params(&tool.input_schema, arguments.as_ref(), headers)
     }
 }
 

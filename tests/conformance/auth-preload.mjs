@@ -1,15 +1,19 @@
 // Node `--import` preload: adds `Authorization: Bearer $MCP_BEARER_TOKEN` to every
 // HTTP request the conformance suite makes, because the suite has no token option.
 //
-// Two paths carry the suite's requests: the global `fetch` (the MCP TypeScript
+// Three paths carry the suite's requests: the global `fetch` (the MCP TypeScript
 // SDK's transports and most scenarios) and the npm `undici` package's `request`
 // (a few raw-HTTP scenarios). Both are covered:
 //   1. `globalThis.fetch` is wrapped;
 //   2. undici's global dispatcher (shared by Node's built-in fetch and the npm
-//      package through the same global symbol) is composed with an interceptor.
+//      package through the same global symbol) is composed with an interceptor;
+//   3. `node:http` / `node:https` `request` (the SEP-2243 header scenarios send
+//      raw requests with them) get the header added to their options.
 // A request that already carries an Authorization header is left alone.
 // Without MCP_BEARER_TOKEN this module does nothing.
 import { createRequire } from 'node:module';
+import http from 'node:http';
+import https from 'node:https';
 
 const token = process.env.MCP_BEARER_TOKEN;
 
@@ -74,5 +78,19 @@ if (token) {
     if (process.env.MCP_AUTH_PRELOAD_DEBUG) {
       console.error(`auth-preload: undici not patched: ${error}`);
     }
+  }
+
+  // 3. node:http and node:https request(options[, callback]) and request(url, options[, callback]).
+  for (const mod of [http, https]) {
+    const original = mod.request;
+    mod.request = function requestWithAuthorization(...args) {
+      const i = typeof args[0] === 'object' && !(args[0] instanceof URL) ? 0 : 1;
+      if (typeof args[i] === 'object' && args[i] !== null && typeof args[i] !== 'function') {
+        args[i] = { ...args[i], headers: withAuthorization(args[i].headers, value) };
+      } else {
+        args.splice(i, 0, { headers: { authorization: value } });
+      }
+      return original.apply(this, args);
+    };
   }
 }
