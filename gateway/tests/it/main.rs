@@ -1,0 +1,330 @@
+//! The gateway in front of a real nats-server, a real session worker and a real
+//! issuer (the auth-service development issuer), all in-process on loopback.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use auth_service::MintArgs;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use testkit::NatsServer;
+
+struct Issuer {
+    url: String,
+    key_file: PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn issuer() -> anyhow::Result<Issuer> {
+    let dir = std::env::temp_dir().join(format!("gateway-it-{}-{}", std::process::id(), rand_suffix()));
+    let key_file = dir.join("key.pem");
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = auth_service::Config {
+        listen: listener.local_addr()?,
+        admin_listen: "127.0.0.1:0".parse()?,
+        issuer: url.clone(),
+        dev_key_file: key_file.clone(),
+    };
+    let key = auth_service::keys::load_or_generate(&key_file)?;
+    let bound = auth_service::bind(&config, key, listener)?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    actix_rt::spawn(bound.serve(async {
+        let _ = rx.await;
+    }));
+    Ok(Issuer { url, key_file, _stop: tx })
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+const RESOURCE: &str = "http://localhost:8788/mcp";
+
+impl Issuer {
+    fn token(&self, sub: &str) -> anyhow::Result<String> {
+        let args = MintArgs {
+            key_file: self.key_file.clone(),
+            issuer: self.url.clone(),
+            audience: RESOURCE.into(),
+            sub: sub.into(),
+            email: None,
+            name: None,
+            scope: None,
+            permissions: vec![],
+            ttl: 300,
+            nbf_offset: None,
+            kid: None,
+        };
+        let key = auth_service::keys::load(&args.key_file)?;
+        Ok(auth_service::mint::mint(&key, &args)?)
+    }
+}
+
+fn gateway_config(nats: &NatsServer, issuer: &Issuer) -> gateway::Config {
+    use clap::Parser;
+    gateway::Config::parse_from([
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats.url,
+        "--allowed-issuers",
+        &issuer.url,
+        "--resource-identifier",
+        RESOURCE,
+        "--no-responders-retry-ms",
+        "300",
+        "--max-body-bytes",
+        "65536",
+        "--http-workers",
+        "1",
+    ])
+}
+
+fn worker_config(nats: &NatsServer) -> session_worker::Config {
+    use clap::Parser;
+    session_worker::Config::parse_from([
+        "session-worker",
+        "--nats-url",
+        &nats.url,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--arbiters",
+        "1",
+        "--lease-ttl-secs",
+        "3",
+    ])
+}
+
+struct Cluster {
+    _nats: NatsServer,
+    issuer: Issuer,
+    worker: Option<session_worker::Worker>,
+    gateway: Option<gateway::Gateway>,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start(with_worker: bool) -> anyhow::Result<Self> {
+        let nats = NatsServer::start()?;
+        let issuer = issuer().await?;
+        let worker = if with_worker {
+            Some(session_worker::start(worker_config(&nats)).await?)
+        } else {
+            None
+        };
+        let gateway = gateway::start(gateway_config(&nats, &issuer)).await?;
+        let url = format!("http://localhost:{}/mcp", gateway.addr.port());
+        Ok(Self {
+            _nats: nats,
+            issuer,
+            worker,
+            gateway: Some(gateway),
+            url,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        })
+    }
+
+    fn post(&self, token: &str, session: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .bearer_auth(token)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if let Some(s) = session {
+            req = req.header("Mcp-Session-Id", s);
+        }
+        req
+    }
+
+    async fn open(&self, token: &str) -> anyhow::Result<String> {
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"it","version":"1"}}});
+        let resp = self.post(token, None, &init).send().await?;
+        anyhow::ensure!(resp.status() == 200, "initialize: {}", resp.status());
+        let session = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| anyhow::anyhow!("no session id"))?
+            .to_owned();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(body["result"]["protocolVersion"] == "2025-06-18", "{body}");
+        let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+        let resp = self.post(token, Some(&session), &note).send().await?;
+        anyhow::ensure!(resp.status() == 202, "initialized: {}", resp.status());
+        Ok(session)
+    }
+
+    async fn stop(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+        if let Some(w) = self.worker.take() {
+            w.shutdown().await;
+        }
+    }
+}
+
+fn add(id: u64) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3}}})
+}
+
+#[actix_rt::test]
+async fn session_through_the_gateway() -> anyhow::Result<()> {
+    let c = Cluster::start(true).await?;
+    let alice = c.issuer.token("alice")?;
+    let session = c.open(&alice).await?;
+    let resp = c.post(&alice, Some(&session), &add(1)).send().await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: Value = resp.json().await?;
+    assert_eq!(body["result"]["content"][0]["text"], "5");
+
+    // Bound to its creator: another subject gets 404, as if it did not exist.
+    let mallory = c.issuer.token("mallory")?;
+    let resp = c.post(&mallory, Some(&session), &add(2)).send().await?;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.json::<Value>().await?["id"], 2);
+
+    // An unknown session is 404 too.
+    let resp = c.post(&alice, Some("00000000000000000000000000000000"), &add(3)).send().await?;
+    assert_eq!(resp.status(), 404);
+
+    // DELETE ends it; afterwards the id is unknown.
+    let resp = c.http.delete(&c.url).bearer_auth(&alice).header("Mcp-Session-Id", &session).send().await?;
+    assert_eq!(resp.status(), 200);
+    let mut gone = false;
+    for _ in 0..50 {
+        if c.post(&alice, Some(&session), &add(4)).send().await?.status() == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "session still answers after DELETE");
+    c.stop().await;
+    Ok(())
+}
+
+#[actix_rt::test]
+async fn bad_input_gets_clear_errors() -> anyhow::Result<()> {
+    let c = Cluster::start(true).await?;
+    let alice = c.issuer.token("alice")?;
+    let session = c.open(&alice).await?;
+
+    let resp = c
+        .http
+        .post(&c.url)
+        .bearer_auth(&alice)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .header("Mcp-Session-Id", &session)
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await?["error"]["code"], -32700);
+
+    let resp = c
+        .http
+        .post(&c.url)
+        .bearer_auth(&alice)
+        .header("Content-Type", "text/plain")
+        .header("Accept", "application/json, text/event-stream")
+        .body(add(1).to_string())
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 415);
+
+    let resp = c
+        .http
+        .post(&c.url)
+        .bearer_auth(&alice)
+        .header("Content-Type", "application/json")
+        .header("Accept", "text/html")
+        .body(add(1).to_string())
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 406);
+
+    let big = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"pad":"x".repeat(70_000)}}});
+    let resp = c.post(&alice, Some(&session), &big).send().await?;
+    assert_eq!(resp.status(), 413);
+
+    let resp = c.post(&alice, Some(&session), &add(5)).header("Origin", "https://evil.example").send().await?;
+    assert_eq!(resp.status(), 403);
+
+    let resp = c.post(&alice, None, &add(6)).send().await?;
+    assert_eq!(resp.status(), 400, "a request without a session id");
+
+    let resp = c
+        .http
+        .post(&c.url)
+        .header("Content-Type", "application/json")
+        .body(add(7).to_string())
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"].to_str()?.contains("resource_metadata="));
+    assert_eq!(resp.json::<Value>().await?["error_code"], "MISSING_AUTHORIZATION");
+
+    // Still serving after all that.
+    let resp = c.post(&alice, Some(&session), &add(8)).send().await?;
+    assert_eq!(resp.status(), 200);
+    c.stop().await;
+    Ok(())
+}
+
+#[actix_rt::test]
+async fn no_worker_is_a_clear_error_not_a_hang() -> anyhow::Result<()> {
+    let c = Cluster::start(false).await?;
+    let alice = c.issuer.token("alice")?;
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"it","version":"1"}}});
+    let resp = c.post(&alice, None, &init).send().await?;
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await?;
+    assert_eq!(body["id"], 0);
+    assert_eq!(body["error"]["code"], -32000);
+    c.stop().await;
+    Ok(())
+}
+
+#[actix_rt::test]
+async fn drain_ends_sse_streams_with_a_reconnect_hint() -> anyhow::Result<()> {
+    let mut c = Cluster::start(true).await?;
+    let alice = c.issuer.token("alice")?;
+    let session = c.open(&alice).await?;
+    let resp = c
+        .http
+        .get(&c.url)
+        .bearer_auth(&alice)
+        .header("Accept", "text/event-stream")
+        .header("Mcp-Session-Id", &session)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.bytes_stream();
+    let gateway = c.gateway.take().ok_or_else(|| anyhow::anyhow!("no gateway"))?;
+    let stopping = actix_rt::spawn(gateway.shutdown());
+    let mut seen = Vec::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(5), body.next()).await {
+        seen.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("retry: 1000"), "{text}");
+    stopping.await?;
+    c.stop().await;
+    Ok(())
+}
