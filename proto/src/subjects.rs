@@ -6,6 +6,7 @@
 //! | `mcp.stateless` | gateway (request) | any worker, queue group [`STATELESS_QUEUE`] |
 //! | `mcp.events.<session>` | worker | gateways holding that session's GET or legacy SSE stream |
 //! | `mcp.reply.<gateway>.<stream>` | worker | the gateway that opened that HTTP response |
+//! | `mcp.broadcast.list_changed` | worker | every worker (listen streams) |
 //!
 //! Keys and ids are reduced to subject-safe tokens with [`token`].
 
@@ -16,6 +17,9 @@ pub const STATELESS: &str = "mcp.stateless";
 pub const STATELESS_QUEUE: &str = "mcp-workers";
 pub const EVENTS_PREFIX: &str = "mcp.events";
 pub const REPLY_PREFIX: &str = "mcp.reply";
+/// Cluster-wide "a list changed" notices (`tools` / `prompts`), for the
+/// `subscriptions/listen` streams every worker holds.
+pub const LIST_CHANGED: &str = "mcp.broadcast.list_changed";
 
 /// JetStream KV bucket holding shard leases (`shard.<n>` → worker id).
 pub const LEASE_BUCKET: &str = "mcp_shard_leases";

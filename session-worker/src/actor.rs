@@ -42,6 +42,9 @@ pub struct Shared {
     pub metrics: Metrics,
     pub registry: Registry,
     pub idle_timeout: Duration,
+    /// Open `subscriptions/listen` streams of this worker; changes cross
+    /// workers on [`subjects::LIST_CHANGED`].
+    pub listen: tools::ListenHub,
 }
 
 /// Live session actors of this process, by session id.
@@ -236,7 +239,8 @@ impl Actor for SessionActor {
         self._live = Some(GaugeGuard::new(&self.shared.metrics.actors));
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let transport = ChannelTransport::new(input_rx, Outlet::Actor(ctx.address().recipient()));
-        let server = tools::McpServer::new(self.shared.profile.clone(), Some(self.record.principal.clone()));
+        let server = tools::McpServer::new(self.shared.profile, Some(self.record.principal.clone()))
+            .with_listen_hub(self.shared.listen.clone());
         let ct = self.ct.clone();
         let me = ctx.address();
         let id = self.id.clone();

@@ -97,6 +97,25 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         config.arbiters
     };
     let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
+    let listen = tools::ListenHub::default();
+    let publisher = nats.clone();
+    listen.set_broadcast(Arc::new(move |what: tools::ListChanged| {
+        let nats = publisher.clone();
+        tokio::spawn(async move {
+            if let Err(err) = nats.publish(proto::subjects::LIST_CHANGED, what.as_str().into()).await {
+                warn!(error = %err, "cannot broadcast list change");
+            }
+        });
+    }));
+    let mut changes = nats.subscribe(proto::subjects::LIST_CHANGED).await?;
+    let local = listen.clone();
+    let changes_task = tokio::spawn(async move {
+        while let Some(msg) = changes.next().await {
+            if let Some(what) = std::str::from_utf8(&msg.payload).ok().and_then(tools::ListChanged::parse) {
+                local.deliver(what).await;
+            }
+        }
+    });
     let shared = Arc::new(Shared {
         nats: nats.clone(),
         sessions,
@@ -104,6 +123,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         metrics: metrics.clone(),
         registry: Registry::default(),
         idle_timeout: config.idle_timeout(),
+        listen,
     });
     let router = Router::new(
         shared.clone(),
@@ -176,6 +196,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         info!(worker_id = %id, "draining");
         ready.store(false, Ordering::Relaxed);
         stateless_task.abort();
+        changes_task.abort();
         subs.clear();
         leases.release_all().await;
         metrics.owned_shards.set(0);

@@ -45,7 +45,7 @@ use rmcp::{
     service::{RequestContext, SubscriptionContext},
 };
 
-pub use listen::ListenHub;
+pub use listen::{Broadcast, ListChanged, ListenHub};
 
 /// Protocol revisions this handler speaks, oldest first. Pinned rather than
 /// taken from rmcp so that an rmcp upgrade never advertises a revision we have
