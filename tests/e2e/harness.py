@@ -34,7 +34,28 @@ READY_TIMEOUT = float(os.environ.get("E2E_READY_TIMEOUT", "60"))
 # Seconds a process gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 10.0
 
+# proto::shard::SHARD_COUNT, and the worker gauge that says how many of them a worker leases.
+SHARD_COUNT = 1024
+OWNED_SHARDS = "mcp_worker_owned_shards"
+
 T = TypeVar("T")
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    """Prometheus text format → {metric name: sum over its label sets}."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m:
+            try:
+                out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+            except ValueError:
+                continue
+    return out
 
 
 def retry_until(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -311,9 +332,32 @@ class Worker:
     def metrics(self) -> str:
         return httpx.get(f"{self.admin_url}/metrics", timeout=5.0).text
 
+    def metric(self, name: str) -> float:
+        s = prometheus_samples(self.metrics())
+        if name not in s:
+            raise AssertionError(f"{self.worker_id} /metrics has no {name}")
+        return s[name]
+
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+
+
+def wait_shards_settled(workers: list[Worker], timeout: float = READY_TIMEOUT) -> list[float]:
+    """Wait until the workers together lease every shard and each holds at least half a fair
+    share. A worker's /readyz turns 200 as soon as it owns *some* shards; right after start-up
+    the others are still moving between workers (see test_workers.py for that window)."""
+
+    def settled() -> list[float]:
+        for w in workers:
+            assert w.proc is not None
+            w.proc.check_alive()
+        owned = [w.metric(OWNED_SHARDS) for w in workers]
+        fair = SHARD_COUNT / len(workers)
+        assert sum(owned) == SHARD_COUNT and min(owned) >= fair / 2, f"owned shards per worker: {owned}"
+        return owned
+
+    return retry_until(settled, timeout, "shard leases settle over the workers", interval=0.25)
 
 
 @dataclass
@@ -413,6 +457,8 @@ class Cluster:
             ).start()
             for w in self.workers:
                 w.wait_ready()
+            if self.workers:
+                wait_shards_settled(self.workers)
         except BaseException:
             self.stop()
             raise

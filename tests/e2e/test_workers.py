@@ -1,70 +1,125 @@
-"""Both session workers take part: each owns shards and serves sessions."""
+"""Both session workers take part: each owns shards and serves sessions; a worker that joins
+under traffic takes its share without failing requests or losing sessions."""
 
 from __future__ import annotations
 
-import re
+import time
+from pathlib import Path
 
 import httpx
 
-from harness import Cluster, Worker, retry_until
-from mcp_http import SESSIONFUL_VERSION, headers, open_session, response_for, rpc
+from harness import (
+    OWNED_SHARDS,
+    SHARD_COUNT,
+    AuthService,
+    Cluster,
+    Gateway,
+    NatsServer,
+    Worker,
+    mint_token,
+    wait_shards_settled,
+)
+from mcp_http import SESSIONFUL_VERSION, headers, initialize_msg, open_session, response_for, rpc
 
 SESSIONS = 40  # P(all on one worker) with an even shard split is 2 * 2**-40
-SHARD_COUNT = 1024  # proto::shard::SHARD_COUNT
-OWNED_SHARDS = "mcp_worker_owned_shards"  # gauge: shards leased by this worker
 SESSIONS_OPENED = "mcp_worker_sessions_opened_total"  # counter
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def samples(text: str) -> dict[str, float]:
-    """Prometheus text format → {name: sum over label sets}."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m:
-            try:
-                out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
-            except ValueError:
-                continue
-    return out
+JOIN_WINDOW = 40.0  # seconds of traffic at most while the second worker joins
 
 
-def metric(w: Worker, name: str) -> float:
-    s = samples(w.metrics())
-    assert name in s, f"{w.worker_id} /metrics has no {name}"
-    return s[name]
+def tools_list(client: httpx.Client, url: str, token: str, session: str) -> httpx.Response:
+    return client.post(
+        url, json=rpc("tools/list", {}, 2), headers=headers(token, session=session, version=SESSIONFUL_VERSION)
+    )
 
 
 def test_both_workers_own_shards(cluster: Cluster) -> None:
     assert len(cluster.workers) == 2
     for w in cluster.workers:
         assert httpx.get(f"{w.admin_url}/readyz", timeout=5).status_code == 200
-    # Rebalancing to a fair share is eventually consistent: wait (bounded) until each worker
-    # owns a fair part (at least a quarter here) and together they own every shard once.
-    def split() -> list[float]:
-        c = [metric(w, OWNED_SHARDS) for w in cluster.workers]
-        assert min(c) >= SHARD_COUNT // 4 and sum(c) == SHARD_COUNT, f"owned shards per worker: {c}"
-        return c
-
-    retry_until(split, 60, f"both workers own a fair share of the {SHARD_COUNT} shards", interval=0.5)
+    owned = [w.metric(OWNED_SHARDS) for w in cluster.workers]
+    assert sum(owned) == SHARD_COUNT and min(owned) >= SHARD_COUNT // 4, owned
 
 
 def test_sessions_spread_over_both_workers(cluster: Cluster, token: str) -> None:
     assert cluster.gateway is not None
     url = cluster.gateway.mcp_url
-    before = [metric(w, SESSIONS_OPENED) for w in cluster.workers]
+    before = [w.metric(SESSIONS_OPENED) for w in cluster.workers]
     with httpx.Client(timeout=30) as client:
         for i in range(SESSIONS):
             session = open_session(client, url, token)
-            r = client.post(
-                url, json=rpc("tools/list", {}, 2), headers=headers(token, session=session, version=SESSIONFUL_VERSION)
-            )
+            r = tools_list(client, url, token, session)
             assert r.status_code == 200, f"session {i}: {r.status_code} {r.text}"
             assert "result" in response_for(r, 2)
-    after = [metric(w, SESSIONS_OPENED) for w in cluster.workers]
-    grew = [a > b for a, b in zip(after, before)]
-    assert all(grew), f"{SESSIONS_OPENED} per worker before {before} after {after}"
+    after = [w.metric(SESSIONS_OPENED) for w in cluster.workers]
+    assert all(a > b for a, b in zip(after, before)), f"{SESSIONS_OPENED} per worker before {before} after {after}"
     assert sum(after) - sum(before) >= SESSIONS, (before, after)
+
+
+def traffic_until_settled(client: httpx.Client, gw: Gateway, token: str, workers: list[Worker]) -> list[str]:
+    """Open sessions back to back until the shards have settled over `workers` (plus 2 s), at
+    most JOIN_WINDOW seconds; return a line for each request that failed."""
+    failures: list[str] = []
+    t0 = time.monotonic()
+    settled_at: float | None = None
+    while time.monotonic() - t0 < JOIN_WINDOW:
+        r = client.post(gw.mcp_url, json=initialize_msg(), headers=headers(token))
+        if r.status_code != 200:
+            failures.append(f"+{time.monotonic() - t0:.1f}s initialize: {r.status_code} {r.text[:200]}")
+        if settled_at is None:
+            try:
+                owned = [w.metric(OWNED_SHARDS) for w in workers]
+            except (httpx.HTTPError, AssertionError):
+                continue
+            if sum(owned) == SHARD_COUNT and min(owned) >= SHARD_COUNT / len(workers) / 2:
+                settled_at = time.monotonic()
+        elif time.monotonic() - settled_at > 2.0:
+            break
+    assert settled_at is not None, f"shards did not settle over {len(workers)} workers in {JOIN_WINDOW:.0f}s"
+    return failures
+
+
+def test_worker_joining_under_traffic(tmp_path: Path) -> None:
+    """One worker owns all shards; a second joins while sessions are being opened. Every
+    request must succeed while shards move (the gateway waits out a handover), and sessions
+    opened before the join still answer afterwards, on whichever worker now owns them."""
+    nats = NatsServer(tmp_path, "nats-join").start()
+    auth = AuthService(tmp_path, name="auth-join").start()
+    w1 = Worker(tmp_path, "join-worker-1", nats.url).start()
+    w2 = Worker(tmp_path, "join-worker-2", nats.url)
+    gw = Gateway(tmp_path, nats.url, [auth.issuer], name="gateway-join").start()
+    try:
+        wait_shards_settled([w1])
+        token = mint_token(key_file=auth.key_file, issuer=auth.issuer, audience=gw.resource)
+        with httpx.Client(timeout=30) as client:
+            sessions = [open_session(client, gw.mcp_url, token) for _ in range(10)]
+            w2.start(wait=False)
+            failures = traffic_until_settled(client, gw, token, [w1, w2])
+            for s in sessions:
+                r = tools_list(client, gw.mcp_url, token, s)
+                if r.status_code != 200:
+                    failures.append(f"old session {s[:8]} after the join: {r.status_code} {r.text[:200]}")
+        assert not failures, f"{len(failures)} failed requests while a worker joined:\n" + "\n".join(failures[:20])
+    finally:
+        for part in (gw, w2, w1, auth, nats):
+            part.stop()
+
+
+def test_workers_starting_together_serve_at_once(tmp_path: Path) -> None:
+    """Two workers start at the same moment (a fresh deployment). Once both say ready on
+    /readyz, requests must succeed while they split the shards between them."""
+    nats = NatsServer(tmp_path, "nats-together").start()
+    auth = AuthService(tmp_path, name="auth-together").start()
+    gw = Gateway(tmp_path, nats.url, [auth.issuer], name="gateway-together").start()
+    workers = [Worker(tmp_path, f"together-worker-{i}", nats.url).start(wait=False) for i in (1, 2)]
+    try:
+        for w in workers:
+            w.wait_ready()
+        token = mint_token(key_file=auth.key_file, issuer=auth.issuer, audience=gw.resource)
+        with httpx.Client(timeout=30) as client:
+            failures = traffic_until_settled(client, gw, token, workers)
+        assert not failures, f"{len(failures)} failed requests while two new workers split the shards:\n" + "\n".join(
+            failures[:20]
+        )
+    finally:
+        for part in (gw, *workers, auth, nats):
+            part.stop()
