@@ -144,7 +144,7 @@ impl Config {
 
     /// `scheme://host[:port]` of the resource identifier.
     pub fn resource_origin(&self) -> String {
-        let rest = self.resource_identifier.split_once("://").map(|(s, r)| (s, r));
+        let rest = self.resource_identifier.split_once("://");
         match rest {
             Some((scheme, rest)) => {
                 let host = rest.split('/').next().unwrap_or(rest);

@@ -260,7 +260,7 @@ fn stateless_status(message: &[u8], meta_malformed: bool) -> StatusCode {
         return StatusCode::OK;
     };
     match v.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64) {
-        Some(-32022 | -32021 | -32020) => StatusCode::BAD_REQUEST,
+        Some(-32022..=-32020) => StatusCode::BAD_REQUEST,
         Some(-32602) if meta_malformed => StatusCode::BAD_REQUEST,
         Some(-32601) => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,

@@ -175,7 +175,7 @@ impl SessionHandle {
 pub enum Start {
     /// A client's `initialize`; its answer goes to `route`.
     Open {
-        initialize: ClientJsonRpcMessage,
+        initialize: Box<ClientJsonRpcMessage>,
         route: Route,
     },
     /// Rehydration: replay the stored `initialize`, drop its answer.
@@ -266,10 +266,10 @@ impl Actor for SessionActor {
 
         match self.start.take() {
             Some(Start::Open { initialize, route }) => {
-                if let ClientJsonRpcMessage::Request(req) = &initialize {
+                if let ClientJsonRpcMessage::Request(req) = initialize.as_ref() {
                     self.init_id = Some(req.id.clone());
                 }
-                self.accept(initialize, route);
+                self.accept(*initialize, route);
             }
             Some(Start::Restore) => {
                 self.persisted = true;

@@ -123,7 +123,7 @@ impl Router {
                     self.shared.clone(),
                     env.key.clone(),
                     record,
-                    Start::Open { initialize, route },
+                    Start::Open { initialize: Box::new(initialize), route },
                 );
                 self.shared.registry.insert_if_absent(&env.key, handle);
                 self.shared.metrics.sessions_opened.inc();

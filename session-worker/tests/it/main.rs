@@ -15,7 +15,7 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         .try_init();
     session_worker::Config {
         nats_url: nats.url.clone(),
-        admin_listen: "127.0.0.1:0".parse().expect("addr"),
+        admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         worker_id: None,
         idle_timeout_secs: 60,
         session_ttl_secs: 600,
