@@ -277,3 +277,36 @@ async fn stateless_request_needs_no_session() -> anyhow::Result<()> {
     worker.shutdown().await;
     Ok(())
 }
+
+async fn metric(addr: std::net::SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .ok_or_else(|| anyhow::anyhow!("no metric {name}"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+#[actix_rt::test]
+async fn idle_actor_stops_and_comes_back_on_demand() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let mut cfg = config(&nats);
+    cfg.idle_timeout_secs = 1;
+    let worker = session_worker::start(cfg).await?;
+    let mut client = Client::new(&nats).await?;
+    let session = "1234123412341234abcdabcdabcdabcd";
+    open_session(&mut client, session).await?;
+    assert_eq!(metric(worker.admin_addr, "mcp_worker_actors").await?, 1.0);
+    eventually(50, Duration::from_millis(100), || async {
+        let live = metric(worker.admin_addr, "mcp_worker_actors").await?;
+        anyhow::ensure!(live == 0.0, "{live} actors alive");
+        Ok(())
+    })
+    .await?;
+    let (ack, msgs) = client.call(alice(), session, |route| Body::Deliver { message: add(3, 1, 1), route }).await?;
+    assert_eq!(ack, Ack::Accepted);
+    assert_eq!(text_of(&msgs[0]), "2");
+    assert_eq!(metric(worker.admin_addr, "mcp_worker_sessions_restored_total").await?, 1.0);
+    worker.shutdown().await;
+    Ok(())
+}
