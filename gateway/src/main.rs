@@ -1,12 +1,11 @@
 //! gateway binary: parse config, set up logging, run.
 
-use clap::Parser;
 
 fn main() {
-    let config = gateway::Config::parse();
+    let config: gateway::Config = telemetry::parse_config("gateway");
     if let Err(err) = config.validate() {
         eprintln!("gateway: {err}");
-        std::process::exit(64);
+        std::process::exit(telemetry::EXIT_CONFIG);
     }
     telemetry::init_logging();
     let system = actix_rt::System::with_tokio_rt(|| {

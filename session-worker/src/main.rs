@@ -1,12 +1,11 @@
 //! session-worker binary: parse config, set up logging, run.
 
-use clap::Parser;
 
 fn main() {
-    let config = session_worker::Config::parse();
+    let config: session_worker::Config = telemetry::parse_config("session-worker");
     if let Err(err) = config.validate() {
         eprintln!("session-worker: {err}");
-        std::process::exit(64);
+        std::process::exit(telemetry::EXIT_CONFIG);
     }
     telemetry::init_logging();
     let system = actix_rt::System::with_tokio_rt(|| {

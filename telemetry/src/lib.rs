@@ -115,3 +115,46 @@ pub fn admin_server(
         server,
     })
 }
+
+/// Exit code for invalid configuration (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Parse the command line and environment; on an error print one line naming
+/// the problem and exit with [`EXIT_CONFIG`] (help and version exit 0).
+pub fn parse_config<T: clap::Parser>(program: &str) -> T {
+    use clap::error::ErrorKind;
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("{program}: {}", one_line(&e.to_string()));
+            std::process::exit(EXIT_CONFIG)
+        }
+    }
+}
+
+/// clap's message up to its usage hint, on one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clap_errors_fit_on_one_line() {
+        let msg = "error: the following required arguments were not provided:\n  --allowed-issuers <ALLOWED_ISSUERS>\n\nUsage: gateway --allowed-issuers <ALLOWED_ISSUERS>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::one_line(msg),
+            "error: the following required arguments were not provided: --allowed-issuers <ALLOWED_ISSUERS>"
+        );
+    }
+}
