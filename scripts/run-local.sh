@@ -17,6 +17,7 @@ WORKER2_ADMIN_PORT="${WORKER2_ADMIN_PORT:-9792}"
 GATEWAY_PORT="${GATEWAY_PORT:-8788}"
 GATEWAY_ADMIN_PORT="${GATEWAY_ADMIN_PORT:-9788}"
 READY_TIMEOUT="${READY_TIMEOUT:-60}"   # seconds each component gets to become ready
+STOP_TIMEOUT="${STOP_TIMEOUT:-20}"     # seconds each component gets to drain after SIGTERM
 
 bash scripts/install-deps.sh
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -44,27 +45,29 @@ stopping=0
 stop_all() {
   ((stopping)) && return
   stopping=1
-  trap - INT TERM EXIT
+  trap - INT TERM HUP EXIT
   log "stopping the cluster"
   local i pid
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do   # reverse start order: gateway first, NATS last
     pid="${pids[$i]}"
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 $((STOP_TIMEOUT * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
-      log "${names[$i]} (pid $pid) ignored SIGTERM for 5s; killing"
+      log "${names[$i]} (pid $pid) still running ${STOP_TIMEOUT}s after SIGTERM; killing"
       kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
   done
   log "stopped; logs are in ${RUN_DIR#"$REPO_ROOT"/}/logs"
 }
-trap stop_all INT TERM EXIT
+trap stop_all INT TERM HUP EXIT
 
-# start NAME CMD... — run CMD in the background with its output in .run/logs/NAME.log
+# start NAME CMD... — run CMD in the background with its output in .run/logs/NAME.log.
+# setsid: each component gets its own process group, so Ctrl-C reaches only this script, which
+# then stops the components in order (gateway, workers, issuer, NATS last) and each can drain.
 start() {
   local name="$1"; shift
-  "$@" >"$RUN_DIR/logs/$name.log" 2>&1 &
+  setsid "$@" >"$RUN_DIR/logs/$name.log" 2>&1 &
   pids+=("$!")
   names+=("$name")
   log "started $name (pid $!)"
@@ -121,8 +124,10 @@ cat <<EOF
     claude mcp add --transport http mcp-cluster $url --header "Authorization: Bearer $token"
 
   MCP Inspector CLI (installed by this repo, Node 22):
-    scripts/inspector-cli.sh --cli $url --transport http --header "Authorization: Bearer $token" --method tools/list
-    scripts/inspector-cli.sh --cli $url --transport http --header "Authorization: Bearer $token" \\
+    scripts/inspector-cli.sh --cli $url --transport http \\
+        --header "Authorization: Bearer \$(cat .run/dev-token)" --method tools/list
+    scripts/inspector-cli.sh --cli $url --transport http \\
+        --header "Authorization: Bearer \$(cat .run/dev-token)" \\
         --method tools/call --tool-name add --tool-arg a=1 b=2
 
   MCP Inspector UI (needs Node >= 22.19): npx @modelcontextprotocol/inspector
