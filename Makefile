@@ -25,7 +25,7 @@ build:
 
 # The single stages of `make test`, for iterating on one of them (they assume `make deps build`).
 test-cargo:
-	cargo test --workspace --release
+	cargo test --workspace --release --no-fail-fast
 
 test-e2e:
 	$(PYTHON) -m pytest tests/e2e -q $(PYTEST_ARGS)

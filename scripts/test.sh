@@ -2,7 +2,7 @@
 # `make test`: every suite, in order, with the time each stage took.
 #   1. deps         scripts/install-deps.sh (no-op when already installed)
 #   2. build        cargo build --release --workspace (the binaries the e2e suites run)
-#   3. cargo test   cargo test --workspace --release (same profile: no second build of deps)
+#   3. cargo test   cargo test --workspace --release --no-fail-fast (same profile as the build)
 #   4. e2e          pytest tests/e2e (real nats-server, release binaries, Python SDK, Inspector CLI)
 #   5. conformance  tests/conformance/run.sh <url> --token <t> against a cluster with the
 #                   conformance tool profile (skipped, and said so, while that script is absent)
@@ -35,7 +35,7 @@ trap summary EXIT
 
 stage deps bash scripts/install-deps.sh || exit 1
 stage build cargo build --release --workspace || exit 1
-stage "cargo test" cargo test --workspace --release || true
+stage "cargo test" cargo test --workspace --release --no-fail-fast || true
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
 stage e2e "$VENV_DIR/bin/python" -m pytest tests/e2e -q ${PYTEST_ARGS:-} || true
 if [[ -f tests/conformance/run.sh ]]; then

@@ -17,12 +17,14 @@ CLI_JS = NODE_PREFIX / "node_modules/@modelcontextprotocol/inspector-cli/build/c
 CLI_TIMEOUT = 90  # seconds for one CLI run (Node start-up included)
 
 
-def inspector(url: str, token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+def inspector(
+    url: str, token: str | None, *args: str, transport: str = "http"
+) -> subprocess.CompletedProcess[str]:
     if not CLI_JS.is_file():
         pytest.fail(f"{CLI_JS} missing: run scripts/install-deps.sh")
     env = dict(os.environ)
     env["PATH"] = f"{NODE_BIN_DIR}{os.pathsep}{env.get('PATH', '')}"  # the CLI re-spawns `node`
-    argv = [str(NODE_BIN_DIR / "node"), str(CLI_JS), "--cli", url, "--transport", "http"]
+    argv = [str(NODE_BIN_DIR / "node"), str(CLI_JS), "--cli", url, "--transport", transport]
     if token is not None:
         argv += ["--header", f"Authorization: Bearer {token}"]
     argv += list(args)
@@ -56,6 +58,18 @@ def test_tools_call_add(cluster: Cluster, token: str) -> None:
     assert not body.get("isError"), body
     text = "".join(c.get("text", "") for c in body["content"])
     assert text.strip() == "3", body
+
+
+def test_tools_call_add_over_legacy_sse(cluster: Cluster, token: str) -> None:
+    assert cluster.gateway is not None
+    body = json_out(
+        inspector(
+            cluster.gateway.sse_url, token,
+            "--method", "tools/call", "--tool-name", "add", "--tool-arg", "a=5", "b=8",
+            transport="sse",
+        )
+    )
+    assert "".join(c.get("text", "") for c in body["content"]).strip() == "13", body
 
 
 def test_without_token_fails(cluster: Cluster) -> None:
