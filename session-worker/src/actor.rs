@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{GaugeGuard, Metrics};
+pub use crate::transport::Closed;
 use crate::transport::{ChannelTransport, FromServer, Outlet};
 
 /// How often an actor checks whether it has been idle too long, at most.
@@ -68,6 +69,11 @@ impl Registry {
                 handle
             }
         }
+    }
+
+    /// Forget a session's actor (it is being closed).
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
     }
 
     fn remove_if(&self, id: &str, generation: u64) {
@@ -143,6 +149,7 @@ impl SessionHandle {
             persisted: false,
             last_activity: Instant::now(),
             ct: CancellationToken::new(),
+            closing: false,
             _live: None,
         });
         Self {
@@ -152,11 +159,16 @@ impl SessionHandle {
         }
     }
 
-    pub fn deliver(&self, message: ClientJsonRpcMessage, route: Route) {
-        self.addr.do_send(Inbound { message, route });
+    /// Hand a message to the actor; fails when the actor has stopped or is
+    /// stopping (the caller then starts a new one from the store).
+    pub async fn deliver(&self, message: ClientJsonRpcMessage, route: Route) -> Result<(), Closed> {
+        match self.addr.send(Inbound { message, route }).await {
+            Ok(result) => result,
+            Err(_) => Err(Closed),
+        }
     }
 
-    /// End the session for good (DELETE): the record is removed.
+    /// End the session for good (DELETE; the router removes the record first).
     pub fn close(&self) {
         self.addr.do_send(Shutdown { delete: true });
     }
@@ -183,7 +195,7 @@ pub enum Start {
 }
 
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), Closed>")]
 struct Inbound {
     message: ClientJsonRpcMessage,
     route: Route,
@@ -211,7 +223,6 @@ enum Dest {
 enum PubOp {
     Publish { subject: String, payload: Vec<u8> },
     Persist { payload: Vec<u8> },
-    Delete,
 }
 
 pub struct SessionActor {
@@ -229,6 +240,8 @@ pub struct SessionActor {
     persisted: bool,
     last_activity: Instant,
     ct: CancellationToken,
+    /// Set once the actor decided to stop: it takes no more messages.
+    closing: bool,
     _live: Option<GaugeGuard>,
 }
 
@@ -260,6 +273,8 @@ impl Actor for SessionActor {
         ctx.run_interval((idle / 4).min(IDLE_CHECK_MAX).max(Duration::from_millis(100)), move |act, ctx| {
             if act.routes.is_empty() && act.last_activity.elapsed() >= idle {
                 debug!(session_id = %act.id, "idle session actor stops");
+                act.closing = true;
+                act.shared.registry.remove_if(&act.id, act.generation);
                 ctx.stop();
             }
         });
@@ -441,10 +456,14 @@ impl SessionActor {
 }
 
 impl Handler<Inbound> for SessionActor {
-    type Result = ();
+    type Result = Result<(), Closed>;
 
-    fn handle(&mut self, msg: Inbound, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
+        if self.closing || ctx.state() != actix::ActorState::Running {
+            return Err(Closed);
+        }
         self.accept(msg.message, msg.route);
+        Ok(())
     }
 }
 
@@ -460,15 +479,13 @@ impl Handler<Shutdown> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
+        self.closing = true;
         if msg.delete {
             info!(session_id = %self.id, "session closed by client");
             self.shared.metrics.sessions_closed.inc();
             self.abort_routes();
             self.events_seq += 1;
             self.send(subjects::events(&self.id), Outbound::aborted(self.events_seq));
-            if let Some(p) = &self.publisher {
-                let _ = p.send(PubOp::Delete);
-            }
         }
         ctx.stop();
     }
@@ -489,11 +506,6 @@ fn spawn_publisher(shared: Arc<Shared>, id: String) -> mpsc::UnboundedSender<Pub
                 PubOp::Persist { payload } => {
                     if let Err(err) = shared.sessions.put(subjects::token(&id), payload.into()).await {
                         warn!(session_id = %id, error = %err, "cannot store session record");
-                    }
-                }
-                PubOp::Delete => {
-                    if let Err(err) = shared.sessions.delete(subjects::token(&id)).await {
-                        warn!(session_id = %id, error = %err, "cannot delete session record");
                     }
                 }
             }

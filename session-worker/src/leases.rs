@@ -39,6 +39,10 @@ pub struct Leases {
     /// Where this worker starts looking for free shards, so workers starting
     /// together do not all fight for shard 0 first.
     offset: u16,
+    /// This worker's fair share, from the last round.
+    target: usize,
+    /// Shards given up by the last round whose leases are still to be deleted.
+    releasing: Vec<(u16, u64)>,
 }
 
 /// Open (or create) a KV bucket with the given max age.
@@ -77,6 +81,8 @@ impl Leases {
             workers,
             owned: HashMap::new(),
             offset: proto::shard(worker_id),
+            target: usize::from(SHARD_COUNT),
+            releasing: Vec::new(),
         })
     }
 
@@ -106,11 +112,12 @@ impl Leases {
             })?;
         let workers = live.len().max(1);
         let target = usize::from(SHARD_COUNT).div_ceil(workers);
+        self.target = target;
 
         self.renew().await;
 
         if self.owned.len() > target {
-            self.release(self.owned.len() - target).await;
+            self.pick_releases(self.owned.len() - target);
         } else if self.owned.len() < target {
             self.claim(target - self.owned.len()).await?;
         }
@@ -149,17 +156,34 @@ impl Leases {
         }
     }
 
-    async fn release(&mut self, count: usize) {
+    /// Set aside the shards farthest from our starting offset; they stop counting
+    /// as owned now, and their leases go in [`Leases::finish_release`] once the
+    /// caller has unsubscribed from them, so two workers never serve one shard.
+    fn pick_releases(&mut self, count: usize) {
         let mut mine: Vec<(u16, u64)> = self.owned.iter().map(|(n, r)| (*n, *r)).collect();
-        // Give away the shards farthest from our starting offset.
         mine.sort_by_key(|(n, _)| (n.wrapping_sub(self.offset)) % SHARD_COUNT);
         for (n, rev) in mine.into_iter().rev().take(count) {
-            if let Err(err) = self.leases.delete_expect_revision(subjects::lease_key(n), Some(rev)).await {
-                warn!(shard = n, error = %err, "cannot release lease");
-            }
             self.owned.remove(&n);
+            self.releasing.push((n, rev));
         }
-        info!(owned = self.owned.len(), "released shards to rebalance");
+    }
+
+    /// Delete the leases set aside by the last round (after unsubscribing).
+    pub async fn finish_release(&mut self) {
+        let releasing = std::mem::take(&mut self.releasing);
+        if releasing.is_empty() {
+            return;
+        }
+        let count = releasing.len();
+        let leases = &self.leases;
+        futures::stream::iter(releasing)
+            .for_each_concurrent(KV_CONCURRENCY, |(n, rev)| async move {
+                if let Err(err) = leases.delete_expect_revision(subjects::lease_key(n), Some(rev)).await {
+                    warn!(shard = n, error = %err, "cannot release lease");
+                }
+            })
+            .await;
+        info!(released = count, owned = self.owned.len(), "released shards to rebalance");
     }
 
     async fn claim(&mut self, want: usize) -> Result<(), LeaseError> {
@@ -200,9 +224,59 @@ impl Leases {
         Ok(())
     }
 
+    /// Watch the lease bucket, to take shards the moment another worker lets go.
+    pub async fn watch(&self) -> Result<kv::Watch, LeaseError> {
+        self.leases.watch_all().await.map_err(|e| LeaseError::List {
+            bucket: subjects::LEASE_BUCKET,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Shards whose leases were just deleted (released by their owner), from watch entries.
+    pub fn released(entries: &[kv::Entry]) -> Vec<u16> {
+        entries
+            .iter()
+            .filter(|e| matches!(e.operation, kv::Operation::Delete | kv::Operation::Purge))
+            .filter_map(|e| e.key.strip_prefix("shard.")?.parse::<u16>().ok())
+            .filter(|n| *n < SHARD_COUNT)
+            .collect()
+    }
+
+    /// Take released shards while we are below our share. Returns whether the set
+    /// of owned shards changed.
+    pub async fn take_released(&mut self, shards: Vec<u16>) -> bool {
+        let room = self.target.saturating_sub(self.owned.len());
+        let wanted: Vec<u16> = shards
+            .into_iter()
+            .filter(|n| !self.owned.contains_key(n))
+            .take(room)
+            .collect();
+        if wanted.is_empty() {
+            return false;
+        }
+        let value = bytes::Bytes::from(self.worker_id.clone());
+        let leases = &self.leases;
+        let won: Vec<(u16, u64)> = futures::stream::iter(wanted)
+            .map(|n| {
+                let value = value.clone();
+                async move { leases.create(subjects::lease_key(n), value).await.ok().map(|rev| (n, rev)) }
+            })
+            .buffer_unordered(KV_CONCURRENCY)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        if won.is_empty() {
+            return false;
+        }
+        debug!(taken = won.len(), "released shards taken over");
+        self.owned.extend(won);
+        true
+    }
+
     /// Give every lease back (graceful shutdown) so others take over at once.
     pub async fn release_all(&mut self) {
-        let owned: Vec<(u16, u64)> = self.owned.drain().collect();
+        let mut owned: Vec<(u16, u64)> = self.owned.drain().collect();
+        owned.append(&mut self.releasing);
         let leases = &self.leases;
         futures::stream::iter(owned)
             .for_each_concurrent(KV_CONCURRENCY, |(n, rev)| async move {

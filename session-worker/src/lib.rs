@@ -171,6 +171,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
     let renew_every = config.lease_ttl() / 3;
     let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
     let id = worker_id.clone();
+    let mut lease_changes = leases.watch().await?;
     let task = tokio::spawn(async move {
         let mut interval = tokio::time::interval(renew_every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,6 +179,26 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         loop {
             tokio::select! {
                 _ = &mut stop_rx => break,
+                Some(Ok(entry)) = lease_changes.next() => {
+                    // Another worker released shards: take them now rather than at
+                    // our next round, so none is long without an owner. Releases
+                    // come in bursts; take the whole burst at once.
+                    let mut entries = vec![entry];
+                    while entries.len() < usize::from(proto::SHARD_COUNT) {
+                        match futures::FutureExt::now_or_never(lease_changes.next()) {
+                            Some(Some(Ok(e))) => entries.push(e),
+                            _ => break,
+                        }
+                    }
+                    if leases.take_released(Leases::released(&entries)).await {
+                        if let Err(err) = subs.apply(&leases.owned()).await {
+                            warn!(error = %err, "cannot subscribe to shards");
+                        }
+                        let _ = shared.nats.flush().await;
+                        metrics.owned_shards.set(subs.owned() as i64);
+                        ready.store(subs.owned() > 0, Ordering::Relaxed);
+                    }
+                }
                 _ = interval.tick() => {
                     match leases.tick().await {
                         Ok(owned) => {
@@ -185,6 +206,8 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                                 warn!(error = %err, "cannot subscribe to shards");
                             }
                             let _ = shared.nats.flush().await;
+                            // Unsubscribed first, so the next owner never shares a shard with us.
+                            leases.finish_release().await;
                             metrics.owned_shards.set(subs.owned() as i64);
                             ready.store(subs.owned() > 0, Ordering::Relaxed);
                         }

@@ -135,13 +135,18 @@ impl Router {
                     Ok(m) => m,
                     Err(ack) => return ("deliver", ack),
                 };
-                match self.session(&env.key, &identity).await {
-                    Some(handle) => {
-                        handle.deliver(message, route);
-                        ("deliver", Ack::Accepted)
+                // An actor that is just stopping refuses the message; the second
+                // attempt starts a fresh one from the store (or finds none).
+                for _ in 0..2 {
+                    let Some(handle) = self.session(&env.key, &identity).await else {
+                        return ("deliver", Ack::NotFound);
+                    };
+                    if handle.deliver(message.clone(), route.clone()).await.is_ok() {
+                        return ("deliver", Ack::Accepted);
                     }
-                    None => ("deliver", Ack::NotFound),
+                    self.shared.registry.remove(&env.key);
                 }
+                ("deliver", rejected(-32000, "session is restarting, retry"))
             }
             Body::Attach => match self.session(&env.key, &identity).await {
                 Some(_) => ("attach", Ack::Accepted),
@@ -149,6 +154,12 @@ impl Router {
             },
             Body::Close => match self.session(&env.key, &identity).await {
                 Some(handle) => {
+                    // Delete the record first: messages of this shard are handled
+                    // in order, so none that follows can bring the session back.
+                    if let Err(err) = self.shared.sessions.delete(subjects::token(&env.key)).await {
+                        warn!(session_id = %env.key, error = %err, "cannot delete session record");
+                    }
+                    self.shared.registry.remove(&env.key);
                     handle.close();
                     ("close", Ack::Accepted)
                 }

@@ -310,3 +310,47 @@ async fn idle_actor_stops_and_comes_back_on_demand() -> anyhow::Result<()> {
     worker.shutdown().await;
     Ok(())
 }
+
+/// While a second worker joins and the shards are split, every shard keeps an
+/// owner: a message finds a responder within a short retry (the gateway retries
+/// no-responders for longer than this).
+#[actix_rt::test]
+async fn rebalancing_leaves_no_shard_without_owner() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let a = session_worker::start(config(&nats)).await?;
+    let client = Client::new(&nats).await?;
+    let b = session_worker::start(config(&nats)).await?;
+    let started = std::time::Instant::now();
+    let mut probes = 0u32;
+    let mut split = false;
+    while started.elapsed() < Duration::from_secs(12) {
+        for i in 0..64u32 {
+            let key = format!("{:08x}{i:024x}", probes);
+            let env = Envelope::new(alice(), key.clone(), Body::Attach);
+            let mut answered = false;
+            for _ in 0..5 {
+                match client.nats.request(subjects::actor(&key), env.to_bytes()?.into()).await {
+                    Ok(msg) => {
+                        assert_eq!(Ack::from_bytes(&msg.payload)?, Ack::NotFound);
+                        answered = true;
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(40)).await,
+                }
+            }
+            assert!(answered, "shard of {key} had no owner for 200 ms");
+            probes += 1;
+        }
+        let (x, y) = (metric(a.admin_addr, "mcp_worker_owned_shards").await?, metric(b.admin_addr, "mcp_worker_owned_shards").await?);
+        if x > 0.0 && y > 0.0 && x + y == 1024.0 {
+            split = true;
+            if started.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+    }
+    assert!(split, "the shards were never split between the two workers");
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
