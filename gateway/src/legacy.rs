@@ -131,7 +131,7 @@ async fn message_inner(
         .await
         .map_err(|e| {
             let kind = match e {
-                crate::relay::RelayError::NoResponders(_) => Kind::NoWorker,
+                crate::relay::RelayError::NoResponders(_) | crate::relay::RelayError::Disconnected => Kind::NoWorker,
                 crate::relay::RelayError::TimedOut(_) => Kind::WorkerTimeout,
                 _ => Kind::Internal,
             };

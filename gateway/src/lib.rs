@@ -194,7 +194,8 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         if let Err(err) = server_task.await {
             warn!(error = %err, "public server task failed");
         }
-        let _ = nats.flush().await;
+        // Bounded: with NATS gone a flush would wait for a reconnect.
+        let _ = tokio::time::timeout(Duration::from_secs(1), nats.flush()).await;
         relay_task.abort();
         admin_handle.stop(true).await;
         let _ = admin_task.await;

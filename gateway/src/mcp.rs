@@ -237,6 +237,7 @@ fn relay_error(err: RelayError) -> McpError {
     warn!(error = %err, "worker unreachable");
     match err {
         RelayError::NoResponders(_) => McpError::new(Kind::NoWorker),
+        RelayError::Disconnected => McpError::new(Kind::NoWorker).detail("the message bus is unreachable"),
         RelayError::TimedOut(_) => McpError::new(Kind::WorkerTimeout),
         RelayError::Encode(_) | RelayError::Decode(_) | RelayError::Nats(_) => McpError::new(Kind::Internal),
     }

@@ -37,6 +37,8 @@ pub enum RelayError {
     Decode(String),
     #[error("nats: {0}")]
     Nats(String),
+    #[error("not connected to NATS")]
+    Disconnected,
 }
 
 pub struct Relay {
@@ -148,6 +150,9 @@ impl Relay {
             proto::Body::Close => "close",
             proto::Body::Stateless { .. } => "stateless",
         };
+        if !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
+            return Err(RelayError::Disconnected);
+        }
         let started = Instant::now();
         loop {
             let attempt = tokio::time::timeout(
@@ -181,13 +186,19 @@ impl Relay {
 
     /// Subscribe to a session's event subject.
     pub async fn events(&self, session: &str) -> Result<async_nats::Subscriber, RelayError> {
+        if !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
+            return Err(RelayError::Disconnected);
+        }
         let sub = self
             .nats
             .subscribe(subjects::events(session))
             .await
             .map_err(|e| RelayError::Nats(e.to_string()))?;
         // Make sure the server has the interest before the caller proceeds.
-        self.nats.flush().await.map_err(|e| RelayError::Nats(e.to_string()))?;
+        tokio::time::timeout(self.ack_timeout, self.nats.flush())
+            .await
+            .map_err(|_| RelayError::TimedOut(self.ack_timeout))?
+            .map_err(|e| RelayError::Nats(e.to_string()))?;
         Ok(sub)
     }
 }

@@ -232,7 +232,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = shared.nats.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), shared.nats.flush()).await;
         admin_handle.stop(true).await;
         let _ = admin_task.await;
         for arbiter in arbiters {
