@@ -65,6 +65,56 @@ pub struct Validator {
 struct Inner {
     cfg: AuthConfig,
     keys: JwksCache,
+    accepted: AcceptedTokens,
+}
+
+/// Most tokens a gateway remembers as already verified.
+pub const ACCEPTED_CACHE_MAX: usize = 16_384;
+
+/// Tokens this gateway verified recently, so a client's every request does not
+/// pay for a signature check. An entry lives until the token expires or, at the
+/// latest, one JWKS cache period (so a key an issuer withdraws stops working
+/// within that period, as with the key cache itself). Keys are the exact token
+/// strings; nothing here is logged.
+#[derive(Default)]
+struct AcceptedTokens {
+    map: std::sync::Mutex<std::collections::HashMap<String, (proto::Principal, std::time::Instant)>>,
+}
+
+impl AcceptedTokens {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (proto::Principal, std::time::Instant)>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, token: &str) -> Option<proto::Principal> {
+        let now = std::time::Instant::now();
+        let unix = unix_now();
+        let map = self.lock();
+        let (principal, until) = map.get(token)?;
+        (*until > now && principal.expires_at > unix).then(|| principal.clone())
+    }
+
+    fn insert(&self, token: &str, principal: &proto::Principal, ttl: Duration) {
+        let now = std::time::Instant::now();
+        let mut map = self.lock();
+        if map.len() >= ACCEPTED_CACHE_MAX {
+            let unix = unix_now();
+            map.retain(|_, (p, until)| *until > now && p.expires_at > unix);
+            if map.len() >= ACCEPTED_CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(token.to_owned(), (principal.clone(), now + ttl));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl std::fmt::Debug for Validator {
@@ -90,7 +140,11 @@ impl Validator {
     ) -> Self {
         let keys = JwksCache::new(http, cfg.jwks_cache_ttl, min_refresh_interval);
         Self {
-            inner: Arc::new(Inner { cfg, keys }),
+            inner: Arc::new(Inner {
+                cfg,
+                keys,
+                accepted: AcceptedTokens::default(),
+            }),
         }
     }
 
@@ -103,7 +157,15 @@ impl Validator {
         &self,
         authorization: Option<&str>,
     ) -> Result<proto::Principal, AuthError> {
+        if let Ok(token) = bearer_token(authorization)
+            && let Some(principal) = self.inner.accepted.get(token)
+        {
+            return Ok(principal);
+        }
         let result = self.validate_inner(authorization).await;
+        if let (Ok(principal), Ok(token)) = (&result, bearer_token(authorization)) {
+            self.inner.accepted.insert(token, principal, self.inner.cfg.jwks_cache_ttl);
+        }
         match &result {
             Ok(p) => tracing::debug!(iss = %p.iss, sub = %p.sub, "bearer token accepted"),
             Err(e) => tracing::debug!(code = e.code(), reason = %e, "bearer token refused"),
@@ -331,3 +393,38 @@ pub fn protected_resource_metadata(cfg: &AuthConfig) -> serde_json::Value {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
+
+#[cfg(test)]
+mod accepted_tests {
+    use super::*;
+
+    fn principal(expires_at: u64) -> proto::Principal {
+        proto::Principal {
+            iss: "http://issuer".into(),
+            sub: "alice".into(),
+            expires_at,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn remembered_until_expiry_or_ttl() {
+        let cache = AcceptedTokens::default();
+        cache.insert("t1", &principal(unix_now() + 60), Duration::from_secs(60));
+        assert_eq!(cache.get("t1").map(|p| p.sub), Some("alice".into()));
+        assert!(cache.get("t2").is_none(), "unknown token");
+        cache.insert("expired", &principal(unix_now() - 1), Duration::from_secs(60));
+        assert!(cache.get("expired").is_none(), "token past exp");
+        cache.insert("stale", &principal(unix_now() + 60), Duration::ZERO);
+        assert!(cache.get("stale").is_none(), "entry past the JWKS cache period");
+    }
+
+    #[test]
+    fn bounded() {
+        let cache = AcceptedTokens::default();
+        for i in 0..ACCEPTED_CACHE_MAX + 10 {
+            cache.insert(&format!("t{i}"), &principal(unix_now() + 60), Duration::from_secs(60));
+        }
+        assert!(cache.lock().len() <= ACCEPTED_CACHE_MAX);
+    }
+}
