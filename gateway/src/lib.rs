@@ -156,6 +156,9 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             .default_service(web::to(not_found))
     })
     .workers(workers)
+    // SSE answers go out in several writes; without this the kernel may hold
+    // the last one for the client's delayed ACK (~40 ms).
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(config.drain_timeout_secs)
     .bind(config.listen)

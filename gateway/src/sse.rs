@@ -1,19 +1,17 @@
 //! Server-Sent Events: framing, keep-alive comments, and streams that end
 //! themselves when the gateway drains or the client goes away.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::HttpResponse;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::StreamGuard;
-
-/// Frames buffered between the producer task and the socket.
-const SSE_BUFFER: usize = 8;
 
 /// One `message` event carrying a JSON-RPC message.
 pub fn message_event(json: &[u8], id: Option<&str>) -> Bytes {
@@ -43,6 +41,57 @@ const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 /// Sent when the gateway drains: the client should reconnect elsewhere.
 const DRAINING: &[u8] = b": gateway draining, reconnect\nretry: 1000\n\n";
 
+/// An SSE body: the source's frames, keep-alive comments while it is quiet,
+/// and a final reconnect hint when the gateway drains. Polled directly by the
+/// HTTP server (no task or channel per stream, which keeps idle streams small);
+/// dropped when the client goes away, which runs `on_close`.
+struct SseBody {
+    source: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
+    ticker: tokio::time::Interval,
+    drain: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    done: bool,
+    _guard: StreamGuard,
+    on_close: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Stream for SseBody {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.drain.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Bytes::from_static(DRAINING))));
+        }
+        match this.source.as_mut().poll_next(cx) {
+            Poll::Ready(Some(frame)) => {
+                this.ticker.reset();
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if this.ticker.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE))));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_close.take() {
+            f();
+        }
+    }
+}
+
 /// Build an SSE response from `source`. Keep-alive comments every
 /// `keepalive`; ends when the source ends, the client disconnects, or
 /// `drain` fires (with a final retry hint). `on_close` runs when it ends.
@@ -54,32 +103,16 @@ pub fn response(
     on_close: Option<Box<dyn FnOnce() + Send>>,
     headers: Vec<(&'static str, String)>,
 ) -> HttpResponse {
-    let (tx, rx) = mpsc::channel::<Bytes>(SSE_BUFFER);
-    tokio::spawn(async move {
-        let _guard = guard;
-        let mut source = std::pin::pin!(source);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-        loop {
-            tokio::select! {
-                _ = drain.cancelled() => {
-                    let _ = tx.send(Bytes::from_static(DRAINING)).await;
-                    break;
-                }
-                _ = tx.closed() => break,
-                item = source.next() => match item {
-                    Some(bytes) => if tx.send(bytes).await.is_err() { break },
-                    None => break,
-                },
-                _ = ticker.tick() => {
-                    if tx.send(Bytes::from_static(KEEPALIVE)).await.is_err() { break }
-                }
-            }
-        }
-        if let Some(f) = on_close {
-            f();
-        }
-    });
-    let body = ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let body = SseBody {
+        source: Box::pin(source),
+        ticker,
+        drain: Box::pin(drain.cancelled_owned()),
+        done: false,
+        _guard: guard,
+        on_close,
+    };
     let mut resp = HttpResponse::Ok();
     resp.content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

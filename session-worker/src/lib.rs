@@ -221,7 +221,8 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         stateless_task.abort();
         changes_task.abort();
         subs.clear();
-        leases.release_all().await;
+        // Bounded: with NATS gone the KV deletes would each wait for a timeout.
+        let _ = tokio::time::timeout(drain_timeout, leases.release_all()).await;
         metrics.owned_shards.set(0);
         for handle in shared.registry.all() {
             handle.evict();
