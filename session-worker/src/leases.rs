@@ -96,20 +96,7 @@ impl Leases {
             .put(subjects::token(&self.worker_id), now_bytes())
             .await
             .map_err(|e| LeaseError::Heartbeat(e.to_string()))?;
-        let live: Vec<String> = self
-            .workers
-            .keys()
-            .await
-            .map_err(|e| LeaseError::List {
-                bucket: subjects::WORKER_BUCKET,
-                reason: e.to_string(),
-            })?
-            .try_collect()
-            .await
-            .map_err(|e| LeaseError::List {
-                bucket: subjects::WORKER_BUCKET,
-                reason: e.to_string(),
-            })?;
+        let live: Vec<String> = keys(&self.workers, subjects::WORKER_BUCKET).await?;
         let workers = live.len().max(1);
         let target = usize::from(SHARD_COUNT).div_ceil(workers);
         self.target = target;
@@ -187,36 +174,13 @@ impl Leases {
     }
 
     async fn claim(&mut self, want: usize) -> Result<(), LeaseError> {
-        let taken: HashSet<String> = self
-            .leases
-            .keys()
-            .await
-            .map_err(|e| LeaseError::List {
-                bucket: subjects::LEASE_BUCKET,
-                reason: e.to_string(),
-            })?
-            .try_collect()
-            .await
-            .map_err(|e| LeaseError::List {
-                bucket: subjects::LEASE_BUCKET,
-                reason: e.to_string(),
-            })?;
+        let taken: HashSet<String> = keys(&self.leases, subjects::LEASE_BUCKET).await?.into_iter().collect();
         let free: Vec<u16> = (0..SHARD_COUNT)
             .map(|i| (i + self.offset) % SHARD_COUNT)
             .filter(|n| !self.owned.contains_key(n) && !taken.contains(&subjects::lease_key(*n)))
             .take(want)
             .collect();
-        let value = bytes::Bytes::from(self.worker_id.clone());
-        let leases = &self.leases;
-        let won: Vec<(u16, u64)> = futures::stream::iter(free)
-            .map(|n| {
-                let value = value.clone();
-                async move { leases.create(subjects::lease_key(n), value).await.ok().map(|rev| (n, rev)) }
-            })
-            .buffer_unordered(KV_CONCURRENCY)
-            .filter_map(|x| async move { x })
-            .collect()
-            .await;
+        let won = self.create_many(free).await;
         if !won.is_empty() {
             info!(claimed = won.len(), "shards claimed");
         }
@@ -254,9 +218,21 @@ impl Leases {
         if wanted.is_empty() {
             return false;
         }
+        let won = self.create_many(wanted).await;
+        if won.is_empty() {
+            return false;
+        }
+        debug!(taken = won.len(), "released shards taken over");
+        self.owned.extend(won);
+        true
+    }
+
+    /// Try to take each shard's lease (create fails when someone holds it);
+    /// returns the ones won with their revisions.
+    async fn create_many(&self, shards: Vec<u16>) -> Vec<(u16, u64)> {
         let value = bytes::Bytes::from(self.worker_id.clone());
         let leases = &self.leases;
-        let won: Vec<(u16, u64)> = futures::stream::iter(wanted)
+        futures::stream::iter(shards)
             .map(|n| {
                 let value = value.clone();
                 async move { leases.create(subjects::lease_key(n), value).await.ok().map(|rev| (n, rev)) }
@@ -264,13 +240,7 @@ impl Leases {
             .buffer_unordered(KV_CONCURRENCY)
             .filter_map(|x| async move { x })
             .collect()
-            .await;
-        if won.is_empty() {
-            return false;
-        }
-        debug!(taken = won.len(), "released shards taken over");
-        self.owned.extend(won);
-        true
+            .await
     }
 
     /// Give every lease back (graceful shutdown) so others take over at once.
@@ -285,6 +255,15 @@ impl Leases {
             .await;
         let _ = self.workers.delete(subjects::token(&self.worker_id)).await;
     }
+}
+
+/// Every live key of a bucket.
+async fn keys(store: &kv::Store, bucket: &'static str) -> Result<Vec<String>, LeaseError> {
+    let list = |e: &dyn std::fmt::Display| LeaseError::List {
+        bucket,
+        reason: e.to_string(),
+    };
+    store.keys().await.map_err(|e| list(&e))?.try_collect().await.map_err(|e| list(&e))
 }
 
 fn now_bytes() -> bytes::Bytes {

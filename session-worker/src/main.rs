@@ -1,5 +1,4 @@
-//! session-worker binary: parse config, set up logging, run.
-
+//! session-worker binary: parse config, set up logging, run until SIGTERM, drain.
 
 fn main() {
     let config: session_worker::Config = telemetry::parse_config("session-worker");
@@ -8,19 +7,9 @@ fn main() {
         std::process::exit(telemetry::EXIT_CONFIG);
     }
     telemetry::init_logging();
-    let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|err| {
-                eprintln!("session-worker: cannot start runtime: {err}");
-                std::process::exit(70)
-            })
+    telemetry::run_system("session-worker", async move {
+        session_worker::run(config, telemetry::shutdown_signal())
+            .await
+            .map_err(|e| format!("{e:#}"))
     });
-    let result = system.block_on(session_worker::run(config, telemetry::shutdown_signal()));
-    if let Err(err) = result {
-        eprintln!("session-worker: {err:#}");
-        std::process::exit(1);
-    }
 }
-

@@ -116,6 +116,25 @@ pub fn admin_server(
     })
 }
 
+/// Run a service's future on an actix system backed by a multi-threaded tokio
+/// runtime (actors and HTTP workers get their own threads; tasks spawned with
+/// `tokio::spawn` use the pool). Errors are printed as `program: error`, exit 1.
+pub fn run_system<E: std::fmt::Display>(program: &str, service: impl std::future::Future<Output = Result<(), E>>) {
+    let system = actix_web::rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|err| {
+                eprintln!("cannot start the runtime: {err}");
+                std::process::exit(70)
+            })
+    });
+    if let Err(err) = system.block_on(service) {
+        eprintln!("{program}: {err}");
+        std::process::exit(1);
+    }
+}
+
 /// Exit code for invalid configuration (EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 
