@@ -138,7 +138,7 @@ async fn message_inner(
             McpError::new(kind).with_id(msg.id.clone())
         })?;
     match ack {
-        proto::Ack::Accepted => Ok((HttpResponse::Accepted().body("Accepted"), label)),
+        proto::Ack::Accepted | proto::Ack::First(_) => Ok((HttpResponse::Accepted().body("Accepted"), label)),
         proto::Ack::NotFound => Err(McpError::new(Kind::SessionNotFound).with_id(msg.id)),
         proto::Ack::Rejected { code, message } => Err(McpError::new(Kind::InvalidRequest)
             .code(code)

@@ -245,7 +245,7 @@ fn relay_error(err: RelayError) -> McpError {
 
 fn ack_error(ack: Ack, id: Option<Value>) -> Option<McpError> {
     match ack {
-        Ack::Accepted => None,
+        Ack::Accepted | Ack::First(_) => None,
         Ack::NotFound => Some(McpError::new(Kind::SessionNotFound).with_id(id)),
         Ack::Rejected { code, message } => {
             let kind = if code == -32700 { Kind::ParseError } else { Kind::InvalidRequest };
@@ -572,14 +572,20 @@ async fn relay_request(
         }))
     };
     let ack = st.relay.send(subject, &env, trace).await.map_err(|e| relay_error(e).with_id(id.clone()))?;
-    if let Some(e) = ack_error(ack, id.clone()) {
-        return Err(e);
-    }
     let deadline = tokio::time::Instant::now() + st.request_timeout;
-    let first = match tokio::time::timeout_at(deadline, stream.next()).await {
-        Ok(Some(first)) => first,
-        Ok(None) => return Err(McpError::new(Kind::Internal).with_id(id)),
-        Err(_) => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
+    let first = match ack {
+        // A quick answer comes with the acknowledgement.
+        Ack::First(first) => first,
+        other => {
+            if let Some(e) = ack_error(other, id.clone()) {
+                return Err(e);
+            }
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => return Err(McpError::new(Kind::Internal).with_id(id)),
+                Err(_) => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
+            }
+        }
     };
     if first.aborted {
         return Err(McpError::new(Kind::NoWorker)

@@ -76,6 +76,9 @@ pub enum Body {
 pub enum Ack {
     /// Taken; answers follow on the route.
     Accepted,
+    /// Taken, and here is the first answer (often the only one): the rest, if
+    /// any, follow on the route. Saves a NATS message per quick request.
+    First(Outbound),
     /// No such session, or it belongs to someone else (the gateway answers 404).
     NotFound,
     /// The message was refused before reaching the MCP handler.
@@ -269,6 +272,7 @@ mod tests {
     fn acks_and_outbound_round_trip() {
         for ack in [
             Ack::Accepted,
+            Ack::First(Outbound::new(1, b"{}".to_vec(), true)),
             Ack::NotFound,
             Ack::Rejected {
                 code: -32600,

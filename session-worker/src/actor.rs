@@ -32,6 +32,10 @@ use crate::metrics::{GaugeGuard, Metrics};
 pub use crate::transport::Closed;
 use crate::transport::{ChannelTransport, FromServer, Outlet};
 
+/// How long the worker holds a request's acknowledgement hoping to send the
+/// first answer with it; after that a plain "accepted" goes out.
+pub const ACK_DELAY: Duration = Duration::from_millis(20);
+
 /// How often an actor checks whether it has been idle too long, at most.
 const IDLE_CHECK_MAX: Duration = Duration::from_secs(30);
 
@@ -161,8 +165,15 @@ impl SessionHandle {
 
     /// Hand a message to the actor; fails when the actor has stopped or is
     /// stopping (the caller then starts a new one from the store).
-    pub async fn deliver(&self, message: ClientJsonRpcMessage, route: Route) -> Result<(), Closed> {
-        match self.addr.send(Inbound { message, route }).await {
+    /// `ack_to`: the NATS reply subject the acknowledgement goes to, when the
+    /// actor (not the caller) acknowledges.
+    pub async fn deliver(
+        &self,
+        message: ClientJsonRpcMessage,
+        route: Route,
+        ack_to: Option<String>,
+    ) -> Result<(), Closed> {
+        match self.addr.send(Inbound { message, route, ack_to }).await {
             Ok(result) => result,
             Err(_) => Err(Closed),
         }
@@ -189,6 +200,7 @@ pub enum Start {
     Open {
         initialize: Box<ClientJsonRpcMessage>,
         route: Route,
+        ack_to: Option<String>,
     },
     /// Rehydration: replay the stored `initialize`, drop its answer.
     Restore,
@@ -199,6 +211,7 @@ pub enum Start {
 struct Inbound {
     message: ClientJsonRpcMessage,
     route: Route,
+    ack_to: Option<String>,
 }
 
 #[derive(Message)]
@@ -210,13 +223,14 @@ struct Shutdown {
 /// Where the messages belonging to one client request go.
 enum Target {
     Drop,
-    Reply { subject: String, seq: u64 },
+    /// `ack`: the NATS reply subject still waiting for the acknowledgement.
+    Reply { subject: String, seq: u64, ack: Option<String> },
     Events,
 }
 
 enum Dest {
     Drop,
-    Subject(String, u64),
+    Subject(String, u64, Option<String>),
     Events,
 }
 
@@ -280,16 +294,16 @@ impl Actor for SessionActor {
         });
 
         match self.start.take() {
-            Some(Start::Open { initialize, route }) => {
+            Some(Start::Open { initialize, route, ack_to }) => {
                 if let ClientJsonRpcMessage::Request(req) = initialize.as_ref() {
                     self.init_id = Some(req.id.clone());
                 }
-                self.accept(*initialize, route);
+                self.accept(*initialize, route, ack_to, ctx);
             }
             Some(Start::Restore) => {
                 self.persisted = true;
                 match serde_json::from_slice::<ClientJsonRpcMessage>(&self.record.initialize) {
-                    Ok(initialize) => self.accept(initialize, Route::Nothing),
+                    Ok(initialize) => self.accept(initialize, Route::Nothing, None, ctx),
                     Err(err) => {
                         warn!(session_id = %self.id, error = %err, "stored initialize request is unreadable");
                         ctx.stop();
@@ -309,13 +323,29 @@ impl Actor for SessionActor {
 
 impl SessionActor {
     /// Register where the answers to `message` go, then hand it to rmcp.
-    fn accept(&mut self, message: ClientJsonRpcMessage, route: Route) {
+    fn accept(
+        &mut self,
+        message: ClientJsonRpcMessage,
+        route: Route,
+        ack_to: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
         self.last_activity = Instant::now();
         match &message {
             ClientJsonRpcMessage::Request(req) => {
                 let target = match route {
                     Route::Nothing => Target::Drop,
-                    Route::Reply { subject } => Target::Reply { subject, seq: 0 },
+                    Route::Reply { subject } => {
+                        if ack_to.is_some() {
+                            let id = req.id.clone();
+                            ctx.run_later(ACK_DELAY, move |act, _| act.flush_ack(&id));
+                        }
+                        Target::Reply {
+                            subject,
+                            seq: 0,
+                            ack: ack_to,
+                        }
+                    }
                     Route::SessionEvents => Target::Events,
                 };
                 self.routes.insert(req.id.clone(), target);
@@ -385,14 +415,14 @@ impl SessionActor {
         };
         let dest = match &owner {
             Some(id) if last => match self.routes.remove(id) {
-                Some(Target::Reply { subject, seq }) => Dest::Subject(subject, seq + 1),
+                Some(Target::Reply { subject, seq, ack }) => Dest::Subject(subject, seq + 1, ack),
                 Some(Target::Drop) => Dest::Drop,
                 Some(Target::Events) | None => Dest::Events,
             },
             Some(id) => match self.routes.get_mut(id) {
-                Some(Target::Reply { subject, seq }) => {
+                Some(Target::Reply { subject, seq, ack }) => {
                     *seq += 1;
-                    Dest::Subject(subject.clone(), *seq)
+                    Dest::Subject(subject.clone(), *seq, ack.take())
                 }
                 Some(Target::Drop) => Dest::Drop,
                 Some(Target::Events) | None => Dest::Events,
@@ -404,9 +434,14 @@ impl SessionActor {
         }
         match dest {
             Dest::Drop => {}
-            Dest::Subject(subject, seq) => {
+            Dest::Subject(subject, seq, ack) => {
                 self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
-                self.send(subject, Outbound::new(seq, payload, last));
+                let out = Outbound::new(seq, payload, last);
+                match ack {
+                    // The first answer rides on the acknowledgement.
+                    Some(reply) => self.send_ack(reply, &proto::Ack::First(out)),
+                    None => self.send(subject, out),
+                }
             }
             Dest::Events => {
                 self.shared.metrics.outbound.with_label_values(&["events"]).inc();
@@ -441,8 +476,33 @@ impl SessionActor {
     }
 
     fn abort(&mut self, target: Target) {
-        if let Target::Reply { subject, seq } = target {
-            self.send(subject, Outbound::aborted(seq + 1));
+        if let Target::Reply { subject, seq, ack } = target {
+            match ack {
+                Some(reply) => self.send_ack(reply, &proto::Ack::First(Outbound::aborted(seq + 1))),
+                None => self.send(subject, Outbound::aborted(seq + 1)),
+            }
+        }
+    }
+
+    /// The first answer did not come within [`ACK_DELAY`]: acknowledge alone.
+    fn flush_ack(&mut self, id: &RequestId) {
+        let pending = match self.routes.get_mut(id) {
+            Some(Target::Reply { ack, .. }) => ack.take(),
+            _ => None,
+        };
+        if let Some(reply) = pending {
+            self.send_ack(reply, &proto::Ack::Accepted);
+        }
+    }
+
+    fn send_ack(&self, reply: String, ack: &proto::Ack) {
+        match ack.to_bytes() {
+            Ok(payload) => {
+                if let Some(p) = &self.publisher {
+                    let _ = p.send(PubOp::Publish { subject: reply, payload });
+                }
+            }
+            Err(err) => warn!(session_id = %self.id, error = %err, "cannot encode ack"),
         }
     }
 
@@ -462,7 +522,7 @@ impl Handler<Inbound> for SessionActor {
         if self.closing || ctx.state() != actix::ActorState::Running {
             return Err(Closed);
         }
-        self.accept(msg.message, msg.route);
+        self.accept(msg.message, msg.route, msg.ack_to, ctx);
         Ok(())
     }
 }

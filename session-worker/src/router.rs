@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, SessionRecord, shard, subjects};
+use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, Route, SessionRecord, shard, subjects};
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -71,29 +71,37 @@ impl Router {
                     .or_else(|| env.trace.clone())
                     .unwrap_or_default();
                 let span = info_span!("envelope", session_id = %env.key, traceparent = %trace);
-                self.dispatch(env).instrument(span).await
+                self.dispatch(env, reply.as_str()).instrument(span).await
             }
             Err(err) => {
                 warn!(subject = %msg.subject, error = %err, "undecodable envelope");
                 (
                     "invalid",
-                    Ack::Rejected {
+                    Some(Ack::Rejected {
                         code: INVALID_REQUEST,
                         message: err.to_string(),
-                    },
+                    }),
                 )
             }
         };
         let outcome = match &ack {
-            Ack::Accepted => "accepted",
-            Ack::NotFound => "not_found",
-            Ack::Rejected { .. } => "rejected",
+            None | Some(Ack::Accepted) | Some(Ack::First(_)) => "accepted",
+            Some(Ack::NotFound) => "not_found",
+            Some(Ack::Rejected { .. }) => "rejected",
         };
         self.shared.metrics.envelopes.with_label_values(&[kind, outcome]).inc();
-        respond(&self.shared.nats, reply, &ack).await;
+        // `None`: the actor acknowledges, with the first answer when it is quick.
+        if let Some(ack) = ack {
+            respond(&self.shared.nats, reply, &ack).await;
+        }
     }
 
-    async fn dispatch(self: &Arc<Self>, env: Envelope) -> (&'static str, Ack) {
+    async fn dispatch(self: &Arc<Self>, env: Envelope, reply: &str) -> (&'static str, Option<Ack>) {
+        let (kind, ack) = self.dispatch_inner(env, reply).await;
+        (kind, ack)
+    }
+
+    async fn dispatch_inner(self: &Arc<Self>, env: Envelope, reply: &str) -> (&'static str, Option<Ack>) {
         let identity = env.principal.identity();
         match env.body {
             Body::Open {
@@ -101,13 +109,14 @@ impl Router {
                 route,
                 legacy_sse,
             } => {
+                let route_kind = route.clone();
                 let initialize = match parse(&message) {
                     Ok(m @ ClientJsonRpcMessage::Request(_)) if is_initialize(&m) => m,
-                    Ok(_) => return ("open", rejected(INVALID_REQUEST, "a session starts with an initialize request")),
-                    Err(ack) => return ("open", ack),
+                    Ok(_) => return ("open", Some(rejected(INVALID_REQUEST, "a session starts with an initialize request"))),
+                    Err(ack) => return ("open", Some(ack)),
                 };
                 if self.shared.registry.get(&env.key).is_some() {
-                    return ("open", rejected(INVALID_REQUEST, "session id already in use"));
+                    return ("open", Some(rejected(INVALID_REQUEST, "session id already in use")));
                 }
                 let record = SessionRecord {
                     v: ENVELOPE_VERSION,
@@ -123,34 +132,40 @@ impl Router {
                     self.shared.clone(),
                     env.key.clone(),
                     record,
-                    Start::Open { initialize: Box::new(initialize), route },
+                    Start::Open {
+                        initialize: Box::new(initialize),
+                        ack_to: actor_acks(&route).then(|| reply.to_owned()),
+                        route,
+                    },
                 );
                 self.shared.registry.insert_if_absent(&env.key, handle);
                 self.shared.metrics.sessions_opened.inc();
                 info!(session_id = %env.key, "session opened");
-                ("open", Ack::Accepted)
+                ("open", if actor_acks(&route_kind) { None } else { Some(Ack::Accepted) })
             }
             Body::Deliver { message, route } => {
                 let message = match parse(&message) {
                     Ok(m) => m,
-                    Err(ack) => return ("deliver", ack),
+                    Err(ack) => return ("deliver", Some(ack)),
                 };
+                let ack_to = (actor_acks(&route) && matches!(message, ClientJsonRpcMessage::Request(_)))
+                    .then(|| reply.to_owned());
                 // An actor that is just stopping refuses the message; the second
                 // attempt starts a fresh one from the store (or finds none).
                 for _ in 0..2 {
                     let Some(handle) = self.session(&env.key, &identity).await else {
-                        return ("deliver", Ack::NotFound);
+                        return ("deliver", Some(Ack::NotFound));
                     };
-                    if handle.deliver(message.clone(), route.clone()).await.is_ok() {
-                        return ("deliver", Ack::Accepted);
+                    if handle.deliver(message.clone(), route.clone(), ack_to.clone()).await.is_ok() {
+                        return ("deliver", if ack_to.is_some() { None } else { Some(Ack::Accepted) });
                     }
                     self.shared.registry.remove(&env.key);
                 }
-                ("deliver", rejected(-32000, "session is restarting, retry"))
+                ("deliver", Some(rejected(-32000, "session is restarting, retry")))
             }
             Body::Attach => match self.session(&env.key, &identity).await {
-                Some(_) => ("attach", Ack::Accepted),
-                None => ("attach", Ack::NotFound),
+                Some(_) => ("attach", Some(Ack::Accepted)),
+                None => ("attach", Some(Ack::NotFound)),
             },
             Body::Close => match self.session(&env.key, &identity).await {
                 Some(handle) => {
@@ -161,13 +176,13 @@ impl Router {
                     }
                     self.shared.registry.remove(&env.key);
                     handle.close();
-                    ("close", Ack::Accepted)
+                    ("close", Some(Ack::Accepted))
                 }
-                None => ("close", Ack::NotFound),
+                None => ("close", Some(Ack::NotFound)),
             },
             Body::Stateless { .. } => (
                 "stateless",
-                rejected(INVALID_REQUEST, "stateless requests do not go to a shard"),
+                Some(rejected(INVALID_REQUEST, "stateless requests do not go to a shard")),
             ),
         }
     }
@@ -244,11 +259,10 @@ impl Router {
             return;
         };
         self.shared.metrics.envelopes.with_label_values(&["stateless", "accepted"]).inc();
-        respond(&self.shared.nats, reply, &Ack::Accepted).await;
         let shared = self.shared.clone();
         let timeout = self.stateless_timeout;
         tokio::spawn(async move {
-            crate::stateless::serve(shared, env.principal, message, route, timeout).await;
+            crate::stateless::serve(shared, env.principal, message, route, timeout, reply).await;
             drop(permit);
         });
     }
@@ -278,6 +292,12 @@ impl Router {
     }
 }
 
+/// Whether the actor, rather than the router, acknowledges (a request whose
+/// answers go to a gateway's reply subject).
+fn actor_acks(route: &Route) -> bool {
+    matches!(route, Route::Reply { .. })
+}
+
 fn is_initialize(m: &ClientJsonRpcMessage) -> bool {
     matches!(m, ClientJsonRpcMessage::Request(r) if matches!(r.request, ClientRequest::InitializeRequest(_)))
 }
@@ -299,7 +319,7 @@ fn rejected(code: i64, message: &str) -> Ack {
     }
 }
 
-async fn respond(nats: &async_nats::Client, reply: async_nats::Subject, ack: &Ack) {
+pub(crate) async fn respond(nats: &async_nats::Client, reply: async_nats::Subject, ack: &Ack) {
     match ack.to_bytes() {
         Ok(bytes) => {
             if let Err(err) = nats.publish(reply, bytes.into()).await {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::{Outbound, Principal, Route};
+use proto::{Ack, Outbound, Principal, Route};
 use rmcp::model::{
     ClientCapabilities, ClientJsonRpcMessage, GetMeta, Implementation, InitializeRequestParams,
     ProtocolVersion, ServerJsonRpcMessage,
@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::actor::Shared;
+use crate::actor::{ACK_DELAY, Shared};
+use crate::router::respond;
 use crate::metrics::GaugeGuard;
 use crate::transport::{ChannelTransport, Outlet};
 
@@ -27,10 +28,15 @@ pub async fn serve(
     message: ClientJsonRpcMessage,
     route: Route,
     timeout: Duration,
+    ack_to: async_nats::Subject,
 ) {
     let _inflight = GaugeGuard::new(&shared.metrics.stateless_inflight);
+    let mut ack_to = Some(ack_to);
     let ClientJsonRpcMessage::Request(request) = &message else {
         // Notifications and responses have nothing to answer without a session.
+        if let Some(reply) = ack_to.take() {
+            respond(&shared.nats, reply, &Ack::Accepted).await;
+        }
         return;
     };
     let request_id = request.id.clone();
@@ -54,6 +60,9 @@ pub async fn serve(
     // Keep `in_tx` alive until the answer is out: closing it ends the service.
     if in_tx.send(message).is_err() {
         ct.cancel();
+        if let Some(reply) = ack_to.take() {
+            respond(&shared.nats, reply, &Ack::First(Outbound::aborted(1))).await;
+        }
         return;
     }
     let subject = match route {
@@ -64,8 +73,17 @@ pub async fn serve(
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
+        // Until the first answer is out, acknowledge alone after ACK_DELAY.
+        let ack_wait = tokio::time::sleep(if ack_to.is_some() { ACK_DELAY } else { timeout });
+        tokio::pin!(ack_wait);
         let next = tokio::select! {
             m = out_rx.recv() => m,
+            _ = &mut ack_wait, if ack_to.is_some() => {
+                if let Some(reply) = ack_to.take() {
+                    respond(&shared.nats, reply, &Ack::Accepted).await;
+                }
+                continue;
+            }
             _ = &mut deadline => {
                 warn!(request_id = %request_id, "stateless request timed out");
                 None
@@ -73,8 +91,13 @@ pub async fn serve(
         };
         seq += 1;
         let Some(message) = next else {
-            if let Some(subject) = &subject {
-                publish(&shared, subject, Outbound::aborted(seq)).await;
+            match ack_to.take() {
+                Some(reply) => respond(&shared.nats, reply, &Ack::First(Outbound::aborted(seq))).await,
+                None => {
+                    if let Some(subject) = &subject {
+                        publish(&shared, subject, Outbound::aborted(seq)).await;
+                    }
+                }
             }
             break;
         };
@@ -83,11 +106,20 @@ pub async fn serve(
             ServerJsonRpcMessage::Error(e) => e.id.as_ref().is_none_or(|id| *id == request_id),
             _ => false,
         };
-        if let Some(subject) = &subject {
-            match serde_json::to_vec(&message) {
-                Ok(payload) => publish(&shared, subject, Outbound::new(seq, payload, last)).await,
-                Err(err) => warn!(error = %err, "cannot serialize server message"),
+        match serde_json::to_vec(&message) {
+            Ok(payload) => {
+                let out = Outbound::new(seq, payload, last);
+                match ack_to.take() {
+                    // The first answer rides on the acknowledgement.
+                    Some(reply) => respond(&shared.nats, reply, &Ack::First(out)).await,
+                    None => {
+                        if let Some(subject) = &subject {
+                            publish(&shared, subject, out).await;
+                        }
+                    }
+                }
             }
+            Err(err) => warn!(error = %err, "cannot serialize server message"),
         }
         if last {
             break;

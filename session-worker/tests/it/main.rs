@@ -85,8 +85,18 @@ impl Client {
             _ => subjects::actor(session),
         };
         let env = Envelope::new(principal, session, body);
-        let ack = self.send(subject, &env).await?;
+        let mut ack = self.send(subject, &env).await?;
         let mut out = Vec::new();
+        if let Ack::First(first) = &ack {
+            // A quick first answer rides on the acknowledgement.
+            anyhow::ensure!(!first.aborted, "stream aborted");
+            out.push(serde_json::from_slice(&first.message)?);
+            let last = first.last;
+            ack = Ack::Accepted;
+            if last {
+                return Ok((ack, out));
+            }
+        }
         if ack != Ack::Accepted || !expects_answer {
             return Ok((ack, out));
         }
