@@ -143,20 +143,29 @@ impl Router {
                 info!(session_id = %env.key, "session opened");
                 ("open", if actor_acks(&route_kind) { None } else { Some(Ack::Accepted) })
             }
-            Body::Deliver { message, route } => {
-                let message = match parse(&message) {
+            Body::Deliver { message: raw, route } => {
+                let message = match parse(&raw) {
                     Ok(m) => m,
                     Err(ack) => return ("deliver", Some(ack)),
                 };
                 let ack_to = (actor_acks(&route) && matches!(message, ClientJsonRpcMessage::Request(_)))
                     .then(|| reply.to_owned());
-                // An actor that is just stopping refuses the message; the second
-                // attempt starts a fresh one from the store (or finds none).
+                // An actor that is just stopping refuses the message (and drops
+                // it); the second attempt, parsed again from the raw bytes, goes
+                // to a fresh actor from the store (or finds none).
+                let mut first = Some(message);
                 for _ in 0..2 {
+                    let message = match first.take() {
+                        Some(m) => m,
+                        None => match parse(&raw) {
+                            Ok(m) => m,
+                            Err(ack) => return ("deliver", Some(ack)),
+                        },
+                    };
                     let Some(handle) = self.session(&env.key, &identity).await else {
                         return ("deliver", Some(Ack::NotFound));
                     };
-                    if handle.deliver(message.clone(), route.clone(), ack_to.clone()).await.is_ok() {
+                    if handle.deliver(message, route.clone(), ack_to.clone()).await.is_ok() {
                         return ("deliver", if ack_to.is_some() { None } else { Some(Ack::Accepted) });
                     }
                     self.shared.registry.remove(&env.key);
