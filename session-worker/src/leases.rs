@@ -7,7 +7,11 @@
 //! renewed expires with the bucket's max age. Live workers heartbeat in
 //! [`subjects::WORKER_BUCKET`]; each worker aims at `ceil(S / workers)` shards,
 //! releasing extras and claiming free ones, so shards spread as workers join
-//! and move to survivors when one dies. JetStream is the only source of truth.
+//! and move to survivors when one dies. A round also takes every shard nobody
+//! holds (workers starting together, a dead worker's expired leases), so no shard
+//! stays ownerless for longer than a round; extras go back on the next round and
+//! are taken over at once by workers watching the bucket. JetStream is the only
+//! source of truth.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -105,9 +109,11 @@ impl Leases {
 
         if self.owned.len() > target {
             self.pick_releases(self.owned.len() - target);
-        } else if self.owned.len() < target {
-            self.claim(target - self.owned.len()).await?;
         }
+        // Every shard nobody holds is taken, even past our share: a shard without
+        // an owner fails requests, an uneven split only costs balance, and the
+        // next round gives extras back (others take them at once from the watch).
+        self.claim(usize::from(SHARD_COUNT)).await?;
         debug!(workers, target, owned = self.owned.len(), "lease round");
         Ok(self.owned())
     }
