@@ -220,7 +220,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         ready.store(false, Ordering::Relaxed);
         stateless_task.abort();
         changes_task.abort();
-        subs.clear();
+        subs.clear().await;
         // Bounded: with NATS gone the KV deletes would each wait for a timeout.
         let _ = tokio::time::timeout(drain_timeout, leases.release_all()).await;
         metrics.owned_shards.set(0);

@@ -15,6 +15,7 @@ use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, Route, SessionRecord, shard, 
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::actor::{SessionHandle, Shared, Start};
@@ -349,8 +350,11 @@ fn now_secs() -> u64 {
 /// The shard subscriptions of this worker, following the leases it holds.
 pub struct Subscriptions {
     router: Arc<Router>,
-    tasks: HashMap<u16, JoinHandle<()>>,
+    tasks: HashMap<u16, (JoinHandle<()>, CancellationToken)>,
 }
+
+/// Longest wait for a released shard's buffered messages to be handled.
+const SHARD_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Subscriptions {
     pub fn new(router: Arc<Router>) -> Self {
@@ -360,15 +364,28 @@ impl Subscriptions {
         }
     }
 
+    /// Stop the given shards' subscriptions gracefully: unsubscribe, then handle
+    /// (and acknowledge) what was already delivered, so no request is dropped
+    /// unanswered; bounded by [`SHARD_DRAIN`].
+    async fn stop(&mut self, shards: &[u16]) {
+        let mut stopping = Vec::new();
+        for n in shards {
+            if let Some((task, stop)) = self.tasks.remove(n) {
+                stop.cancel();
+                stopping.push(task);
+            }
+        }
+        let all = futures::future::join_all(stopping);
+        if tokio::time::timeout(SHARD_DRAIN, all).await.is_err() {
+            warn!("released shards did not drain in time");
+        }
+    }
+
     /// Subscribe to newly owned shards, drop lost ones (evicting their actors).
     pub async fn apply(&mut self, owned: &BTreeSet<u16>) -> Result<(), async_nats::SubscribeError> {
         let lost: Vec<u16> = self.tasks.keys().filter(|s| !owned.contains(s)).copied().collect();
-        for n in &lost {
-            if let Some(task) = self.tasks.remove(n) {
-                task.abort();
-            }
-        }
         if !lost.is_empty() {
+            self.stop(&lost).await;
             let lost: BTreeSet<u16> = lost.into_iter().collect();
             for handle in self.router.shared.registry.matching(|id| lost.contains(&shard(id))) {
                 handle.evict();
@@ -381,12 +398,25 @@ impl Subscriptions {
             }
             let mut sub = self.router.shared.nats.subscribe(subjects::shard_filter(*n)).await?;
             let router = self.router.clone();
+            let stop = CancellationToken::new();
+            let stopped = stop.clone();
             let task = tokio::spawn(async move {
-                while let Some(msg) = sub.next().await {
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stopped.cancelled() => break,
+                        msg = sub.next() => match msg {
+                            Some(msg) => router.handle_actor_message(msg).await,
+                            None => return,
+                        },
+                    }
+                }
+                let _ = sub.unsubscribe().await;
+                while let Ok(Some(msg)) = tokio::time::timeout(std::time::Duration::from_millis(200), sub.next()).await {
                     router.handle_actor_message(msg).await;
                 }
             });
-            self.tasks.insert(*n, task);
+            self.tasks.insert(*n, (task, stop));
         }
         Ok(())
     }
@@ -395,10 +425,9 @@ impl Subscriptions {
         self.tasks.len()
     }
 
-    /// Stop every subscription (drain).
-    pub fn clear(&mut self) {
-        for (_, task) in self.tasks.drain() {
-            task.abort();
-        }
+    /// Stop every subscription, handling what was already delivered (drain).
+    pub async fn clear(&mut self) {
+        let all: Vec<u16> = self.tasks.keys().copied().collect();
+        self.stop(&all).await;
     }
 }
