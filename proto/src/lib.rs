@@ -10,6 +10,7 @@
 //! set of types and pure functions that both sides agree on.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod codec;
 pub mod envelope;
 pub mod principal;

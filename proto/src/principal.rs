@@ -28,6 +28,10 @@ pub struct Principal {
     /// Token expiry, seconds since the epoch.
     #[serde(default)]
     pub expires_at: u64,
+    /// The auth-service grant behind the token (`gid` claim), for the token vault.
+    /// `None` for tokens of other issuers.
+    #[serde(default)]
+    pub grant_id: Option<String>,
 }
 
 impl Principal {

@@ -347,6 +347,7 @@ fn principal_from_claims(
         groups: claims.get("groups").map(string_list).unwrap_or_default(),
         client_id: str_claim(claims, "client_id").or_else(|| str_claim(claims, "azp")),
         expires_at: claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0),
+        grant_id: str_claim(claims, proto::auth::GRANT_CLAIM),
     })
 }
 
