@@ -11,9 +11,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod crypto;
 pub mod keys;
 pub mod metrics;
 pub mod mint;
+pub mod store;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
