@@ -11,6 +11,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::subjects::token;
 
+/// Paths the auth-service serves on the public origin. A gateway with
+/// `GATEWAY_AUTH_UPSTREAM` forwards these (and anything below the two well-known
+/// prefixes) so one origin is both the MCP resource and the issuer; the Helm ingress
+/// routes the same list.
+pub const PUBLIC_PATHS: &[&str] = &[
+    "/authorize",
+    "/token",
+    "/register",
+    "/revoke",
+    "/introspect",
+    "/jwks.json",
+    "/consent",
+    "/login",
+    "/callback",
+];
+/// Prefixes of the metadata documents (RFC 8414 inserts the issuer path after them).
+pub const PUBLIC_PREFIXES: &[&str] = &[
+    "/.well-known/oauth-authorization-server",
+    "/.well-known/openid-configuration",
+];
+
 /// Version of [`Revocation`], [`VaultRequest`] and [`VaultReply`].
 pub const AUTH_WIRE_VERSION: u16 = 1;
 
