@@ -20,6 +20,27 @@ pub const ENV_RESOURCE_IDENTIFIER: &str = "RESOURCE_IDENTIFIER";
 /// Lifetime of a minted token, seconds.
 pub const DEFAULT_MINT_TTL: i64 = 3600;
 
+pub const ENV_NATS_URL: &str = "NATS_URL";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_RESOURCE_IDENTIFIER: &str = "http://localhost:8788/mcp";
+pub const ENV_VAULT_KEYS: &str = "AUTH_VAULT_KEYS";
+pub const ENV_COOKIE_KEY: &str = "COOKIE_ENCRYPTION_KEY";
+pub const ENV_SCOPES: &str = "AUTH_SCOPES";
+pub const DEFAULT_SCOPES: &str = "mcp";
+pub const ENV_ACCESS_TTL: &str = "AUTH_ACCESS_TOKEN_TTL";
+pub const DEFAULT_ACCESS_TTL: u64 = 900;
+pub const ENV_REFRESH_GRACE: &str = "AUTH_REFRESH_GRACE";
+pub const DEFAULT_REFRESH_GRACE: u64 = 30;
+pub const ENV_CODE_TTL: &str = "AUTH_CODE_TTL";
+pub const DEFAULT_CODE_TTL: u64 = 60;
+pub const ENV_KEY_ROTATION: &str = "AUTH_KEY_ROTATION";
+pub const DEFAULT_KEY_ROTATION: u64 = 7 * 24 * 3600;
+pub const ENV_TRUSTED_PROXIES: &str = "AUTH_TRUSTED_PROXIES";
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
+pub const ENV_CIMD_ALLOW_PRIVATE: &str = "AUTH_CIMD_ALLOW_PRIVATE";
+pub const ENV_REGISTER_RATE: &str = "AUTH_REGISTER_RATE";
+pub const DEFAULT_REGISTER_RATE: u32 = 20;
+
 /// Exit code for invalid configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -58,10 +79,145 @@ pub struct ServeArgs {
     /// ALLOWED_ISSUERS.
     #[arg(long, env = ENV_ISSUER_URL, default_value = DEFAULT_ISSUER_URL)]
     pub issuer_url: String,
-    /// Ed25519 PKCS#8 PEM signing key of the DEVELOPMENT issuer; created (mode 0600)
-    /// if missing.
-    #[arg(long, env = ENV_DEV_KEY_FILE, default_value = DEFAULT_DEV_KEY_FILE)]
-    pub dev_key_file: PathBuf,
+    /// DEVELOPMENT ONLY: an Ed25519 PKCS#8 PEM key (created mode 0600 if missing) that
+    /// is also published in the JWKS, so `mint-token` tokens verify. Empty: none.
+    #[arg(long, env = ENV_DEV_KEY_FILE)]
+    pub dev_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub oauth: OAuthArgs,
+}
+
+/// Settings of the OAuth server (authorize, token, vault).
+#[derive(Debug, Clone, Args)]
+pub struct OAuthArgs {
+    /// NATS server holding the state (JetStream KV) and serving vault requests.
+    #[arg(long, env = ENV_NATS_URL, default_value = DEFAULT_NATS_URL)]
+    pub nats_url: String,
+    /// The MCP resource tokens are issued for; `resource` in requests must name it.
+    #[arg(long = "resource", env = ENV_RESOURCE_IDENTIFIER, default_value = DEFAULT_RESOURCE_IDENTIFIER)]
+    pub resource_identifier: String,
+    /// AEAD keys for secrets at rest: `id:base64url(32 bytes)[,id2:...]`, the first
+    /// encrypts, all decrypt. Required.
+    #[arg(long, env = ENV_VAULT_KEYS, default_value = "", hide_env_values = true)]
+    pub vault_keys: String,
+    /// HMAC key (at least 32 characters) for cookies and CSRF tokens. Required.
+    #[arg(long, env = ENV_COOKIE_KEY, default_value = "", hide_env_values = true)]
+    pub cookie_encryption_key: String,
+    /// Space-separated scopes clients may request (all of them when none is asked).
+    #[arg(long, env = ENV_SCOPES, default_value = DEFAULT_SCOPES)]
+    pub scopes: String,
+    /// Access token lifetime, seconds.
+    #[arg(long, env = ENV_ACCESS_TTL, default_value_t = DEFAULT_ACCESS_TTL)]
+    pub access_token_ttl: u64,
+    /// Seconds a just-rotated refresh token still works (a lost token response).
+    #[arg(long, env = ENV_REFRESH_GRACE, default_value_t = DEFAULT_REFRESH_GRACE)]
+    pub refresh_grace: u64,
+    /// Authorization code lifetime, seconds.
+    #[arg(long, env = ENV_CODE_TTL, default_value_t = DEFAULT_CODE_TTL)]
+    pub code_ttl: u64,
+    /// Seconds between signing-key rotations (the previous key stays published).
+    #[arg(long, env = ENV_KEY_ROTATION, default_value_t = DEFAULT_KEY_ROTATION)]
+    pub key_rotation: u64,
+    /// Comma-separated peer addresses whose X-Forwarded-For is believed.
+    #[arg(long, env = ENV_TRUSTED_PROXIES, default_value = DEFAULT_TRUSTED_PROXIES)]
+    pub trusted_proxies: String,
+    /// Let client metadata document URLs reach private and loopback addresses
+    /// (tests only; SSRF guard off).
+    #[arg(long, env = ENV_CIMD_ALLOW_PRIVATE, default_value_t = false)]
+    pub cimd_allow_private: bool,
+    /// Dynamic registrations per minute per source address.
+    #[arg(long, env = ENV_REGISTER_RATE, default_value_t = DEFAULT_REGISTER_RATE)]
+    pub register_rate: u32,
+}
+
+/// The OAuth server's checked settings.
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub nats_url: String,
+    pub resource: String,
+    pub sealer: crate::crypto::Sealer,
+    pub signer: crate::crypto::Signer,
+    pub scopes: Vec<String>,
+    pub access_ttl: std::time::Duration,
+    pub refresh_grace: std::time::Duration,
+    pub code_ttl: std::time::Duration,
+    pub key_rotation: std::time::Duration,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub cimd_allow_private: bool,
+    pub register_rate: u32,
+}
+
+impl OAuthArgs {
+    pub fn into_config(self) -> Result<OAuthConfig, ConfigError> {
+        use std::time::Duration;
+        let nats_url = self.nats_url.trim().to_owned();
+        if !(nats_url.starts_with("nats://") || nats_url.starts_with("tls://")) {
+            return Err(ConfigError::new(ENV_NATS_URL, "must be a nats:// or tls:// URL"));
+        }
+        let resource = self.resource_identifier.trim().to_owned();
+        match reqwest::Url::parse(&resource) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.fragment().is_none() => {}
+            _ => {
+                return Err(ConfigError::new(
+                    ENV_RESOURCE_IDENTIFIER,
+                    "must be an http(s) URL without a fragment",
+                ));
+            }
+        }
+        if self.vault_keys.trim().is_empty() {
+            return Err(ConfigError::new(
+                ENV_VAULT_KEYS,
+                "is required (id:base64url of 32 random bytes; e.g. `auth-service gen-keys`)",
+            ));
+        }
+        let sealer = crate::crypto::Sealer::from_list(&self.vault_keys)
+            .map_err(|e| ConfigError::new(ENV_VAULT_KEYS, e.to_string()))?;
+        let signer = crate::crypto::Signer::new(&self.cookie_encryption_key)
+            .map_err(|_| ConfigError::new(ENV_COOKIE_KEY, "is required: at least 32 characters"))?;
+        let scopes: Vec<String> = self.scopes.split_whitespace().map(str::to_owned).collect();
+        if scopes.iter().any(|s| !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
+            return Err(ConfigError::new(ENV_SCOPES, "scopes must be printable ASCII without quotes"));
+        }
+        let positive = |setting: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::new(setting, "must be greater than 0"))
+            } else {
+                Ok(Duration::from_secs(v))
+            }
+        };
+        let access_ttl = positive(ENV_ACCESS_TTL, self.access_token_ttl)?;
+        if access_ttl > Duration::from_secs(proto::auth::REVOCATION_MAX_AGE_SECS) {
+            return Err(ConfigError::new(ENV_ACCESS_TTL, "must be at most 86400 (revocations are kept 24 h)"));
+        }
+        let code_ttl = positive(ENV_CODE_TTL, self.code_ttl)?;
+        if code_ttl > crate::store::CODE_MAX_AGE {
+            return Err(ConfigError::new(ENV_CODE_TTL, "must be at most 600"));
+        }
+        let key_rotation = positive(ENV_KEY_ROTATION, self.key_rotation)?;
+        let mut trusted_proxies = Vec::new();
+        for p in self.trusted_proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            trusted_proxies.push(p.parse().map_err(|_| {
+                ConfigError::new(ENV_TRUSTED_PROXIES, format!("'{p}' is not an IP address"))
+            })?);
+        }
+        if self.register_rate == 0 {
+            return Err(ConfigError::new(ENV_REGISTER_RATE, "must be greater than 0"));
+        }
+        Ok(OAuthConfig {
+            nats_url,
+            resource,
+            sealer,
+            signer,
+            scopes,
+            access_ttl,
+            refresh_grace: Duration::from_secs(self.refresh_grace),
+            code_ttl,
+            key_rotation,
+            trusted_proxies,
+            cimd_allow_private: self.cimd_allow_private,
+            register_rate: self.register_rate,
+        })
+    }
 }
 
 /// Arguments of `mint-token` (development only).
@@ -107,6 +263,7 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Verbatim: `iss` is compared as an exact string.
     pub issuer: String,
+    /// Empty: no development key.
     pub dev_key_file: PathBuf,
 }
 
@@ -128,6 +285,12 @@ impl ConfigError {
 }
 
 impl ServeArgs {
+    /// The listener/issuer part and the OAuth server part.
+    pub fn into_configs(self) -> Result<(Config, OAuthConfig), ConfigError> {
+        let oauth = self.oauth.clone().into_config()?;
+        Ok((self.into_config()?, oauth))
+    }
+
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let addr = |setting: &'static str, value: &str| {
             value.trim().parse::<SocketAddr>().map_err(|_| {
@@ -143,14 +306,11 @@ impl ServeArgs {
             ));
         }
         let issuer = check_issuer(ENV_ISSUER_URL, &self.issuer_url)?;
-        if self.dev_key_file.as_os_str().is_empty() {
-            return Err(ConfigError::new(ENV_DEV_KEY_FILE, "must not be empty"));
-        }
         Ok(Config {
             listen,
             admin_listen,
             issuer,
-            dev_key_file: self.dev_key_file,
+            dev_key_file: self.dev_key_file.unwrap_or_default(),
         })
     }
 }
@@ -185,7 +345,51 @@ mod tests {
             listen: DEFAULT_LISTEN.into(),
             admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             issuer_url: DEFAULT_ISSUER_URL.into(),
-            dev_key_file: DEFAULT_DEV_KEY_FILE.into(),
+            dev_key_file: Some(DEFAULT_DEV_KEY_FILE.into()),
+            oauth: oauth_args(),
+        }
+    }
+
+    fn oauth_args() -> OAuthArgs {
+        OAuthArgs {
+            nats_url: DEFAULT_NATS_URL.into(),
+            resource_identifier: DEFAULT_RESOURCE_IDENTIFIER.into(),
+            vault_keys: crate::crypto::Sealer::generate_entry("k1"),
+            cookie_encryption_key: "0123456789abcdef0123456789abcdef".into(),
+            scopes: DEFAULT_SCOPES.into(),
+            access_token_ttl: DEFAULT_ACCESS_TTL,
+            refresh_grace: DEFAULT_REFRESH_GRACE,
+            code_ttl: DEFAULT_CODE_TTL,
+            key_rotation: DEFAULT_KEY_ROTATION,
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES.into(),
+            cimd_allow_private: false,
+            register_rate: DEFAULT_REGISTER_RATE,
+        }
+    }
+
+    #[test]
+    fn oauth_errors_name_the_setting() {
+        let (_, o) = args().into_configs().unwrap();
+        assert_eq!(o.scopes, vec!["mcp"]);
+        assert_eq!(o.trusted_proxies.len(), 2);
+        let cases: Vec<(&str, Box<dyn Fn(&mut OAuthArgs)>)> = vec![
+            (ENV_NATS_URL, Box::new(|a| a.nats_url = "http://x".into())),
+            (ENV_RESOURCE_IDENTIFIER, Box::new(|a| a.resource_identifier = "nope".into())),
+            (ENV_VAULT_KEYS, Box::new(|a| a.vault_keys = String::new())),
+            (ENV_VAULT_KEYS, Box::new(|a| a.vault_keys = "k1:short".into())),
+            (ENV_COOKIE_KEY, Box::new(|a| a.cookie_encryption_key = "short".into())),
+            (ENV_ACCESS_TTL, Box::new(|a| a.access_token_ttl = 0)),
+            (ENV_ACCESS_TTL, Box::new(|a| a.access_token_ttl = 100_000)),
+            (ENV_CODE_TTL, Box::new(|a| a.code_ttl = 3600)),
+            (ENV_TRUSTED_PROXIES, Box::new(|a| a.trusted_proxies = "10.0.0.0/8".into())),
+            (ENV_REGISTER_RATE, Box::new(|a| a.register_rate = 0)),
+        ];
+        for (setting, edit) in cases {
+            let mut a = oauth_args();
+            edit(&mut a);
+            let err = a.into_config().unwrap_err();
+            assert_eq!(err.setting, setting);
+            assert!(!err.to_string().contains("0123456789abcdef"), "no secrets in errors");
         }
     }
 
@@ -212,9 +416,6 @@ mod tests {
             assert_eq!(err.setting, ENV_ISSUER_URL, "{bad}");
             assert!(err.to_string().starts_with("invalid AUTH_ISSUER_URL: "));
         }
-        let mut a = args();
-        a.dev_key_file = PathBuf::new();
-        assert_eq!(a.into_config().unwrap_err().setting, ENV_DEV_KEY_FILE);
     }
 
     #[test]
