@@ -15,6 +15,8 @@ pub mod crypto;
 pub mod keys;
 pub mod metrics;
 pub mod mint;
+pub mod signing;
+pub mod net;
 pub mod store;
 pub mod upstream;
 
@@ -260,4 +262,12 @@ async fn metadata(state: web::Data<Issuer>) -> HttpResponse {
 
 async fn jwks(state: web::Data<Issuer>) -> HttpResponse {
     cacheable_json(&state.jwks)
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
