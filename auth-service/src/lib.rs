@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod mint;

@@ -20,7 +20,7 @@ pub enum MintError {
 }
 
 /// The claims of a minted token (RFC 9068 §2.2 plus the identity claims tools use).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AccessClaims {
     pub iss: String,
     pub sub: String,
@@ -28,17 +28,24 @@ pub struct AccessClaims {
     pub iat: i64,
     pub exp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub nbf: Option<i64>,
     pub jti: String,
     pub client_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub scope: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The grant (`proto::auth::GRANT_CLAIM`); revoking it revokes the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
 }
 
 impl AccessClaims {
@@ -58,6 +65,8 @@ impl AccessClaims {
             email: args.email.clone(),
             name: args.name.clone(),
             permissions: args.permissions.clone(),
+            groups: Vec::new(),
+            gid: None,
         }
     }
 }
