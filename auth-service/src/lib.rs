@@ -16,6 +16,7 @@ pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod mint;
+pub mod pages;
 pub mod signing;
 pub mod net;
 pub mod store;
