@@ -1,4 +1,7 @@
-"""Fixtures: one real cluster per test session (nats-server, dev issuer, two workers, a gateway).
+"""Fixtures: one real cluster per test session (nats-server, dev issuer, two workers, a gateway),
+and, for the OAuth tests, clusters whose auth-service is the OAuth server behind the gateway
+(`oauth_cluster`: static-users upstream; `oidc_cluster`: the npm oidc-provider fixture upstream),
+each started for the module that asks for it.
 
 Binaries come from `target/release` (build with `cargo build --release --workspace`), nats-server
 from `.venv` (scripts/install-deps.sh). Logs of every process are under the pytest temp dir and
@@ -22,17 +25,13 @@ MAX_BODY_BYTES = 256 * 1024
 # The one browser origin the shared cluster's gateway accepts (GATEWAY_ALLOWED_ORIGINS).
 TRUSTED_ORIGIN = "https://trusted.example"
 
+# AUTH_REFRESH_GRACE of the OAuth clusters: seconds a rotated refresh token still works.
+OAUTH_REFRESH_GRACE = 3
+
 _clusters: list[Cluster] = []
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(
-        tmp_path_factory.mktemp("cluster"),
-        workers=2,
-        max_body_bytes=MAX_BODY_BYTES,
-        allowed_origins=[TRUSTED_ORIGIN],
-    )
+def _running(c: Cluster) -> Iterator[Cluster]:
     _clusters.append(c)
     c.start()
     try:
@@ -40,6 +39,44 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         c.stop()
         _clusters.remove(c)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from _running(
+        Cluster(
+            tmp_path_factory.mktemp("cluster"),
+            workers=2,
+            max_body_bytes=MAX_BODY_BYTES,
+            allowed_origins=[TRUSTED_ORIGIN],
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def oauth_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The OAuth server with the static-users provider (alice, bob) behind the gateway."""
+    yield from _running(
+        Cluster(
+            tmp_path_factory.mktemp("oauth-static"),
+            workers=2,
+            oauth="static",
+            auth_env={"AUTH_REFRESH_GRACE": str(OAUTH_REFRESH_GRACE)},
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def oidc_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The OAuth server with the oidc-provider fixture as its upstream identity provider."""
+    yield from _running(
+        Cluster(
+            tmp_path_factory.mktemp("oauth-oidc"),
+            workers=2,
+            oauth="oidc",
+            auth_env={"AUTH_REFRESH_GRACE": str(OAUTH_REFRESH_GRACE)},
+        )
+    )
 
 
 @pytest.fixture(scope="session")

