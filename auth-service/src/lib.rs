@@ -10,6 +10,7 @@
 //! token or a private key, and never serve the private half of a key.
 #![forbid(unsafe_code)]
 
+pub mod clients;
 pub mod config;
 pub mod crypto;
 pub mod grants;

@@ -86,6 +86,13 @@ impl TrustedProxies {
     }
 }
 
+impl From<Vec<IpAddr>> for TrustedProxies {
+    /// Single addresses (what `Config::trusted_proxies` holds) as host networks.
+    fn from(addrs: Vec<IpAddr>) -> Self {
+        Self(addrs.into_iter().map(|ip| IpNet::from(ip.to_canonical())).collect())
+    }
+}
+
 impl std::ops::Deref for TrustedProxies {
     type Target = [IpNet];
     fn deref(&self) -> &[IpNet] {
