@@ -63,7 +63,12 @@ pub enum Command {
     /// DEVELOPMENT ONLY: print a signed EdDSA access token (RFC 9068) made with the dev
     /// issuer key. Anyone holding that key file can mint tokens for any user; never use
     /// it for a real deployment.
-    MintToken(MintArgs),
+    MintToken(Box<MintArgs>),
+    /// Print fresh random values for AUTH_VAULT_KEYS and COOKIE_ENCRYPTION_KEY, as
+    /// shell assignments.
+    GenKeys,
+    /// Read a password on stdin and print its argon2id hash for the static-users file.
+    HashPassword,
 }
 
 /// Settings of the server.
@@ -85,6 +90,8 @@ pub struct ServeArgs {
     pub dev_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub oauth: OAuthArgs,
+    #[command(flatten)]
+    pub upstream: crate::upstream::UpstreamArgs,
 }
 
 /// Settings of the OAuth server (authorize, token, vault).
@@ -118,7 +125,7 @@ pub struct OAuthArgs {
     /// Seconds between signing-key rotations (the previous key stays published).
     #[arg(long, env = ENV_KEY_ROTATION, default_value_t = DEFAULT_KEY_ROTATION)]
     pub key_rotation: u64,
-    /// Comma-separated peer addresses whose X-Forwarded-For is believed.
+    /// Comma-separated peer addresses or networks whose X-Forwarded-For is believed.
     #[arg(long, env = ENV_TRUSTED_PROXIES, default_value = DEFAULT_TRUSTED_PROXIES)]
     pub trusted_proxies: String,
     /// Let client metadata document URLs reach private and loopback addresses
@@ -142,7 +149,7 @@ pub struct OAuthConfig {
     pub refresh_grace: std::time::Duration,
     pub code_ttl: std::time::Duration,
     pub key_rotation: std::time::Duration,
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: crate::net::TrustedProxies,
     pub cimd_allow_private: bool,
     pub register_rate: u32,
 }
@@ -194,12 +201,8 @@ impl OAuthArgs {
             return Err(ConfigError::new(ENV_CODE_TTL, "must be at most 600"));
         }
         let key_rotation = positive(ENV_KEY_ROTATION, self.key_rotation)?;
-        let mut trusted_proxies = Vec::new();
-        for p in self.trusted_proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            trusted_proxies.push(p.parse().map_err(|_| {
-                ConfigError::new(ENV_TRUSTED_PROXIES, format!("'{p}' is not an IP address"))
-            })?);
-        }
+        let trusted_proxies = crate::net::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError::new(ENV_TRUSTED_PROXIES, e.to_string()))?;
         if self.register_rate == 0 {
             return Err(ConfigError::new(ENV_REGISTER_RATE, "must be greater than 0"));
         }
@@ -347,6 +350,7 @@ mod tests {
             issuer_url: DEFAULT_ISSUER_URL.into(),
             dev_key_file: Some(DEFAULT_DEV_KEY_FILE.into()),
             oauth: oauth_args(),
+            upstream: crate::upstream::UpstreamArgs::default(),
         }
     }
 
@@ -371,7 +375,7 @@ mod tests {
     fn oauth_errors_name_the_setting() {
         let (_, o) = args().into_configs().unwrap();
         assert_eq!(o.scopes, vec!["mcp"]);
-        assert_eq!(o.trusted_proxies.len(), 2);
+        assert_eq!(o.trusted_proxies.0.len(), 2);
         let cases: Vec<(&str, Box<dyn Fn(&mut OAuthArgs)>)> = vec![
             (ENV_NATS_URL, Box::new(|a| a.nats_url = "http://x".into())),
             (ENV_RESOURCE_IDENTIFIER, Box::new(|a| a.resource_identifier = "nope".into())),
@@ -381,7 +385,7 @@ mod tests {
             (ENV_ACCESS_TTL, Box::new(|a| a.access_token_ttl = 0)),
             (ENV_ACCESS_TTL, Box::new(|a| a.access_token_ttl = 100_000)),
             (ENV_CODE_TTL, Box::new(|a| a.code_ttl = 3600)),
-            (ENV_TRUSTED_PROXIES, Box::new(|a| a.trusted_proxies = "10.0.0.0/8".into())),
+            (ENV_TRUSTED_PROXIES, Box::new(|a| a.trusted_proxies = "10.0.0.0/8,nope".into())),
             (ENV_REGISTER_RATE, Box::new(|a| a.register_rate = 0)),
         ];
         for (setting, edit) in cases {

@@ -1,27 +1,37 @@
 //! The mcp-cluster authorization server.
 //!
-//! Today it is the local DEVELOPMENT issuer: it publishes RFC 8414 / OpenID Connect
-//! discovery documents and a JWKS for one Ed25519 key kept in a file, so gateways can
-//! validate tokens minted with `auth-service mint-token` exactly as they will validate
-//! tokens from the OAuth flow. Later it becomes the full OAuth 2.1 server (authorize,
-//! token, register, upstream OIDC, token vault) described in DESIGN.md §5.
+//! To MCP clients it is an OAuth 2.1 authorization server ([`server`]): metadata,
+//! dynamic registration and client metadata documents ([`clients`]), the browser
+//! flow with consent ([`flow`]), the token, revocation and introspection endpoints
+//! ([`token`], [`grants`]), JWT access tokens signed with rotating keys
+//! ([`signing`]). To the identity provider it is an OAuth/OIDC client
+//! ([`upstream`]); the provider's tokens are kept sealed in the [`vault`], which
+//! workers ask over NATS. All state is in JetStream KV ([`store`]), so replicas are
+//! interchangeable.
 //!
-//! It owns the issuer's signing key and the metadata about it. It must never log a
-//! token or a private key, and never serve the private half of a key.
+//! [`bind`] alone starts only the DEVELOPMENT issuer (discovery and the JWKS of a
+//! file key, for `mint-token`), which the gateway's tests use as a plain issuer.
+//!
+//! It must never log a token, a password, a secret or a private key, and never
+//! serve the private half of a key.
 #![forbid(unsafe_code)]
 
-pub mod clients;
 pub mod config;
+pub mod clients;
 pub mod crypto;
+pub mod flow;
 pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod mint;
 pub mod pages;
+pub mod server;
 pub mod signing;
 pub mod net;
 pub mod store;
+pub mod token;
 pub mod upstream;
+pub mod vault;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -32,7 +42,7 @@ use std::time::Duration;
 use actix_web::dev::Service;
 use actix_web::{App, HttpResponse, HttpServer, http::header, web};
 
-pub use config::{Cli, Command, Config, ConfigError, MintArgs, ServeArgs};
+pub use config::{Cli, Command, Config, ConfigError, MintArgs, OAuthConfig, ServeArgs};
 pub use keys::{DevKey, KeyError};
 
 /// Worker threads of the public listener (discovery and JWKS are tiny).
@@ -41,6 +51,10 @@ pub const HTTP_WORKERS: usize = 2;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `Cache-Control: max-age` of the discovery documents and the JWKS.
 pub const METADATA_MAX_AGE_SECS: u32 = 300;
+/// How long start-up waits for NATS.
+pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest form or registration body accepted.
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -54,6 +68,8 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("nats: {0}")]
+    Nats(String),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("server failed: {0}")]
@@ -70,16 +86,35 @@ impl RunError {
     }
 }
 
-/// Load (or create) the key, bind both listeners, serve until `shutdown` resolves,
-/// then drain. The key is loaded before any port is bound.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let key = keys::load_or_generate(&config.dev_key_file)?;
+/// Run the OAuth server: load the development key if one is configured, connect to
+/// NATS, bind both listeners, serve until `shutdown` resolves, then drain.
+pub async fn run(
+    config: Config,
+    oauth: OAuthConfig,
+    upstream: upstream::Upstream,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let dev_key = if config.dev_key_file.as_os_str().is_empty() {
+        None
+    } else {
+        tracing::warn!(path = %config.dev_key_file.display(), "DEVELOPMENT key published in the JWKS: anyone holding it can mint tokens");
+        Some(keys::load_or_generate(&config.dev_key_file)?)
+    };
     let listener = TcpListener::bind(config.listen).map_err(|source| RunError::Bind {
         addr: config.listen,
         source,
     })?;
-    bind(&config, key, listener)?.serve(shutdown).await
+    server::bind_oauth(&config, oauth, upstream, dev_key, listener)
+        .await?
+        .serve(shutdown)
+        .await
 }
+
+/// Background work of a server: a stop signal and the named tasks to join.
+type Tasks = (
+    tokio::sync::watch::Sender<bool>,
+    Vec<(&'static str, actix_web::rt::task::JoinHandle<()>)>,
+);
 
 /// Both servers, bound and started, waiting for [`Bound::serve`] to drive them.
 pub struct Bound {
@@ -88,6 +123,7 @@ pub struct Bound {
     server: actix_web::dev::Server,
     admin: telemetry::Admin,
     draining: Arc<AtomicBool>,
+    tasks: Option<Tasks>,
 }
 
 /// Start serving on an already-bound public `listener` (tests bind port 0 first to
@@ -148,16 +184,39 @@ pub fn bind(config: &Config, key: DevKey, listener: TcpListener) -> Result<Bound
         issuer = %config.issuer,
         "auth-service listening (development issuer)"
     );
-    Ok(Bound {
-        public_addr,
-        admin_addr: admin.addr,
-        server,
-        admin,
-        draining,
-    })
+    Ok(Bound::new(public_addr, server, admin, draining, None))
 }
 
 impl Bound {
+    pub(crate) fn new(
+        public_addr: SocketAddr,
+        server: actix_web::dev::Server,
+        admin: telemetry::Admin,
+        draining: Arc<AtomicBool>,
+        tasks: Option<Tasks>,
+    ) -> Self {
+        Self {
+            public_addr,
+            admin_addr: admin.addr,
+            server,
+            admin,
+            draining,
+            tasks,
+        }
+    }
+
+    /// Stop and join the background tasks.
+    async fn stop_tasks(tasks: Option<Tasks>) {
+        if let Some((stop, handles)) = tasks {
+            let _ = stop.send(true);
+            for (name, handle) in handles {
+                if let Err(e) = handle.await {
+                    tracing::error!(task = name, error = %e, "task failed");
+                }
+            }
+        }
+    }
+
     /// Serve until `shutdown` resolves, then drain: /readyz turns 503, the public
     /// listener stops accepting, in-flight requests get [`DRAIN_TIMEOUT`], then the
     /// admin server stops.
@@ -176,6 +235,7 @@ impl Bound {
             tracing::error!(server = which, "server stopped on its own; shutting down");
             handle.stop(false).await;
             admin_handle.stop(false).await;
+            Self::stop_tasks(self.tasks).await;
             return result.map_err(RunError::Server);
         }
 
@@ -186,6 +246,7 @@ impl Bound {
             admin_handle.stop(true).await;
         };
         let ((), public_result, admin_result) = tokio::join!(stop, public, admin_server);
+        Self::stop_tasks(self.tasks).await;
         tracing::info!("shutdown: done");
         public_result.and(admin_result).map_err(RunError::Server)
     }

@@ -22,12 +22,52 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::MintToken(args)) => mint_token(&args),
+        Some(Command::GenKeys) => {
+            println!("AUTH_VAULT_KEYS={}", auth_service::crypto::Sealer::generate_entry("k1"));
+            println!("COOKIE_ENCRYPTION_KEY={}", auth_service::crypto::random_token());
+            ExitCode::SUCCESS
+        }
+        Some(Command::HashPassword) => hash_password(),
         None => serve(cli.serve),
     }
 }
 
+/// Read one line (the password) from stdin and print its argon2id hash.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        eprintln!("auth-service hash-password: cannot read stdin");
+        return exit(1);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("auth-service hash-password: empty password");
+        return exit(EXIT_CONFIG);
+    }
+    match auth_service::upstream::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("auth-service hash-password: {e}");
+            exit(1)
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
-    let config = match args.into_config() {
+    let upstream_args = args.upstream.clone();
+    let configs = args.into_configs().and_then(|(config, oauth)| {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| auth_service::ConfigError::new("AUTH_UPSTREAM", e.to_string()))?;
+        let upstream = upstream_args.build(http)?;
+        Ok((config, oauth, upstream))
+    });
+    let (config, oauth, upstream) = match configs {
         Ok(c) => c,
         Err(e) => {
             eprintln!("auth-service: {e}");
@@ -35,8 +75,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     telemetry::init_logging();
-    let result = actix_web::rt::System::new()
-        .block_on(auth_service::run(config, telemetry::shutdown_signal()));
+    let result = actix_web::rt::System::new().block_on(auth_service::run(
+        config,
+        oauth,
+        upstream,
+        telemetry::shutdown_signal(),
+    ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
