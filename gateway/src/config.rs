@@ -34,6 +34,9 @@ pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
 pub const ENV_WORKERS: &str = "GATEWAY_HTTP_WORKERS";
 pub const DEFAULT_WORKERS: usize = 0;
 pub const ENV_GATEWAY_ID: &str = "GATEWAY_ID";
+pub const ENV_AUTH_UPSTREAM: &str = "GATEWAY_AUTH_UPSTREAM";
+/// Empty: the gateway forwards no OAuth paths.
+pub const DEFAULT_AUTH_UPSTREAM: &str = "";
 
 /// Gateway settings (`--help` lists every default).
 #[derive(Debug, Clone, clap::Parser)]
@@ -93,6 +96,10 @@ pub struct Config {
     /// This gateway's id on NATS (default: random).
     #[arg(long, env = ENV_GATEWAY_ID)]
     pub gateway_id: Option<String>,
+    /// URL of the auth-service; when set, its public paths (/authorize, /token,
+    /// metadata, ...) are forwarded there so one origin serves MCP and OAuth.
+    #[arg(long, env = ENV_AUTH_UPSTREAM, default_value = DEFAULT_AUTH_UPSTREAM)]
+    pub auth_upstream: String,
 }
 
 /// A setting is out of range.
@@ -139,7 +146,25 @@ impl Config {
         if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
             return Err(err(ENV_NATS_URL, format!("{:?} is not a nats:// or tls:// URL", self.nats_url)));
         }
+        self.auth_upstream()?;
         Ok(())
+    }
+
+    /// The auth-service to forward OAuth paths to (`None`: forwarding is off),
+    /// without a trailing slash.
+    pub fn auth_upstream(&self) -> Result<Option<reqwest::Url>, ConfigError> {
+        let raw = self.auth_upstream.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let url = reqwest::Url::parse(raw).map_err(|e| err(ENV_AUTH_UPSTREAM, format!("{raw:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(err(ENV_AUTH_UPSTREAM, format!("{raw:?} is not an http(s) URL")));
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(err(ENV_AUTH_UPSTREAM, "must not carry credentials, a query or a fragment"));
+        }
+        Ok(Some(url))
     }
 
     /// `scheme://host[:port]` of the resource identifier.
@@ -214,5 +239,17 @@ mod tests {
         let c = Config::parse_from(["gateway", "--allowed-issuers", "nope"]);
         assert!(c.validate().expect_err("bad").to_string().contains(ENV_ALLOWED_ISSUERS));
         assert!(parse(&[]).validate().is_ok());
+    }
+
+    #[test]
+    fn auth_upstream_is_off_by_default_and_checked_when_set() {
+        assert!(parse(&[]).auth_upstream().expect("default").is_none());
+        assert!(parse(&["--auth-upstream", " "]).auth_upstream().expect("blank").is_none());
+        let c = parse(&["--auth-upstream", "http://127.0.0.1:8790"]);
+        assert_eq!(c.auth_upstream().expect("ok").map(|u| u.to_string()), Some("http://127.0.0.1:8790/".into()));
+        for bad in ["127.0.0.1:8790", "ftp://auth", "http://auth/?x=1", "http://u:p@auth", "nonsense"] {
+            let c = parse(&["--auth-upstream", bad]);
+            assert!(c.validate().expect_err(bad).to_string().contains(ENV_AUTH_UPSTREAM), "{bad}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! DNS-rebinding protection: the Host header must name an allowed host, and a
-//! browser's Origin must be an allowed origin.
+//! browser's Origin must be an allowed origin (the latter only on the MCP
+//! endpoints, not on the forwarded OAuth paths).
 
 use actix_web::HttpRequest;
 
@@ -57,8 +58,22 @@ impl OriginPolicy {
         }
     }
 
-    /// Check a request's Host and Origin headers.
+    /// Check a request's Host and Origin headers (the MCP endpoints).
     pub fn check(&self, req: &HttpRequest) -> Result<(), McpError> {
+        self.check_host(req)?;
+        if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !self.origin_allowed(origin) {
+                return Err(McpError::new(Kind::ForbiddenOrigin).detail(format!("{origin:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check only the Host header. The forwarded OAuth paths use this: browsers
+    /// post the consent form from our own origin and call the token endpoint
+    /// from any origin (CORS is the auth-service's business).
+    pub fn check_host(&self, req: &HttpRequest) -> Result<(), McpError> {
         let host = req
             .headers()
             .get(actix_web::http::header::HOST)
@@ -69,12 +84,6 @@ impl OriginPolicy {
             Some(h) if self.host_allowed(&h) => {}
             Some(h) => return Err(McpError::new(Kind::ForbiddenHost).detail(format!("{h:?}"))),
             None => return Err(McpError::new(Kind::ForbiddenHost).detail("missing Host header")),
-        }
-        if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
-            let origin = origin.to_str().unwrap_or("");
-            if !self.origin_allowed(origin) {
-                return Err(McpError::new(Kind::ForbiddenOrigin).detail(format!("{origin:?}")));
-            }
         }
         Ok(())
     }
@@ -127,5 +136,7 @@ mod tests {
             .to_http_request();
         assert!(listed.check(&app).is_ok());
         assert!(listed.check(&browser).is_err());
+        assert!(p.check_host(&evil).is_ok(), "check_host ignores Origin");
+        assert_eq!(p.check_host(&rebinding).expect_err("host").kind, Kind::ForbiddenHost);
     }
 }

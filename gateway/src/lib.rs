@@ -2,8 +2,9 @@
 //!
 //! It holds client connections — Streamable HTTP at `/mcp` ([`mcp`]) and the
 //! legacy HTTP+SSE transport at `/sse` + `/messages` ([`legacy`]) — checks
-//! Host/Origin ([`guard`]) and bearer tokens ([`auth`]), and relays every
-//! message to the worker that owns its session over NATS ([`relay`]).
+//! Host/Origin ([`guard`]) and bearer tokens ([`auth`]), and relays every message
+//! to the worker that owns its session over NATS ([`relay`]). With an auth upstream set
+//! it also forwards the auth-service's public paths ([`forward`]).
 //!
 //! The gateway keeps no session state: any replica serves any request of any
 //! session. It never runs MCP handlers and never sees a worker's memory; it
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod errors;
+pub mod forward;
 pub mod guard;
 pub mod legacy;
 pub mod mcp;
@@ -121,12 +123,26 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
+    let validator = Validator::new(auth_config, http);
+    let policy = guard::OriginPolicy::new(&config.allowed_hosts, &config.allowed_origins);
+    let forwarder = match config.auth_upstream()? {
+        Some(upstream) => {
+            info!(%upstream, "forwarding the auth-service's public paths");
+            Some(web::Data::new(forward::Forwarder::new(
+                upstream,
+                config.max_body_bytes,
+                policy.clone(),
+                metrics.clone(),
+            )?))
+        }
+        None => None,
+    };
     let drain = CancellationToken::new();
     let state = web::Data::new(AppState {
         relay,
-        validator: Validator::new(auth_config, http),
+        validator,
         metrics: metrics.clone(),
-        policy: guard::OriginPolicy::new(&config.allowed_hosts, &config.allowed_origins),
+        policy,
         drain: drain.clone(),
         max_body: config.max_body_bytes,
         request_timeout: config.request_timeout(),
@@ -142,9 +158,16 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         config.http_workers
     };
     let server = HttpServer::new(move || {
+        let forwarder = forwarder.clone();
         App::new()
             .app_data(state.clone())
             .app_data(metadata.clone())
+            .configure(|cfg| {
+                if let Some(forwarder) = forwarder {
+                    cfg.app_data(forwarder);
+                    forward::routes(cfg);
+                }
+            })
             .route(&mcp_path, web::post().to(mcp::post))
             .route(&mcp_path, web::get().to(mcp::get))
             .route(&mcp_path, web::delete().to(mcp::delete))

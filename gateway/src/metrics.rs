@@ -1,5 +1,6 @@
 //! Every metric of the gateway, registered on one `prometheus::Registry`.
-//! Labels are bounded: route patterns, known MCP method names, status codes.
+//! Labels are bounded: route patterns (`oauth_forward` for every forwarded OAuth
+//! path), known MCP method names, status codes.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 

@@ -1,6 +1,8 @@
 //! The gateway in front of a real nats-server, a real session worker and a real
 //! issuer (the auth-service development issuer), all in-process on loopback.
 
+mod forward;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -113,14 +115,25 @@ struct Cluster {
 
 impl Cluster {
     async fn start(with_worker: bool) -> anyhow::Result<Self> {
-        let nats = NatsServer::start()?;
-        let issuer = issuer().await?;
+        Self::start_on(NatsServer::start()?, issuer().await?, with_worker, |_| {}).await
+    }
+
+    /// Start a worker (or not) and a gateway, configured by `configure`, on a
+    /// nats-server and issuer the test may already have used.
+    async fn start_on(
+        nats: NatsServer,
+        issuer: Issuer,
+        with_worker: bool,
+        configure: impl FnOnce(&mut gateway::Config),
+    ) -> anyhow::Result<Self> {
         let worker = if with_worker {
             Some(session_worker::start(worker_config(&nats)).await?)
         } else {
             None
         };
-        let gateway = gateway::start(gateway_config(&nats, &issuer)).await?;
+        let mut config = gateway_config(&nats, &issuer);
+        configure(&mut config);
+        let gateway = gateway::start(config).await?;
         let url = format!("http://localhost:{}/mcp", gateway.addr.port());
         Ok(Self {
             _nats: nats,
@@ -163,6 +176,21 @@ impl Cluster {
         let resp = self.post(token, Some(&session), &note).send().await?;
         anyhow::ensure!(resp.status() == 202, "initialized: {}", resp.status());
         Ok(session)
+    }
+
+    fn gateway(&self) -> anyhow::Result<&gateway::Gateway> {
+        self.gateway.as_ref().ok_or_else(|| anyhow::anyhow!("gateway stopped"))
+    }
+
+    /// `http://localhost:<port>`: the gateway's public origin.
+    fn origin(&self) -> anyhow::Result<String> {
+        Ok(format!("http://localhost:{}", self.gateway()?.addr.port()))
+    }
+
+    /// The gateway's `/metrics` text.
+    async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://{}/metrics", self.gateway()?.admin_addr);
+        Ok(self.http.get(url).send().await?.text().await?)
     }
 
     async fn stop(mut self) {
