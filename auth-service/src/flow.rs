@@ -402,7 +402,12 @@ fn consent_page(oauth: &OAuth, id: &str, p: &Pending, client: &ClientRecord) -> 
 
 /// Send the browser to the identity provider (or our login page).
 async fn go_upstream(oauth: &OAuth, id: &str, mut p: Pending) -> HttpResponse {
+    p.stage = Stage::Upstream;
     if oauth.upstream.static_users().is_some() {
+        if let Err(e) = oauth.stores.pending.put(id, &p).await {
+            tracing::error!(error = %e, "cannot store a pending login");
+            return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
+        }
         let url = format!("{}?tx={}", oauth.issuer_url("/login"), id);
         return HttpResponse::Found()
             .insert_header((header::LOCATION, url))
@@ -413,7 +418,6 @@ async fn go_upstream(oauth: &OAuth, id: &str, mut p: Pending) -> HttpResponse {
         Ok(start) => {
             let _ = oauth.upstream_origin.set(pages::csp_source(&start.redirect_to));
             p.secrets = start.secrets;
-            p.stage = Stage::Upstream;
             if let Err(e) = oauth.stores.pending.put(id, &p).await {
                 tracing::error!(error = %e, "cannot store a pending login");
                 return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
