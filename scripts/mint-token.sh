@@ -12,7 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 sub="${1:-alice}"
 key_file="${AUTH_DEV_KEY_FILE:-$RUN_DIR/dev-issuer-ed25519.pem}"
-issuer="${AUTH_ISSUER_URL:-http://127.0.0.1:8790}"
+issuer="${AUTH_ISSUER_URL:-http://localhost:8788}"
 audience="${RESOURCE_IDENTIFIER:-http://localhost:8788/mcp}"
 ttl="${TOKEN_TTL:-3600}"
 email="${TOKEN_EMAIL:-$sub@example.com}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring up a local mcp-cluster on loopback and keep it running until Ctrl-C:
-#   nats-server -js (store in .run/nats) → auth-service (DEVELOPMENT issuer) → 2 session workers
-#   → 1 gateway on http://localhost:8788/mcp
+#   nats-server -js (store in .run/nats) → auth-service (OAuth server, static-users provider
+#   from deploy/local/static-users.json) → 2 session workers → 1 gateway on http://localhost:8788,
+#   which is both the MCP resource (/mcp) and the issuer (it forwards the OAuth paths).
 # Installs missing tools (scripts/install-deps.sh) and builds the release binaries first.
 # Ports can be moved with the variables below, e.g. GATEWAY_PORT=18788 make run.
 set -euo pipefail
@@ -35,9 +36,24 @@ done
 
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/nats"
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
-export AUTH_ISSUER_URL="http://127.0.0.1:$AUTH_PORT"
-export RESOURCE_IDENTIFIER="http://localhost:$GATEWAY_PORT/mcp"
+# One public origin: the gateway forwards the OAuth paths to the auth-service.
+ORIGIN="http://localhost:$GATEWAY_PORT"
+export AUTH_ISSUER_URL="$ORIGIN"
+export RESOURCE_IDENTIFIER="$ORIGIN/mcp"
+export AUTH_UPSTREAM="${AUTH_UPSTREAM:-static}"
+export AUTH_STATIC_USERS_FILE="${AUTH_STATIC_USERS_FILE:-$REPO_ROOT/deploy/local/static-users.json}"
+# DEVELOPMENT ONLY: a file key also published in the JWKS, so `make token` can mint tokens.
 export AUTH_DEV_KEY_FILE="$RUN_DIR/dev-issuer-ed25519.pem"
+# The vault and cookie keys are made once and kept beside the NATS store they protect
+# (the signing keys in the store are sealed with the vault key).
+if [[ ! -f "$RUN_DIR/auth-keys.env" ]]; then
+  (umask 077 && "$RELEASE_DIR/auth-service" gen-keys >"$RUN_DIR/auth-keys.env.tmp" && mv "$RUN_DIR/auth-keys.env.tmp" "$RUN_DIR/auth-keys.env")
+  log "created $RUN_DIR/auth-keys.env (vault and cookie keys of the local cluster)"
+fi
+set -a
+# shellcheck disable=SC1091
+source "$RUN_DIR/auth-keys.env"
+set +a
 
 pids=()
 names=()
@@ -98,7 +114,8 @@ WORKER_ID=worker-2 WORKER_ADMIN_LISTEN="127.0.0.1:$WORKER2_ADMIN_PORT" \
   start worker-2 "$RELEASE_DIR/session-worker"
 
 GATEWAY_LISTEN="127.0.0.1:$GATEWAY_PORT" GATEWAY_ADMIN_LISTEN="127.0.0.1:$GATEWAY_ADMIN_PORT" \
-  ALLOWED_ISSUERS="$AUTH_ISSUER_URL" \
+  ALLOWED_ISSUERS="$ORIGIN" AUTHORIZATION_SERVERS="$ORIGIN" \
+  GATEWAY_AUTH_UPSTREAM="http://127.0.0.1:$AUTH_PORT" \
   start gateway "$RELEASE_DIR/gateway"
 
 ready worker-1 "http://127.0.0.1:$WORKER1_ADMIN_PORT/readyz"
@@ -112,27 +129,26 @@ url="http://localhost:$GATEWAY_PORT/mcp"
 cat <<EOF
 
   mcp-cluster is running: $url
-  (NATS $NATS_URL, dev issuer $AUTH_ISSUER_URL, workers :$WORKER1_ADMIN_PORT :$WORKER2_ADMIN_PORT, logs in .run/logs/)
+  (NATS $NATS_URL, auth-service :$AUTH_PORT behind the gateway, workers :$WORKER1_ADMIN_PORT :$WORKER2_ADMIN_PORT,
+   logs in .run/logs/)
 
-  DEVELOPMENT ONLY: the token below is minted by the local dev issuer for subject "alice",
-  valid for ${TOKEN_TTL:-3600}s. 'make token' mints a fresh one. Never use the dev issuer in production.
-
-  Bearer token (also in .run/dev-token):
-    $token
+  Connect with OAuth (the client registers itself, you approve it and sign in):
+    sample users (deploy/local/static-users.json):  alice / alice-dev-password   bob / bob-dev-password
 
   Claude Code:
-    claude mcp add --transport http mcp-cluster $url --header "Authorization: Bearer $token"
+    claude mcp add --transport http mcp-cluster $url
+    then /mcp in Claude Code → mcp-cluster → Authenticate: a browser opens the consent page and the sign-in.
 
+  MCP Inspector UI (needs Node >= 22.19): npx @modelcontextprotocol/inspector
+    Transport "Streamable HTTP", URL $url, then "Open Auth Settings" → "Quick OAuth Flow".
+
+  Without a browser — DEVELOPMENT ONLY token minted with the local dev key for "alice",
+  valid ${TOKEN_TTL:-3600}s ('make token' mints a fresh one; never publish a dev key in production):
+    $token
   MCP Inspector CLI (installed by this repo, Node 22):
-    scripts/inspector-cli.sh --cli $url --transport http \\
-        --header "Authorization: Bearer \$(cat .run/dev-token)" --method tools/list
     scripts/inspector-cli.sh --cli $url --transport http \\
         --header "Authorization: Bearer \$(cat .run/dev-token)" \\
         --method tools/call --tool-name add --tool-arg a=1 b=2
-
-  MCP Inspector UI (needs Node >= 22.19): npx @modelcontextprotocol/inspector
-    Transport "Streamable HTTP", URL $url,
-    Authentication → header "Authorization" = "Bearer <token above>"
 
   Legacy HTTP+SSE clients: http://localhost:$GATEWAY_PORT/sse
 
