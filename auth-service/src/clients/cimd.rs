@@ -13,7 +13,8 @@
 //! minimum), failures for [`CIMD_NEGATIVE_TTL`], so a flood of authorize requests
 //! naming one URL costs one fetch. At most [`CIMD_MAX_CONCURRENT_FETCHES`] fetches run
 //! at once; a request waiting for a slot re-reads the cache first, so concurrent
-//! requests for one URL usually share a fetch.
+//! requests for one URL usually share a fetch, and gives up (503) after
+//! [`CIMD_QUEUE_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,6 +41,9 @@ pub const CIMD_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 pub const CIMD_CACHE_MAX_ENTRIES: usize = 1024;
 /// Most fetches in flight at once, across all URLs.
 pub const CIMD_MAX_CONCURRENT_FETCHES: usize = 16;
+/// Longest wait for a fetch slot before answering 503 (a flood of distinct URLs
+/// must not queue requests for minutes).
+pub const CIMD_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether this client id is meant as a metadata-document URL (registered ids never
 /// contain `:`).
@@ -178,11 +182,14 @@ impl Clients {
         let outcome = match cache.lookup(client_id, Instant::now()) {
             Some(hit) => hit,
             None => {
-                let _permit = cache
-                    .fetches
-                    .acquire()
-                    .await
-                    .map_err(|_| ClientError::Unavailable("fetch limiter closed".into()))?;
+                let _permit = match tokio::time::timeout(CIMD_QUEUE_TIMEOUT, cache.fetches.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(ClientError::Unavailable("fetch limiter closed".into())),
+                    Err(_) => {
+                        tracing::warn!("metadata document fetches saturated");
+                        return Err(ClientError::Unavailable("too many metadata document fetches".into()));
+                    }
+                };
                 match cache.lookup(client_id, Instant::now()) {
                     Some(hit) => hit,
                     None => {
