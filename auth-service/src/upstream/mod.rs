@@ -15,8 +15,30 @@
 //! own `/login` page and [`StaticUsers::verify`] checks the password there.
 //!
 //! Never log a token, a password or an ID token.
+//!
+//! Layout: [`config`] (settings and [`UpstreamArgs::build`]), `oidc` (discovery and
+//! the presets), `github`, `static_users`, and underneath `oauth` (the `oauth2`
+//! crate: authorization URL, PKCE, code exchange, refresh), `jwks` (signing keys and
+//! token checks), `claims` (claims to [`Identity`]) and `http` (URL rules, bounded
+//! GETs, the no-redirect client for token requests).
+
+mod claims;
+pub mod config;
+mod github;
+mod http;
+mod jwks;
+mod oauth;
+mod oidc;
+mod static_users;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
+
+pub use config::UpstreamArgs;
+pub use github::GitHubProvider;
+pub use oidc::{OidcProvider, Preset};
+pub use static_users::{StaticUsers, hash_password};
 
 /// The person, mapped from whatever the provider returns into one shape.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +107,10 @@ pub struct Completed {
 pub enum UpstreamError {
     /// The provider sent the user back with an error (e.g. `access_denied`).
     #[error("identity provider returned {error}")]
-    Denied { error: String, description: Option<String> },
+    Denied {
+        error: String,
+        description: Option<String>,
+    },
     /// The provider's answer failed a check (signature, iss, aud, nonce, exp, ...).
     #[error("identity provider response rejected: {0}")]
     Invalid(String),
@@ -98,4 +123,116 @@ pub enum UpstreamError {
     /// This provider cannot do that (e.g. refresh for static users).
     #[error("not supported by this identity provider")]
     Unsupported,
+}
+
+/// The configured identity provider (one per deployment). Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    Static(StaticUsers),
+    /// Generic OIDC and the presets (WorkOS, Cloudflare Access, PingOne, Entra).
+    Oidc(OidcProvider),
+    GitHub(GitHubProvider),
+}
+
+/// The query of the provider's redirect to our `/callback` (RFC 6749 §4.1.2,
+/// RFC 9207 `iss`). `state` is matched to the pending login by the flow.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CallbackParams {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    pub iss: Option<String>,
+}
+
+impl Upstream {
+    /// The `AUTH_UPSTREAM` value: `static`, `oidc`, `workos`, `cloudflare-access`,
+    /// `pingone`, `entra` or `github`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Upstream::Static(_) => "static",
+            Upstream::Oidc(p) => p.preset().kind(),
+            Upstream::GitHub(_) => "github",
+        }
+    }
+
+    /// The users file, for the `/login` page (static provider only).
+    pub fn static_users(&self) -> Option<&StaticUsers> {
+        match self {
+            Upstream::Static(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// Where to send the browser: the provider's authorization endpoint with
+    /// `state`, `redirect_uri=callback_url`, the scopes, PKCE S256 (a fresh verifier)
+    /// and, for OpenID providers, a fresh `nonce`. The returned secrets stay
+    /// server-side until [`Upstream::complete`]. The static provider has no such
+    /// redirect (`Unsupported`): the flow shows its own `/login` page.
+    pub async fn begin(
+        &self,
+        state: &str,
+        callback_url: &str,
+    ) -> Result<LoginStart, UpstreamError> {
+        match self {
+            Upstream::Static(_) => Err(UpstreamError::Unsupported),
+            Upstream::Oidc(p) => p.begin(state, callback_url).await,
+            Upstream::GitHub(p) => p.begin(state, callback_url).await,
+        }
+    }
+
+    /// The callback's checks before the code is used: an `error` from the provider
+    /// becomes [`UpstreamError::Denied`] (with a sanitised code), an RFC 9207 `iss`
+    /// that is not our issuer is refused (mix-up defence), and a missing code is
+    /// invalid. Returns the code for [`Upstream::complete`].
+    pub fn callback_code<'a>(&self, params: &'a CallbackParams) -> Result<&'a str, UpstreamError> {
+        if let Some(error) = &params.error {
+            return Err(UpstreamError::Denied {
+                error: oauth::error_code(error),
+                description: params
+                    .error_description
+                    .as_deref()
+                    .map(|d| d.chars().filter(|c| !c.is_control()).take(200).collect()),
+            });
+        }
+        if let (Upstream::Oidc(p), Some(iss)) = (self, &params.iss)
+            && p.issuer().is_some_and(|ours| ours != iss)
+        {
+            return Err(UpstreamError::Invalid(
+                "callback comes from another issuer".into(),
+            ));
+        }
+        params
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| UpstreamError::Invalid("callback has no code".into()))
+    }
+
+    /// Exchange the callback's `code` (with the login's PKCE verifier) and establish
+    /// who logged in: the ID token is verified (signature from the provider's JWKS,
+    /// `iss`, `aud`/`azp`, `nonce`, `exp`/`iat`); GitHub's user comes from its API.
+    pub async fn complete(
+        &self,
+        code: &str,
+        callback_url: &str,
+        secrets: &LoginSecrets,
+    ) -> Result<Completed, UpstreamError> {
+        match self {
+            Upstream::Static(_) => Err(UpstreamError::Unsupported),
+            Upstream::Oidc(p) => p.complete(code, callback_url, secrets).await,
+            Upstream::GitHub(p) => p.complete(code, callback_url, secrets).await,
+        }
+    }
+
+    /// New upstream tokens for the vault. `invalid_grant` → [`UpstreamError::InvalidGrant`]
+    /// (the grant is dead); network trouble, 5xx, 429 → [`UpstreamError::Unavailable`]
+    /// (try later). A provider that does not rotate refresh tokens gets the old one back.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<UpstreamTokens, UpstreamError> {
+        match self {
+            Upstream::Static(_) => Err(UpstreamError::Unsupported),
+            Upstream::Oidc(p) => p.refresh(refresh_token).await,
+            Upstream::GitHub(p) => p.refresh(refresh_token).await,
+        }
+    }
 }
