@@ -4,7 +4,7 @@
 //!
 //! Discovery (`{issuer}/.well-known/openid-configuration`) happens on first use, not
 //! at start-up, and is cached for [`METADATA_TTL`]; a failed refresh keeps using the
-//! previous document. The document's `issuer` must equal the configured one exactly
+//! previous document and tries again after [`METADATA_RETRY`]. The document's `issuer` must equal the configured one exactly
 //! and every endpoint must be https (http only on loopback hosts, for tests).
 //!
 //! WorkOS is the one dialect that is not plain OIDC: its User Management API
@@ -29,6 +29,8 @@ use super::{Completed, LoginSecrets, LoginStart, UpstreamError, UpstreamTokens};
 
 /// How long a discovery document is used before it is fetched again.
 pub const METADATA_TTL: Duration = Duration::from_secs(3600);
+/// After a failed refresh the previous document serves this long before the next try.
+pub const METADATA_RETRY: Duration = Duration::from_secs(60);
 
 /// Which provider an [`OidcProvider`] was configured as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +111,8 @@ struct Inner {
     http: reqwest::Client,
     token_http: TokenHttp,
     jwks: JwksCache,
+    /// The discovered endpoints and when they are to be fetched again. The lock is
+    /// held while fetching: one discovery at a time.
     metadata: tokio::sync::Mutex<Option<(Arc<Resolved>, Instant)>>,
 }
 
@@ -191,22 +195,22 @@ impl OidcProvider {
             Endpoints::Discovery { issuer } => issuer,
         };
         let mut cached = self.inner.metadata.lock().await;
-        if let Some((r, at)) = cached.as_ref()
-            && at.elapsed() < METADATA_TTL
+        if let Some((r, until)) = cached.as_ref()
+            && Instant::now() < *until
         {
             return Ok(r.clone());
         }
         match self.discover(issuer).await {
             Ok(r) => {
                 let r = Arc::new(r);
-                *cached = Some((r.clone(), Instant::now()));
+                *cached = Some((r.clone(), Instant::now() + METADATA_TTL));
                 Ok(r)
             }
             Err(err) => match cached.as_mut() {
                 // Keep serving logins with the last good document; try again later.
-                Some((r, at)) => {
+                Some((r, until)) => {
                     tracing::warn!(issuer, error = %err, "provider discovery failed; using the previous document");
-                    *at = Instant::now();
+                    *until = Instant::now() + METADATA_RETRY;
                     Ok(r.clone())
                 }
                 None => Err(err),
