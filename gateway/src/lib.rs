@@ -2,13 +2,15 @@
 //!
 //! It holds client connections — Streamable HTTP at `/mcp` ([`mcp`]) and the
 //! legacy HTTP+SSE transport at `/sse` + `/messages` ([`legacy`]) — checks
-//! Host/Origin ([`guard`]) and bearer tokens ([`auth`]), and relays every message
-//! to the worker that owns its session over NATS ([`relay`]). With an auth upstream set
+//! Host/Origin ([`guard`]) and bearer tokens ([`auth`], honouring the
+//! auth-service's revocations, [`revocations`]), and relays every message to the
+//! worker that owns its session over NATS ([`relay`]). With an auth upstream set
 //! it also forwards the auth-service's public paths ([`forward`]).
 //!
 //! The gateway keeps no session state: any replica serves any request of any
 //! session. It never runs MCP handlers and never sees a worker's memory; it
-//! never forwards a request without a validated principal.
+//! never relays an MCP message without a validated principal (the forwarded
+//! OAuth paths carry no principal: the auth-service authenticates those).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -20,6 +22,7 @@ pub mod legacy;
 pub mod mcp;
 pub mod metrics;
 pub mod relay;
+pub mod revocations;
 pub mod sse;
 
 use std::net::SocketAddr;
@@ -124,6 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let validator = Validator::new(auth_config, http);
+    let revoked = validator.revocations().clone();
     let policy = guard::OriginPolicy::new(&config.allowed_hosts, &config.allowed_origins);
     let forwarder = match config.auth_upstream()? {
         Some(upstream) => {
@@ -197,17 +201,29 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
 
     let probe_nats = nats.clone();
     let probe_drain = drain.clone();
+    let probe_revoked = revoked.clone();
     let admin = telemetry::admin_server(
         config.admin_listen,
         registry,
+        // Not ready before the revocations made before this gateway started are
+        // known: a fresh gateway must never accept a revoked token.
         Arc::new(move || {
             !probe_drain.is_cancelled()
                 && matches!(probe_nats.connection_state(), async_nats::connection::State::Connected)
+                && probe_revoked.is_synced()
         }),
     )?;
     let admin_addr = admin.addr;
     let admin_handle = admin.handle;
     let admin_task = tokio::spawn(admin.server);
+    // Started once nothing can fail any more, so it is always joined below.
+    let stop_revocations = CancellationToken::new();
+    let revocation_task = revocations::spawn(
+        async_nats::jetstream::new(nats.clone()),
+        revoked,
+        metrics.revocations_held.clone(),
+        stop_revocations.clone(),
+    );
     info!(%gateway_id, %addr, %admin_addr, "gateway listening");
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -223,6 +239,10 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         // Bounded: with NATS gone a flush would wait for a reconnect.
         let _ = tokio::time::timeout(Duration::from_secs(1), nats.flush()).await;
         relay_task.abort();
+        stop_revocations.cancel();
+        if let Err(err) = revocation_task.await {
+            warn!(error = %err, "revocation watch task failed");
+        }
         admin_handle.stop(true).await;
         let _ = admin_task.await;
         info!(gateway_id = %id, "stopped");

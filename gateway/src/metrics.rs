@@ -41,6 +41,8 @@ pub struct Metrics {
     pub sse_streams: IntGaugeVec,
     pub auth_failures: IntCounterVec,
     pub sessions_opened: IntGauge,
+    /// Revoked grants and tokens this gateway currently refuses.
+    pub revocations_held: IntGauge,
 }
 
 impl Metrics {
@@ -69,6 +71,10 @@ impl Metrics {
                 &["code"],
             )?,
             sessions_opened: IntGauge::new("mcp_gateway_sessions_opened_total", "sessions opened through this gateway")?,
+            revocations_held: IntGauge::new(
+                "mcp_gateway_revocations_held",
+                "revoked grants and access tokens known to this gateway and not yet expired",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -76,6 +82,7 @@ impl Metrics {
         registry.register(Box::new(m.sse_streams.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;
         registry.register(Box::new(m.sessions_opened.clone()))?;
+        registry.register(Box::new(m.revocations_held.clone()))?;
         Ok(m)
     }
 }

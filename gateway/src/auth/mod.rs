@@ -17,10 +17,17 @@
 //!    cached keys is `ISSUER_UNAVAILABLE` (503); the key must fit the token's `alg`.
 //! 5. Signature (`INVALID_SIGNATURE`), then `exp` (`TOKEN_EXPIRED`, [`LEEWAY`] of clock
 //!    skew), `nbf`, `aud` contains `resource` (`INVALID_AUDIENCE`), then the required
-//!    scopes (`INSUFFICIENT_SCOPE`, 403).
+//!    scopes (`INSUFFICIENT_SCOPE`, 403) — after the revocation check: a token whose
+//!    grant (`gid` claim) or `jti` the auth-service revoked is `INVALID_TOKEN`
+//!    "token revoked" ([`revocation`]).
+//!
+//! A verified token is remembered until it expires (at most one JWKS cache
+//! period); the revocation check is made again on every use, so revoking a grant
+//! takes effect for tokens already seen as soon as the revocation arrives.
 
 mod error;
 pub mod jwks;
+pub mod revocation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +36,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 
 pub use error::AuthError;
 use jwks::{JwksCache, KeyLookup};
+pub use revocation::RevocationSet;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY: u64 = 30;
@@ -66,6 +74,17 @@ struct Inner {
     cfg: AuthConfig,
     keys: JwksCache,
     accepted: AcceptedTokens,
+    revocations: RevocationSet,
+}
+
+/// The description of a refusal for a revoked grant or token.
+pub const REVOKED: &str = "token revoked";
+
+/// A token that passed every check but revocation and scope.
+#[derive(Clone)]
+struct Verified {
+    principal: proto::Principal,
+    jti: Option<String>,
 }
 
 /// Most tokens a gateway remembers as already verified.
@@ -78,35 +97,33 @@ pub const ACCEPTED_CACHE_MAX: usize = 16_384;
 /// strings; nothing here is logged.
 #[derive(Default)]
 struct AcceptedTokens {
-    map: std::sync::Mutex<std::collections::HashMap<String, (proto::Principal, std::time::Instant)>>,
+    map: std::sync::Mutex<std::collections::HashMap<String, (Verified, std::time::Instant)>>,
 }
 
 impl AcceptedTokens {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (proto::Principal, std::time::Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Verified, std::time::Instant)>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, token: &str) -> Option<proto::Principal> {
+    fn get(&self, token: &str) -> Option<Verified> {
         let now = std::time::Instant::now();
         let unix = unix_now();
         let map = self.lock();
-        let (principal, until) = map.get(token)?;
-        (*until > now && principal.expires_at > unix).then(|| principal.clone())
+        let (verified, until) = map.get(token)?;
+        (*until > now && verified.principal.expires_at > unix).then(|| verified.clone())
     }
 
-    fn insert(&self, token: &str, principal: &proto::Principal, ttl: Duration) {
+    fn insert(&self, token: &str, verified: &Verified, ttl: Duration) {
         let now = std::time::Instant::now();
         let mut map = self.lock();
         if map.len() >= ACCEPTED_CACHE_MAX {
             let unix = unix_now();
-            map.retain(|_, (p, until)| *until > now && p.expires_at > unix);
+            map.retain(|_, (v, until)| *until > now && v.principal.expires_at > unix);
             if map.len() >= ACCEPTED_CACHE_MAX {
                 map.clear();
             }
         }
-        map.insert(token.to_owned(), (principal.clone(), now + ttl));
+        map.insert(token.to_owned(), (verified.clone(), now + ttl));
     }
 }
 
@@ -144,6 +161,7 @@ impl Validator {
                 cfg,
                 keys,
                 accepted: AcceptedTokens::default(),
+                revocations: RevocationSet::default(),
             }),
         }
     }
@@ -152,20 +170,42 @@ impl Validator {
         &self.inner.cfg
     }
 
+    /// The revocations this validator honours; [`crate::revocations`] keeps them
+    /// in step with the auth-service's bucket.
+    pub fn revocations(&self) -> &RevocationSet {
+        &self.inner.revocations
+    }
+
+    fn check_revoked(&self, verified: &Verified) -> Result<(), AuthError> {
+        let revoked = self.inner.revocations.is_revoked(
+            verified.principal.grant_id.as_deref(),
+            verified.jti.as_deref(),
+            unix_now(),
+        );
+        if revoked { Err(AuthError::InvalidToken(REVOKED.into())) } else { Ok(()) }
+    }
+
     /// Validate the value of an `Authorization` header (`None` when absent).
     pub async fn validate(
         &self,
         authorization: Option<&str>,
     ) -> Result<proto::Principal, AuthError> {
         if let Ok(token) = bearer_token(authorization)
-            && let Some(principal) = self.inner.accepted.get(token)
+            && let Some(verified) = self.inner.accepted.get(token)
         {
-            return Ok(principal);
+            return match self.check_revoked(&verified) {
+                Ok(()) => Ok(verified.principal),
+                Err(e) => {
+                    tracing::debug!(code = e.code(), reason = %e, "bearer token refused");
+                    Err(e)
+                }
+            };
         }
         let result = self.validate_inner(authorization).await;
-        if let (Ok(principal), Ok(token)) = (&result, bearer_token(authorization)) {
-            self.inner.accepted.insert(token, principal, self.inner.cfg.jwks_cache_ttl);
+        if let (Ok(verified), Ok(token)) = (&result, bearer_token(authorization)) {
+            self.inner.accepted.insert(token, verified, self.inner.cfg.jwks_cache_ttl);
         }
+        let result = result.map(|v| v.principal);
         match &result {
             Ok(p) => tracing::debug!(iss = %p.iss, sub = %p.sub, "bearer token accepted"),
             Err(e) => tracing::debug!(code = e.code(), reason = %e, "bearer token refused"),
@@ -185,10 +225,7 @@ impl Validator {
         err.to_response(Some(&self.inner.cfg.resource_metadata_url))
     }
 
-    async fn validate_inner(
-        &self,
-        authorization: Option<&str>,
-    ) -> Result<proto::Principal, AuthError> {
+    async fn validate_inner(&self, authorization: Option<&str>) -> Result<Verified, AuthError> {
         let cfg = &self.inner.cfg;
         let token = bearer_token(authorization)?;
 
@@ -250,6 +287,12 @@ impl Validator {
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|e| map_jwt_error(e.kind()))?;
         let principal = principal_from_claims(&iss, &data.claims)?;
+        let verified = Verified {
+            jti: str_claim(&data.claims, "jti"),
+            principal,
+        };
+        self.check_revoked(&verified)?;
+        let principal = &verified.principal;
 
         let missing: Vec<&String> = cfg
             .required_scopes
@@ -259,7 +302,7 @@ impl Validator {
         if !missing.is_empty() {
             return Err(AuthError::InsufficientScope(cfg.required_scopes.clone()));
         }
-        Ok(principal)
+        Ok(verified)
     }
 }
 
@@ -399,12 +442,15 @@ mod tests;
 mod accepted_tests {
     use super::*;
 
-    fn principal(expires_at: u64) -> proto::Principal {
-        proto::Principal {
-            iss: "http://issuer".into(),
-            sub: "alice".into(),
-            expires_at,
-            ..Default::default()
+    fn principal(expires_at: u64) -> Verified {
+        Verified {
+            principal: proto::Principal {
+                iss: "http://issuer".into(),
+                sub: "alice".into(),
+                expires_at,
+                ..Default::default()
+            },
+            jti: None,
         }
     }
 
@@ -412,7 +458,7 @@ mod accepted_tests {
     fn remembered_until_expiry_or_ttl() {
         let cache = AcceptedTokens::default();
         cache.insert("t1", &principal(unix_now() + 60), Duration::from_secs(60));
-        assert_eq!(cache.get("t1").map(|p| p.sub), Some("alice".into()));
+        assert_eq!(cache.get("t1").map(|v| v.principal.sub), Some("alice".into()));
         assert!(cache.get("t2").is_none(), "unknown token");
         cache.insert("expired", &principal(unix_now() - 1), Duration::from_secs(60));
         assert!(cache.get("expired").is_none(), "token past exp");

@@ -775,3 +775,45 @@ fn protected_resource_metadata_document() {
     assert_eq!(doc["authorization_servers"], json!(["https://auth"]));
     assert_eq!(doc["scopes_supported"], json!(["mcp:tools"]));
 }
+
+#[actix_web::test]
+async fn revoked_grant_or_jti_is_refused_also_when_remembered() {
+    let signer = Signer::ed();
+    let issuer = TestIssuer::standard(&[signer.jwk()]).await;
+    let v = issuer.validator();
+    let mut c = claims(&issuer.issuer);
+    c["gid"] = json!("grant-1");
+    c["jti"] = json!("jti-1");
+    let token = bearer(&signer.sign(&c));
+    let p = v.validate(Some(&token)).await.unwrap();
+    assert_eq!(p.grant_id.as_deref(), Some("grant-1"));
+
+    // Remembered token, then its grant is revoked.
+    let until = now() as u64 + 300;
+    v.revocations().insert(&proto::auth::revoked_grant_key("grant-1"), until);
+    let err = v.validate(Some(&token)).await.unwrap_err();
+    assert_eq!(err, AuthError::InvalidToken(REVOKED.into()));
+    assert_eq!(err.code(), "INVALID_TOKEN");
+
+    // A token never seen before, of the same grant: refused on the full path.
+    c["jti"] = json!("jti-2");
+    let fresh = bearer(&signer.sign(&c));
+    assert_eq!(v.validate(Some(&fresh)).await.unwrap_err(), AuthError::InvalidToken(REVOKED.into()));
+
+    // Another grant is unaffected; revoking its jti refuses just that token.
+    let mut other = claims(&issuer.issuer);
+    other["gid"] = json!("grant-2");
+    other["jti"] = json!("jti-3");
+    let other_token = bearer(&signer.sign(&other));
+    other["jti"] = json!("jti-4");
+    let sibling = bearer(&signer.sign(&other));
+    assert!(v.validate(Some(&other_token)).await.is_ok());
+    v.revocations().insert(&proto::auth::revoked_token_key("jti-3"), until);
+    assert_eq!(v.validate(Some(&other_token)).await.unwrap_err(), AuthError::InvalidToken(REVOKED.into()));
+    assert!(v.validate(Some(&sibling)).await.is_ok());
+
+    // A revocation past its `until` (and the leeway) no longer counts.
+    v.revocations().insert(&proto::auth::revoked_grant_key("grant-1"), now() as u64 - LEEWAY - 5);
+    assert!(v.validate(Some(&token)).await.is_ok());
+    issuer.stop().await;
+}

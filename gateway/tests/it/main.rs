@@ -2,6 +2,7 @@
 //! issuer (the auth-service development issuer), all in-process on loopback.
 
 mod forward;
+mod revocation;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -64,6 +65,24 @@ impl Issuer {
         let key = auth_service::keys::load(&args.key_file)?;
         Ok(auth_service::mint::mint(&key, &args)?)
     }
+
+    /// A token for `sub` with the claims of [`Issuer::token`] plus `extra`
+    /// (e.g. the `gid` claim of the auth-service's grants, a chosen `jti`).
+    fn token_with(&self, sub: &str, extra: Value) -> anyhow::Result<String> {
+        let key = auth_service::keys::load(&self.key_file)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let mut claims = json!({
+            "iss": self.url, "sub": sub, "aud": RESOURCE, "iat": now, "exp": now + 300,
+            "jti": uuid::Uuid::new_v4().to_string(), "client_id": "it",
+        });
+        if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+            claims.extend(extra.clone());
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(key.kid().to_owned());
+        Ok(jsonwebtoken::encode(&header, &claims, key.encoding_key())?)
+    }
 }
 
 fn gateway_config(nats: &NatsServer, issuer: &Issuer) -> gateway::Config {
@@ -105,7 +124,7 @@ fn worker_config(nats: &NatsServer) -> session_worker::Config {
 }
 
 struct Cluster {
-    _nats: NatsServer,
+    nats: NatsServer,
     issuer: Issuer,
     worker: Option<session_worker::Worker>,
     gateway: Option<gateway::Gateway>,
@@ -136,7 +155,7 @@ impl Cluster {
         let gateway = gateway::start(config).await?;
         let url = format!("http://localhost:{}/mcp", gateway.addr.port());
         Ok(Self {
-            _nats: nats,
+            nats,
             issuer,
             worker,
             gateway: Some(gateway),
