@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod issuer;
+mod oauth_authorize;
 mod oauth_flow;
 mod oauth_kit;
