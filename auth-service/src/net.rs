@@ -87,7 +87,7 @@ impl TrustedProxies {
 }
 
 impl From<Vec<IpAddr>> for TrustedProxies {
-    /// Single addresses (what `Config::trusted_proxies` holds) as host networks.
+    /// Single addresses as host networks (/32, /128).
     fn from(addrs: Vec<IpAddr>) -> Self {
         Self(addrs.into_iter().map(|ip| IpNet::from(ip.to_canonical())).collect())
     }
