@@ -6,6 +6,11 @@
 #   4. e2e          pytest tests/e2e (real nats-server, release binaries, Python SDK, Inspector CLI)
 #   5. conformance  tests/conformance/run.sh <url> --token <t> against a cluster with the
 #                   conformance tool profile (skipped, and said so, while that script is absent)
+#   6. authz conf.  tests/conformance/run-authorization.sh: the suite's authorization-server
+#                   scenarios against a cluster whose gateway fronts the OAuth server (static users)
+#   7. browser      tests/browser/consent.test.mjs: consent and login pages in headless Debian
+#                   chromium (playwright-core) against such a cluster; screenshots in
+#                   tests/browser/artifacts/
 # A failing build stops here; a failing suite does not stop the later ones, but the run fails.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -45,6 +50,13 @@ else
   log "=== conformance: tests/conformance/run.sh not present yet; not run"
   stages+=("$(printf '%-12s %5s   %s' conformance - 'not present')")
 fi
+
+# The OAuth server behind the gateway, static-users upstream: MCP_ISSUER and MCP_URL come from
+# with_cluster.py.
+stage "authz conf" "$VENV_DIR/bin/python" tests/e2e/with_cluster.py --oauth static --workers 1 -- \
+  bash tests/conformance/run-authorization.sh || true
+stage browser "$VENV_DIR/bin/python" tests/e2e/with_cluster.py --oauth static --workers 1 -- \
+  "$NODE22_BIN_DIR/node" --test tests/browser/consent.test.mjs || true
 
 if ((${#failed[@]})); then
   log "failed stages: ${failed[*]}"
