@@ -3,5 +3,7 @@
 
 mod issuer;
 mod oauth_authorize;
+mod oauth_clients;
 mod oauth_flow;
 mod oauth_kit;
+mod oauth_token;
