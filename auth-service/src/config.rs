@@ -376,7 +376,8 @@ mod tests {
         let (_, o) = args().into_configs().unwrap();
         assert_eq!(o.scopes, vec!["mcp"]);
         assert_eq!(o.trusted_proxies.0.len(), 2);
-        let cases: Vec<(&str, Box<dyn Fn(&mut OAuthArgs)>)> = vec![
+        type Edit = Box<dyn Fn(&mut OAuthArgs)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (ENV_NATS_URL, Box::new(|a| a.nats_url = "http://x".into())),
             (ENV_RESOURCE_IDENTIFIER, Box::new(|a| a.resource_identifier = "nope".into())),
             (ENV_VAULT_KEYS, Box::new(|a| a.vault_keys = String::new())),

@@ -263,8 +263,12 @@ pub async fn authorize(
             return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_client", "unknown client_id");
         }
         Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return show_error(&oauth, status, e.oauth_code(), &e.to_string());
+            // A page, not an API answer: 401 would invite a login prompt.
+            let status = match e.status() {
+                401 => StatusCode::BAD_REQUEST,
+                s => StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST),
+            };
+            return show_error(&oauth, status, e.oauth_code(), &e.description());
         }
     };
     let redirect_uri = match params.get("redirect_uri") {
@@ -605,18 +609,30 @@ pub async fn callback(
     }
     // The login is single-use from here on.
     let _ = oauth.stores.pending.delete(&id).await;
-    if let Some(error) = query.get("error") {
-        oauth.metrics.login("upstream_denied");
-        tracing::info!(error = %error, "identity provider returned an error");
-        let (code, desc) = match error.as_str() {
-            "access_denied" => ("access_denied", "the sign-in was cancelled or refused at the identity provider"),
-            "temporarily_unavailable" => ("temporarily_unavailable", "the identity provider is unavailable"),
-            _ => ("server_error", "the identity provider returned an error"),
-        };
-        return redirect_error(&oauth, &p.request, code, desc);
-    }
-    let Some(code) = query.get("code") else {
-        return redirect_error(&oauth, &p.request, "server_error", "the identity provider returned no code");
+    let params = crate::upstream::CallbackParams {
+        code: query.get("code").cloned(),
+        state: query.get("state").cloned(),
+        error: query.get("error").cloned(),
+        error_description: query.get("error_description").cloned(),
+        iss: query.get("iss").cloned(),
+    };
+    let code = match oauth.upstream.callback_code(&params) {
+        Ok(code) => code,
+        Err(crate::upstream::UpstreamError::Denied { error, .. }) => {
+            oauth.metrics.login("upstream_denied");
+            tracing::info!(error = %error, "identity provider returned an error");
+            let (code, desc) = match error.as_str() {
+                "access_denied" => ("access_denied", "the sign-in was cancelled or refused at the identity provider"),
+                "temporarily_unavailable" => ("temporarily_unavailable", "the identity provider is unavailable"),
+                _ => ("server_error", "the identity provider returned an error"),
+            };
+            return redirect_error(&oauth, &p.request, code, desc);
+        }
+        Err(e) => {
+            oauth.metrics.login("upstream_rejected");
+            tracing::warn!(error = %e, "upstream callback rejected");
+            return redirect_error(&oauth, &p.request, "access_denied", "the identity provider's answer was not accepted");
+        }
     };
     let started = std::time::Instant::now();
     let completed = oauth
