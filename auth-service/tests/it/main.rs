@@ -5,5 +5,7 @@ mod issuer;
 mod oauth_authorize;
 mod oauth_clients;
 mod oauth_flow;
+mod oauth_keys;
 mod oauth_kit;
 mod oauth_token;
+mod oauth_vault;

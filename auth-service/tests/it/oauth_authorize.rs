@@ -2,7 +2,7 @@
 //! redirected), the consent form's checks, the static-users login page and the
 //! remembered approval cookie.
 
-use crate::oauth_kit::{ALICE, Browser, OAuthServer, Pkce, Resp, TestClient, bounded, hidden, set, unset};
+use crate::oauth_kit::{ALICE, BOB, Browser, OAuthServer, Pkce, Resp, TestClient, bounded, hidden, set, unset};
 
 const STATE: &str = "s-42";
 
@@ -345,6 +345,44 @@ async fn an_approved_client_skips_the_consent_page() {
         let other = srv.register_public().await;
         let r = authorize(&srv, &mut b, &other, |_| {}).await;
         assert_eq!(r.status, 200, "consent asked for another client: {:?}", r.location());
+        srv.stop().await;
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn an_approval_remembered_for_another_user_asks_again_after_login() {
+    bounded(async {
+        let srv = OAuthServer::start().await;
+        let client = srv.register_public().await;
+        let mut b = Browser::new();
+        let done = srv.browser_flow(&mut b, &client, &Pkce::new(), STATE, ALICE).await;
+        assert_eq!(done.status, 302, "{}", done.body);
+
+        // Alice's approval skips the consent page, but Bob signs in.
+        let pkce = Pkce::new();
+        let r = b.get(&srv.authorize_url(&srv.auth_params(&client, &pkce, STATE))).await;
+        assert_eq!(r.status, 302, "{}", r.body);
+        let page = srv.login(&mut b, &r, BOB).await;
+        assert_eq!(page.status, 200, "Bob is asked himself: {:?}", page.location());
+        assert!(page.body.contains("id=\"consent\""), "{}", page.body);
+        assert!(page.body.contains("<strong id=\"user\">bob@example.com</strong>"), "{}", page.body);
+        let done = srv.consent(&mut b, &page, "approve").await;
+        assert_eq!(done.status, 302, "{}", done.body);
+        let p = done.redirect_params();
+        assert_eq!(p["state"], STATE);
+        assert_eq!(p["iss"], srv.issuer);
+        let r = srv
+            .client_post(
+                "/token",
+                &client,
+                &[("grant_type", "authorization_code"), ("code", &p["code"]), ("code_verifier", &pkce.verifier)],
+            )
+            .await;
+        let claims = crate::oauth_kit::Tokens::from_resp(&r).claims();
+        assert_eq!(claims["sub"], "bob");
+        assert_eq!(claims["email"], "bob@example.com");
+        assert!(claims.get("permissions").is_none(), "Bob has no permissions: {claims}");
         srv.stop().await;
     })
     .await;

@@ -180,10 +180,6 @@ impl Browser {
         self.jar.insert(name.to_owned(), value.to_owned());
     }
 
-    pub fn remove_cookie(&mut self, name: &str) {
-        self.jar.remove(name);
-    }
-
     fn cookie_header(&self) -> Option<String> {
         (!self.jar.is_empty()).then(|| {
             self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
@@ -316,12 +312,10 @@ pub fn jwt_claims(jwt: &str) -> Value {
     serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap()
 }
 
-/// A code from a finished browser flow.
+/// A code from a finished browser flow, and its PKCE verifier.
 pub struct Issued {
     pub code: String,
     pub pkce: Pkce,
-    pub state: String,
-    pub browser: Browser,
 }
 
 /// The auth-service OAuth server, running until [`OAuthServer::stop`].
@@ -397,7 +391,7 @@ impl OAuthServer {
     pub async fn stores(&self) -> (async_nats::Client, Stores) {
         let nc = async_nats::connect(&self.nats.url).await.unwrap();
         let js = async_nats::jetstream::new(nc.clone());
-        let stores = Stores::open(&js).await.unwrap();
+        let stores = Box::pin(Stores::open(&js)).await.unwrap();
         (nc, stores)
     }
 
@@ -512,8 +506,8 @@ impl OAuthServer {
     /// returns the final response (302 to the client).
     pub async fn browser_flow(&self, browser: &mut Browser, client: &TestClient, pkce: &Pkce, state: &str, user: (&str, &str)) -> Resp {
         let first = browser.get(&self.authorize_url(&self.auth_params(client, pkce, state))).await;
-        let to_login = if first.status == 200 { self.consent(browser, &first, "approve").await } else { first };
-        self.login(browser, &to_login, user).await
+        let to_login = if first.status == 200 { Box::pin(self.consent(browser, &first, "approve")).await } else { first };
+        Box::pin(self.login(browser, &to_login, user)).await
     }
 
     /// A fresh browser through the whole flow; the code it ends with.
@@ -521,12 +515,12 @@ impl OAuthServer {
         let mut browser = Browser::new();
         let pkce = Pkce::new();
         let state = B64.encode(rand::random::<[u8; 16]>());
-        let done = self.browser_flow(&mut browser, client, &pkce, &state, user).await;
+        let done = Box::pin(self.browser_flow(&mut browser, client, &pkce, &state, user)).await;
         assert_eq!(done.status, 302, "{}", done.body);
         let p = done.redirect_params();
         assert_eq!(p.get("state"), Some(&state));
         let code = p.get("code").unwrap_or_else(|| panic!("no code: {:?}", done.location())).clone();
-        Issued { code, pkce, state, browser }
+        Issued { code, pkce }
     }
 
     /// A POST to a token-family endpoint as `client` (its registered method).
@@ -574,8 +568,8 @@ impl OAuthServer {
 
     /// Log `user` in for `client` and redeem the code.
     pub async fn tokens(&self, client: &TestClient, user: (&str, &str)) -> Tokens {
-        let issued = self.issue_code(client, user).await;
-        Tokens::from_resp(&self.redeem(client, &issued).await)
+        let issued = Box::pin(self.issue_code(client, user)).await;
+        Tokens::from_resp(&Box::pin(self.redeem(client, &issued)).await)
     }
 
     /// The JWKS the server publishes.
