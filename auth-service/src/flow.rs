@@ -441,11 +441,16 @@ async fn go_upstream(oauth: &OAuth, id: &str, mut p: Pending) -> HttpResponse {
 
 /// Load a pending login and check it belongs to this browser.
 async fn load_bound(oauth: &OAuth, req: &HttpRequest, id: &str) -> Result<Pending, HttpResponse> {
+    load_bound_rev(oauth, req, id).await.map(|(p, _)| p)
+}
+
+/// [`load_bound`], with the record's revision for a compare-and-swap.
+async fn load_bound_rev(oauth: &OAuth, req: &HttpRequest, id: &str) -> Result<(Pending, u64), HttpResponse> {
     if id.is_empty() || id.len() > 64 {
         return Err(show_error(oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is unknown or has expired; start again from your application"));
     }
-    let pending = match oauth.stores.pending.get::<Pending>(id).await {
-        Ok(Some((p, _))) => p,
+    let (pending, rev) = match oauth.stores.pending.get::<Pending>(id).await {
+        Ok(Some(x)) => x,
         Ok(None) => {
             return Err(show_error(oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is unknown or has expired; start again from your application"));
         }
@@ -461,7 +466,7 @@ async fn load_bound(oauth: &OAuth, req: &HttpRequest, id: &str) -> Result<Pendin
     if !ct_eq(&browser, &pending.browser) {
         return Err(show_error(oauth, StatusCode::FORBIDDEN, "access_denied", "this sign-in was started in another browser"));
     }
-    Ok(pending)
+    Ok((pending, rev))
 }
 
 fn csrf_ok(p: &Pending, form: &HashMap<String, String>) -> bool {
@@ -551,16 +556,40 @@ pub async fn login_submit(
         return HttpResponse::NotFound().finish();
     };
     let id = form.get("tx").cloned().unwrap_or_default();
-    let mut p = match load_bound(&oauth, &req, &id).await {
-        Ok(p) => p,
-        Err(resp) => return resp,
+    // Each attempt is counted before the password is checked, by compare-and-swap, so
+    // parallel guesses cannot share one count: the MAX_LOGIN_FAILURES-th ends the login.
+    let mut reserved = None;
+    for _ in 0..10 {
+        let (mut p, rev) = match load_bound_rev(&oauth, &req, &id).await {
+            Ok(x) => x,
+            Err(resp) => return resp,
+        };
+        if !csrf_ok(&p, &form) {
+            return show_error(&oauth, StatusCode::FORBIDDEN, "access_denied", "the form's CSRF token is missing or wrong; start again");
+        }
+        if p.stage != Stage::Upstream {
+            return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is not waiting for a login");
+        }
+        if p.login_failures >= MAX_LOGIN_FAILURES {
+            let _ = oauth.stores.pending.delete(&id).await;
+            return show_error(&oauth, StatusCode::FORBIDDEN, "access_denied", "too many failed sign-in attempts; start again");
+        }
+        p.login_failures += 1;
+        match oauth.stores.pending.update(&id, &p, rev).await {
+            Ok(crate::store::Cas::Done(_)) => {
+                reserved = Some(p);
+                break;
+            }
+            Ok(crate::store::Cas::Conflict) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store a pending login");
+                return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
+            }
+        }
+    }
+    let Some(p) = reserved else {
+        return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
     };
-    if !csrf_ok(&p, &form) {
-        return show_error(&oauth, StatusCode::FORBIDDEN, "access_denied", "the form's CSRF token is missing or wrong; start again");
-    }
-    if p.stage != Stage::Upstream {
-        return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is not waiting for a login");
-    }
     let username = form.get("username").map(String::as_str).unwrap_or_default();
     let password = form.get("password").map(String::as_str).unwrap_or_default();
     let users = users.clone();
@@ -575,13 +604,9 @@ pub async fn login_submit(
         None => {
             oauth.metrics.login("bad_credentials");
             tracing::info!(client_id = %p.request.client_id, "wrong username or password");
-            p.login_failures += 1;
             if p.login_failures >= MAX_LOGIN_FAILURES {
                 let _ = oauth.stores.pending.delete(&id).await;
                 return show_error(&oauth, StatusCode::FORBIDDEN, "access_denied", "too many failed sign-in attempts; start again");
-            }
-            if let Err(e) = oauth.stores.pending.put(&id, &p).await {
-                tracing::error!(error = %e, "cannot store a pending login");
             }
             let targets: Vec<String> = pages::csp_source(&p.request.redirect_uri).into_iter().collect();
             pages::html(

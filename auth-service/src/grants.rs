@@ -8,8 +8,9 @@
 //! - **refresh tokens** `<grant id>.<secret>`: the grant keeps the hash of the current
 //!   and the previous secret. Using the current one rotates (CAS on the grant, so two
 //!   replicas never both accept it); the previous one still works for
-//!   `refresh_grace` after the rotation (its response may have been lost), after
-//!   that it is a reuse and revokes the grant;
+//!   `refresh_grace` after the rotation (its response may have been lost; each such
+//!   use replaces the current token, the window does not restart), after that it is
+//!   a reuse and revokes the grant;
 //! - **access tokens**: EdDSA JWTs (RFC 9068: `typ: at+jwt`, `kid`, `aud` = the
 //!   resource, `client_id`, `scope`, `jti`, the grant id as `gid`), with only the
 //!   identity claims tools decide on (`sub`, `email`, `permissions`, `groups`).
@@ -248,7 +249,7 @@ impl Grants {
             let now = crate::unix_now();
             let is_current = ct_eq(&presented, &state.current);
             let in_grace = state.previous.as_deref().is_some_and(|p| ct_eq(&presented, p))
-                && now <= state.rotated_at.saturating_add(self.refresh_grace.as_secs());
+                && now < state.rotated_at.saturating_add(self.refresh_grace.as_secs());
             if !is_current && !in_grace {
                 tracing::warn!(client_id, grant = gid, "refresh token reused after rotation; revoking the grant");
                 self.revoke_grant(gid, "refresh_reuse").await?;
@@ -369,7 +370,7 @@ impl Grants {
         let live = grant.refresh.as_ref().is_some_and(|s| {
             ct_eq(&h, &s.current)
                 || (s.previous.as_deref().is_some_and(|p| ct_eq(&h, p))
-                    && crate::unix_now() <= s.rotated_at.saturating_add(self.refresh_grace.as_secs()))
+                    && crate::unix_now() < s.rotated_at.saturating_add(self.refresh_grace.as_secs()))
         });
         Ok((live && grant.revoked.is_none()).then_some(grant))
     }

@@ -121,6 +121,11 @@ pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) 
         oauth.metrics.token(grant_type, "invalid_target");
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_target", "resource does not name this MCP server");
     }
+    const SUPPORTED: [&str; 3] = ["authorization_code", "refresh_token", "client_credentials"];
+    if !grant_type.is_empty() && !SUPPORTED.contains(&grant_type) {
+        oauth.metrics.token("other", "unsupported_grant_type");
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type is not supported");
+    }
     if !grant_type.is_empty() && !client.grant_types.iter().any(|g| g == grant_type) {
         oauth.metrics.token(grant_type, "unauthorized_client");
         return oauth_error(
