@@ -108,6 +108,8 @@ let framer;
 let redirectUri;
 let context;
 let userDataDir;
+// The client approved by the first test, whose approval this browser now remembers.
+let approvedClient;
 
 async function register(name) {
     const endpoint = metadata.registration_endpoint ?? `${ISSUER}/register`;
@@ -270,6 +272,54 @@ describe(`consent and login pages of ${ISSUER} in ${CHROMIUM}`, () => {
         assert.equal(tok.status, 200, `POST /token: ${JSON.stringify(body)}`);
         assert.equal(typeof body.access_token, "string");
         assert.match(tok.headers.get("cache-control") ?? "", /no-store/);
+        approvedClient = client;
+        await page.close();
+    });
+
+    it("the browser's cookies: HttpOnly, SameSite=Lax, no Secure or __Host- on an http issuer; the approval is remembered", async () => {
+        assert.ok(approvedClient, "needs the approve test's client");
+        const host = new URL(ISSUER).hostname;
+        const cookies = (await context.cookies()).filter((c) => c.domain.replace(/^\./, "") === host);
+        const names = cookies.map((c) => c.name);
+        assert.ok(names.includes("mcp_approved"), `cookies of ${host}: ${names.join(", ")}`);
+        for (const c of cookies) {
+            assert.equal(c.httpOnly, true, `${c.name} is HttpOnly`);
+            assert.equal(c.sameSite, "Lax", `${c.name} SameSite`);
+            if (ISSUER.startsWith("http:")) {
+                assert.equal(c.secure, false, `${c.name} is not Secure over http`);
+                assert.ok(!c.name.startsWith("__Host-"), `${c.name}: no __Host- prefix over http`);
+            }
+        }
+
+        // The same client again in this browser: no consent page, straight to the login page.
+        const page = await context.newPage();
+        page.setDefaultTimeout(ACTION_TIMEOUT_MS);
+        const auth = authorization(approvedClient.client_id);
+        await page.goto(auth.url);
+        assert.match(new URL(page.url()).pathname, /\/login$/, `remembered client landed on ${page.url()}`);
+        assert.equal(await page.$("form#consent"), null);
+        await page.fill("form#login input[name=username]", USERNAME);
+        await page.fill("form#login input[name=password]", PASSWORD);
+        await Promise.all([
+            page.waitForURL((u) => u.toString().startsWith(redirectUri)),
+            page.click("#sign-in"),
+        ]);
+        const cb = new URL(page.url());
+        assert.equal(cb.searchParams.get("state"), auth.state);
+        assert.ok(cb.searchParams.get("code"), `callback: ${cb.search}`);
+        await page.close();
+    });
+
+    it("a sign-in started in one browser cannot be finished in another (its cookies gone): 403", async () => {
+        const { page, auth } = await freshFlow("other-browser");
+        await openConsent(page, auth);
+        await context.clearCookies();
+        const before = callbacks.length;
+        const resp = await submitConsent(page, "#approve");
+        assert.equal(resp.status(), 403, `POST /consent from another browser: ${resp.status()}`);
+        assert.ok((await page.textContent("#error"))?.trim());
+        await shot(page, "error-other-browser");
+        assert.equal(callbacks.length, before);
         await page.close();
     });
 
