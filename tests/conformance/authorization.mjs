@@ -28,6 +28,8 @@ const SCENARIOS = ["authorization-server-metadata-endpoint", "authorization-code
 const MAX_STEPS = 20;
 // Milliseconds one HTTP request of the walk may take.
 const REQUEST_TIMEOUT_MS = 15000;
+// Tries (100 ms apart) of the request to the suite's callback server.
+const CALLBACK_ATTEMPTS = 50;
 
 function parseArgs(argv) {
     const o = {
@@ -179,9 +181,18 @@ async function walk(authorizationUrl, callback, username, password) {
         if (url.startsWith(callback)) {
             trail.push(`GET ${url.split("?")[0]} (callback)`);
             say(`walk: ${trail.join(" -> ")}`);
-            const r = await fetchT(url);
-            await r.text();
-            return url;
+            // The suite prints the URL before its callback server listens: retry a refused
+            // connection for a few seconds.
+            for (let attempt = 1; ; attempt++) {
+                try {
+                    const r = await fetchT(url);
+                    await r.text();
+                    return url;
+                } catch (e) {
+                    if (attempt >= CALLBACK_ATTEMPTS) throw new Error(`callback ${callback}: ${e.cause?.code ?? e.message}`);
+                    await new Promise((resolve) => setTimeout(resolve, 100));
+                }
+            }
         }
         const headers = { ...(init.headers ?? {}), accept: "text/html" };
         const cookie = jar.header(url);
