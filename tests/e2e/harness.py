@@ -277,7 +277,7 @@ class AuthService:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self, nats_url: str | None = None, resource: str | None = None) -> "AuthService":
+    def start(self, nats_url: str, resource: str | None = None) -> "AuthService":
         env = dict(os.environ)
         env.update(
             AUTH_LISTEN=f"127.0.0.1:{self.port}",
@@ -285,11 +285,10 @@ class AuthService:
             AUTH_ISSUER_URL=self.issuer,
             AUTH_VAULT_KEYS=vault_keys(),
             COOKIE_ENCRYPTION_KEY=cookie_key(),
+            NATS_URL=nats_url,
         )
         if self.dev_key:
             env["AUTH_DEV_KEY_FILE"] = str(self.key_file)
-        if nats_url:
-            env["NATS_URL"] = nats_url
         if resource:
             env["RESOURCE_IDENTIFIER"] = resource
         env.update(self.env)

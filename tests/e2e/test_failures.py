@@ -24,7 +24,7 @@ FAST = 15.0
 class Backendless:
     def __init__(self, workdir: Path) -> None:
         self.nats = NatsServer(workdir, "nats-noworkers").start()
-        self.auth = AuthService(workdir, name="auth-noworkers").start()
+        self.auth = AuthService(workdir, name="auth-noworkers").start(self.nats.url)
         self.gateway = Gateway(workdir, self.nats.url, [self.auth.issuer], name="gateway-noworkers")
         # With no worker, readiness may honestly be "no": wait for liveness only.
         self.gateway.start(ready_path="/healthz")

@@ -83,7 +83,7 @@ def test_worker_joining_under_traffic(tmp_path: Path) -> None:
     request must succeed while shards move (the gateway waits out a handover), and sessions
     opened before the join still answer afterwards, on whichever worker now owns them."""
     nats = NatsServer(tmp_path, "nats-join").start()
-    auth = AuthService(tmp_path, name="auth-join").start()
+    auth = AuthService(tmp_path, name="auth-join").start(nats.url)
     w1 = Worker(tmp_path, "join-worker-1", nats.url).start()
     w2 = Worker(tmp_path, "join-worker-2", nats.url)
     gw = Gateway(tmp_path, nats.url, [auth.issuer], name="gateway-join").start()
@@ -108,7 +108,7 @@ def test_workers_starting_together_serve_at_once(tmp_path: Path) -> None:
     """Two workers start at the same moment (a fresh deployment). Once both say ready on
     /readyz, requests must succeed while they split the shards between them."""
     nats = NatsServer(tmp_path, "nats-together").start()
-    auth = AuthService(tmp_path, name="auth-together").start()
+    auth = AuthService(tmp_path, name="auth-together").start(nats.url)
     gw = Gateway(tmp_path, nats.url, [auth.issuer], name="gateway-together").start()
     workers = [Worker(tmp_path, f"together-worker-{i}", nats.url).start(wait=False) for i in (1, 2)]
     try:
