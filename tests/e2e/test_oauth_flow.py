@@ -352,14 +352,14 @@ def test_consent_page_contract(oauth_cluster: Cluster) -> None:
 
 
 def test_pending_login_cookie(oauth_cluster: Cluster) -> None:
-    """README "Cookies": an http issuer binds the pending login with `mcp_tx` (no __Host-
-    prefix, which needs Secure)."""
+    """README "Cookies": an http issuer binds the pending login to the browser with the
+    `mcp_browser` cookie (no __Host- prefix, which needs Secure)."""
     client = register(oauth_cluster)
     az = client.authorization(gw(oauth_cluster).resource)
     with client.browser() as b:
         until_consent(b, az.url, oauth_cluster)
         names = b.cookies.names("localhost")
-    assert "mcp_tx" in names, f"cookies set on the issuer's host: {sorted(names)}"
+    assert "mcp_browser" in names, f"cookies set on the issuer's host: {sorted(names)}"
     assert not any(n.startswith("__Host-") for n in names), names
 
 
