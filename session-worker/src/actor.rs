@@ -50,6 +50,8 @@ pub struct Shared {
     /// Open `subscriptions/listen` streams of this worker; changes cross
     /// workers on [`subjects::LIST_CHANGED`].
     pub listen: tools::ListenHub,
+    /// The auth-service's token vault, for tools that act on the user's behalf.
+    pub vault: Arc<dyn tools::vault::TokenVault>,
 }
 
 /// Live session actors of this process, by session id.
@@ -267,7 +269,8 @@ impl Actor for SessionActor {
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let transport = ChannelTransport::new(input_rx, Outlet::Actor(ctx.address().recipient()));
         let server = tools::McpServer::new(self.shared.profile, Some(self.record.principal.clone()))
-            .with_listen_hub(self.shared.listen.clone());
+            .with_listen_hub(self.shared.listen.clone())
+            .with_vault(self.shared.vault.clone());
         let ct = self.ct.clone();
         let me = ctx.address();
         let id = self.id.clone();

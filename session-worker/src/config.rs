@@ -42,7 +42,7 @@ pub struct Config {
     /// Seconds a session record lives in KV after its last write.
     #[arg(long, env = ENV_SESSION_TTL, default_value_t = DEFAULT_SESSION_TTL_SECS)]
     pub session_ttl_secs: u64,
-    /// Tools served: `default` (add) or `conformance` (add + conformance fixtures).
+    /// Tools served: `default` (add, whoAmI) or `conformance` (add + conformance fixtures).
     #[arg(long, env = ENV_TOOL_PROFILE, default_value = DEFAULT_TOOL_PROFILE)]
     pub tool_profile: String,
     /// Seconds a shard lease lives without renewal; renewed every third of it.

@@ -6,7 +6,8 @@
 //! transport fed from NATS ([`transport`]). Stateless (2026-07-28) requests
 //! arrive through a queue group and are served without a session
 //! ([`stateless`]). Session records live in JetStream KV, so another worker can
-//! take a session over.
+//! take a session over. Tools reach the auth-service's token vault through a
+//! [`vault::VaultClient`].
 //!
 //! This crate never speaks HTTP to MCP clients (that is the gateway's job) and
 //! never validates tokens: it trusts the principal in the envelope, which only
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod router;
 pub mod stateless;
 pub mod transport;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         registry: Registry::default(),
         idle_timeout: config.idle_timeout(),
         listen,
+        vault: Arc::new(vault::VaultClient::new(nats.clone())),
     });
     let router = Router::new(
         shared.clone(),

@@ -52,7 +52,9 @@ pub async fn serve(
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ServerJsonRpcMessage>();
     let transport = ChannelTransport::new(in_rx, Outlet::Channel(out_tx));
     let ct = CancellationToken::new();
-    let server = tools::McpServer::new(shared.profile, Some(principal)).with_listen_hub(shared.listen.clone());
+    let server = tools::McpServer::new(shared.profile, Some(principal))
+        .with_listen_hub(shared.listen.clone())
+        .with_vault(shared.vault.clone());
     let service = rmcp::service::serve_directly_with_ct(server, transport, Some(peer_info), ct.clone());
     let waiter = tokio::spawn(async move {
         let _ = service.waiting().await;

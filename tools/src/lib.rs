@@ -10,7 +10,9 @@
 //! [`McpServer`] value itself. A worker builds one `McpServer` per session (the
 //! session actor owns it) and one per stateless request; everything a handler
 //! needs to carry between rounds of a stateless exchange travels in the
-//! integrity-protected `requestState` instead.
+//! integrity-protected `requestState` instead. What lives elsewhere reaches the
+//! tools through small traits the worker implements: the token vault is a
+//! [`vault::TokenVault`].
 //!
 //! # Protocol revisions
 //! `2024-11-05` through `2026-07-28` (see [`SUPPORTED_PROTOCOL_VERSIONS`]).
@@ -29,6 +31,8 @@ mod conformance;
 mod listen;
 mod logging;
 mod mrtr;
+pub mod vault;
+mod whoami;
 
 use std::{borrow::Cow, str::FromStr, sync::Arc};
 
@@ -68,7 +72,7 @@ pub const SERVER_NAME: &str = "mcp-cluster";
 /// Which set of tools, resources and prompts a server exposes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
-    /// The shipped tools (`add`).
+    /// The shipped tools (`add`, `whoAmI`).
     #[default]
     Default,
     /// `add` plus every fixture the official MCP conformance suite's server
@@ -115,6 +119,7 @@ pub struct McpServer {
     principal: Option<Arc<proto::Principal>>,
     session: Arc<logging::SessionState>,
     listen: ListenHub,
+    vault: Option<Arc<dyn vault::TokenVault>>,
 }
 
 impl McpServer {
@@ -125,7 +130,15 @@ impl McpServer {
             principal: principal.map(Arc::new),
             session: Arc::default(),
             listen: ListenHub::default(),
+            vault: None,
         }
+    }
+
+    /// Where tools get the caller's upstream token. Without one, `whoAmI` reports
+    /// no downstream token.
+    pub fn with_vault(mut self, vault: Arc<dyn vault::TokenVault>) -> Self {
+        self.vault = Some(vault);
+        self
     }
 
     /// Deliver list-changed notifications to the `subscriptions/listen` streams
@@ -148,8 +161,9 @@ impl McpServer {
 
     fn tools(&self) -> Vec<Tool> {
         let mut tools = vec![add::tool()];
-        if self.profile == Profile::Conformance {
-            tools.extend(conformance::tools());
+        match self.profile {
+            Profile::Default => tools.push(whoami::tool()),
+            Profile::Conformance => tools.extend(conformance::tools()),
         }
         tools
     }
@@ -227,6 +241,11 @@ impl ServerHandler for McpServer {
         }
         match self.profile {
             Profile::Conformance => conformance::call_tool(self, request, cx).await,
+            Profile::Default if request.name == whoami::NAME => {
+                Ok(whoami::call(self.principal(), self.vault.as_deref())
+                    .await
+                    .into())
+            }
             Profile::Default => Err(unknown_tool(&request.name)),
         }
     }

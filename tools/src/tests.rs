@@ -14,7 +14,7 @@ use rmcp::{
 };
 use serde_json::{Value, json};
 
-use crate::{McpServer, Profile};
+use crate::{McpServer, Profile, vault};
 
 /// A client that answers sampling, elicitation and roots, and records the log
 /// messages it receives.
@@ -89,6 +89,20 @@ async fn session(profile: Profile, client: FixtureClient) -> Client {
         }
     });
     client.serve(client_io).await.expect("initialize")
+}
+
+/// A sessionful pair around a handler built by the test.
+async fn session_with(server: McpServer) -> Client {
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    FixtureClient::default()
+        .serve(client_io)
+        .await
+        .expect("initialize")
 }
 
 /// A 2026-07-28 pair with no handshake, as a stateless HTTP request is served.
@@ -170,14 +184,14 @@ async fn add_with_a_missing_operand_is_a_tool_error() {
 }
 
 #[tokio::test]
-async fn default_profile_lists_add_only_and_refuses_fixture_methods() {
+async fn default_profile_lists_add_and_who_am_i_and_refuses_fixture_methods() {
     let client = session(Profile::Default, FixtureClient::default()).await;
     let info = client.peer_info().expect("server info");
     assert!(info.capabilities.tools.is_some());
     assert!(info.capabilities.resources.is_none());
     let tools = client.list_all_tools().await.unwrap();
     let names: Vec<_> = tools.iter().map(|t| t.name.as_ref()).collect();
-    assert_eq!(names, ["add"]);
+    assert_eq!(names, ["add", "whoAmI"]);
     let e = client
         .call_tool(call("test_simple_text", json!({})))
         .await
@@ -556,5 +570,108 @@ async fn stateless_first_round_is_input_required() {
     let mut retry = call("test_input_required_result_request_state", json!({}));
     retry.request_state = Some(format!("{}x", first.request_state.unwrap()));
     let e = client.call_tool_once(retry).await.unwrap_err();
+    assert_eq!(error_code(e), ErrorCode::INVALID_PARAMS);
+}
+
+/// A vault that answers every caller with one fixed reply.
+struct FakeVault(Result<vault::UpstreamToken, vault::VaultError>);
+
+impl vault::TokenVault for FakeVault {
+    fn upstream_token<'a>(&'a self, _principal: &'a proto::Principal) -> vault::VaultFuture<'a> {
+        let answer = self.0.clone();
+        Box::pin(async move { answer })
+    }
+}
+
+/// A JWT-shaped upstream token whose signature part is easy to spot.
+const FAKE_SIGNATURE: &str = "FAKEUPSTREAMSIGNATURE0xC0FFEE";
+
+fn fake_jwt() -> String {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
+    let payload =
+        URL_SAFE_NO_PAD.encode(br#"{"aud":"https://api.github.test","login":"octo-secret"}"#);
+    format!("{header}.{payload}.{FAKE_SIGNATURE}")
+}
+
+fn caller() -> proto::Principal {
+    proto::Principal {
+        iss: "https://auth.test".into(),
+        sub: "alice".into(),
+        email: Some("alice@example.test".into()),
+        scopes: vec!["mcp".into()],
+        expires_at: 1_800_000_000,
+        grant_id: Some("g1".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn who_am_i_shows_identity_and_downstream_audience_never_the_token() {
+    let token = fake_jwt();
+    let server = McpServer::new(Profile::Default, Some(caller())).with_vault(Arc::new(FakeVault(
+        Ok(vault::UpstreamToken {
+            access_token: token.clone(),
+            token_type: "Bearer".into(),
+            expires_at: Some(1_900_000_000),
+        }),
+    )));
+    let client = session_with(server).await;
+    let result = client.call_tool(call("whoAmI", json!({}))).await.unwrap();
+    assert_ne!(result.is_error, Some(true));
+    let text = only_text(&result);
+    assert!(!text.contains(FAKE_SIGNATURE), "{text}");
+    assert!(!text.contains(&token), "{text}");
+    assert!(!text.contains("octo-secret"), "{text}");
+    let report: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(report["iss"], "https://auth.test");
+    assert_eq!(report["sub"], "alice");
+    assert_eq!(report["email"], "alice@example.test");
+    assert_eq!(report["scopes"], json!(["mcp"]));
+    assert_eq!(report["expires_at"], 1_800_000_000);
+    assert_eq!(
+        report["downstream"],
+        json!({
+            "available": true,
+            "expires_at": 1_900_000_000,
+            "audience": "https://api.github.test",
+            "error": null,
+        })
+    );
+}
+
+#[tokio::test]
+async fn who_am_i_reports_vault_errors_and_a_missing_vault() {
+    let revoked = McpServer::new(Profile::Default, Some(caller()))
+        .with_vault(Arc::new(FakeVault(Err(vault::VaultError::Revoked))));
+    let client = session_with(revoked).await;
+    let result = client.call_tool(call("whoAmI", json!({}))).await.unwrap();
+    let report: Value = serde_json::from_str(only_text(&result)).unwrap();
+    assert_eq!(report["downstream"]["available"], false);
+    assert_eq!(report["downstream"]["error"], "revoked");
+
+    let client = session_with(McpServer::new(Profile::Default, Some(caller()))).await;
+    let result = client.call_tool(call("whoAmI", json!({}))).await.unwrap();
+    let report: Value = serde_json::from_str(only_text(&result)).unwrap();
+    assert_eq!(
+        report["downstream"],
+        json!({ "available": false, "expires_at": null, "audience": null, "error": "no upstream token" })
+    );
+
+    // No authenticated caller: a tool error, not a protocol error.
+    let client = session(Profile::Default, FixtureClient::default()).await;
+    let result = client.call_tool(call("whoAmI", json!({}))).await.unwrap();
+    assert_eq!(result.is_error, Some(true));
+}
+
+#[tokio::test]
+async fn conformance_profile_does_not_serve_who_am_i() {
+    let client = session(Profile::Conformance, FixtureClient::default()).await;
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().all(|t| t.name != "whoAmI"));
+    let e = client
+        .call_tool(call("whoAmI", json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(error_code(e), ErrorCode::INVALID_PARAMS);
 }

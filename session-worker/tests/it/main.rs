@@ -8,6 +8,8 @@ use proto::{Ack, Body, Envelope, Outbound, Principal, Route, subjects};
 use serde_json::{Value, json};
 use testkit::{NatsServer, eventually};
 
+mod vault;
+
 fn config(nats: &NatsServer) -> session_worker::Config {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
