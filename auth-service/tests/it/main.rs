@@ -9,3 +9,4 @@ mod oauth_keys;
 mod oauth_kit;
 mod oauth_token;
 mod oauth_vault;
+mod oauth_vault_refresh;
