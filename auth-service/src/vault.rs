@@ -137,7 +137,9 @@ impl Vault {
         let deadline = tokio::time::Instant::now() + WAIT_FOR_REFRESH;
         loop {
             let Some((entry, secrets, rev)) = self.load(&req.grant_id).await? else {
-                return Ok(VaultReply::NotFound);
+                // Gone: possibly because another replica's refresh was refused and
+                // revoked the grant while we waited.
+                return self.gone(&req.grant_id).await;
             };
             if entry.sub != req.sub {
                 return Ok(VaultReply::NotFound);
@@ -153,6 +155,23 @@ impl Vault {
             }
             let lock = format!("refresh.{}", req.grant_id);
             if let Cas::Done(_) = self.stores.locks.create(&lock, &self.holder).await? {
+                // Another replica may have refreshed between our read and the lock:
+                // refreshing again would spend a refresh token already used. Only
+                // refresh what is still the stored entry.
+                // Its result is the newest token the provider gave: answer with it.
+                let unchanged = matches!(
+                    self.stores.vault.get::<VaultEntry>(&req.grant_id).await,
+                    Ok(Some((_, now_rev))) if now_rev == rev
+                );
+                if !unchanged {
+                    let _ = self.stores.locks.delete(&lock).await;
+                    return match self.load(&req.grant_id).await? {
+                        Some((e, s, _)) if e.sub == req.sub => {
+                            Ok(s.tokens.map(reply).unwrap_or(VaultReply::NotFound))
+                        }
+                        _ => Ok(self.gone(&req.grant_id).await?),
+                    };
+                }
                 let result = self.refresh_locked(&req.grant_id, &entry, secrets, rev).await;
                 let _ = self.stores.locks.delete(&lock).await;
                 return result;
@@ -163,6 +182,14 @@ impl Vault {
             }
             tokio::time::sleep(WAIT_STEP).await;
         }
+    }
+
+    /// The answer for a grant whose entry is missing: `Revoked` if the grant was.
+    async fn gone(&self, gid: &str) -> Result<VaultReply, VaultError> {
+        Ok(match self.stores.grants.get::<Grant>(gid).await? {
+            Some((g, _)) if g.revoked.is_some() => VaultReply::Revoked,
+            _ => VaultReply::NotFound,
+        })
     }
 
     async fn refresh_locked(
