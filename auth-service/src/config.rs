@@ -48,8 +48,8 @@ pub const EXIT_CONFIG: i32 = 64;
 #[command(
     name = "auth-service",
     version,
-    about = "mcp-cluster authorization server. For now: the local DEVELOPMENT issuer \
-             (OAuth/OIDC discovery and a JWKS for a file-based Ed25519 key)."
+    about = "mcp-cluster authorization server: OAuth 2.1 for MCP clients, OAuth/OIDC client of \
+             the identity provider, token vault. State in NATS JetStream KV."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -74,7 +74,7 @@ pub enum Command {
 /// Settings of the server.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address of the public HTTP listener (discovery, JWKS).
+    /// Address of the public HTTP listener (metadata, JWKS, authorize, token, ...).
     #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
     pub listen: String,
     /// Address of the admin listener (/healthz, /readyz, /metrics).
