@@ -161,6 +161,10 @@ export NATS_URL="nats://127.0.0.1:$nats_port"
 export AUTH_ISSUER_URL="http://127.0.0.1:$auth_port"
 export RESOURCE_IDENTIFIER="http://localhost:$gw_port/mcp"
 export AUTH_DEV_KEY_FILE="$out_dir/dev-issuer-ed25519.pem"
+# The auth-service's vault and cookie keys (fresh for this throwaway store).
+set -a
+eval "$("$RELEASE_DIR/auth-service" gen-keys)"
+set +a
 export WORKER_TOOL_PROFILE=default
 start nats "$NATS_SERVER_BIN" -a 127.0.0.1 -p "$nats_port" -js -sd "$out_dir/nats" -n mcp-cluster-bench
 wait_port 127.0.0.1 "$nats_port" "$READY_TIMEOUT" "$(pid_of nats)" || die "nats-server did not start"
