@@ -4,6 +4,7 @@
 mod issuer;
 mod oauth_authorize;
 mod oauth_clients;
+mod oauth_cookies;
 mod oauth_flow;
 mod oauth_keys;
 mod oauth_kit;

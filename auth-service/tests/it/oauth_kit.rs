@@ -321,6 +321,8 @@ pub struct Issued {
 /// The auth-service OAuth server, running until [`OAuthServer::stop`].
 pub struct OAuthServer {
     pub issuer: String,
+    /// Where requests go (`http://addr`); differs from `issuer` for an https issuer.
+    pub base: String,
     pub cfg: OAuthConfig,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -340,13 +342,22 @@ impl OAuthServer {
         let mut args = oauth_args(&nats.url);
         edit(&mut args);
         let cfg = args.into_config().unwrap();
-        Self::start_on(nats, cfg).await
+        Self::start_on(nats, cfg, "http").await
     }
 
-    async fn start_on(nats: testkit::NatsServer, cfg: OAuthConfig) -> Self {
+    /// Start with an `https://` issuer (as behind a TLS ingress) while serving plain
+    /// http on loopback: requests go to [`OAuthServer::base`].
+    pub async fn start_https_issuer() -> Self {
+        let nats = testkit::NatsServer::start().unwrap();
+        let cfg = oauth_args(&nats.url).into_config().unwrap();
+        Self::start_on(nats, cfg, "https").await
+    }
+
+    async fn start_on(nats: testkit::NatsServer, cfg: OAuthConfig, issuer_scheme: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let issuer = format!("http://{addr}");
+        let base = format!("http://{addr}");
+        let issuer = format!("{issuer_scheme}://{addr}");
         let config = auth_service::Config {
             listen: addr,
             admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -367,7 +378,7 @@ impl OAuthServer {
         let task = actix_web::rt::spawn(Box::pin(bound.serve(async {
             let _ = rx.await;
         })));
-        Self { issuer, cfg, http: http_client(), stop: Some(tx), task: Some(task), nats }
+        Self { issuer, base, cfg, http: http_client(), stop: Some(tx), task: Some(task), nats }
     }
 
     pub async fn stop(mut self) {
@@ -384,7 +395,7 @@ impl OAuthServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer)
+        format!("{}{path}", self.base)
     }
 
     /// A NATS client of our own and the service's buckets.
