@@ -198,15 +198,16 @@ pub async fn bind_oauth(
     let clients = web::Data::new(clients);
     let trusted_proxies = web::Data::new(oauth_cfg.trusted_proxies.clone());
     let upstream = Arc::new(upstream);
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry)?;
     let vault = Vault::new(
         stores.clone(),
         oauth_cfg.sealer.clone(),
         upstream.clone(),
         grants.clone(),
         config.issuer.clone(),
-    );
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::register(&registry)?;
+    )
+    .with_metrics(metrics.clone());
     let secure_cookies = config.issuer.starts_with("https://");
     let issuer_path = reqwest::Url::parse(&config.issuer)
         .map(|u| u.path().trim_end_matches('/').to_owned())

@@ -68,6 +68,7 @@ pub struct Vault {
     grants: Grants,
     issuer: String,
     holder: String,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Vault {
@@ -79,7 +80,14 @@ impl Vault {
             grants,
             issuer,
             holder: uuid::Uuid::new_v4().to_string(),
+            metrics: None,
         }
+    }
+
+    /// Count the answers in `auth_vault_requests_total`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Keep the upstream tokens and claims of a new grant.
@@ -116,13 +124,22 @@ impl Vault {
 
     /// Answer one vault request.
     pub async fn current_token(&self, req: &VaultRequest) -> VaultReply {
-        match self.current_token_inner(req).await {
+        let reply = match self.current_token_inner(req).await {
             Ok(reply) => reply,
             Err(e) => {
                 tracing::error!(error = %e, grant = %req.grant_id, "vault request failed");
                 VaultReply::Unavailable { message: "vault unavailable".into() }
             }
+        };
+        if let Some(m) = &self.metrics {
+            m.vault(match &reply {
+                VaultReply::Token { .. } => "token_ok",
+                VaultReply::NotFound => "not_found",
+                VaultReply::Revoked => "revoked",
+                VaultReply::Unavailable { .. } => "unavailable",
+            });
         }
+        reply
     }
 
     async fn current_token_inner(&self, req: &VaultRequest) -> Result<VaultReply, VaultError> {
