@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +89,38 @@ def token(cluster: Cluster) -> str:
 @pytest.fixture(scope="session")
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "attack: a request sequence an attacker would send; passes when it is refused safely "
+        "(counted in the summary)",
+    )
+
+
+_attack_outcomes: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "attack" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _attack_outcomes[report.nodeid] = report.outcome
+    elif report.when == "teardown" and report.failed:
+        _attack_outcomes[report.nodeid] = "failed"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _attack_outcomes:
+        return
+    safe = sum(1 for o in _attack_outcomes.values() if o == "passed")
+    skipped = sum(1 for o in _attack_outcomes.values() if o == "skipped")
+    terminalreporter.write_line(
+        f"attack suite: {len(_attack_outcomes)} cases, {safe} refused safely"
+        + (f", {skipped} skipped" if skipped else "")
+        + (f", {len(_attack_outcomes) - safe - skipped} NOT refused" if len(_attack_outcomes) - safe - skipped else "")
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -22,6 +22,8 @@ conformance suite, against a throwaway cluster).
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -404,6 +406,36 @@ def mint_token(
     return token
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign_jwt(key_file: Path, claims: dict[str, Any], header: dict[str, Any]) -> str:
+    """A JWS signed with the Ed25519 key in `key_file` (the dev issuer's PKCS#8 PEM), with
+    exactly this header and these claims: for tokens `mint-token` cannot make (another
+    `typ`, another `client_id`, extra claims). `alg` is EdDSA; the header is taken as given,
+    so a caller that wants the published key found sets `kid` (see `dev_key_kid`)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(key_file.read_bytes(), password=None)
+    signing_input = (
+        _b64url(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + _b64url(json.dumps(claims, separators=(",", ":")).encode())
+    )
+    return signing_input + "." + _b64url(key.sign(signing_input.encode()))  # type: ignore[union-attr]
+
+
+def dev_key_kid(key_file: Path) -> str:
+    """The `kid` /jwks.json publishes for the dev key: its RFC 7638 thumbprint."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+
+    public = load_pem_private_key(key_file.read_bytes(), password=None).public_key()
+    x = _b64url(public.public_bytes(Encoding.Raw, PublicFormat.Raw))
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"))
+    return _b64url(hashlib.sha256(canonical.encode()).digest())
+
+
 @dataclass
 class Worker:
     workdir: Path
@@ -412,6 +444,8 @@ class Worker:
     profile: str = "default"
     idle_timeout: int | None = None
     admin_port: int = field(default_factory=free_port)
+    # More settings (WORKER_*), applied last.
+    env: dict[str, str] = field(default_factory=dict)
     proc: Proc | None = None
 
     @property
@@ -428,6 +462,7 @@ class Worker:
         )
         if self.idle_timeout is not None:
             env["WORKER_IDLE_TIMEOUT"] = str(self.idle_timeout)
+        env.update(self.env)
         self.proc = Proc(
             self.worker_id, [str(require_binary(RELEASE_DIR / "session-worker"))], env,
             self.workdir / "logs" / f"{self.worker_id}.log",
@@ -487,6 +522,8 @@ class Gateway:
     auth_upstream: str | None = None
     # AUTHORIZATION_SERVERS (default: the allowed issuers).
     authorization_servers: list[str] | None = None
+    # More settings (GATEWAY_*, JWKS_CACHE_TTL, …), applied last.
+    env: dict[str, str] = field(default_factory=dict)
     proc: Proc | None = None
 
     @property
@@ -527,6 +564,7 @@ class Gateway:
             env["GATEWAY_AUTH_UPSTREAM"] = self.auth_upstream
         if self.authorization_servers is not None:
             env["AUTHORIZATION_SERVERS"] = ",".join(self.authorization_servers)
+        env.update(self.env)
         self.proc = Proc(
             self.name, [str(require_binary(RELEASE_DIR / "gateway"))], env,
             self.workdir / "logs" / f"{self.name}.log",
@@ -552,7 +590,8 @@ class Cluster:
     `oauth="static"` / `"oidc"`: it is the OAuth server behind the gateway (one public origin,
     `http://localhost:<gateway port>`), with the static-users provider or the oidc-provider
     fixture (started first) as the upstream. `auth_env` adds or overrides auth-service settings
-    (e.g. AUTH_REFRESH_GRACE); `oidc_access_token_ttl` shortens the upstream's access tokens.
+    (e.g. AUTH_REFRESH_GRACE), `gateway_env` and `worker_env` those of the gateway and the
+    workers; `oidc_access_token_ttl` shortens the upstream's access tokens.
     """
 
     def __init__(
@@ -566,6 +605,8 @@ class Cluster:
         oauth: OAuthUpstream | None = None,
         auth_env: dict[str, str] | None = None,
         oidc_access_token_ttl: int | None = None,
+        gateway_env: dict[str, str] | None = None,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.n_workers = workers
@@ -575,6 +616,8 @@ class Cluster:
         self.oauth = oauth
         self.auth_env = dict(auth_env or {})
         self.oidc_access_token_ttl = oidc_access_token_ttl
+        self.gateway_env = dict(gateway_env or {})
+        self.worker_env = dict(worker_env or {})
         self.nats: NatsServer | None = None
         self.oidc: OidcProvider | None = None
         self.auth: AuthService | None = None
@@ -617,6 +660,7 @@ class Cluster:
                 self.gateway = Gateway(
                     self.workdir, self.nats.url, [self.auth.issuer],
                     max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
+                    env=self.gateway_env,
                 )
             else:
                 # The gateway's origin is the issuer: pick its port first.
@@ -632,11 +676,13 @@ class Cluster:
                 self.gateway = Gateway(
                     self.workdir, self.nats.url, [origin], port=gw_port, public_host="localhost",
                     max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
-                    auth_upstream=self.auth.url, authorization_servers=[origin],
+                    auth_upstream=self.auth.url, authorization_servers=[origin], env=self.gateway_env,
                 )
             self.auth.start(self.nats.url, resource=self.gateway.resource)
             self.workers = [
-                Worker(self.workdir, f"worker-{i + 1}", self.nats.url, profile=self.profile).start(wait=False)
+                Worker(
+                    self.workdir, f"worker-{i + 1}", self.nats.url, profile=self.profile, env=self.worker_env,
+                ).start(wait=False)
                 for i in range(self.n_workers)
             ]
             self.gateway.start()
@@ -665,6 +711,34 @@ class Cluster:
         kw.setdefault("issuer", self.auth.issuer)
         kw.setdefault("audience", self.gateway.resource)
         return mint_token(sub=sub, **kw)
+
+    def sign(
+        self,
+        sub: str = "alice",
+        *,
+        header: dict[str, Any] | None = None,
+        ttl: int = 300,
+        **claims: Any,
+    ) -> str:
+        """A token signed with the dev key like `mint` makes (typ at+jwt, the published kid,
+        `client_id` dev-cli), with `header` entries and `claims` added or replaced (a value of
+        None drops the entry): for what `mint-token` has no flag for."""
+        assert self.auth is not None and self.gateway is not None
+        if not self.auth.dev_key:
+            raise RuntimeError("this cluster runs the OAuth server without a dev key: get tokens via oauth_client")
+        now = int(time.time())
+        body: dict[str, Any] = {
+            "iss": self.auth.issuer, "sub": sub, "aud": self.gateway.resource, "iat": now, "exp": now + ttl,
+            "jti": secrets.token_hex(16), "client_id": "dev-cli",
+        }
+        head: dict[str, Any] = {"alg": "EdDSA", "typ": "at+jwt", "kid": dev_key_kid(self.auth.key_file)}
+        for target, extra in ((body, claims), (head, header or {})):
+            for k, v in extra.items():
+                if v is None:
+                    target.pop(k, None)
+                else:
+                    target[k] = v
+        return sign_jwt(self.auth.key_file, body, head)
 
     def stop(self) -> None:
         for part in [self.gateway, *reversed(self.workers), self.auth, self.oidc, self.nats]:

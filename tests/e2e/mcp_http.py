@@ -118,3 +118,118 @@ def stateless_headers(token: str | None, msg: dict[str, Any]) -> dict[str, str]:
     if name is not None:
         extra["Mcp-Name"] = name
     return headers(token, version=STATELESS_VERSION, extra=extra)
+
+
+LEGACY_VERSION = "2024-11-05"
+
+
+class SseReader:
+    """A GET event stream (`/sse` or `GET /mcp`) read by a background thread: each event lands
+    in a queue, and `closed` is set when the server ends the stream. Every wait is bounded.
+
+        with SseReader(url, token) as s:
+            s.status == 200; s.endpoint()  # /sse: the `endpoint` event's data
+            s.message(timeout=10)          # the next JSON-RPC message on the stream
+            s.wait_closed(timeout=20)      # True once the server has ended it
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        headers: dict[str, str] | None = None,
+        open_timeout: float = 15.0,
+        read_timeout: float = 120.0,
+    ) -> None:
+        import queue
+        import threading
+
+        h = {"Accept": "text/event-stream"}
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        h.update(headers or {})
+        self.events: "queue.Queue[tuple[str, str]]" = queue.Queue()
+        self.closed = threading.Event()
+        self.error: BaseException | None = None
+        self._client = httpx.Client(timeout=httpx.Timeout(open_timeout, read=read_timeout), trust_env=False)
+        self._cm = self._client.stream("GET", url, headers=h)
+        self.response = self._cm.__enter__()
+        self.status = self.response.status_code
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        if self.status == 200:
+            self._thread.start()
+        else:
+            self.response.read()
+            self.closed.set()
+
+    def _read(self) -> None:
+        event, data = "message", []
+        try:
+            for line in self.response.iter_lines():
+                if line == "":
+                    if data:
+                        self.events.put((event, "\n".join(data)))
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip(" "))
+        except BaseException as exc:  # noqa: BLE001 - a read timeout or reset ends the stream for us
+            self.error = exc
+        finally:
+            self.closed.set()
+
+    def event(self, timeout: float = 10.0) -> tuple[str, str]:
+        """The next (event name, data); raises queue.Empty after `timeout` seconds."""
+        return self.events.get(timeout=timeout)
+
+    def endpoint(self, timeout: float = 10.0) -> str:
+        name, data = self.event(timeout)
+        assert name == "endpoint", f"first event is {name!r}: {data!r}"
+        return data
+
+    def message(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next JSON-RPC message (skipping other events)."""
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise queue.Empty(f"no JSON-RPC message on the stream within {timeout}s")
+            name, data = self.event(left)
+            if name == "message":
+                return json.loads(data)
+
+    def messages_now(self) -> list[dict[str, Any]]:
+        """Every JSON-RPC message queued so far, without waiting."""
+        out = []
+        while not self.events.empty():
+            name, data = self.events.get_nowait()
+            if name == "message":
+                out.append(json.loads(data))
+        return out
+
+    def wait_closed(self, timeout: float) -> bool:
+        return self.closed.wait(timeout)
+
+    def close(self) -> None:
+        try:
+            self._cm.__exit__(None, None, None)
+        finally:
+            self._client.close()
+
+    def __enter__(self) -> "SseReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def legacy_post(client: httpx.Client, base_url: str, endpoint: str, token: str, msg: dict[str, Any]) -> httpx.Response:
+    """POST one message to the legacy `/messages?sessionId=…` endpoint an `/sse` stream named."""
+    return client.post(
+        base_url + endpoint, json=msg, headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    )

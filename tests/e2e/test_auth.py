@@ -68,6 +68,7 @@ CASES: dict[str, tuple[Callable[[Cluster, Path], str | None], str]] = {
 }
 
 
+@pytest.mark.attack
 @pytest.mark.parametrize("case", list(CASES))
 def test_token_failure_codes(cluster: Cluster, tmp_path: Path, case: str) -> None:
     assert cluster.gateway is not None
@@ -86,6 +87,7 @@ def test_token_failure_codes(cluster: Cluster, tmp_path: Path, case: str) -> Non
     assert code in json_strings(r.json()), f"{case}: expected {code} in body {r.text!r}"
 
 
+@pytest.mark.attack
 @pytest.mark.parametrize("path", ["/sse", "/messages?sessionId=00000000-0000-0000-0000-000000000000"])
 def test_legacy_endpoints_need_a_token(cluster: Cluster, path: str) -> None:
     assert cluster.gateway is not None

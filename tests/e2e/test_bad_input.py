@@ -32,6 +32,7 @@ def url(cluster: Cluster) -> str:
     return cluster.gateway.mcp_url
 
 
+@pytest.mark.attack
 def test_malformed_json(cluster: Cluster, url: str, token: str) -> None:
     r = httpx.post(url, content=b'{"jsonrpc": "2.0", "id": 1, "method": ', headers=headers(token), timeout=10)
     assert r.status_code == 400, r.text
@@ -57,6 +58,7 @@ def test_wrong_content_type(cluster: Cluster, url: str, token: str) -> None:
     assert_cluster_alive(cluster)
 
 
+@pytest.mark.attack
 def test_oversized_body(cluster: Cluster, url: str, token: str) -> None:
     big = stateless_msg("tools/list", {"_meta": {"padding": "x" * (2 * MAX_BODY_BYTES)}})
     r = httpx.post(url, json=big, headers=stateless_headers(token, big), timeout=30)
@@ -72,6 +74,7 @@ def test_body_under_the_limit_is_served(cluster: Cluster, url: str, token: str) 
     assert "result" in response_for(r, 1), r.text[:300]
 
 
+@pytest.mark.attack
 def test_unknown_session_id(cluster: Cluster, url: str, token: str) -> None:
     r = httpx.post(
         url,
@@ -83,6 +86,7 @@ def test_unknown_session_id(cluster: Cluster, url: str, token: str) -> None:
     assert_cluster_alive(cluster)
 
 
+@pytest.mark.attack
 def test_bad_origin(cluster: Cluster, url: str, token: str) -> None:
     r = httpx.post(
         url, json=initialize_msg(), headers=headers(token, extra={"Origin": "https://evil.example"}), timeout=10
@@ -97,6 +101,7 @@ def test_trusted_origin_is_served(cluster: Cluster, url: str, token: str) -> Non
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.attack
 def test_bad_host(cluster: Cluster, url: str, token: str) -> None:
     """DNS-rebinding guard: a Host outside GATEWAY_ALLOWED_HOSTS is refused."""
     r = httpx.post(url, json=initialize_msg(), headers=headers(token, extra={"Host": "evil.example"}), timeout=10)

@@ -449,6 +449,7 @@ def test_refresh_rotates_and_the_previous_token_works_within_the_grace(oauth_clu
         assert retry.status_code == 200, f"reuse within the grace window: {retry.status_code} {retry.text}"
 
 
+@pytest.mark.attack
 def test_refresh_reuse_after_grace_revokes_the_grant(oauth_cluster: Cluster) -> None:
     resource = gw(oauth_cluster).resource
     client = register(oauth_cluster)
@@ -507,6 +508,7 @@ def authorize_raw(url: str) -> httpx.Response:
     return httpx.get(url, follow_redirects=False, timeout=HTTP_TIMEOUT)
 
 
+@pytest.mark.attack
 def test_authorize_without_pkce(oauth_cluster: Cluster) -> None:
     client = register(oauth_cluster)
     az = client.authorization(gw(oauth_cluster).resource, code_challenge=None, code_challenge_method=None)
@@ -515,6 +517,7 @@ def test_authorize_without_pkce(oauth_cluster: Cluster) -> None:
     assert p.get("state") == az.state and p.get("iss") == oauth_cluster.issuer, p
 
 
+@pytest.mark.attack
 def test_authorize_with_plain_pkce(oauth_cluster: Cluster) -> None:
     client = register(oauth_cluster)
     verifier, _ = pkce_pair()
@@ -524,12 +527,14 @@ def test_authorize_with_plain_pkce(oauth_cluster: Cluster) -> None:
     assert p.get("state") == az.state and p.get("iss") == oauth_cluster.issuer, p
 
 
+@pytest.mark.attack
 def test_authorize_unknown_client(oauth_cluster: Cluster) -> None:
     client = register(oauth_cluster)
     az = client.authorization(gw(oauth_cluster).resource, client_id="unknown-" + secrets.token_urlsafe(8))
     assert_error_page(authorize_raw(az.url), 400)
 
 
+@pytest.mark.attack
 @pytest.mark.parametrize("where", ["other_host", "other_loopback_path"])
 def test_authorize_unregistered_redirect_uri(oauth_cluster: Cluster, where: str) -> None:
     """Never redirect to a URI the client did not register: a 400 page instead."""
@@ -540,6 +545,7 @@ def test_authorize_unregistered_redirect_uri(oauth_cluster: Cluster, where: str)
     assert_error_page(authorize_raw(az.url), 400)
 
 
+@pytest.mark.attack
 def test_authorize_wrong_resource(oauth_cluster: Cluster) -> None:
     client = register(oauth_cluster)
     az = client.authorization("http://localhost:1/not-this-server")
@@ -553,6 +559,7 @@ def test_authorize_wrong_resource(oauth_cluster: Cluster) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.attack
 def test_token_bad_code_verifier(oauth_cluster: Cluster) -> None:
     resource = gw(oauth_cluster).resource
     client = register(oauth_cluster)
@@ -564,6 +571,7 @@ def test_token_bad_code_verifier(oauth_cluster: Cluster) -> None:
     assert "access_token" not in r.text
 
 
+@pytest.mark.attack
 def test_replayed_code_revokes_the_grant(oauth_cluster: Cluster) -> None:
     resource = gw(oauth_cluster).resource
     client = register(oauth_cluster)
@@ -580,6 +588,7 @@ def test_replayed_code_revokes_the_grant(oauth_cluster: Cluster) -> None:
     assert r.status_code == 400 and error_of(r) == "invalid_grant", r.text
 
 
+@pytest.mark.attack
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 def test_token_bad_client_secret(oauth_cluster: Cluster, method: str) -> None:
     resource = gw(oauth_cluster).resource
@@ -606,6 +615,7 @@ def test_confidential_client_with_its_secret(oauth_cluster: Cluster) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.attack
 @pytest.mark.parametrize("csrf", ["missing", "wrong"])
 def test_consent_csrf(oauth_cluster: Cluster, csrf: str) -> None:
     client = register(oauth_cluster)
@@ -619,6 +629,7 @@ def test_consent_csrf(oauth_cluster: Cluster, csrf: str) -> None:
     assert step.status == 403, (step.status, step.text[:300])
 
 
+@pytest.mark.attack
 def test_consent_from_another_browser(oauth_cluster: Cluster) -> None:
     """The tx cookie binds the pending login to the browser that started it."""
     client = register(oauth_cluster)
@@ -658,6 +669,7 @@ def test_unknown_or_expired_transaction(oauth_cluster: Cluster, endpoint: str) -
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.attack
 def test_register_rejects_non_loopback_http_redirect(oauth_cluster: Cluster) -> None:
     r = OAuthClient.register_raw(
         oauth_cluster.issuer,

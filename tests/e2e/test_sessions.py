@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from harness import Cluster
 from mcp_http import SESSIONFUL_VERSION, headers, open_session, response_for, rpc
@@ -14,6 +15,7 @@ def tools_list(client: httpx.Client, url: str, token: str, session: str) -> http
     )
 
 
+@pytest.mark.attack
 def test_session_bound_to_principal(cluster: Cluster, token: str) -> None:
     assert cluster.gateway is not None
     url = cluster.gateway.mcp_url
@@ -33,6 +35,7 @@ def test_session_bound_to_principal(cluster: Cluster, token: str) -> None:
         assert again.status_code == 200, again.text
 
 
+@pytest.mark.attack
 def test_other_principal_cannot_delete_session(cluster: Cluster, token: str) -> None:
     assert cluster.gateway is not None
     url = cluster.gateway.mcp_url
