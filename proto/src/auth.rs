@@ -39,12 +39,21 @@ pub const AUTH_WIRE_VERSION: u16 = 1;
 /// data). Revoking the grant revokes every token carrying it.
 pub const GRANT_CLAIM: &str = "gid";
 
+/// Access-token claim saying whom our issuer's token speaks for:
+/// [`SUBJECT_KIND_USER`] (someone logged in) or [`SUBJECT_KIND_MACHINE`] (a machine
+/// client's `client_credentials` token, `sub` = its client id).
+pub const SUBJECT_KIND_CLAIM: &str = "sub_kind";
+pub const SUBJECT_KIND_USER: &str = "user";
+pub const SUBJECT_KIND_MACHINE: &str = "machine";
+
 /// JetStream KV bucket of revocations. Entries live [`REVOCATION_MAX_AGE_SECS`]; that
 /// must exceed the longest access-token lifetime so a gateway that starts late still
 /// learns of every revocation of a token that has not expired.
 pub const REVOCATION_BUCKET: &str = "auth_revocations";
 /// Max age of a revocation entry (seconds): 24 h.
 pub const REVOCATION_MAX_AGE_SECS: u64 = 24 * 3600;
+/// Size limit of the revocations bucket (both services create it with this).
+pub const REVOCATION_MAX_BYTES: i64 = 256 * 1024 * 1024;
 
 /// Key of a revoked grant.
 pub fn revoked_grant_key(grant_id: &str) -> String {

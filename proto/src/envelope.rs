@@ -61,6 +61,11 @@ pub enum Body {
     },
     /// Check the session exists and belongs to the caller (GET stream, SSE attach).
     Attach,
+    /// Reserve a legacy HTTP+SSE session id the gateway just minted for `GET /sse`:
+    /// the worker creates a [`SessionRecord`] bound to the caller with no
+    /// `initialize` yet. Only a reserved id of the same caller can then be opened
+    /// with [`Body::Open`] `legacy_sse: true`.
+    Reserve,
     /// End the session (HTTP DELETE).
     Close,
     /// Serve one request of the stateless (2026-07-28) revision, no session.
@@ -105,16 +110,32 @@ pub struct Outbound {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub v: u16,
-    /// [`Principal::identity`] of the creator.
+    /// [`Principal::binding`] of the creator (issuer, subject, client).
     pub owner: String,
     pub principal: Principal,
-    /// The `initialize` request, replayed to rmcp on rehydration.
+    /// The `initialize` request, replayed to rmcp on rehydration. Empty while a
+    /// legacy session is only reserved ([`Body::Reserve`]).
     #[serde(with = "serde_bytes")]
     pub initialize: Vec<u8>,
     pub protocol_version: String,
     pub legacy_sse: bool,
     /// Seconds since the epoch.
     pub created_at: u64,
+}
+
+impl SessionRecord {
+    /// Whether `principal` may use the session: the same issuer, subject and client
+    /// as its creator. (Records written before the binding included the client name
+    /// the owner by [`Principal::identity`]; the stored principal's client decides.)
+    pub fn owned_by(&self, principal: &Principal) -> bool {
+        self.owner == principal.binding()
+            || (self.owner == principal.identity() && self.principal.client_id == principal.client_id)
+    }
+
+    /// Reserved for a legacy session that has not sent `initialize` yet.
+    pub fn is_reserved(&self) -> bool {
+        self.initialize.is_empty()
+    }
 }
 
 #[derive(Deserialize)]

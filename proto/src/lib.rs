@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod codec;
 pub mod envelope;
+pub mod mcp;
 pub mod principal;
 pub mod shard;
 pub mod subjects;
@@ -20,5 +21,5 @@ pub mod trace;
 
 pub use codec::{DecodeError, EncodeError, decode, encode};
 pub use envelope::*;
-pub use principal::Principal;
+pub use principal::{Principal, SubjectKind};
 pub use shard::{SHARD_COUNT, shard};

@@ -32,6 +32,30 @@ pub struct Principal {
     /// `None` for tokens of other issuers.
     #[serde(default)]
     pub grant_id: Option<String>,
+    /// A person, or a machine acting for itself (a `client_credentials` token).
+    #[serde(default)]
+    pub kind: SubjectKind,
+}
+
+/// Whom a token speaks for ([`crate::auth::SUBJECT_KIND_CLAIM`] in our tokens; other
+/// issuers' markers are read by the gateway).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKind {
+    /// A person who logged in.
+    #[default]
+    User,
+    /// A client acting for itself: nobody logged in.
+    Machine,
+}
+
+impl SubjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::User => crate::auth::SUBJECT_KIND_USER,
+            SubjectKind::Machine => crate::auth::SUBJECT_KIND_MACHINE,
+        }
+    }
 }
 
 impl Principal {
@@ -47,5 +71,16 @@ impl Principal {
 
     pub fn has_permission(&self, permission: &str) -> bool {
         self.permissions.iter().any(|p| p == permission)
+    }
+
+    /// Whether the caller is a person (not a machine client acting for itself).
+    pub fn is_user(&self) -> bool {
+        self.kind == SubjectKind::User
+    }
+
+    /// What a session is bound to: issuer, subject and OAuth client. Another client
+    /// of the same user (another app holding its own token) is another session owner.
+    pub fn binding(&self) -> String {
+        format!("{}#{}#{}", self.iss, self.sub, self.client_id.as_deref().unwrap_or(""))
     }
 }

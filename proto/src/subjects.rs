@@ -27,6 +27,8 @@ pub const LEASE_BUCKET: &str = "mcp_shard_leases";
 pub const WORKER_BUCKET: &str = "mcp_workers";
 /// JetStream KV bucket holding session records (`<session id>` → SessionRecord).
 pub const SESSION_BUCKET: &str = "mcp_sessions";
+/// JetStream KV bucket of the live session ids of each principal (for the cap).
+pub const PRINCIPAL_SESSIONS_BUCKET: &str = "mcp_principal_sessions";
 
 /// A subject-safe token for an arbitrary key: kept as is when it only uses
 /// `[A-Za-z0-9_-]`, hex-encoded with an `x` prefix otherwise.

@@ -8,9 +8,14 @@
 //! errors by request id, progress by progress token, server requests by
 //! their originating request (SEP-2260), everything else to the session stream.
 //!
-//! The session record (principal, initialize request, protocol version) is
-//! written to JetStream KV before the initialize response is published, so any
-//! worker that later owns the shard can rehydrate the session.
+//! The session record (principal, initialize request) is created in JetStream KV
+//! by the router before the actor starts (never over another record); the actor
+//! adds the negotiated protocol version at the record's revision before the
+//! initialize response is published, so any worker that later owns the shard can
+//! rehydrate the session.
+//!
+//! Every request runs with the principal of the token it came with
+//! ([`tools::Caller`] in its extensions), not the one of `initialize`.
 //!
 //! Callers use [`SessionHandle`]; nothing outside this module touches actix.
 
@@ -52,6 +57,12 @@ pub struct Shared {
     pub listen: tools::ListenHub,
     /// The auth-service's token vault, for tools that act on the user's behalf.
     pub vault: Arc<dyn tools::vault::TokenVault>,
+    /// [`proto::subjects::PRINCIPAL_SESSIONS_BUCKET`] (see [`crate::owners`]).
+    pub owners: async_nats::jetstream::kv::Store,
+    /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL`.
+    pub max_sessions_per_principal: usize,
+    /// `WORKER_MAX_RECORD_BYTES`.
+    pub max_record_bytes: usize,
 }
 
 /// Live session actors of this process, by session id.
@@ -121,8 +132,9 @@ impl Registry {
 #[derive(Clone)]
 pub struct SessionHandle {
     addr: Addr<SessionActor>,
-    /// `Principal::identity` of the session's creator.
-    pub owner: String,
+    /// The session record's `owner` and the client of its principal.
+    owner: String,
+    owner_client: Option<String>,
     generation: u64,
 }
 
@@ -139,6 +151,7 @@ impl SessionHandle {
         static GENERATION: AtomicU64 = AtomicU64::new(1);
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         let owner = record.owner.clone();
+        let owner_client = record.principal.client_id.clone();
         let actor_id = id.clone();
         let addr = SessionActor::start_in_arbiter(arbiter, move |_ctx| SessionActor {
             id: actor_id,
@@ -161,8 +174,15 @@ impl SessionHandle {
         Self {
             addr,
             owner,
+            owner_client,
             generation,
         }
+    }
+
+    /// Whether `principal` may use this session (see [`SessionRecord::owned_by`]).
+    pub fn owned_by(&self, principal: &proto::Principal) -> bool {
+        self.owner == principal.binding()
+            || (self.owner == principal.identity() && self.owner_client == principal.client_id)
     }
 
     /// Hand a message to the actor; fails when the actor has stopped or is
@@ -174,8 +194,9 @@ impl SessionHandle {
         message: ClientJsonRpcMessage,
         route: Route,
         ack_to: Option<String>,
+        caller: Arc<proto::Principal>,
     ) -> Result<(), Closed> {
-        match self.addr.send(Inbound { message, route, ack_to }).await {
+        match self.addr.send(Inbound { message, route, ack_to, caller }).await {
             Ok(result) => result,
             Err(_) => Err(Closed),
         }
@@ -198,11 +219,13 @@ impl SessionHandle {
 
 /// How an actor begins.
 pub enum Start {
-    /// A client's `initialize`; its answer goes to `route`.
+    /// A client's `initialize`; its answer goes to `route`. `revision`: of the
+    /// session record the router wrote.
     Open {
         initialize: Box<ClientJsonRpcMessage>,
         route: Route,
         ack_to: Option<String>,
+        revision: u64,
     },
     /// Rehydration: replay the stored `initialize`, drop its answer.
     Restore,
@@ -214,6 +237,7 @@ struct Inbound {
     message: ClientJsonRpcMessage,
     route: Route,
     ack_to: Option<String>,
+    caller: Arc<proto::Principal>,
 }
 
 #[derive(Message)]
@@ -284,7 +308,11 @@ impl Actor for SessionActor {
             me.do_send(Shutdown { delete: false });
         });
         self.input = Some(input_tx);
-        self.publisher = Some(spawn_publisher(self.shared.clone(), self.id.clone()));
+        let revision = match &self.start {
+            Some(Start::Open { revision, .. }) => Some(*revision),
+            _ => None,
+        };
+        self.publisher = Some(spawn_publisher(self.shared.clone(), self.id.clone(), revision));
 
         let idle = self.shared.idle_timeout;
         ctx.run_interval((idle / 4).min(IDLE_CHECK_MAX).max(Duration::from_millis(100)), move |act, ctx| {
@@ -297,16 +325,20 @@ impl Actor for SessionActor {
         });
 
         match self.start.take() {
-            Some(Start::Open { initialize, route, ack_to }) => {
+            Some(Start::Open { initialize, route, ack_to, .. }) => {
                 if let ClientJsonRpcMessage::Request(req) = initialize.as_ref() {
                     self.init_id = Some(req.id.clone());
                 }
-                self.accept(*initialize, route, ack_to, ctx);
+                let caller = Arc::new(self.record.principal.clone());
+                self.accept(*initialize, route, ack_to, caller, ctx);
             }
             Some(Start::Restore) => {
                 self.persisted = true;
                 match serde_json::from_slice::<ClientJsonRpcMessage>(&self.record.initialize) {
-                    Ok(initialize) => self.accept(initialize, Route::Nothing, None, ctx),
+                    Ok(initialize) => {
+                        let caller = Arc::new(self.record.principal.clone());
+                        self.accept(initialize, Route::Nothing, None, caller, ctx)
+                    }
                     Err(err) => {
                         warn!(session_id = %self.id, error = %err, "stored initialize request is unreadable");
                         ctx.stop();
@@ -325,15 +357,20 @@ impl Actor for SessionActor {
 }
 
 impl SessionActor {
-    /// Register where the answers to `message` go, then hand it to rmcp.
+    /// Register where the answers to `message` go, then hand it to rmcp with its
+    /// caller in the request's extensions.
     fn accept(
         &mut self,
-        message: ClientJsonRpcMessage,
+        mut message: ClientJsonRpcMessage,
         route: Route,
         ack_to: Option<String>,
+        caller: Arc<proto::Principal>,
         ctx: &mut Context<Self>,
     ) {
         self.last_activity = Instant::now();
+        if let ClientJsonRpcMessage::Request(req) = &mut message {
+            req.request.extensions_mut().insert(tools::Caller(caller));
+        }
         match &message {
             ClientJsonRpcMessage::Request(req) => {
                 let target = match route {
@@ -415,6 +452,9 @@ impl SessionActor {
                 warn!(session_id = %self.id, error = %err, "cannot serialize server message");
                 return;
             }
+        };
+        let Some(payload) = fit_bus(&self.shared.nats, &self.id, &message, payload) else {
+            return;
         };
         let dest = match &owner {
             Some(id) if last => match self.routes.remove(id) {
@@ -525,7 +565,7 @@ impl Handler<Inbound> for SessionActor {
         if self.closing || ctx.state() != actix::ActorState::Running {
             return Err(Closed);
         }
-        self.accept(msg.message, msg.route, msg.ack_to, ctx);
+        self.accept(msg.message, msg.route, msg.ack_to, msg.caller, ctx);
         Ok(())
     }
 }
@@ -554,9 +594,51 @@ impl Handler<Shutdown> for SessionActor {
     }
 }
 
+/// Room kept in a NATS message for the framing around a JSON-RPC message
+/// ([`Outbound`], an acknowledgement around it).
+pub const BUS_OVERHEAD: usize = 4096;
+
+/// A server message as it can cross the bus: itself when it fits the server's
+/// payload limit; for a response or error that does not, a JSON-RPC error for the
+/// same request ([`proto::mcp::RESPONSE_TOO_LARGE`]) so the client never waits for
+/// an answer that cannot arrive; `None` (dropped, logged) for anything else.
+pub(crate) fn fit_bus(
+    nats: &async_nats::Client,
+    session: &str,
+    message: &ServerJsonRpcMessage,
+    payload: Vec<u8>,
+) -> Option<Vec<u8>> {
+    let max = nats.server_info().max_payload;
+    if max == 0 || payload.len() + BUS_OVERHEAD <= max {
+        return Some(payload);
+    }
+    let id = match message {
+        ServerJsonRpcMessage::Response(r) => Some(r.id.clone()),
+        ServerJsonRpcMessage::Error(e) => e.id.clone(),
+        _ => None,
+    };
+    warn!(session_id = %session, bytes = payload.len(), max, "server message larger than the message bus carries");
+    let id = id?;
+    let error = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": proto::mcp::RESPONSE_TOO_LARGE,
+            "message": format!(
+                "the answer ({} bytes) is larger than the cluster can carry ({} bytes)",
+                payload.len(),
+                max.saturating_sub(BUS_OVERHEAD)
+            ),
+        },
+    });
+    serde_json::to_vec(&error).ok()
+}
+
 /// One task per session publishes in order: a record write completes before
-/// the reply that follows it is sent.
-fn spawn_publisher(shared: Arc<Shared>, id: String) -> mpsc::UnboundedSender<PubOp> {
+/// the reply that follows it is sent. Record writes are compare-and-swap at the
+/// revision this actor last wrote (`revision`), so a record someone else wrote in
+/// between is never overwritten.
+fn spawn_publisher(shared: Arc<Shared>, id: String, mut revision: Option<u64>) -> mpsc::UnboundedSender<PubOp> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PubOp>();
     actix_rt::spawn(async move {
         while let Some(op) = rx.recv().await {
@@ -567,8 +649,16 @@ fn spawn_publisher(shared: Arc<Shared>, id: String) -> mpsc::UnboundedSender<Pub
                     }
                 }
                 PubOp::Persist { payload } => {
-                    if let Err(err) = shared.sessions.put(subjects::token(&id), payload.into()).await {
-                        warn!(session_id = %id, error = %err, "cannot store session record");
+                    let Some(rev) = revision else {
+                        warn!(session_id = %id, "no record revision to write at; session record not updated");
+                        continue;
+                    };
+                    match shared.sessions.update(subjects::token(&id), payload.into(), rev).await {
+                        Ok(new) => revision = Some(new),
+                        Err(err) => {
+                            revision = None;
+                            warn!(session_id = %id, error = %err, "session record changed or unwritable; not overwritten");
+                        }
                     }
                 }
             }

@@ -22,6 +22,12 @@ pub const ENV_DRAIN_TIMEOUT: &str = "WORKER_DRAIN_TIMEOUT";
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
 pub const ENV_STATELESS_TIMEOUT: &str = "WORKER_STATELESS_TIMEOUT";
 pub const DEFAULT_STATELESS_TIMEOUT_SECS: u64 = 300;
+pub const ENV_MAX_SESSIONS_PER_PRINCIPAL: &str = "WORKER_MAX_SESSIONS_PER_PRINCIPAL";
+pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 100;
+pub const ENV_MAX_RECORD_BYTES: &str = "WORKER_MAX_RECORD_BYTES";
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
+pub const ENV_SESSIONS_MAX_BYTES: &str = "WORKER_SESSIONS_MAX_BYTES";
+pub const DEFAULT_SESSIONS_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
 /// session-worker settings (`--help` lists every default).
 #[derive(Debug, Clone, clap::Parser)]
@@ -57,6 +63,16 @@ pub struct Config {
     /// Upper bound in seconds for one stateless request.
     #[arg(long, env = ENV_STATELESS_TIMEOUT, default_value_t = DEFAULT_STATELESS_TIMEOUT_SECS)]
     pub stateless_timeout_secs: u64,
+    /// Live sessions one principal (issuer, subject, client) may hold, across the cluster.
+    #[arg(long, env = ENV_MAX_SESSIONS_PER_PRINCIPAL, default_value_t = DEFAULT_MAX_SESSIONS_PER_PRINCIPAL)]
+    pub max_sessions_per_principal: usize,
+    /// Largest session record kept in KV (its `initialize` request included), bytes.
+    #[arg(long, env = ENV_MAX_RECORD_BYTES, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
+    /// Most bytes the session bucket (and the per-principal index) may hold; at the
+    /// limit new sessions are refused rather than the store growing without bound.
+    #[arg(long, env = ENV_SESSIONS_MAX_BYTES, default_value_t = DEFAULT_SESSIONS_MAX_BYTES)]
+    pub sessions_max_bytes: i64,
 }
 
 /// A setting is out of range.
@@ -74,6 +90,24 @@ impl Config {
             return Err(ConfigError {
                 setting: ENV_IDLE_TIMEOUT,
                 reason: "must be at least 1 second".into(),
+            });
+        }
+        if self.max_sessions_per_principal == 0 {
+            return Err(ConfigError {
+                setting: ENV_MAX_SESSIONS_PER_PRINCIPAL,
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_record_bytes < 4096 {
+            return Err(ConfigError {
+                setting: ENV_MAX_RECORD_BYTES,
+                reason: "must be at least 4096".into(),
+            });
+        }
+        if self.sessions_max_bytes < 1024 * 1024 {
+            return Err(ConfigError {
+                setting: ENV_SESSIONS_MAX_BYTES,
+                reason: "must be at least 1048576".into(),
             });
         }
         if self.lease_ttl_secs < 3 {

@@ -49,18 +49,23 @@ pub struct Leases {
     releasing: Vec<(u16, u64)>,
 }
 
-/// Open (or create) a KV bucket with the given max age.
+/// Most bytes the in-memory lease and worker buckets may hold.
+pub const LEASE_BUCKET_MAX_BYTES: i64 = 16 * 1024 * 1024;
+
+/// Open (or create) a KV bucket with the given max age and size limit.
 pub async fn bucket(
     js: &jetstream::Context,
     name: &'static str,
     max_age: Duration,
     storage: jetstream::stream::StorageType,
+    max_bytes: i64,
 ) -> Result<kv::Store, LeaseError> {
     let config = kv::Config {
         bucket: name.to_owned(),
         history: 1,
         max_age,
         storage,
+        max_bytes,
         ..Default::default()
     };
     match js.get_key_value(name).await {
@@ -77,8 +82,9 @@ pub async fn bucket(
 
 impl Leases {
     pub async fn open(js: &jetstream::Context, worker_id: &str, ttl: Duration) -> Result<Self, LeaseError> {
-        let leases = bucket(js, subjects::LEASE_BUCKET, ttl, jetstream::stream::StorageType::Memory).await?;
-        let workers = bucket(js, subjects::WORKER_BUCKET, ttl, jetstream::stream::StorageType::Memory).await?;
+        let memory = jetstream::stream::StorageType::Memory;
+        let leases = bucket(js, subjects::LEASE_BUCKET, ttl, memory, LEASE_BUCKET_MAX_BYTES).await?;
+        let workers = bucket(js, subjects::WORKER_BUCKET, ttl, memory, LEASE_BUCKET_MAX_BYTES).await?;
         Ok(Self {
             worker_id: worker_id.to_owned(),
             leases,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod headers;
 pub mod leases;
 pub mod metrics;
+pub mod owners;
 pub mod router;
 pub mod stateless;
 pub mod transport;
@@ -89,6 +90,15 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         proto::subjects::SESSION_BUCKET,
         Duration::from_secs(config.session_ttl_secs),
         jetstream::stream::StorageType::File,
+        config.sessions_max_bytes,
+    )
+    .await?;
+    let owners = leases::bucket(
+        &js,
+        proto::subjects::PRINCIPAL_SESSIONS_BUCKET,
+        Duration::from_secs(config.session_ttl_secs),
+        jetstream::stream::StorageType::File,
+        (config.sessions_max_bytes / 4).max(1024 * 1024),
     )
     .await?;
     let mut leases = Leases::open(&js, &worker_id, config.lease_ttl()).await?;
@@ -127,6 +137,9 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         idle_timeout: config.idle_timeout(),
         listen,
         vault: Arc::new(vault::VaultClient::new(nats.clone())),
+        owners,
+        max_sessions_per_principal: config.max_sessions_per_principal,
+        max_record_bytes: config.max_record_bytes,
     });
     let router = Router::new(
         shared.clone(),

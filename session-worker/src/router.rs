@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, Route, SessionRecord, shard, subjects};
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest};
@@ -23,10 +24,7 @@ use crate::actor::{SessionHandle, Shared, Start};
 /// Stateless requests served at once by one worker.
 pub const MAX_STATELESS_INFLIGHT: usize = 1024;
 
-/// JSON-RPC codes used in [`Ack::Rejected`].
-const PARSE_ERROR: i64 = -32700;
-const INVALID_REQUEST: i64 = -32600;
-const HEADER_MISMATCH: i64 = -32020;
+use proto::mcp::{HEADER_MISMATCH, INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, SESSION_LIMIT};
 
 pub struct Router {
     shared: Arc<Shared>,
@@ -103,7 +101,6 @@ impl Router {
     }
 
     async fn dispatch_inner(self: &Arc<Self>, env: Envelope, reply: &str) -> (&'static str, Option<Ack>) {
-        let identity = env.principal.identity();
         match env.body {
             Body::Open {
                 message,
@@ -116,17 +113,38 @@ impl Router {
                     Ok(_) => return ("open", Some(rejected(INVALID_REQUEST, "a session starts with an initialize request"))),
                     Err(ack) => return ("open", Some(ack)),
                 };
-                if self.shared.registry.get(&env.key).is_some() {
+                if let Some(handle) = self.shared.registry.get(&env.key)
+                    && handle.is_alive()
+                {
+                    // Someone else's live session: it does not exist for this caller.
+                    if !handle.owned_by(&env.principal) {
+                        return ("open", Some(Ack::NotFound));
+                    }
                     return ("open", Some(rejected(INVALID_REQUEST, "session id already in use")));
                 }
                 let record = SessionRecord {
                     v: ENVELOPE_VERSION,
-                    owner: identity,
-                    principal: env.principal,
+                    owner: env.principal.binding(),
+                    principal: env.principal.clone(),
                     initialize: message,
                     protocol_version: String::new(),
                     legacy_sse,
                     created_at: now_secs(),
+                };
+                // The record is written before the actor starts, and never over
+                // another one: a streamable session id is new (`create`); a legacy
+                // one must be the caller's reservation from `GET /sse` (`update` at
+                // its revision).
+                let revision = if legacy_sse {
+                    match self.claim_reservation(&env.key, &env.principal, &record).await {
+                        Ok(rev) => rev,
+                        Err(ack) => return ("open", Some(ack)),
+                    }
+                } else {
+                    match self.create_record(&env.key, &record).await {
+                        Ok(rev) => rev,
+                        Err(ack) => return ("open", Some(ack)),
+                    }
                 };
                 let handle = SessionHandle::start(
                     self.arbiter(),
@@ -137,12 +155,31 @@ impl Router {
                         initialize: Box::new(initialize),
                         ack_to: actor_acks(&route).then(|| reply.to_owned()),
                         route,
+                        revision,
                     },
                 );
                 self.shared.registry.insert_if_absent(&env.key, handle);
                 self.shared.metrics.sessions_opened.inc();
                 info!(session_id = %env.key, "session opened");
                 ("open", if actor_acks(&route_kind) { None } else { Some(Ack::Accepted) })
+            }
+            Body::Reserve => {
+                let record = SessionRecord {
+                    v: ENVELOPE_VERSION,
+                    owner: env.principal.binding(),
+                    principal: env.principal.clone(),
+                    initialize: Vec::new(),
+                    protocol_version: String::new(),
+                    legacy_sse: true,
+                    created_at: now_secs(),
+                };
+                match self.create_record(&env.key, &record).await {
+                    Ok(_) => {
+                        debug!(session_id = %env.key, "legacy session id reserved");
+                        ("reserve", Some(Ack::Accepted))
+                    }
+                    Err(ack) => ("reserve", Some(ack)),
+                }
             }
             Body::Deliver { message: raw, route } => {
                 let message = match parse(&raw) {
@@ -151,6 +188,7 @@ impl Router {
                 };
                 let ack_to = (actor_acks(&route) && matches!(message, ClientJsonRpcMessage::Request(_)))
                     .then(|| reply.to_owned());
+                let caller = Arc::new(env.principal);
                 // An actor that is just stopping refuses the message (and drops
                 // it); the second attempt, parsed again from the raw bytes, goes
                 // to a fresh actor from the store (or finds none).
@@ -163,32 +201,37 @@ impl Router {
                             Err(ack) => return ("deliver", Some(ack)),
                         },
                     };
-                    let Some(handle) = self.session(&env.key, &identity).await else {
+                    let Some(handle) = self.session(&env.key, &caller).await else {
                         return ("deliver", Some(Ack::NotFound));
                     };
-                    if handle.deliver(message, route.clone(), ack_to.clone()).await.is_ok() {
+                    if handle.deliver(message, route.clone(), ack_to.clone(), caller.clone()).await.is_ok() {
                         return ("deliver", if ack_to.is_some() { None } else { Some(Ack::Accepted) });
                     }
                     self.shared.registry.remove(&env.key);
                 }
                 ("deliver", Some(rejected(-32000, "session is restarting, retry")))
             }
-            Body::Attach => match self.session(&env.key, &identity).await {
+            Body::Attach => match self.session(&env.key, &env.principal).await {
                 Some(_) => ("attach", Some(Ack::Accepted)),
                 None => ("attach", Some(Ack::NotFound)),
             },
-            Body::Close => match self.session(&env.key, &identity).await {
+            Body::Close => match self.session(&env.key, &env.principal).await {
                 Some(handle) => {
                     // Delete the record first: messages of this shard are handled
                     // in order, so none that follows can bring the session back.
                     if let Err(err) = self.shared.sessions.delete(subjects::token(&env.key)).await {
                         warn!(session_id = %env.key, error = %err, "cannot delete session record");
                     }
+                    crate::owners::release(&self.shared.owners, &env.principal.binding(), &env.key).await;
                     self.shared.registry.remove(&env.key);
                     handle.close();
                     ("close", Some(Ack::Accepted))
                 }
-                None => ("close", Some(Ack::NotFound)),
+                // A legacy reservation whose stream ended before `initialize`.
+                None => match self.drop_reservation(&env.key, &env.principal).await {
+                    true => ("close", Some(Ack::Accepted)),
+                    false => ("close", Some(Ack::NotFound)),
+                },
             },
             Body::Stateless { .. } => (
                 "stateless",
@@ -197,13 +240,116 @@ impl Router {
         }
     }
 
+    /// Store a new session record; refuse when the id already has one, when the
+    /// record is over `WORKER_MAX_RECORD_BYTES`, or when its principal already holds
+    /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL` sessions.
+    async fn create_record(&self, id: &str, record: &SessionRecord) -> Result<u64, Ack> {
+        let bytes = self.encode_record(id, record)?;
+        match crate::owners::admit(
+            &self.shared.owners,
+            &self.shared.sessions,
+            &record.owner,
+            id,
+            self.shared.max_sessions_per_principal,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(crate::owners::AdmitError::Full(max)) => {
+                warn!(session_id = %id, iss = %record.principal.iss, sub = %record.principal.sub, max, "session refused: principal at its session limit");
+                return Err(rejected(SESSION_LIMIT, &format!("this principal already holds {max} live sessions; close one first")));
+            }
+            Err(crate::owners::AdmitError::Unavailable) => {
+                return Err(rejected(INTERNAL_ERROR, "session store unavailable, retry"));
+            }
+        }
+        match self.shared.sessions.create(subjects::token(id), bytes.into()).await {
+            Ok(rev) => Ok(rev),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                warn!(session_id = %id, "session id already has a record; not overwritten");
+                Err(rejected(INVALID_REQUEST, "session id already in use"))
+            }
+            Err(err) => {
+                warn!(session_id = %id, error = %err, "cannot store session record");
+                Err(rejected(INTERNAL_ERROR, "session store unavailable, retry"))
+            }
+        }
+    }
+
+    /// The record's bytes, if they fit `WORKER_MAX_RECORD_BYTES`.
+    fn encode_record(&self, id: &str, record: &SessionRecord) -> Result<Vec<u8>, Ack> {
+        let bytes = record.to_bytes().map_err(|e| rejected(INTERNAL_ERROR, &e.to_string()))?;
+        if bytes.len() > self.shared.max_record_bytes {
+            warn!(session_id = %id, bytes = bytes.len(), max = self.shared.max_record_bytes, "session record too large");
+            return Err(rejected(
+                INVALID_REQUEST,
+                &format!("initialize request too large to keep ({} bytes, at most {})", bytes.len(), self.shared.max_record_bytes),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Turn the caller's reservation of a legacy session id into its session
+    /// record: the reservation must exist, be the caller's and not be initialized.
+    async fn claim_reservation(&self, id: &str, principal: &proto::Principal, record: &SessionRecord) -> Result<u64, Ack> {
+        let entry = match self.shared.sessions.entry(subjects::token(id)).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+            Ok(_) => return Err(Ack::NotFound),
+            Err(err) => {
+                warn!(session_id = %id, error = %err, "session store read failed");
+                return Err(rejected(INTERNAL_ERROR, "session store unavailable, retry"));
+            }
+        };
+        let stored = SessionRecord::from_bytes(&entry.value).map_err(|err| {
+            warn!(session_id = %id, error = %err, "unreadable session record");
+            Ack::NotFound
+        })?;
+        if !stored.owned_by(principal) || !stored.legacy_sse {
+            warn!(session_id = %id, "initialize for a legacy session id of someone else refused");
+            return Err(Ack::NotFound);
+        }
+        if !stored.is_reserved() {
+            return Err(rejected(INVALID_REQUEST, "session already initialized"));
+        }
+        let bytes = self.encode_record(id, record)?;
+        match self.shared.sessions.update(subjects::token(id), bytes.into(), entry.revision).await {
+            Ok(rev) => Ok(rev),
+            Err(err) => {
+                warn!(session_id = %id, error = %err, "legacy session record changed while opening; not overwritten");
+                Err(rejected(INVALID_REQUEST, "session id already in use"))
+            }
+        }
+    }
+
+    /// Delete the caller's own not-yet-initialized reservation of `id`, if that is
+    /// what the record is.
+    async fn drop_reservation(&self, id: &str, principal: &proto::Principal) -> bool {
+        let Ok(Some(entry)) = self.shared.sessions.entry(subjects::token(id)).await else {
+            return false;
+        };
+        if entry.operation != kv::Operation::Put {
+            return false;
+        }
+        let reserved = SessionRecord::from_bytes(&entry.value).is_ok_and(|r| r.is_reserved() && r.owned_by(principal));
+        if !reserved {
+            return false;
+        }
+        // At the revision read: an `initialize` that got in first keeps its session.
+        let deleted = self.shared.sessions.delete_expect_revision(subjects::token(id), Some(entry.revision)).await;
+        if deleted.is_ok() {
+            crate::owners::release(&self.shared.owners, &principal.binding(), id).await;
+        }
+        deleted.is_ok()
+    }
+
     /// The live actor of a session, rehydrated from the store when needed;
-    /// `None` when it does not exist or belongs to someone else.
-    async fn session(&self, id: &str, identity: &str) -> Option<SessionHandle> {
+    /// `None` when it does not exist, is only reserved, or belongs to someone else
+    /// (another issuer, subject or client).
+    async fn session(&self, id: &str, principal: &proto::Principal) -> Option<SessionHandle> {
         if let Some(handle) = self.shared.registry.get(id)
             && handle.is_alive()
         {
-            return (handle.owner == identity).then_some(handle);
+            return handle.owned_by(principal).then_some(handle);
         }
         let bytes = match self.shared.sessions.get(subjects::token(id)).await {
             Ok(Some(bytes)) => bytes,
@@ -220,7 +366,7 @@ impl Router {
                 return None;
             }
         };
-        if record.owner != identity {
+        if !record.owned_by(principal) || record.is_reserved() {
             return None;
         }
         let handle = SessionHandle::start(

@@ -110,6 +110,9 @@ pub async fn serve(
         };
         match serde_json::to_vec(&message) {
             Ok(payload) => {
+                let Some(payload) = crate::actor::fit_bus(&shared.nats, "stateless", &message, payload) else {
+                    continue;
+                };
                 let out = Outbound::new(seq, payload, last);
                 match ack_to.take() {
                     // The first answer rides on the acknowledgement.

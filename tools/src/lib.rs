@@ -112,6 +112,13 @@ impl std::fmt::Display for Profile {
     }
 }
 
+/// The caller of one request, put into the request's extensions by the transport
+/// (the session worker: the principal of the token that came with *this* request).
+/// Tools decide on it, not on whoever opened the session, so a session never keeps
+/// rights its current token does not carry.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<proto::Principal>);
+
 /// The MCP server handler. Cheap to clone: clones share the same session state.
 #[derive(Clone)]
 pub struct McpServer {
@@ -154,9 +161,16 @@ impl McpServer {
         self.profile
     }
 
-    /// The authenticated caller, if the transport authenticated one.
+    /// The principal the handler was built for (the session's opener, or the caller
+    /// of a stateless request).
     pub fn principal(&self) -> Option<&proto::Principal> {
         self.principal.as_deref()
+    }
+
+    /// The caller of the request `cx` belongs to: the [`Caller`] the transport put in
+    /// its extensions, else the principal the handler was built for.
+    pub fn caller<'a>(&'a self, cx: &'a RequestContext<RoleServer>) -> Option<&'a proto::Principal> {
+        cx.extensions.get::<Caller>().map(|c| c.0.as_ref()).or_else(|| self.principal())
     }
 
     fn tools(&self) -> Vec<Tool> {
@@ -242,7 +256,7 @@ impl ServerHandler for McpServer {
         match self.profile {
             Profile::Conformance => conformance::call_tool(self, request, cx).await,
             Profile::Default if request.name == whoami::NAME => {
-                Ok(whoami::call(self.principal(), self.vault.as_deref())
+                Ok(whoami::call(self.caller(&cx), self.vault.as_deref())
                     .await
                     .into())
             }

@@ -74,6 +74,7 @@ pub(crate) fn report(p: &Principal, downstream: Result<UpstreamToken, VaultError
         "permissions": p.permissions,
         "groups": p.groups,
         "client_id": p.client_id,
+        "kind": p.kind.as_str(),
         "expires_at": p.expires_at,
         "downstream": downstream,
     })
@@ -131,6 +132,7 @@ mod tests {
             client_id: Some("client-1".into()),
             expires_at: 1_800_000_000,
             grant_id: Some("g1".into()),
+            kind: proto::SubjectKind::User,
         }
     }
 

@@ -8,6 +8,7 @@ use proto::{Ack, Body, Envelope, Outbound, Principal, Route, subjects};
 use serde_json::{Value, json};
 use testkit::{NatsServer, eventually};
 
+mod takeover;
 mod vault;
 
 fn config(nats: &NatsServer) -> session_worker::Config {
@@ -26,6 +27,9 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         arbiters: 1,
         drain_timeout_secs: 2,
         stateless_timeout_secs: 10,
+        max_sessions_per_principal: 100,
+        max_record_bytes: 64 * 1024,
+        sessions_max_bytes: 64 * 1024 * 1024,
     }
 }
 
