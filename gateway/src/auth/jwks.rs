@@ -2,12 +2,19 @@
 //! per-issuer cache with a TTL, and a rate-limited refetch when a token names a `kid`
 //! we have not seen (key rotation).
 //!
+//! Nothing a known key can verify ever waits on an issuer: past the TTL the cached
+//! keys are still served while one background task per issuer revalidates them
+//! (stale-while-revalidate), and an unknown-`kid` refetch holds no lock that readers
+//! of known keys need. Only a token whose key is not cached waits for a fetch, and
+//! then at most [`FETCH_DEADLINE`].
+//!
 //! Only issuers from `allowed_issuers` ever reach this module, so the cache is bounded
 //! by configuration, not by what callers send. A flood of tokens with random `kid`s
 //! costs at most one JWKS fetch per issuer per [`MIN_REFRESH_INTERVAL`].
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +27,10 @@ use reqwest::Url;
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// Timeout of one HTTP request to an issuer.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest time one refresh (discovery plus JWKS) may take, however many discovery
+/// locations are tried: a hanging issuer delays only its own uncached tokens, and
+/// only this long.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(6);
 /// Largest discovery document or JWKS we accept.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
@@ -65,10 +76,17 @@ struct IssuerEntry {
     state: tokio::sync::RwLock<KeySet>,
     /// Single flight: one fetch per issuer at a time.
     refresh: tokio::sync::Mutex<()>,
+    /// A background revalidation of stale keys is under way.
+    revalidating: AtomicBool,
 }
 
-/// Per-issuer JWKS cache shared by every actix worker.
+/// Per-issuer JWKS cache shared by every actix worker. Cheap to clone.
+#[derive(Clone)]
 pub struct JwksCache {
+    inner: Arc<CacheInner>,
+}
+
+struct CacheInner {
     http: reqwest::Client,
     ttl: Duration,
     min_refresh_interval: Duration,
@@ -78,46 +96,72 @@ pub struct JwksCache {
 impl JwksCache {
     pub fn new(http: reqwest::Client, ttl: Duration, min_refresh_interval: Duration) -> Self {
         Self {
-            http,
-            ttl,
-            min_refresh_interval,
-            issuers: Mutex::new(HashMap::new()),
+            inner: Arc::new(CacheInner {
+                http,
+                ttl,
+                min_refresh_interval,
+                issuers: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
-    fn entry(&self, issuer: &str) -> Arc<IssuerEntry> {
-        let mut map = match self.issuers.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(issuer.to_owned()).or_default().clone()
-    }
-
-    /// The key for a token from `issuer` with header `kid` and `alg`.
+    /// The key for a token from `issuer` with header `kid` and `alg`. A cached key
+    /// is returned at once, stale or not (a stale set is revalidated in the
+    /// background); otherwise the keys are fetched, unless that was tried within
+    /// the refetch interval.
     pub async fn key_for(
         &self,
         issuer: &str,
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<KeyLookup, JwksError> {
-        let entry = self.entry(issuer);
+        let inner = &self.inner;
+        let entry = inner.entry(issuer);
         {
             let state = entry.state.read().await;
-            if state.is_fresh(self.ttl) {
-                if let Some(key) = select(&state.keys, kid, alg) {
-                    return Ok(KeyLookup::Found(key));
+            if let Some(key) = select(&state.keys, kid, alg) {
+                if !state.is_fresh(inner.ttl) {
+                    self.revalidate(issuer, &entry);
                 }
-                if !state.may_refetch(self.min_refresh_interval) {
-                    return Ok(KeyLookup::NotFound);
-                }
+                return Ok(KeyLookup::Found(key));
+            }
+            // Unknown kid (or no keys yet): a fetch is allowed only so often.
+            if !state.may_refetch(inner.min_refresh_interval) {
+                return state.outcome().map(|()| KeyLookup::NotFound);
             }
         }
-        self.refresh(issuer, &entry).await?;
+        inner.refresh(issuer, &entry).await?;
         let state = entry.state.read().await;
         Ok(match select(&state.keys, kid, alg) {
             Some(key) => KeyLookup::Found(key),
             None => KeyLookup::NotFound,
         })
+    }
+
+    /// Refresh `issuer`'s stale keys in a background task (one at a time per issuer).
+    fn revalidate(&self, issuer: &str, entry: &Arc<IssuerEntry>) {
+        if entry.revalidating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.inner.clone();
+        let entry = entry.clone();
+        let issuer = issuer.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = inner.refresh(&issuer, &entry).await {
+                tracing::debug!(issuer, error = %err, "background key revalidation failed");
+            }
+            entry.revalidating.store(false, Ordering::Release);
+        });
+    }
+}
+
+impl CacheInner {
+    fn entry(&self, issuer: &str) -> Arc<IssuerEntry> {
+        let mut map = match self.issuers.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(issuer.to_owned()).or_default().clone()
     }
 
     /// Fetch the issuer's keys unless another task just did, or a fetch failed
@@ -143,7 +187,13 @@ impl JwksCache {
                 None
             }
         };
-        let result = self.fetch(issuer, jwks_uri).await;
+        let result = match tokio::time::timeout(FETCH_DEADLINE, self.fetch(issuer, jwks_uri)).await {
+            Ok(result) => result,
+            Err(_) => Err(JwksError::Fetch {
+                url: issuer.to_owned(),
+                reason: format!("no keys within {} s", FETCH_DEADLINE.as_secs()),
+            }),
+        };
         let mut state = entry.state.write().await;
         state.attempted_at = Some(Instant::now());
         match result {
