@@ -15,6 +15,7 @@ pub const DEFAULT_RESOURCE_IDENTIFIER: &str = "http://localhost:8788/mcp";
 pub const ENV_AUTHORIZATION_SERVERS: &str = "AUTHORIZATION_SERVERS";
 pub const ENV_REQUIRED_SCOPES: &str = "REQUIRED_SCOPES";
 pub const ENV_JWKS_CACHE_TTL: &str = "JWKS_CACHE_TTL";
+pub const ENV_ISSUERS_WITHOUT_TYP: &str = "GATEWAY_ISSUERS_WITHOUT_TYP";
 pub const DEFAULT_JWKS_CACHE_TTL_SECS: u64 = 300;
 pub const ENV_ALLOWED_HOSTS: &str = "GATEWAY_ALLOWED_HOSTS";
 pub const DEFAULT_ALLOWED_HOSTS: &str = "localhost,127.0.0.1,[::1]";
@@ -35,6 +36,13 @@ pub const ENV_WORKERS: &str = "GATEWAY_HTTP_WORKERS";
 pub const DEFAULT_WORKERS: usize = 0;
 pub const ENV_GATEWAY_ID: &str = "GATEWAY_ID";
 pub const ENV_AUTH_UPSTREAM: &str = "GATEWAY_AUTH_UPSTREAM";
+pub const ENV_TRUSTED_PROXIES: &str = "GATEWAY_TRUSTED_PROXIES";
+pub const ENV_UNAUTH_RATE: &str = "GATEWAY_UNAUTH_RATE";
+pub const DEFAULT_UNAUTH_RATE: u32 = 120;
+pub const ENV_MAX_INFLIGHT_PER_PRINCIPAL: &str = "GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL";
+pub const DEFAULT_MAX_INFLIGHT_PER_PRINCIPAL: usize = 64;
+pub const ENV_BODY_READ_TIMEOUT: &str = "GATEWAY_BODY_READ_TIMEOUT";
+pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 10;
 /// Empty: the gateway forwards no OAuth paths.
 pub const DEFAULT_AUTH_UPSTREAM: &str = "";
 
@@ -63,6 +71,10 @@ pub struct Config {
     /// Scopes every token must carry (comma-separated; none by default).
     #[arg(long, env = ENV_REQUIRED_SCOPES, value_delimiter = ',')]
     pub required_scopes: Vec<String>,
+    /// Comma-separated allowed issuers whose access tokens lack the RFC 9068 `typ:
+    /// at+jwt` header (Microsoft Entra and others); every other issuer's must have it.
+    #[arg(long, env = ENV_ISSUERS_WITHOUT_TYP, value_delimiter = ',')]
+    pub issuers_without_typ: Vec<String>,
     /// Seconds an issuer's JWKS is cached.
     #[arg(long, env = ENV_JWKS_CACHE_TTL, default_value_t = DEFAULT_JWKS_CACHE_TTL_SECS)]
     pub jwks_cache_ttl_secs: u64,
@@ -72,6 +84,20 @@ pub struct Config {
     /// Origins accepted from browsers (default: origins whose host is an allowed host).
     #[arg(long, env = ENV_ALLOWED_ORIGINS, value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Load balancers in front of the gateway (addresses or networks, comma-separated)
+    /// whose X-Forwarded-For is believed; others' is dropped (default: none).
+    #[arg(long, env = ENV_TRUSTED_PROXIES, value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Requests per minute per client address that fail authentication before
+    /// further ones are answered 429.
+    #[arg(long, env = ENV_UNAUTH_RATE, default_value_t = DEFAULT_UNAUTH_RATE)]
+    pub unauth_rate: u32,
+    /// Requests one principal (issuer, subject, client) may have in flight at once.
+    #[arg(long, env = ENV_MAX_INFLIGHT_PER_PRINCIPAL, default_value_t = DEFAULT_MAX_INFLIGHT_PER_PRINCIPAL)]
+    pub max_inflight_per_principal: usize,
+    /// Seconds a request body may take to arrive (slow senders are cut off, 408).
+    #[arg(long, env = ENV_BODY_READ_TIMEOUT, default_value_t = DEFAULT_BODY_READ_TIMEOUT_SECS)]
+    pub body_read_timeout_secs: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = ENV_MAX_BODY_BYTES, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -139,6 +165,18 @@ impl Config {
         }
         if self.sse_keepalive_secs == 0 {
             return Err(err(ENV_SSE_KEEPALIVE, "must be at least 1 second"));
+        }
+        if self.unauth_rate == 0 {
+            return Err(err(ENV_UNAUTH_RATE, "must be at least 1"));
+        }
+        if self.max_inflight_per_principal == 0 {
+            return Err(err(ENV_MAX_INFLIGHT_PER_PRINCIPAL, "must be at least 1"));
+        }
+        if self.body_read_timeout_secs == 0 {
+            return Err(err(ENV_BODY_READ_TIMEOUT, "must be at least 1 second"));
+        }
+        if let Err(e) = crate::limits::TrustedProxies::parse(&self.trusted_proxies) {
+            return Err(err(ENV_TRUSTED_PROXIES, e));
         }
         if self.ack_timeout_ms == 0 {
             return Err(err(ENV_ACK_TIMEOUT_MS, "must be positive"));

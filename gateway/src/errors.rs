@@ -16,6 +16,8 @@ pub enum Kind {
     UnsupportedMediaType,
     NotAcceptable,
     PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
     ForbiddenOrigin,
     ForbiddenHost,
     SessionRequired,
@@ -34,30 +36,36 @@ pub enum Kind {
 /// The table: HTTP status, JSON-RPC code, message.
 pub fn describe(kind: Kind) -> (StatusCode, i64, &'static str) {
     use Kind::*;
+    use proto::mcp::{
+        HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, SERVER_ERROR,
+        SESSION_NOT_FOUND,
+    };
     match kind {
-        ParseError => (StatusCode::BAD_REQUEST, -32700, "Parse error"),
-        InvalidRequest => (StatusCode::BAD_REQUEST, -32600, "Invalid Request"),
-        BatchNotSupported => (StatusCode::BAD_REQUEST, -32600, "Invalid Request: JSON-RPC batches are not supported"),
+        ParseError => (StatusCode::BAD_REQUEST, PARSE_ERROR, "Parse error"),
+        InvalidRequest => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "Invalid Request"),
+        BatchNotSupported => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported"),
         UnsupportedMediaType => (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            -32600,
+            INVALID_REQUEST,
             "Unsupported Media Type: Content-Type must be application/json",
         ),
-        NotAcceptable => (StatusCode::NOT_ACCEPTABLE, -32600, "Not Acceptable"),
-        PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, -32600, "Payload Too Large"),
-        ForbiddenOrigin => (StatusCode::FORBIDDEN, -32600, "Forbidden: Origin not allowed"),
-        ForbiddenHost => (StatusCode::FORBIDDEN, -32600, "Forbidden: Host not allowed"),
-        SessionRequired => (StatusCode::BAD_REQUEST, -32600, "Bad Request: Mcp-Session-Id header is required"),
-        SessionNotFound => (StatusCode::NOT_FOUND, -32001, "Session not found"),
-        UnsupportedProtocolVersion => (StatusCode::BAD_REQUEST, -32600, "Bad Request: Unsupported protocol version"),
-        HeaderMismatch => (StatusCode::BAD_REQUEST, -32020, "Header mismatch"),
-        InvalidParams => (StatusCode::BAD_REQUEST, -32602, "Invalid params"),
-        MethodNotFound => (StatusCode::NOT_FOUND, -32601, "Method not found"),
-        MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, -32600, "Method Not Allowed"),
-        NoWorker => (StatusCode::SERVICE_UNAVAILABLE, -32000, "No session worker is available"),
-        WorkerTimeout => (StatusCode::GATEWAY_TIMEOUT, -32000, "Session worker did not answer in time"),
-        Draining => (StatusCode::SERVICE_UNAVAILABLE, -32000, "Gateway is shutting down"),
-        Internal => (StatusCode::INTERNAL_SERVER_ERROR, -32603, "Internal error"),
+        NotAcceptable => (StatusCode::NOT_ACCEPTABLE, INVALID_REQUEST, "Not Acceptable"),
+        PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, "Payload Too Large"),
+        RequestTimeout => (StatusCode::REQUEST_TIMEOUT, INVALID_REQUEST, "Request Timeout: the body did not arrive in time"),
+        TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, SERVER_ERROR, "Too Many Requests"),
+        ForbiddenOrigin => (StatusCode::FORBIDDEN, INVALID_REQUEST, "Forbidden: Origin not allowed"),
+        ForbiddenHost => (StatusCode::FORBIDDEN, INVALID_REQUEST, "Forbidden: Host not allowed"),
+        SessionRequired => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required"),
+        SessionNotFound => (StatusCode::NOT_FOUND, SESSION_NOT_FOUND, "Session not found"),
+        UnsupportedProtocolVersion => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "Bad Request: Unsupported protocol version"),
+        HeaderMismatch => (StatusCode::BAD_REQUEST, HEADER_MISMATCH, "Header mismatch"),
+        InvalidParams => (StatusCode::BAD_REQUEST, INVALID_PARAMS, "Invalid params"),
+        MethodNotFound => (StatusCode::NOT_FOUND, METHOD_NOT_FOUND, "Method not found"),
+        MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, INVALID_REQUEST, "Method Not Allowed"),
+        NoWorker => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, "No session worker is available"),
+        WorkerTimeout => (StatusCode::GATEWAY_TIMEOUT, SERVER_ERROR, "Session worker did not answer in time"),
+        Draining => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, "Gateway is shutting down"),
+        Internal => (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR, "Internal error"),
     }
 }
 
@@ -80,6 +88,8 @@ pub struct McpError {
     /// Overrides the table's JSON-RPC code (errors a worker reported).
     pub code: Option<i64>,
     pub allow: Option<&'static str>,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl McpError {
@@ -90,6 +100,7 @@ impl McpError {
             detail: None,
             code: None,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -105,6 +116,11 @@ impl McpError {
 
     pub fn code(mut self, code: i64) -> Self {
         self.code = Some(code);
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
         self
     }
 
@@ -139,6 +155,9 @@ impl ResponseError for McpError {
         let mut resp = HttpResponse::build(status);
         if let Some(allow) = self.allow {
             resp.insert_header(("Allow", allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            resp.insert_header(("Retry-After", seconds.to_string()));
         }
         resp.content_type("application/json").body(body.to_string())
     }

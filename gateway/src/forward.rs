@@ -120,9 +120,18 @@ pub struct Forwarder {
     max_body: usize,
     policy: OriginPolicy,
     metrics: Metrics,
+    trusted_proxies: crate::limits::TrustedProxies,
 }
 
 impl Forwarder {
+    /// Believe the `X-Forwarded-For` of these peers (`GATEWAY_TRUSTED_PROXIES`);
+    /// any other client's is dropped, so it cannot pose as another address to the
+    /// auth-service's per-address limits.
+    pub fn with_trusted_proxies(mut self, trusted: crate::limits::TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
+    }
+
     pub fn new(upstream: reqwest::Url, max_body: usize, policy: OriginPolicy, metrics: Metrics) -> reqwest::Result<Self> {
         Self::with_timeout(upstream, max_body, policy, metrics, FORWARD_TIMEOUT)
     }
@@ -146,6 +155,7 @@ impl Forwarder {
             max_body,
             policy,
             metrics,
+            trusted_proxies: crate::limits::TrustedProxies::default(),
         })
     }
 
@@ -197,7 +207,13 @@ async fn forward_inner(req: &HttpRequest, payload: web::Payload, fwd: &Forwarder
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| ForwardError::BadRequest("unsupported method".into()))?;
     let scheme = if req.app_config().secure() { "https" } else { "http" };
-    let headers = upstream_headers(req.headers(), req.peer_addr().map(|a| a.ip()), scheme, authority(req).as_deref());
+    let headers = upstream_headers(
+        req.headers(),
+        req.peer_addr().map(|a| a.ip()),
+        &fwd.trusted_proxies,
+        scheme,
+        authority(req).as_deref(),
+    );
     let mut request = fwd.http.request(method, target).headers(headers);
     if !body.is_empty() {
         request = request.body(body);
@@ -255,11 +271,12 @@ fn is_hop_by_hop(name: &str, listed: &[String]) -> bool {
 }
 
 /// The headers sent upstream: the client's end-to-end headers, `X-Forwarded-For`
-/// with the peer appended, `X-Forwarded-Proto` and `X-Forwarded-Host` replaced by
-/// what this connection says.
+/// with the peer appended (the incoming chain kept only from a trusted proxy),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` replaced by what this connection says.
 fn upstream_headers(
     incoming: &HeaderMap,
     peer: Option<IpAddr>,
+    trusted: &crate::limits::TrustedProxies,
     scheme: &str,
     host: Option<&str>,
 ) -> reqwest::header::HeaderMap {
@@ -284,9 +301,7 @@ fn upstream_headers(
             out.append(n, v);
         }
     }
-    if let Some(ip) = peer {
-        forwarded_for.push(ip.to_string());
-    }
+    let forwarded_for = trusted.forwarded_for(peer, &forwarded_for);
     let mut set = |name: &'static str, value: &str| {
         if let Ok(v) = reqwest::header::HeaderValue::from_str(value) {
             out.insert(reqwest::header::HeaderName::from_static(name), v);
@@ -373,7 +388,8 @@ mod tests {
             ("X-Forwarded-Proto", "https"),
             ("X-Forwarded-Host", "evil.example"),
         ]);
-        let out = upstream_headers(&incoming, Some("127.0.0.1".parse().unwrap()), "http", Some("localhost:8788"));
+        let loopback = crate::limits::TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
+        let out = upstream_headers(&incoming, Some("127.0.0.1".parse().unwrap()), &loopback, "http", Some("localhost:8788"));
         for gone in [
             "host",
             "connection",
@@ -394,7 +410,10 @@ mod tests {
         assert_eq!(out["x-forwarded-for"], "203.0.113.7, 198.51.100.1, 198.51.100.2, 127.0.0.1");
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out["x-forwarded-host"], "localhost:8788");
-        let bare = upstream_headers(&headers(&[]), Some("::1".parse().unwrap()), "https", None);
+        // A client that is not a trusted proxy cannot pass an address along.
+        let direct = upstream_headers(&incoming, Some("127.0.0.1".parse().unwrap()), &Default::default(), "http", None);
+        assert_eq!(direct["x-forwarded-for"], "127.0.0.1");
+        let bare = upstream_headers(&headers(&[]), Some("::1".parse().unwrap()), &Default::default(), "https", None);
         assert_eq!(bare["x-forwarded-for"], "::1");
         assert_eq!(bare["x-forwarded-proto"], "https");
         assert!(bare.get("x-forwarded-host").is_none());

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use tracing::info;
 
 use crate::errors::{Kind, McpError};
-use crate::mcp::{AppState, Incoming, MessageKind, admit, check_content_type, event_frames, read_body, trace_of};
+use crate::mcp::{
+    AppState, Incoming, MessageKind, ack_error, admit, begin_request, check_content_type, event_frames, header, read_body_within, relay_error, trace_of,
+};
 use crate::metrics::{StreamGuard, method_label};
 use crate::sse;
 
@@ -42,10 +44,22 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
         .events(&session)
         .await
         .map_err(|e| McpError::new(Kind::Internal).detail(e.to_string()))?;
+    let trace = trace_of(req);
+    // The worker records the id as this caller's before the client learns it: only
+    // an id minted here, by its owner, can be opened on /messages.
+    let reserve = Envelope::new(principal.clone(), session.clone(), Body::Reserve);
+    let ack = st
+        .relay
+        .send(subjects::actor(&session), &reserve, &trace)
+        .await
+        .map_err(relay_error)?;
+    if let Some(e) = ack_error(ack, None) {
+        return Err(e);
+    }
+    let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
     let endpoint = sse::named_event("endpoint", &format!("/messages?sessionId={session}"));
     let frames = futures::StreamExt::chain(futures::stream::once(async move { endpoint }), event_frames(sub));
     let relay = st.relay.clone();
-    let trace = trace_of(req);
     let closing = session.clone();
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
         tokio::spawn(async move {
@@ -61,6 +75,7 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
         StreamGuard::new(&st.metrics, "legacy"),
         Some(on_close),
         vec![],
+        Some(auth),
     ))
 }
 
@@ -101,11 +116,12 @@ async fn message_inner(
         Ok(p) => p,
         Err(resp) => return Ok((resp, "unknown")),
     };
+    let _inflight = begin_request(st, &principal)?;
     let Some(session) = query.session_id.filter(|s| !s.is_empty() && s.len() <= 128) else {
         return Err(McpError::new(Kind::InvalidRequest).detail("sessionId query parameter is required"));
     };
     check_content_type(req)?;
-    let raw = read_body(req, payload, st.max_body).await?;
+    let raw = read_body_within(req, payload, st.max_body, st.body_timeout).await?;
     let msg = Incoming::parse(raw)?;
     let label = method_label(msg.method.as_deref());
     let route = if msg.kind == MessageKind::Request {
@@ -129,20 +145,9 @@ async fn message_inner(
         .relay
         .send(subjects::actor(&session), &env, &trace_of(req))
         .await
-        .map_err(|e| {
-            let kind = match e {
-                crate::relay::RelayError::NoResponders(_) | crate::relay::RelayError::Disconnected => Kind::NoWorker,
-                crate::relay::RelayError::TimedOut(_) => Kind::WorkerTimeout,
-                _ => Kind::Internal,
-            };
-            McpError::new(kind).with_id(msg.id.clone())
-        })?;
-    match ack {
-        proto::Ack::Accepted | proto::Ack::First(_) => Ok((HttpResponse::Accepted().body("Accepted"), label)),
-        proto::Ack::NotFound => Err(McpError::new(Kind::SessionNotFound).with_id(msg.id)),
-        proto::Ack::Rejected { code, message } => Err(McpError::new(Kind::InvalidRequest)
-            .code(code)
-            .detail(message)
-            .with_id(msg.id)),
+        .map_err(|e| relay_error(e).with_id(msg.id.clone()))?;
+    match ack_error(ack, msg.id) {
+        None => Ok((HttpResponse::Accepted().body("Accepted"), label)),
+        Some(e) => Err(e),
     }
 }

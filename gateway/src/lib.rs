@@ -19,6 +19,7 @@ pub mod errors;
 pub mod forward;
 pub mod guard;
 pub mod legacy;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod relay;
@@ -120,8 +121,10 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         jwks_cache_ttl: Duration::from_secs(config.jwks_cache_ttl_secs),
         required_scopes: config.required_scopes.iter().filter(|s| !s.is_empty()).cloned().collect(),
         authorization_servers: config.authorization_servers.iter().filter(|s| !s.is_empty()).cloned().collect(),
+        issuers_without_typ: config.issuers_without_typ.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
     };
     let metadata = auth::protected_resource_metadata(&auth_config);
+    let legacy_metadata = web::Data::new(LegacyMetadata(auth::legacy_protected_resource_metadata(&auth_config)));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
@@ -137,7 +140,8 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
                 config.max_body_bytes,
                 policy.clone(),
                 metrics.clone(),
-            )?))
+            )?
+            .with_trusted_proxies(limits::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default())))
         }
         None => None,
     };
@@ -151,6 +155,10 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         max_body: config.max_body_bytes,
         request_timeout: config.request_timeout(),
         keepalive: config.sse_keepalive(),
+        body_timeout: Duration::from_secs(config.body_read_timeout_secs),
+        trusted_proxies: limits::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
+        unauthenticated: Arc::new(limits::RateLimiter::new(config.unauth_rate)),
+        inflight: limits::InflightLimiter::new(config.max_inflight_per_principal),
     });
     let metadata = web::Data::new(metadata);
     let mcp_path = config.resource_path();
@@ -166,6 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         App::new()
             .app_data(state.clone())
             .app_data(metadata.clone())
+            .app_data(legacy_metadata.clone())
             .configure(|cfg| {
                 if let Some(forwarder) = forwarder {
                     cfg.app_data(forwarder);
@@ -180,6 +189,8 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             .route("/messages", web::post().to(legacy::message))
             .route("/.well-known/oauth-protected-resource", web::get().to(resource_metadata))
             .route(&metadata_path, web::get().to(resource_metadata))
+            .route("/.well-known/oauth-protected-resource/sse", web::get().to(legacy_resource_metadata))
+            .route("/.well-known/oauth-protected-resource/messages", web::get().to(legacy_resource_metadata))
             .default_service(web::to(not_found))
     })
     .workers(workers)
@@ -254,6 +265,15 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// The protected-resource metadata of the legacy endpoints (resource: the origin).
+struct LegacyMetadata(serde_json::Value);
+
+async fn legacy_resource_metadata(metadata: web::Data<LegacyMetadata>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "public, max-age=300"))
+        .json(&metadata.0)
 }
 
 async fn resource_metadata(metadata: web::Data<serde_json::Value>) -> HttpResponse {

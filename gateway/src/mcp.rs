@@ -35,16 +35,10 @@ use crate::metrics::{Metrics, StreamGuard, method_label};
 use crate::relay::{Relay, RelayError, ReplyStream};
 use crate::sse;
 
-pub const HEADER_SESSION_ID: &str = "Mcp-Session-Id";
-pub const HEADER_PROTOCOL_VERSION: &str = "MCP-Protocol-Version";
-pub const HEADER_METHOD: &str = "Mcp-Method";
-pub const HEADER_NAME: &str = "Mcp-Name";
-pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-/// The first stateless revision.
-pub const STATELESS_VERSION: &str = "2026-07-28";
-/// Revisions accepted in the `MCP-Protocol-Version` header.
-pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
+pub use proto::mcp::{
+    HEADER_METHOD, HEADER_NAME, HEADER_PROTOCOL_VERSION, HEADER_SESSION_ID, META_CLIENT_CAPABILITIES,
+    META_PROTOCOL_VERSION, STATELESS_VERSION, SUPPORTED_VERSIONS,
+};
 /// Longest session id accepted (ours are 32 hex digits).
 const MAX_SESSION_ID: usize = 128;
 
@@ -58,6 +52,13 @@ pub struct AppState {
     pub max_body: usize,
     pub request_timeout: Duration,
     pub keepalive: Duration,
+    /// `GATEWAY_BODY_READ_TIMEOUT`.
+    pub body_timeout: Duration,
+    pub trusted_proxies: crate::limits::TrustedProxies,
+    /// Failed authentications per client address (`GATEWAY_UNAUTH_RATE`).
+    pub unauthenticated: Arc<crate::limits::RateLimiter>,
+    /// `GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL`.
+    pub inflight: crate::limits::InflightLimiter,
 }
 
 /// A client JSON-RPC message, parsed just enough to route it.
@@ -147,7 +148,7 @@ impl Incoming {
     }
 }
 
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -180,8 +181,51 @@ pub async fn admit(req: &HttpRequest, st: &AppState) -> Result<Principal, HttpRe
         }
         Err(e) => {
             st.metrics.auth_failures.with_label_values(&[e.code()]).inc();
+            if let Some(ip) = st.trusted_proxies.client_of(req)
+                && let Err(wait) = st.unauthenticated.hit(ip)
+            {
+                warn!(client = %ip, "unauthenticated requests over the per-address limit");
+                st.metrics.auth_failures.with_label_values(&["RATE_LIMITED"]).inc();
+                return Err(actix_web::ResponseError::error_response(
+                    &McpError::new(Kind::TooManyRequests)
+                        .detail("too many unauthenticated requests from this address")
+                        .retry_after(wait),
+                ));
+            }
             info!(code = e.code(), "bearer token refused");
-            Err(st.validator.reject_response(&e))
+            if crate::auth::LEGACY_PATHS.contains(&req.path()) {
+                Err(st.validator.reject_legacy_response(&e))
+            } else {
+                Err(st.validator.reject_response(&e))
+            }
+        }
+    }
+}
+
+/// Count a request of `principal` in flight until the guard drops; 429 over
+/// `GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL`.
+pub fn begin_request(st: &AppState, principal: &Principal) -> Result<crate::limits::InflightGuard, McpError> {
+    st.inflight.begin(&principal.binding()).ok_or_else(|| {
+        warn!(iss = %principal.iss, sub = %principal.sub, "requests in flight over the per-principal limit");
+        McpError::new(Kind::TooManyRequests)
+            .detail("too many requests in flight for this principal")
+            .retry_after(1)
+    })
+}
+
+/// Read the body, refusing more than `limit` bytes or a body that takes longer
+/// than `timeout` to arrive (408: a slow sender holds no connection for long).
+pub async fn read_body_within(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, McpError> {
+    match tokio::time::timeout(timeout, read_body(req, payload, limit)).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(seconds = timeout.as_secs(), "request body not received in time");
+            Err(McpError::new(Kind::RequestTimeout))
         }
     }
 }
@@ -233,22 +277,28 @@ fn session_id(req: &HttpRequest) -> Result<Option<String>, McpError> {
     }
 }
 
-fn relay_error(err: RelayError) -> McpError {
+pub(crate) fn relay_error(err: RelayError) -> McpError {
     warn!(error = %err, "worker unreachable");
     match err {
         RelayError::NoResponders(_) => McpError::new(Kind::NoWorker),
         RelayError::Disconnected => McpError::new(Kind::NoWorker).detail("the message bus is unreachable"),
         RelayError::TimedOut(_) => McpError::new(Kind::WorkerTimeout),
+        RelayError::TooLarge { max, .. } => McpError::new(Kind::PayloadTooLarge)
+            .detail(format!("the message bus carries at most {max} bytes per message")),
         RelayError::Encode(_) | RelayError::Decode(_) | RelayError::Nats(_) => McpError::new(Kind::Internal),
     }
 }
 
-fn ack_error(ack: Ack, id: Option<Value>) -> Option<McpError> {
+pub(crate) fn ack_error(ack: Ack, id: Option<Value>) -> Option<McpError> {
     match ack {
         Ack::Accepted | Ack::First(_) => None,
         Ack::NotFound => Some(McpError::new(Kind::SessionNotFound).with_id(id)),
         Ack::Rejected { code, message } => {
-            let kind = if code == -32700 { Kind::ParseError } else { Kind::InvalidRequest };
+            let kind = match code {
+                proto::mcp::PARSE_ERROR => Kind::ParseError,
+                proto::mcp::SESSION_LIMIT => Kind::TooManyRequests,
+                _ => Kind::InvalidRequest,
+            };
             Some(McpError::new(kind).code(code).detail(message).with_id(id))
         }
     }
@@ -297,6 +347,10 @@ async fn post_inner(req: &HttpRequest, payload: web::Payload, st: &AppState) -> 
         Ok(p) => p,
         Err(resp) => return (resp, "unknown"),
     };
+    let _inflight = match begin_request(st, &principal) {
+        Ok(g) => g,
+        Err(e) => return err_answer(e, "unknown"),
+    };
     if let Err(e) = check_content_type(req) {
         return err_answer(e, "unknown");
     }
@@ -306,7 +360,7 @@ async fn post_inner(req: &HttpRequest, payload: web::Payload, st: &AppState) -> 
             "unknown",
         );
     }
-    let raw = match read_body(req, payload, st.max_body).await {
+    let raw = match read_body_within(req, payload, st.max_body, st.body_timeout).await {
         Ok(b) => b,
         Err(e) => return err_answer(e, "unknown"),
     };
@@ -611,6 +665,7 @@ async fn relay_request(
         StreamGuard::new(&st.metrics, "post"),
         None,
         headers,
+        None,
     ))
 }
 
@@ -671,6 +726,7 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
     let trace = trace_of(req);
     // Subscribe first so nothing published after the check is missed.
     let sub = st.relay.events(&session).await.map_err(relay_error)?;
+    let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
     let env = Envelope::new(principal, session.clone(), Body::Attach);
     let ack = st.relay.send(subjects::actor(&session), &env, &trace).await.map_err(relay_error)?;
     if let Some(e) = ack_error(ack, None) {
@@ -683,6 +739,7 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
         StreamGuard::new(&st.metrics, "get"),
         None,
         vec![],
+        Some(auth),
     ))
 }
 

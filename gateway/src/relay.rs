@@ -39,6 +39,9 @@ pub enum RelayError {
     Nats(String),
     #[error("not connected to NATS")]
     Disconnected,
+    /// The envelope is larger than the NATS server's payload limit.
+    #[error("message of {size} bytes exceeds the message bus limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
 }
 
 pub struct Relay {
@@ -141,12 +144,17 @@ impl Relay {
     /// Send an envelope and wait for the worker's acknowledgement.
     pub async fn send(&self, subject: String, env: &Envelope, trace: &TraceParent) -> Result<Ack, RelayError> {
         let payload: bytes::Bytes = env.to_bytes().map_err(|e| RelayError::Encode(e.to_string()))?.into();
+        let max = self.nats.server_info().max_payload;
+        if max > 0 && payload.len() > max {
+            return Err(RelayError::TooLarge { size: payload.len(), max });
+        }
         let mut headers = HeaderMap::new();
         headers.insert(proto::trace::TRACEPARENT, trace.header_value().as_str());
         let kind = match &env.body {
             proto::Body::Open { .. } => "open",
             proto::Body::Deliver { .. } => "deliver",
             proto::Body::Attach => "attach",
+            proto::Body::Reserve => "reserve",
             proto::Body::Close => "close",
             proto::Body::Stateless { .. } => "stateless",
         };

@@ -55,6 +55,7 @@ pub fn bucket_config() -> kv::Config {
         bucket: REVOCATION_BUCKET.to_owned(),
         history: 1,
         max_age: Duration::from_secs(REVOCATION_MAX_AGE_SECS),
+        max_bytes: proto::auth::REVOCATION_MAX_BYTES,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
     }

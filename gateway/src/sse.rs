@@ -38,6 +38,28 @@ pub fn named_event(name: &str, data: &str) -> Bytes {
 }
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+/// How often a long-lived stream re-checks the token it was opened with.
+pub const AUTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What a long-lived stream (GET /mcp, /sse) re-checks while it is open: it ends
+/// once the token it was opened with expires or is revoked, so no stream outlives
+/// the rights that opened it.
+pub struct StreamAuth {
+    /// Unix seconds after which the token no longer validates (expiry + leeway).
+    pub valid_until: u64,
+    /// Whether the token (its grant or its id) has been revoked since.
+    pub revoked: Box<dyn Fn() -> bool + Send>,
+}
+
+impl StreamAuth {
+    fn ended(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        now >= self.valid_until || (self.revoked)()
+    }
+}
 /// Sent when the gateway drains: the client should reconnect elsewhere.
 const DRAINING: &[u8] = b": gateway draining, reconnect\nretry: 1000\n\n";
 
@@ -50,6 +72,7 @@ struct SseBody {
     ticker: tokio::time::Interval,
     drain: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     done: bool,
+    auth: Option<(StreamAuth, tokio::time::Interval)>,
     _guard: StreamGuard,
     on_close: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -65,6 +88,15 @@ impl Stream for SseBody {
         if this.drain.as_mut().poll(cx).is_ready() {
             this.done = true;
             return Poll::Ready(Some(Ok(Bytes::from_static(DRAINING))));
+        }
+        if let Some((auth, check)) = &mut this.auth {
+            while check.poll_tick(cx).is_ready() {
+                if auth.ended() {
+                    tracing::info!("stream ended: its token expired or was revoked");
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+            }
         }
         match this.source.as_mut().poll_next(cx) {
             Poll::Ready(Some(frame)) => {
@@ -93,8 +125,9 @@ impl Drop for SseBody {
 }
 
 /// Build an SSE response from `source`. Keep-alive comments every
-/// `keepalive`; ends when the source ends, the client disconnects, or
-/// `drain` fires (with a final retry hint). `on_close` runs when it ends.
+/// `keepalive`; ends when the source ends, the client disconnects, `drain` fires
+/// (with a final retry hint), or — with `auth` — the token that opened it expires
+/// or is revoked. `on_close` runs when it ends.
 pub fn response(
     source: impl Stream<Item = Bytes> + Send + 'static,
     keepalive: Duration,
@@ -102,6 +135,7 @@ pub fn response(
     guard: StreamGuard,
     on_close: Option<Box<dyn FnOnce() + Send>>,
     headers: Vec<(&'static str, String)>,
+    auth: Option<StreamAuth>,
 ) -> HttpResponse {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,6 +144,11 @@ pub fn response(
         ticker,
         drain: Box::pin(drain.cancelled_owned()),
         done: false,
+        auth: auth.map(|a| {
+            let mut check = tokio::time::interval(AUTH_CHECK_INTERVAL);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (a, check)
+        }),
         _guard: guard,
         on_close,
     };

@@ -62,6 +62,9 @@ pub struct AuthConfig {
     /// Authorization servers advertised in the RFC 9728 metadata; empty means
     /// `allowed_issuers`.
     pub authorization_servers: Vec<String>,
+    /// Allowed issuers whose access tokens need not say `typ: at+jwt` (RFC 9068 §2.1);
+    /// every other issuer's tokens must (`GATEWAY_ISSUERS_WITHOUT_TYP`).
+    pub issuers_without_typ: Vec<String>,
 }
 
 /// Validates bearer tokens. Cheap to clone; one instance is shared by all workers.
@@ -176,6 +179,22 @@ impl Validator {
         &self.inner.revocations
     }
 
+    /// What a stream opened with the token in `authorization` (already validated into
+    /// `principal`) re-checks while it is open: the token's expiry (with [`LEEWAY`])
+    /// and the revocation of its grant or id.
+    pub fn stream_auth(&self, authorization: Option<&str>, principal: &proto::Principal) -> crate::sse::StreamAuth {
+        let jti = bearer_token(authorization)
+            .ok()
+            .and_then(|t| self.inner.accepted.get(t))
+            .and_then(|v| v.jti);
+        let grant = principal.grant_id.clone();
+        let me = self.clone();
+        crate::sse::StreamAuth {
+            valid_until: principal.expires_at.saturating_add(LEEWAY),
+            revoked: Box::new(move || me.inner.revocations.is_revoked(grant.as_deref(), jti.as_deref(), unix_now())),
+        }
+    }
+
     fn check_revoked(&self, verified: &Verified) -> Result<(), AuthError> {
         let revoked = self.inner.revocations.is_revoked(
             verified.principal.grant_id.as_deref(),
@@ -225,6 +244,11 @@ impl Validator {
         err.to_response(Some(&self.inner.cfg.resource_metadata_url))
     }
 
+    /// The refusal on a legacy endpoint: its challenge names the legacy metadata.
+    pub fn reject_legacy_response(&self, err: &AuthError) -> actix_web::HttpResponse {
+        err.to_response(Some(&legacy_resource_metadata_url(&self.inner.cfg)))
+    }
+
     async fn validate_inner(&self, authorization: Option<&str>) -> Result<Verified, AuthError> {
         let cfg = &self.inner.cfg;
         let token = bearer_token(authorization)?;
@@ -245,6 +269,11 @@ impl Validator {
         let iss = unverified.iss.ok_or(AuthError::InvalidIssuer)?;
         if !cfg.allowed_issuers.contains(&iss) {
             return Err(AuthError::InvalidIssuer);
+        }
+        // RFC 9068 §4: an access token says so in `typ`, so an ID token or another
+        // JWT signed by the same issuer cannot be passed off as one.
+        if !cfg.issuers_without_typ.contains(&iss) && !is_access_token_typ(header.typ.as_deref()) {
+            return Err(AuthError::InvalidToken("token type is not at+jwt (RFC 9068)".into()));
         }
 
         let jwk = match self
@@ -280,7 +309,9 @@ impl Validator {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = true;
-        validation.set_audience(&[&cfg.resource]);
+        // The resource, or the origin that names the whole server (what clients
+        // given the legacy /sse URL ask for; see `legacy_resource`).
+        validation.set_audience(&[cfg.resource.as_str(), origin_of(&cfg.resource)]);
         validation.set_issuer(&[&iss]);
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
 
@@ -304,6 +335,14 @@ impl Validator {
         }
         Ok(verified)
     }
+}
+
+/// `at+jwt` or `application/at+jwt`, in any case (RFC 9068 §2.1, RFC 8725 §3.11).
+pub fn is_access_token_typ(typ: Option<&str>) -> bool {
+    typ.is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        t == "at+jwt" || t == "application/at+jwt"
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -391,7 +430,19 @@ fn principal_from_claims(
         client_id: str_claim(claims, "client_id").or_else(|| str_claim(claims, "azp")),
         expires_at: claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0),
         grant_id: str_claim(claims, proto::auth::GRANT_CLAIM),
+        kind: subject_kind(claims),
     })
+}
+
+/// Whether a token speaks for a person or for a machine acting for itself: our
+/// issuer's `sub_kind`, Microsoft Entra's `idtyp: app`, Auth0's
+/// `gty: client-credentials`. A token with none of these is taken as a user's (other
+/// issuers' client-credentials tokens need one of these markers to be told apart).
+fn subject_kind(claims: &serde_json::Value) -> proto::SubjectKind {
+    let machine = str_claim(claims, proto::auth::SUBJECT_KIND_CLAIM).as_deref() == Some(proto::auth::SUBJECT_KIND_MACHINE)
+        || str_claim(claims, "idtyp").as_deref() == Some("app")
+        || str_claim(claims, "gty").as_deref() == Some("client-credentials");
+    if machine { proto::SubjectKind::Machine } else { proto::SubjectKind::User }
 }
 
 fn str_claim(claims: &serde_json::Value, name: &str) -> Option<String> {
@@ -412,6 +463,41 @@ fn string_list(v: &serde_json::Value) -> Vec<String> {
 }
 
 /// This resource's RFC 9728 protected-resource metadata document.
+/// The scheme and authority of a URL (`http://localhost:8788` of
+/// `http://localhost:8788/mcp`); the input itself when it has no scheme.
+pub fn origin_of(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_len = rest.find('/').unwrap_or(rest.len());
+            &url[..scheme.len() + 3 + host_len]
+        }
+        None => url,
+    }
+}
+
+/// Paths of the legacy HTTP+SSE transport.
+pub const LEGACY_PATHS: [&str; 2] = ["/sse", "/messages"];
+
+/// The resource a client given a legacy URL (`/sse`) checks the metadata against:
+/// the origin, a prefix of every endpoint, since MCP SDKs require the metadata's
+/// resource to be a prefix of the URL they were given (RFC 9728 §3.3).
+pub fn legacy_resource(cfg: &AuthConfig) -> &str {
+    origin_of(&cfg.resource)
+}
+
+/// Where the legacy endpoints' metadata is (path-suffixed form, RFC 9728 §3.1).
+pub fn legacy_resource_metadata_url(cfg: &AuthConfig) -> String {
+    format!("{}/.well-known/oauth-protected-resource/sse", origin_of(&cfg.resource))
+}
+
+/// RFC 9728 metadata for the legacy endpoints: as [`protected_resource_metadata`]
+/// with the origin as the resource.
+pub fn legacy_protected_resource_metadata(cfg: &AuthConfig) -> serde_json::Value {
+    let mut doc = protected_resource_metadata(cfg);
+    doc["resource"] = serde_json::json!(legacy_resource(cfg));
+    doc
+}
+
 pub fn protected_resource_metadata(cfg: &AuthConfig) -> serde_json::Value {
     let servers = if cfg.authorization_servers.is_empty() {
         &cfg.allowed_issuers

@@ -28,6 +28,8 @@ struct IssuerState {
     docs: Mutex<HashMap<String, serde_json::Value>>,
     hits: Mutex<HashMap<String, usize>>,
     down: AtomicBool,
+    /// Accept requests and answer none of them (for a long while).
+    hang: AtomicBool,
 }
 
 impl IssuerState {
@@ -47,6 +49,9 @@ async fn serve_doc(req: HttpRequest, state: web::Data<IssuerState>) -> HttpRespo
     *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
     if state.down.load(Ordering::SeqCst) {
         return HttpResponse::InternalServerError().finish();
+    }
+    if state.hang.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(60)).await;
     }
     match state.docs.lock().unwrap().get(&path) {
         Some(doc) => HttpResponse::Ok().json(doc),
@@ -122,6 +127,7 @@ impl TestIssuer {
             jwks_cache_ttl: Duration::from_secs(300),
             required_scopes: vec![],
             authorization_servers: vec![],
+            issuers_without_typ: vec![],
         }
     }
 
@@ -163,9 +169,12 @@ impl Signer {
         jwk
     }
     fn sign(&self, claims: &serde_json::Value) -> String {
+        self.sign_typ(claims, Some("at+jwt"))
+    }
+    fn sign_typ(&self, claims: &serde_json::Value, typ: Option<&str>) -> String {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
-        header.typ = Some("at+jwt".into());
+        header.typ = typ.map(str::to_owned);
         jsonwebtoken::encode(&header, claims, &self.key).unwrap()
     }
 }
@@ -238,6 +247,53 @@ async fn accepts_es256_and_rs256_with_scp_azp_and_audience_arrays() {
     }
     // Both keys came from one JWKS fetch.
     assert_eq!(issuer.state.hits("/jwks.json"), 1);
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn access_tokens_must_say_at_jwt_unless_the_issuer_is_exempt() {
+    // Issue 8, defect 5 (RFC 9068 §4): an ID token or any other JWT of the issuer
+    // is not an access token.
+    let signer = Signer::ed();
+    let issuer = TestIssuer::standard(&[signer.jwk()]).await;
+    let c = claims(&issuer.issuer);
+    let v = issuer.validator();
+    for typ in [Some("JWT"), Some("jwt"), None, Some("id+jwt")] {
+        let e = v.validate(Some(&bearer(&signer.sign_typ(&c, typ)))).await.unwrap_err();
+        assert_eq!(e.code(), "INVALID_TOKEN", "typ {typ:?}");
+    }
+    for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+        assert!(v.validate(Some(&bearer(&signer.sign_typ(&c, Some(typ))))).await.is_ok(), "typ {typ}");
+    }
+    let mut cfg = issuer.config();
+    cfg.issuers_without_typ = vec![issuer.issuer.clone()];
+    let exempt = Validator::new(cfg, reqwest::Client::new());
+    assert!(exempt.validate(Some(&bearer(&signer.sign_typ(&c, Some("JWT"))))).await.is_ok());
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn machine_tokens_are_told_from_user_tokens() {
+    let signer = Signer::ed();
+    let issuer = TestIssuer::standard(&[signer.jwk()]).await;
+    let v = issuer.validator();
+    let mut cases = vec![
+        (json!({}), proto::SubjectKind::User),
+        (json!({"sub_kind": "user"}), proto::SubjectKind::User),
+        (json!({"sub_kind": "machine"}), proto::SubjectKind::Machine),
+        (json!({"idtyp": "app"}), proto::SubjectKind::Machine),
+        (json!({"idtyp": "user"}), proto::SubjectKind::User),
+        (json!({"gty": "client-credentials"}), proto::SubjectKind::Machine),
+    ];
+    for (i, (extra, kind)) in cases.drain(..).enumerate() {
+        let mut c = claims(&issuer.issuer);
+        c["jti"] = json!(format!("kind-{i}"));
+        for (k, val) in extra.as_object().unwrap() {
+            c[k] = val.clone();
+        }
+        let p = v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap();
+        assert_eq!(p.kind, kind, "{extra}");
+    }
     issuer.stop().await;
 }
 
@@ -580,7 +636,7 @@ async fn key_rotation_is_picked_up_on_unknown_kid() {
 }
 
 #[actix_web::test]
-async fn cache_ttl_expiry_refetches_discovery_and_keys() {
+async fn cache_ttl_expiry_serves_stale_keys_and_revalidates_in_the_background() {
     let signer = Signer::ed();
     let issuer = TestIssuer::standard(&[signer.jwk()]).await;
     let mut cfg = issuer.config();
@@ -590,8 +646,61 @@ async fn cache_ttl_expiry_refetches_discovery_and_keys() {
     for _ in 0..3 {
         assert!(v.validate(Some(&bearer(&token))).await.is_ok());
     }
-    assert_eq!(issuer.state.hits("/jwks.json"), 3);
-    assert_eq!(issuer.state.hits("/.well-known/openid-configuration"), 3);
+    // The first call fetched inline; the stale set is refetched (discovery too) in
+    // the background.
+    testkit::eventually(50, Duration::from_millis(100), || async {
+        let (keys, discovery) = (issuer.state.hits("/jwks.json"), issuer.state.hits("/.well-known/openid-configuration"));
+        anyhow::ensure!(keys >= 2 && discovery >= 2, "{keys} key fetches, {discovery} discoveries");
+        Ok(())
+    })
+    .await
+    .expect("stale keys revalidated in the background");
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn a_hanging_issuer_stalls_no_token_whose_key_is_cached() {
+    // Issue 8, defect 6: past the TTL, with the issuer accepting connections and
+    // never answering, a token with a cached key is still answered at once.
+    let signer = Signer::ed();
+    let new = Signer::new(ED_OTHER_PEM, Algorithm::EdDSA, "ed-2");
+    let issuer = TestIssuer::standard(&[signer.jwk()]).await;
+    let mut cfg = issuer.config();
+    cfg.jwks_cache_ttl = Duration::from_millis(200);
+    let v = Validator::with_min_refresh_interval(cfg, reqwest::Client::new(), Duration::ZERO);
+    let mut c = claims(&issuer.issuer);
+    assert!(v.validate(Some(&bearer(&signer.sign(&c)))).await.is_ok());
+    issuer.state.hang.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the configured TTL runs out
+    for i in 0..5 {
+        c["jti"] = json!(format!("stale-{i}"));
+        let t0 = std::time::Instant::now();
+        assert!(v.validate(Some(&bearer(&signer.sign(&c)))).await.is_ok());
+        assert!(t0.elapsed() < Duration::from_secs(1), "waited {:?} on a hanging issuer", t0.elapsed());
+    }
+    // A token naming a key we do not have waits for a fetch, at most FETCH_DEADLINE,
+    // and meanwhile known keys are still served at once.
+    let v2 = v.clone();
+    let unknown = new.sign(&claims(&issuer.issuer));
+    let waiting = tokio::spawn(async move { v2.validate(Some(&bearer(&unknown))).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    c["jti"] = json!("while-fetching");
+    assert!(v.validate(Some(&bearer(&signer.sign(&c)))).await.is_ok());
+    assert!(t0.elapsed() < Duration::from_secs(1), "a known key waited {:?} on an unknown-kid fetch", t0.elapsed());
+    let t0 = std::time::Instant::now();
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(t0.elapsed() <= super::jwks::FETCH_DEADLINE + Duration::from_secs(1));
+    assert_eq!(err, AuthError::InvalidSignature, "stale keys kept, the unknown kid is not among them");
+    // The issuer recovers with a rotated set: the background revalidation finds it.
+    issuer.state.hang.store(false, Ordering::SeqCst);
+    issuer.set_keys(&[signer.jwk(), new.jwk()]);
+    let rotated = new.sign(&claims(&issuer.issuer));
+    testkit::eventually(150, Duration::from_millis(100), || async {
+        v.validate(Some(&bearer(&rotated))).await.map_err(|e| anyhow::anyhow!("{e:?}"))
+    })
+    .await
+        .expect("the rotated key is found once the issuer answers again");
     issuer.stop().await;
 }
 
@@ -699,12 +808,9 @@ async fn token_without_kid_uses_the_single_fitting_key() {
     let es = Signer::new(P256_PEM, Algorithm::ES256, "ec-1");
     let issuer = TestIssuer::standard(&[signer.jwk(), es.jwk()]).await;
     let v = issuer.validator();
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::EdDSA),
-        &claims(&issuer.issuer),
-        &signer.key,
-    )
-    .unwrap();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some("at+jwt".into());
+    let token = jsonwebtoken::encode(&header, &claims(&issuer.issuer), &signer.key).unwrap();
     assert!(v.validate(Some(&bearer(&token))).await.is_ok());
     // Two Ed25519 keys: ambiguous without a kid.
     let other = Signer::new(ED_OTHER_PEM, Algorithm::EdDSA, "ed-2");
@@ -757,6 +863,7 @@ fn protected_resource_metadata_document() {
         jwks_cache_ttl: Duration::from_secs(60),
         required_scopes: vec![],
         authorization_servers: vec![],
+        issuers_without_typ: vec![],
     };
     let doc = protected_resource_metadata(&cfg);
     assert_eq!(doc["resource"], RESOURCE);
@@ -768,6 +875,7 @@ fn protected_resource_metadata_document() {
     assert!(doc.get("scopes_supported").is_none());
     let cfg = AuthConfig {
         authorization_servers: vec!["https://auth".into()],
+        issuers_without_typ: vec![],
         required_scopes: vec!["mcp:tools".into()],
         ..cfg
     };

@@ -148,7 +148,9 @@ async fn oauth_paths_reach_the_upstream_with_method_path_query_body_and_headers(
     assert_eq!(s.header("authorization"), Some("Basic Y2xpZW50OnNlY3JldA=="));
     assert_eq!(s.header("cookie"), Some("mcp_tx=t1"));
     assert_eq!(s.header("origin"), Some("https://any-client.example"));
-    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    // The client is not a trusted proxy: its own X-Forwarded-For is dropped, so it
+    // cannot pose as another address to the auth-service's per-address limits.
+    assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(s.header("x-forwarded-host"), Some(origin.trim_start_matches("http://")));
     assert_eq!(s.header("x-forwarded-proto"), Some("http"));
     for hop in ["proxy-authorization", "keep-alive", "x-hop"] {
