@@ -5,10 +5,14 @@
 //! vault key ([`crate::crypto::Sealer`]). Every `key_rotation` one replica adds a new
 //! key (compare-and-swap, so two replicas never both rotate) and drops keys that
 //! cannot have signed an unexpired token (a newer key existed for longer than the
-//! access-token lifetime). Tokens are signed with the newest key; `/jwks.json` serves
-//! all kept keys, so the current and the previous key are both published during the
-//! overlap. Replicas reload the set every [`RELOAD_INTERVAL`]; a gateway seeing an
-//! unknown `kid` refetches the JWKS.
+//! access-token lifetime). A new key is published `publish_lead` before it signs
+//! anything (`AUTH_KEY_PUBLISH_LEAD`, longer than a replica's reload interval plus a
+//! gateway's JWKS cache lifetime), so every replica serves it in `/jwks.json` and every
+//! gateway has fetched it before the first token that names it exists: no gateway
+//! refuses a fresh token at a rotation. Tokens are signed with the newest key that has
+//! been published that long (the first key ever signs at once); `/jwks.json` serves all
+//! kept keys. Replicas reload the set every [`RELOAD_INTERVAL`]; a gateway seeing an
+//! unknown `kid` still refetches the JWKS.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -58,6 +62,8 @@ struct KeySet {
 struct Loaded {
     /// Newest last.
     keys: Vec<(DevKey, u64)>,
+    /// Index in `keys` of the key new tokens are signed with.
+    signing: usize,
     jwks: serde_json::Value,
 }
 
@@ -67,17 +73,20 @@ pub struct SigningKeys {
     bucket: Bucket,
     sealer: Sealer,
     rotation: Duration,
+    publish_lead: Duration,
     access_ttl: Duration,
     dev_key: Option<DevKey>,
     loaded: Arc<RwLock<Loaded>>,
 }
 
 impl SigningKeys {
-    /// Load the key set, creating or rotating it when due.
+    /// Load the key set, creating or rotating it when due. A new key signs once it
+    /// has been published for `publish_lead` (shorter than `rotation`).
     pub async fn open(
         bucket: Bucket,
         sealer: Sealer,
         rotation: Duration,
+        publish_lead: Duration,
         access_ttl: Duration,
         dev_key: Option<DevKey>,
     ) -> Result<Self, SigningError> {
@@ -85,10 +94,12 @@ impl SigningKeys {
             bucket,
             sealer,
             rotation,
+            publish_lead,
             access_ttl,
             dev_key,
             loaded: Arc::new(RwLock::new(Loaded {
                 keys: Vec::new(),
+                signing: 0,
                 jwks: serde_json::json!({ "keys": [] }),
             })),
         };
@@ -107,9 +118,9 @@ impl SigningKeys {
             };
             let newest = set.keys.last().map(|k| k.created_at);
             let due = newest.is_none_or(|c| now >= c.saturating_add(self.rotation.as_secs()));
-            let retired = retired(&set, now, self.access_ttl);
+            let retired = retired(&set, now, self.publish_lead, self.access_ttl);
             if !due && retired == 0 {
-                self.install(&set)?;
+                self.install(&set, now)?;
                 return Ok(());
             }
             set.keys.drain(..retired);
@@ -137,7 +148,7 @@ impl SigningKeys {
                 if due {
                     tracing::info!(kid = set.keys.last().map(|k| k.kid.as_str()).unwrap_or(""), "rotated the signing key");
                 }
-                self.install(&set)?;
+                self.install(&set, now)?;
                 return Ok(());
             }
             // Another replica rotated first: read theirs.
@@ -145,7 +156,7 @@ impl SigningKeys {
         Err(SigningError::Contended)
     }
 
-    fn install(&self, set: &KeySet) -> Result<(), SigningError> {
+    fn install(&self, set: &KeySet, now: u64) -> Result<(), SigningError> {
         let mut keys = Vec::with_capacity(set.keys.len());
         for k in &set.keys {
             let pem = self
@@ -166,9 +177,11 @@ impl SigningKeys {
         {
             jwks.push(v);
         }
+        let signing = signing_index(set, now, self.publish_lead);
         let mut loaded = self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         *loaded = Loaded {
             keys,
+            signing,
             jwks: serde_json::json!({ "keys": jwks }),
         };
         Ok(())
@@ -179,9 +192,11 @@ impl SigningKeys {
         self.read().jwks.clone()
     }
 
-    /// The key new tokens are signed with.
+    /// The key new tokens are signed with: the newest one published for at least
+    /// `publish_lead` at the last reload.
     pub fn current(&self) -> Result<DevKey, SigningError> {
-        self.read().keys.last().map(|(k, _)| k.clone()).ok_or(SigningError::NoKey)
+        let loaded = self.read();
+        loaded.keys.get(loaded.signing).map(|(k, _)| k.clone()).ok_or(SigningError::NoKey)
     }
 
     /// The published key with this `kid` (for introspection and revocation of our
@@ -206,10 +221,20 @@ impl SigningKeys {
     }
 }
 
+/// Which key signs at `now`: the newest published for at least `lead`; the oldest
+/// when none has been (the very first key signs at once).
+fn signing_index(set: &KeySet, now: u64, lead: Duration) -> usize {
+    set.keys
+        .iter()
+        .rposition(|k| now >= k.created_at.saturating_add(lead.as_secs()))
+        .unwrap_or(0)
+}
+
 /// How many of the oldest keys no unexpired token can carry: key `i` is retired
-/// when key `i+1` has existed for longer than the token lifetime plus a margin.
-fn retired(set: &KeySet, now: u64, access_ttl: Duration) -> usize {
-    let keep_for = access_ttl.as_secs() + RETIRE_MARGIN.as_secs();
+/// when key `i+1` has been signing (published for `lead`) for longer than the token
+/// lifetime plus a margin.
+fn retired(set: &KeySet, now: u64, lead: Duration, access_ttl: Duration) -> usize {
+    let keep_for = lead.as_secs() + access_ttl.as_secs() + RETIRE_MARGIN.as_secs();
     let mut n = 0;
     for pair in set.keys.windows(2) {
         if now >= pair[1].created_at.saturating_add(keep_for) {
@@ -233,13 +258,24 @@ mod tests {
     #[test]
     fn keys_retire_only_after_their_successor_outlived_a_token() {
         let ttl = Duration::from_secs(900);
-        let keep = 900 + RETIRE_MARGIN.as_secs();
+        let lead = Duration::from_secs(60);
+        let keep = 60 + 900 + RETIRE_MARGIN.as_secs();
         let set = KeySet { keys: vec![key(0), key(1000)] };
-        assert_eq!(retired(&set, 1000, ttl), 0);
-        assert_eq!(retired(&set, 1000 + keep - 1, ttl), 0);
-        assert_eq!(retired(&set, 1000 + keep, ttl), 1);
+        assert_eq!(retired(&set, 1000, lead, ttl), 0);
+        assert_eq!(retired(&set, 1000 + keep - 1, lead, ttl), 0);
+        assert_eq!(retired(&set, 1000 + keep, lead, ttl), 1);
         let set = KeySet { keys: vec![key(0), key(10), key(5000)] };
-        assert_eq!(retired(&set, 5000, ttl), 1, "the newest and its predecessor stay");
-        assert_eq!(retired(&KeySet { keys: vec![key(0)] }, u64::MAX, ttl), 0);
+        assert_eq!(retired(&set, 5000, lead, ttl), 1, "the newest and its predecessor stay");
+        assert_eq!(retired(&KeySet { keys: vec![key(0)] }, u64::MAX, lead, ttl), 0);
+    }
+
+    #[test]
+    fn a_new_key_signs_only_after_it_was_published_for_the_lead() {
+        let lead = Duration::from_secs(360);
+        assert_eq!(signing_index(&KeySet { keys: vec![key(1000)] }, 1000, lead), 0, "the first key signs at once");
+        let set = KeySet { keys: vec![key(0), key(1000)] };
+        assert_eq!(signing_index(&set, 1000, lead), 0, "published, not yet signing");
+        assert_eq!(signing_index(&set, 1359, lead), 0);
+        assert_eq!(signing_index(&set, 1360, lead), 1);
     }
 }

@@ -11,6 +11,7 @@ use auth_service::store::Stores;
 use crate::oauth_kit::bounded;
 
 const ROTATION: Duration = Duration::from_secs(100);
+const LEAD: Duration = Duration::from_secs(30);
 const ACCESS_TTL: Duration = Duration::from_secs(900);
 
 fn jwks_kids(keys: &SigningKeys) -> Vec<String> {
@@ -29,7 +30,7 @@ async fn replicas_rotate_once_and_retire_the_oldest_key() {
         let nc = async_nats::connect(&nats.url).await.unwrap();
         let stores = Stores::open(&async_nats::jetstream::new(nc)).await.unwrap();
         let sealer = Sealer::from_list(&Sealer::generate_entry("k1")).unwrap();
-        let open = || SigningKeys::open(stores.keys.clone(), sealer.clone(), ROTATION, ACCESS_TTL, None);
+        let open = || SigningKeys::open(stores.keys.clone(), sealer.clone(), ROTATION, LEAD, ACCESS_TTL, None);
 
         let a = open().await.unwrap();
         let now = auth_service::unix_now();
@@ -45,16 +46,23 @@ async fn replicas_rotate_once_and_retire_the_oldest_key() {
         assert_eq!(rotated[0], first[0], "oldest first");
         assert_eq!(jwks_kids(&a).len(), 2);
         assert!(jwks_kids(&a).contains(&first[0]), "the previous key stays published");
-        assert_eq!(a.current().unwrap().kid(), rotated[1], "new tokens use the new key");
+        assert_eq!(a.current().unwrap().kid(), first[0], "the new key is published before it signs");
 
         // Replica B reloads at the same moment: it adopts A's rotation, no third key.
         b.reload(now + ROTATION.as_secs()).await.unwrap();
         assert_eq!(b.kids(), rotated);
-        assert_eq!(b.current().unwrap().kid(), rotated[1]);
+        assert_eq!(b.current().unwrap().kid(), first[0]);
         assert_eq!(jwks_kids(&b).len(), 2);
 
+        // Published for the lead: new tokens use the new key, on both replicas.
+        for r in [&a, &b] {
+            r.reload(now + ROTATION.as_secs() + LEAD.as_secs()).await.unwrap();
+            assert_eq!(r.current().unwrap().kid(), rotated[1], "new tokens use the new key");
+            assert_eq!(r.kids(), rotated, "no third key");
+        }
+
         // Once no unexpired token can carry the oldest key, it is dropped.
-        let later = now + ROTATION.as_secs() + ACCESS_TTL.as_secs() + RETIRE_MARGIN.as_secs();
+        let later = now + ROTATION.as_secs() + LEAD.as_secs() + ACCESS_TTL.as_secs() + RETIRE_MARGIN.as_secs();
         a.reload(later).await.unwrap();
         let after = a.kids();
         assert!(!after.contains(&first[0]), "oldest key retired: {after:?}");
@@ -74,19 +82,19 @@ async fn a_wrong_vault_key_cannot_open_the_stored_keys() {
         let nc = async_nats::connect(&nats.url).await.unwrap();
         let stores = Stores::open(&async_nats::jetstream::new(nc)).await.unwrap();
         let right = Sealer::from_list(&Sealer::generate_entry("k1")).unwrap();
-        SigningKeys::open(stores.keys.clone(), right.clone(), ROTATION, ACCESS_TTL, None).await.unwrap();
+        SigningKeys::open(stores.keys.clone(), right.clone(), ROTATION, LEAD, ACCESS_TTL, None).await.unwrap();
 
         // Same key id, other bytes; and another key id altogether.
         for wrong in [Sealer::generate_entry("k1"), Sealer::generate_entry("k2")] {
             let wrong = Sealer::from_list(&wrong).unwrap();
-            match SigningKeys::open(stores.keys.clone(), wrong, ROTATION, ACCESS_TTL, None).await {
+            match SigningKeys::open(stores.keys.clone(), wrong, ROTATION, LEAD, ACCESS_TTL, None).await {
                 Err(SigningError::Key { .. }) => {}
                 Err(e) => panic!("unexpected error: {e}"),
                 Ok(k) => panic!("opened with a wrong vault key: {:?}", k.kids()),
             }
         }
         // The right key still works (nothing was overwritten).
-        let again = SigningKeys::open(stores.keys.clone(), right, ROTATION, ACCESS_TTL, None).await.unwrap();
+        let again = SigningKeys::open(stores.keys.clone(), right, ROTATION, LEAD, ACCESS_TTL, None).await.unwrap();
         assert_eq!(again.kids().len(), 1);
     })
     .await;
