@@ -35,11 +35,22 @@ pub const ENV_CODE_TTL: &str = "AUTH_CODE_TTL";
 pub const DEFAULT_CODE_TTL: u64 = 60;
 pub const ENV_KEY_ROTATION: &str = "AUTH_KEY_ROTATION";
 pub const DEFAULT_KEY_ROTATION: u64 = 7 * 24 * 3600;
+/// Seconds a new signing key is published before it signs: above a replica's key
+/// reload (30 s) plus a gateway's default JWKS cache lifetime (300 s).
+pub const ENV_KEY_PUBLISH_LEAD: &str = "AUTH_KEY_PUBLISH_LEAD";
+pub const DEFAULT_KEY_PUBLISH_LEAD: u64 = 360;
 pub const ENV_TRUSTED_PROXIES: &str = "AUTH_TRUSTED_PROXIES";
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 pub const ENV_CIMD_ALLOW_PRIVATE: &str = "AUTH_CIMD_ALLOW_PRIVATE";
 pub const ENV_REGISTER_RATE: &str = "AUTH_REGISTER_RATE";
 pub const DEFAULT_REGISTER_RATE: u32 = 20;
+/// Password checks (argon2, ~20 MiB and tens of ms each) running at once.
+pub const ENV_MAX_PASSWORD_CHECKS: &str = "AUTH_MAX_PASSWORD_CHECKS";
+pub const DEFAULT_MAX_PASSWORD_CHECKS: usize = 4;
+/// Size limit of each growing KV bucket (clients, grants, vault), bytes.
+pub const ENV_STORE_MAX_BYTES: &str = "AUTH_STORE_MAX_BYTES";
+/// JSON file of the operator's machine clients (see `crate::clients::machine`).
+pub const ENV_MACHINE_CLIENTS_FILE: &str = "AUTH_MACHINE_CLIENTS_FILE";
 
 /// Exit code for invalid configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
@@ -69,6 +80,27 @@ pub enum Command {
     GenKeys,
     /// Read a password on stdin and print its argon2id hash for the static-users file.
     HashPassword,
+    /// Print a new machine client secret (stderr) and its AUTH_MACHINE_CLIENTS_FILE
+    /// entry (stdout). Machine clients use client_credentials and, with
+    /// --introspect, /introspect; registration can never create one.
+    MachineClient(MachineClientArgs),
+}
+
+/// Arguments of `machine-client`.
+#[derive(Debug, Clone, Args)]
+pub struct MachineClientArgs {
+    /// The client id (not starting with `c_`, the prefix of registered clients).
+    #[arg(long)]
+    pub id: String,
+    /// Space-separated scopes it may ask for (default: all of AUTH_SCOPES).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Let it call /introspect (a resource server you run).
+    #[arg(long, default_value_t = false)]
+    pub introspect: bool,
+    /// Only introspection: no client_credentials tokens.
+    #[arg(long, default_value_t = false)]
+    pub no_tokens: bool,
 }
 
 /// Settings of the server.
@@ -125,6 +157,10 @@ pub struct OAuthArgs {
     /// Seconds between signing-key rotations (the previous key stays published).
     #[arg(long, env = ENV_KEY_ROTATION, default_value_t = DEFAULT_KEY_ROTATION)]
     pub key_rotation: u64,
+    /// Seconds a new signing key is published in /jwks.json before tokens are signed
+    /// with it (at least the gateways' JWKS_CACHE_TTL; less than AUTH_KEY_ROTATION).
+    #[arg(long, env = ENV_KEY_PUBLISH_LEAD, default_value_t = DEFAULT_KEY_PUBLISH_LEAD)]
+    pub key_publish_lead: u64,
     /// Comma-separated peer addresses or networks whose X-Forwarded-For is believed.
     #[arg(long, env = ENV_TRUSTED_PROXIES, default_value = DEFAULT_TRUSTED_PROXIES)]
     pub trusted_proxies: String,
@@ -135,6 +171,16 @@ pub struct OAuthArgs {
     /// Dynamic registrations per minute per source address.
     #[arg(long, env = ENV_REGISTER_RATE, default_value_t = DEFAULT_REGISTER_RATE)]
     pub register_rate: u32,
+    /// The operator's machine clients (client_credentials, introspection); none when
+    /// unset. See `auth-service machine-client`.
+    #[arg(long, env = ENV_MACHINE_CLIENTS_FILE)]
+    pub machine_clients_file: Option<PathBuf>,
+    /// Most bytes each growing KV bucket (clients, grants, vault) may hold.
+    #[arg(long, env = ENV_STORE_MAX_BYTES, default_value_t = crate::store::DEFAULT_STORE_MAX_BYTES)]
+    pub store_max_bytes: i64,
+    /// Password checks (argon2) of the static-users login running at once; more get 503.
+    #[arg(long, env = ENV_MAX_PASSWORD_CHECKS, default_value_t = DEFAULT_MAX_PASSWORD_CHECKS)]
+    pub max_password_checks: usize,
 }
 
 /// The OAuth server's checked settings.
@@ -149,9 +195,13 @@ pub struct OAuthConfig {
     pub refresh_grace: std::time::Duration,
     pub code_ttl: std::time::Duration,
     pub key_rotation: std::time::Duration,
+    pub key_publish_lead: std::time::Duration,
     pub trusted_proxies: crate::net::TrustedProxies,
     pub cimd_allow_private: bool,
     pub register_rate: u32,
+    pub machine_clients: crate::clients::machine::MachineClients,
+    pub store_max_bytes: i64,
+    pub max_password_checks: usize,
 }
 
 impl OAuthArgs {
@@ -201,11 +251,26 @@ impl OAuthArgs {
             return Err(ConfigError::new(ENV_CODE_TTL, "must be at most 600"));
         }
         let key_rotation = positive(ENV_KEY_ROTATION, self.key_rotation)?;
+        if self.key_publish_lead >= self.key_rotation {
+            return Err(ConfigError::new(ENV_KEY_PUBLISH_LEAD, "must be less than AUTH_KEY_ROTATION"));
+        }
+        let key_publish_lead = std::time::Duration::from_secs(self.key_publish_lead);
         let trusted_proxies = crate::net::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| ConfigError::new(ENV_TRUSTED_PROXIES, e.to_string()))?;
         if self.register_rate == 0 {
             return Err(ConfigError::new(ENV_REGISTER_RATE, "must be greater than 0"));
         }
+        if self.max_password_checks == 0 {
+            return Err(ConfigError::new(ENV_MAX_PASSWORD_CHECKS, "must be at least 1"));
+        }
+        if self.store_max_bytes < 1024 * 1024 {
+            return Err(ConfigError::new(ENV_STORE_MAX_BYTES, "must be at least 1048576"));
+        }
+        let machine_clients = match self.machine_clients_file.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+            None => crate::clients::machine::MachineClients::default(),
+            Some(path) => crate::clients::machine::MachineClients::load(path, &scopes)
+                .map_err(|e| ConfigError::new(ENV_MACHINE_CLIENTS_FILE, e))?,
+        };
         Ok(OAuthConfig {
             nats_url,
             resource,
@@ -216,9 +281,13 @@ impl OAuthArgs {
             refresh_grace: Duration::from_secs(self.refresh_grace),
             code_ttl,
             key_rotation,
+            key_publish_lead,
             trusted_proxies,
             cimd_allow_private: self.cimd_allow_private,
             register_rate: self.register_rate,
+            machine_clients,
+            store_max_bytes: self.store_max_bytes,
+            max_password_checks: self.max_password_checks,
         })
     }
 }
@@ -365,9 +434,13 @@ mod tests {
             refresh_grace: DEFAULT_REFRESH_GRACE,
             code_ttl: DEFAULT_CODE_TTL,
             key_rotation: DEFAULT_KEY_ROTATION,
+            key_publish_lead: DEFAULT_KEY_PUBLISH_LEAD,
             trusted_proxies: DEFAULT_TRUSTED_PROXIES.into(),
             cimd_allow_private: false,
             register_rate: DEFAULT_REGISTER_RATE,
+            machine_clients_file: None,
+            store_max_bytes: crate::store::DEFAULT_STORE_MAX_BYTES,
+            max_password_checks: DEFAULT_MAX_PASSWORD_CHECKS,
         }
     }
 
@@ -388,6 +461,10 @@ mod tests {
             (ENV_CODE_TTL, Box::new(|a| a.code_ttl = 3600)),
             (ENV_TRUSTED_PROXIES, Box::new(|a| a.trusted_proxies = "10.0.0.0/8,nope".into())),
             (ENV_REGISTER_RATE, Box::new(|a| a.register_rate = 0)),
+            (ENV_KEY_PUBLISH_LEAD, Box::new(|a| a.key_publish_lead = a.key_rotation)),
+            (ENV_STORE_MAX_BYTES, Box::new(|a| a.store_max_bytes = 1000)),
+            (ENV_MAX_PASSWORD_CHECKS, Box::new(|a| a.max_password_checks = 0)),
+            (ENV_MACHINE_CLIENTS_FILE, Box::new(|a| a.machine_clients_file = Some("/nonexistent/machines.json".into()))),
         ];
         for (setting, edit) in cases {
             let mut a = oauth_args();

@@ -208,7 +208,19 @@ fn is_b64url_43(s: &str) -> bool {
 
 /// Whether `asked` names this deployment's resource (a trailing slash is tolerated).
 pub fn resource_matches(ours: &str, asked: &str) -> bool {
-    asked == ours || asked.trim_end_matches('/') == ours.trim_end_matches('/')
+    let asked = asked.trim_end_matches('/');
+    // The origin names the same server: MCP clients given the legacy `/sse` URL ask
+    // for it (their resource check wants a prefix of the URL; the gateway's
+    // metadata for /sse says so). Tokens still carry `aud` = our resource.
+    asked == ours.trim_end_matches('/') || asked == origin_of(ours)
+}
+
+/// The scheme and authority of a URL (`http://h:1` of `http://h:1/mcp`).
+fn origin_of(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((scheme, rest)) => &url[..scheme.len() + 3 + rest.find('/').unwrap_or(rest.len())],
+        None => url,
+    }
 }
 
 /// Scopes of a request: all supported ones (or the client's registered ones) when
@@ -556,6 +568,15 @@ pub async fn login_submit(
         return HttpResponse::NotFound().finish();
     };
     let id = form.get("tx").cloned().unwrap_or_default();
+    // Argon2 costs tens of milliseconds and ~20 MiB: only so many at once. A login
+    // over the cap is refused before it counts as an attempt.
+    let Ok(slot) = oauth.password_checks.clone().try_acquire_owned() else {
+        oauth.metrics.login("busy");
+        tracing::warn!("password checks at their limit (AUTH_MAX_PASSWORD_CHECKS); login refused");
+        let mut resp = pages::error(StatusCode::SERVICE_UNAVAILABLE, "Busy", "too many sign-ins at once; try again in a moment");
+        resp.headers_mut().insert(actix_web::http::header::RETRY_AFTER, actix_web::http::header::HeaderValue::from_static("1"));
+        return resp;
+    };
     // Each attempt is counted before the password is checked, by compare-and-swap, so
     // parallel guesses cannot share one count: the MAX_LOGIN_FAILURES-th ends the login.
     let mut reserved = None;
@@ -595,7 +616,13 @@ pub async fn login_submit(
     let users = users.clone();
     let (u, pw) = (username.to_owned(), password.to_owned());
     // Argon2 is deliberately slow: keep it off the async workers.
-    let verified = web::block(move || users.verify(&u, &pw)).await.ok().flatten();
+    let verified = web::block(move || {
+        let _slot = slot;
+        users.verify(&u, &pw)
+    })
+    .await
+    .ok()
+    .flatten();
     match verified {
         Some(identity) => {
             oauth.metrics.login("ok");
@@ -781,6 +808,10 @@ mod tests {
     fn resources_and_challenges() {
         assert!(resource_matches("http://localhost:8788/mcp", "http://localhost:8788/mcp/"));
         assert!(!resource_matches("http://localhost:8788/mcp", "http://localhost:8788/other"));
+        assert!(resource_matches("http://localhost:8788/mcp", "http://localhost:8788"));
+        assert!(resource_matches("http://localhost:8788/mcp", "http://localhost:8788/"));
+        assert!(!resource_matches("http://localhost:8788/mcp", "http://localhost:8789"));
+        assert!(!resource_matches("http://localhost:8788/mcp", "http://localhost"));
         assert!(is_b64url_43("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"));
         assert!(!is_b64url_43("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw+cM"));
         assert!(!is_b64url_43("short"));

@@ -5,12 +5,19 @@
 //!
 //! - the **code** (opaque, single-use, stored by its SHA-256): redeeming it flips
 //!   `used` by compare-and-swap; a second redemption revokes the grant;
-//! - **refresh tokens** `<grant id>.<secret>`: the grant keeps the hash of the current
-//!   and the previous secret. Using the current one rotates (CAS on the grant, so two
-//!   replicas never both accept it); the previous one still works for
+//! - **refresh tokens** `<address>.<secret>`: the address is a random value of its
+//!   own, issued with the first refresh token and found through the index entry
+//!   `rt.<SHA-256 of the address>` in the grants bucket; it appears nowhere else (not
+//!   in access tokens, logs or revocations, which name the grant by its id), so
+//!   holding an access token does not let anyone address the grant's refresh state.
+//!   The grant keeps the hash of the current secret, the previous one and the last
+//!   [`RETIRED_SECRETS_KEPT`] before it. Using the current one rotates (CAS on the
+//!   grant, so two replicas never both accept it); the previous one still works for
 //!   `refresh_grace` after the rotation (its response may have been lost; each such
-//!   use replaces the current token, the window does not restart), after that it is
-//!   a reuse and revokes the grant;
+//!   use replaces the current token, the window does not restart). A secret this
+//!   grant really issued and rotated out is a reuse and revokes the grant (RFC 9700
+//!   §4.14.2); a secret it never issued is `invalid_grant` and changes nothing, so
+//!   guessing cannot be used to revoke someone else's grant;
 //! - **access tokens**: EdDSA JWTs (RFC 9068: `typ: at+jwt`, `kid`, `aud` = the
 //!   resource, `client_id`, `scope`, `jti`, the grant id as `gid`), with only the
 //!   identity claims tools decide on (`sub`, `email`, `permissions`, `groups`).
@@ -42,13 +49,47 @@ pub enum GrantError {
     Contended,
 }
 
+/// How many rotated-out refresh secrets (before the previous one) a grant remembers,
+/// so that the reuse of any of them is detected rather than taken for a guess.
+pub const RETIRED_SECRETS_KEPT: usize = 8;
+
 /// Hashes of the refresh token secrets of a grant.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RefreshState {
+    /// SHA-256 of the refresh token's address (the part before the dot).
+    pub address: String,
     pub current: String,
     pub previous: Option<String>,
+    /// Secrets rotated out before `previous`, newest first, at most
+    /// [`RETIRED_SECRETS_KEPT`].
+    #[serde(default)]
+    pub retired: Vec<String>,
     pub rotated_at: u64,
     pub generation: u32,
+}
+
+impl RefreshState {
+    /// Whether `hash` is a secret this grant issued and has since rotated out.
+    fn was_issued(&self, hash: &str) -> bool {
+        self.previous.as_deref().is_some_and(|p| ct_eq(hash, p)) || self.retired.iter().any(|r| ct_eq(hash, r))
+    }
+
+    /// Remember `hash` as rotated out, forgetting the oldest beyond the cap.
+    fn retire(&mut self, hash: String) {
+        self.retired.insert(0, hash);
+        self.retired.truncate(RETIRED_SECRETS_KEPT);
+    }
+}
+
+/// The index entry that leads from a refresh token's address to its grant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RefreshAddress {
+    grant_id: String,
+}
+
+/// The grants bucket key of a refresh token address's index entry.
+fn address_key(address_hash: &str) -> String {
+    format!("rt.{address_hash}")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -107,10 +148,10 @@ pub fn pkce_ok(verifier: &str, challenge: &str) -> bool {
     valid && ct_eq(&sha256_b64(verifier), challenge)
 }
 
-/// Split a refresh token into grant id and secret.
+/// Split a refresh token into address and secret.
 fn split_refresh(token: &str) -> Option<(&str, &str)> {
-    let (gid, secret) = token.split_once('.')?;
-    (!gid.is_empty() && !secret.is_empty()).then_some((gid, secret))
+    let (address, secret) = token.split_once('.')?;
+    (!address.is_empty() && !secret.is_empty()).then_some((address, secret))
 }
 
 impl Grants {
@@ -191,7 +232,7 @@ impl Grants {
         if !pkce_ok(verifier, &record.code_challenge) {
             return Err(GrantError::Invalid("code_verifier does not match the code_challenge"));
         }
-        if resource.is_some_and(|r| r != record.resource) {
+        if resource.is_some_and(|r| !crate::flow::resource_matches(&record.resource, r)) {
             return Err(GrantError::Invalid("resource does not match the authorization request"));
         }
         let Some((mut grant, grev)) = self.stores.grants.get::<Grant>(&record.grant_id).await? else {
@@ -200,18 +241,27 @@ impl Grants {
         if grant.revoked.is_some() {
             return Err(GrantError::Invalid("grant revoked"));
         }
+        let address = random_token();
         let secret = random_token();
+        let address_hash = sha256_b64(&address);
         grant.refresh = Some(RefreshState {
+            address: address_hash.clone(),
             current: sha256_b64(&secret),
             previous: None,
+            retired: Vec::new(),
             rotated_at: crate::unix_now(),
             generation: 1,
         });
+        let index = RefreshAddress {
+            grant_id: grant.id.clone(),
+        };
+        if self.stores.grants.create(&address_key(&address_hash), &index).await? == Cas::Conflict {
+            return Err(GrantError::Contended);
+        }
         if self.stores.grants.update(&grant.id, &grant, grev).await? == Cas::Conflict {
             return Err(GrantError::Contended);
         }
-        let refresh = format!("{}.{secret}", grant.id);
-        self.respond(&grant, &grant.scopes, Some(refresh))
+        self.respond(&grant, &grant.scopes, Some(format!("{address}.{secret}")))
     }
 
     /// `grant_type=refresh_token`: rotate (see the module doc). `scopes`, when given,
@@ -223,7 +273,12 @@ impl Grants {
         scopes: Option<Vec<String>>,
         resource: Option<&str>,
     ) -> Result<TokenResponse, GrantError> {
-        let (gid, secret) = split_refresh(token).ok_or(GrantError::Invalid("malformed refresh token"))?;
+        let (address, secret) = split_refresh(token).ok_or(GrantError::Invalid("malformed refresh token"))?;
+        let address_hash = sha256_b64(address);
+        let Some(gid) = self.grant_of_address(&address_hash).await? else {
+            return Err(GrantError::Invalid("unknown or expired refresh token"));
+        };
+        let gid = gid.as_str();
         let presented = sha256_b64(secret);
         for _ in 0..5 {
             let Some((mut grant, rev)) = self.stores.grants.get::<Grant>(gid).await? else {
@@ -232,10 +287,31 @@ impl Grants {
             if grant.revoked.is_some() {
                 return Err(GrantError::Invalid("grant revoked"));
             }
+            let Some(state) = grant.refresh.clone() else {
+                return Err(GrantError::Invalid("grant has no refresh token"));
+            };
+            if !ct_eq(&state.address, &address_hash) {
+                return Err(GrantError::Invalid("unknown or expired refresh token"));
+            }
+            let now = crate::unix_now();
+            let is_current = ct_eq(&presented, &state.current);
+            let in_grace = state.previous.as_deref().is_some_and(|p| ct_eq(&presented, p))
+                && now < state.rotated_at.saturating_add(self.refresh_grace.as_secs());
+            if !is_current && !in_grace {
+                if state.was_issued(&presented) {
+                    tracing::warn!(client_id, grant = gid, "refresh token reused after rotation; revoking the grant");
+                    self.revoke_grant(gid, "refresh_reuse").await?;
+                    return Err(GrantError::Invalid("refresh token already used"));
+                }
+                // Never issued by this grant: a guess or a corrupted token. Refuse it
+                // and change nothing, or anyone could revoke any grant.
+                tracing::warn!(client_id, grant = gid, "refresh token with a secret this grant never issued");
+                return Err(GrantError::Invalid("unknown or expired refresh token"));
+            }
             if grant.client_id != client_id {
                 return Err(GrantError::Invalid("refresh token was issued to another client"));
             }
-            if resource.is_some_and(|r| r != grant.resource) {
+            if resource.is_some_and(|r| !crate::flow::resource_matches(&grant.resource, r)) {
                 return Err(GrantError::Invalid("resource does not match the grant"));
             }
             if let Some(asked) = &scopes
@@ -243,39 +319,30 @@ impl Grants {
             {
                 return Err(GrantError::Invalid("scope exceeds the grant"));
             }
-            let Some(state) = grant.refresh.clone() else {
-                return Err(GrantError::Invalid("grant has no refresh token"));
-            };
-            let now = crate::unix_now();
-            let is_current = ct_eq(&presented, &state.current);
-            let in_grace = state.previous.as_deref().is_some_and(|p| ct_eq(&presented, p))
-                && now < state.rotated_at.saturating_add(self.refresh_grace.as_secs());
-            if !is_current && !in_grace {
-                tracing::warn!(client_id, grant = gid, "refresh token reused after rotation; revoking the grant");
-                self.revoke_grant(gid, "refresh_reuse").await?;
-                return Err(GrantError::Invalid("refresh token already used"));
-            }
             let new_secret = random_token();
-            grant.refresh = Some(if is_current {
-                RefreshState {
-                    current: sha256_b64(&new_secret),
-                    previous: Some(state.current),
-                    rotated_at: now,
-                    generation: state.generation + 1,
+            let mut next = state.clone();
+            next.current = sha256_b64(&new_secret);
+            next.generation = state.generation + 1;
+            if is_current {
+                if let Some(previous) = state.previous {
+                    next.retire(previous);
                 }
+                next.previous = Some(state.current);
+                next.rotated_at = now;
             } else {
                 // The previous token inside its grace window: its answer was lost.
-                // Replace the current one; the grace window does not restart.
-                RefreshState {
-                    current: sha256_b64(&new_secret),
-                    generation: state.generation + 1,
-                    ..state
-                }
-            });
+                // Replace the current one (which was issued, so it is retired, not
+                // forgotten); the grace window does not restart.
+                next.retire(state.current);
+            }
+            grant.refresh = Some(next);
             match self.stores.grants.update(gid, &grant, rev).await? {
                 Cas::Done(_) => {
+                    // Keep the index entry as alive as the grant (both age out together).
+                    let index = RefreshAddress { grant_id: gid.to_owned() };
+                    self.stores.grants.put(&address_key(&address_hash), &index).await?;
                     let scopes = scopes.unwrap_or_else(|| grant.scopes.clone());
-                    return self.respond(&grant, &scopes, Some(format!("{gid}.{new_secret}")));
+                    return self.respond(&grant, &scopes, Some(format!("{address}.{new_secret}")));
                 }
                 Cas::Conflict => continue,
             }
@@ -283,7 +350,9 @@ impl Grants {
         Err(GrantError::Contended)
     }
 
-    /// `grant_type=client_credentials`: a token for the client itself.
+    /// `grant_type=client_credentials`: a token for a machine client itself
+    /// (`sub` = its id, `sub_kind: machine`). Only operator-made machine clients get
+    /// here (see `crate::token`).
     pub fn client_token(&self, client_id: &str, scopes: &[String], resource: &str) -> Result<TokenResponse, GrantError> {
         let now = crate::unix_now();
         let claims = AccessClaims {
@@ -301,6 +370,7 @@ impl Grants {
             permissions: Vec::new(),
             groups: Vec::new(),
             gid: None,
+            sub_kind: Some(proto::auth::SUBJECT_KIND_MACHINE.to_owned()),
         };
         Ok(TokenResponse {
             access_token: self.sign(&claims)?,
@@ -328,6 +398,7 @@ impl Grants {
             permissions: grant.identity.permissions.clone(),
             groups: grant.identity.groups.clone(),
             gid: Some(grant.id.clone()),
+            sub_kind: Some(proto::auth::SUBJECT_KIND_USER.to_owned()),
         };
         Ok(TokenResponse {
             access_token: self.sign(&claims)?,
@@ -361,16 +432,25 @@ impl Grants {
         jsonwebtoken::decode::<AccessClaims>(token, &decoding, &v).ok().map(|d| d.claims)
     }
 
+    /// The grant id a refresh token address (its SHA-256) leads to.
+    async fn grant_of_address(&self, address_hash: &str) -> Result<Option<String>, GrantError> {
+        let entry = self.stores.grants.get::<RefreshAddress>(&address_key(address_hash)).await?;
+        Ok(entry.map(|(e, _)| e.grant_id))
+    }
+
     /// The grant a refresh token names, if the token is its current (or in-grace
     /// previous) one.
     pub async fn refresh_token_grant(&self, token: &str) -> Result<Option<Grant>, GrantError> {
-        let Some((gid, secret)) = split_refresh(token) else { return Ok(None) };
-        let Some((grant, _)) = self.stores.grants.get::<Grant>(gid).await? else { return Ok(None) };
+        let Some((address, secret)) = split_refresh(token) else { return Ok(None) };
+        let address_hash = sha256_b64(address);
+        let Some(gid) = self.grant_of_address(&address_hash).await? else { return Ok(None) };
+        let Some((grant, _)) = self.stores.grants.get::<Grant>(&gid).await? else { return Ok(None) };
         let h = sha256_b64(secret);
         let live = grant.refresh.as_ref().is_some_and(|s| {
-            ct_eq(&h, &s.current)
-                || (s.previous.as_deref().is_some_and(|p| ct_eq(&h, p))
-                    && crate::unix_now() < s.rotated_at.saturating_add(self.refresh_grace.as_secs()))
+            ct_eq(&s.address, &address_hash)
+                && (ct_eq(&h, &s.current)
+                    || (s.previous.as_deref().is_some_and(|p| ct_eq(&h, p))
+                        && crate::unix_now() < s.rotated_at.saturating_add(self.refresh_grace.as_secs())))
         });
         Ok((live && grant.revoked.is_none()).then_some(grant))
     }
@@ -461,5 +541,30 @@ mod tests {
         assert_eq!(split_refresh("g."), None);
         assert_eq!(split_refresh(".s"), None);
         assert_eq!(split_refresh("gs"), None);
+    }
+
+    fn state() -> RefreshState {
+        RefreshState {
+            address: "a".into(),
+            current: "c".into(),
+            previous: None,
+            retired: Vec::new(),
+            rotated_at: 0,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn retired_secrets_are_capped_newest_first() {
+        let mut s = state();
+        for i in 0..(RETIRED_SECRETS_KEPT + 3) {
+            s.retire(format!("h{i}"));
+        }
+        assert_eq!(s.retired.len(), RETIRED_SECRETS_KEPT);
+        assert_eq!(s.retired[0], format!("h{}", RETIRED_SECRETS_KEPT + 2));
+        assert!(s.was_issued("h3"));
+        assert!(!s.was_issued("h2"), "the oldest are forgotten");
+        assert!(!s.was_issued("c"), "the current secret is not a rotated-out one");
+        assert!(!s.was_issued("never"));
     }
 }

@@ -28,8 +28,24 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::HashPassword) => hash_password(),
+        Some(Command::MachineClient(args)) => machine_client(&args),
         None => serve(cli.serve),
     }
+}
+
+/// Print a new machine client's secret (stderr, once) and its file entry (stdout).
+fn machine_client(args: &auth_service::config::MachineClientArgs) -> ExitCode {
+    let (secret, entry) =
+        auth_service::clients::machine::new_entry(&args.id, args.scope.as_deref(), args.introspect, !args.no_tokens);
+    // The same checks the server applies when it loads the file.
+    let scopes: Vec<String> = args.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    if let Err(e) = auth_service::clients::machine::MachineClients::parse(&serde_json::json!([entry]).to_string(), &scopes) {
+        eprintln!("auth-service machine-client: {e}");
+        return exit(EXIT_CONFIG);
+    }
+    eprintln!("client secret (shown once, store it in the client): {secret}");
+    println!("{entry}");
+    ExitCode::SUCCESS
 }
 
 /// Read one line (the password) from stdin and print its argon2id hash.

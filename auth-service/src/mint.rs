@@ -46,6 +46,9 @@ pub struct AccessClaims {
     /// The grant (`proto::auth::GRANT_CLAIM`); revoking it revokes the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<String>,
+    /// `proto::auth::SUBJECT_KIND_CLAIM`: `user` or `machine`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_kind: Option<String>,
 }
 
 impl AccessClaims {
@@ -67,6 +70,7 @@ impl AccessClaims {
             permissions: args.permissions.clone(),
             groups: Vec::new(),
             gid: None,
+            sub_kind: Some(proto::auth::SUBJECT_KIND_USER.to_owned()),
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct OAuth {
     pub upstream_origin: tokio::sync::OnceCell<Option<String>>,
     pub register_limiter: web::Data<crate::net::RateLimiter>,
     pub trusted_proxies: web::Data<crate::net::TrustedProxies>,
+    /// Password checks (argon2) allowed to run at once (`AUTH_MAX_PASSWORD_CHECKS`);
+    /// beyond it `/login` answers 503 at once instead of queueing CPU work.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl OAuth {
@@ -165,11 +168,12 @@ pub async fn bind_oauth(
         .map_err(|_| RunError::Nats(format!("no answer from {} within {:?}", oauth_cfg.nats_url, crate::NATS_CONNECT_TIMEOUT)))?
         .map_err(|e| RunError::Nats(e.to_string()))?;
     let js = async_nats::jetstream::new(nats.clone());
-    let stores = Stores::open(&js).await.map_err(|e| RunError::Nats(e.to_string()))?;
+    let stores = Stores::open_with(&js, oauth_cfg.store_max_bytes).await.map_err(|e| RunError::Nats(e.to_string()))?;
     let keys = SigningKeys::open(
         stores.keys.clone(),
         oauth_cfg.sealer.clone(),
         oauth_cfg.key_rotation,
+        oauth_cfg.key_publish_lead,
         oauth_cfg.access_ttl,
         dev_key,
     )
@@ -192,6 +196,7 @@ pub async fn bind_oauth(
             register_per_minute: oauth_cfg.register_rate,
             allow_private_metadata: oauth_cfg.cimd_allow_private,
             supported_scopes: oauth_cfg.scopes.clone(),
+            machines: oauth_cfg.machine_clients.clone(),
         },
     );
     let register_limiter = web::Data::new(clients.register_limiter());
@@ -212,6 +217,7 @@ pub async fn bind_oauth(
     let issuer_path = reqwest::Url::parse(&config.issuer)
         .map(|u| u.path().trim_end_matches('/').to_owned())
         .unwrap_or_default();
+    let max_password_checks = oauth_cfg.max_password_checks;
     let state = web::Data::new(OAuth {
         issuer: config.issuer.clone(),
         cfg: oauth_cfg,
@@ -226,6 +232,7 @@ pub async fn bind_oauth(
         upstream_origin: tokio::sync::OnceCell::new(),
         register_limiter: register_limiter.clone(),
         trusted_proxies: trusted_proxies.clone(),
+        password_checks: Arc::new(tokio::sync::Semaphore::new(max_password_checks)),
     });
     let clients_data = state.clients.clone();
 

@@ -16,6 +16,12 @@
 //!
 //! Compare-and-swap (`create`, `update` at a revision) makes the single-use and
 //! rotation rules hold across replicas.
+//!
+//! Every bucket has a size limit (`max_bytes`; at the limit a write fails and the
+//! request that made it gets a server error, the store never grows without bound) and
+//! a per-value limit ([`MAX_VALUE_BYTES`]). The buckets that grow with users and
+//! clients (`auth_clients`, `auth_grants`, `auth_vault`) get `AUTH_STORE_MAX_BYTES`
+//! each; the short-lived ones the fixed sizes below.
 
 use std::time::Duration;
 
@@ -41,6 +47,15 @@ pub const CODE_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 pub const GRANT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// A refresh lock left by a crashed replica frees itself after this.
 pub const LOCK_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// Largest value any auth bucket stores (a client record, a grant, a vault entry).
+pub const MAX_VALUE_BYTES: i32 = 256 * 1024;
+/// Default `AUTH_STORE_MAX_BYTES`: size of each of the growing buckets.
+pub const DEFAULT_STORE_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+/// Size of the buckets of ten-minute login transactions and codes.
+pub const SHORT_LIVED_MAX_BYTES: i64 = 256 * 1024 * 1024;
+/// Size of the signing key set and refresh locks buckets.
+pub const SMALL_MAX_BYTES: i64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,10 +88,12 @@ pub enum Cas {
 }
 
 impl Bucket {
+    /// Open (or create) a bucket holding at most `max_bytes`.
     pub async fn open(
         js: &jetstream::Context,
         name: &'static str,
         max_age: Duration,
+        max_bytes: i64,
     ) -> Result<Self, StoreError> {
         let kv = match js.get_key_value(name).await {
             Ok(kv) => kv,
@@ -85,6 +102,8 @@ impl Bucket {
                     bucket: name.to_owned(),
                     history: 1,
                     max_age,
+                    max_bytes,
+                    max_value_size: MAX_VALUE_BYTES,
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 })
@@ -192,19 +211,26 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Open every bucket, the growing ones at [`DEFAULT_STORE_MAX_BYTES`].
     pub async fn open(js: &jetstream::Context) -> Result<Self, StoreError> {
+        Self::open_with(js, DEFAULT_STORE_MAX_BYTES).await
+    }
+
+    /// Open every bucket; `max_bytes` (`AUTH_STORE_MAX_BYTES`) for each growing one.
+    pub async fn open_with(js: &jetstream::Context, max_bytes: i64) -> Result<Self, StoreError> {
         Ok(Self {
-            clients: Bucket::open(js, CLIENTS_BUCKET, CLIENT_IDLE_MAX_AGE).await?,
-            pending: Bucket::open(js, PENDING_BUCKET, PENDING_MAX_AGE).await?,
-            codes: Bucket::open(js, CODES_BUCKET, CODE_MAX_AGE).await?,
-            grants: Bucket::open(js, GRANTS_BUCKET, GRANT_MAX_AGE).await?,
-            keys: Bucket::open(js, KEYS_BUCKET, Duration::ZERO).await?,
-            vault: Bucket::open(js, VAULT_BUCKET, GRANT_MAX_AGE).await?,
-            locks: Bucket::open(js, LOCKS_BUCKET, LOCK_MAX_AGE).await?,
+            clients: Bucket::open(js, CLIENTS_BUCKET, CLIENT_IDLE_MAX_AGE, max_bytes).await?,
+            pending: Bucket::open(js, PENDING_BUCKET, PENDING_MAX_AGE, SHORT_LIVED_MAX_BYTES).await?,
+            codes: Bucket::open(js, CODES_BUCKET, CODE_MAX_AGE, SHORT_LIVED_MAX_BYTES).await?,
+            grants: Bucket::open(js, GRANTS_BUCKET, GRANT_MAX_AGE, max_bytes).await?,
+            keys: Bucket::open(js, KEYS_BUCKET, Duration::ZERO, SMALL_MAX_BYTES).await?,
+            vault: Bucket::open(js, VAULT_BUCKET, GRANT_MAX_AGE, max_bytes).await?,
+            locks: Bucket::open(js, LOCKS_BUCKET, LOCK_MAX_AGE, SMALL_MAX_BYTES).await?,
             revocations: Bucket::open(
                 js,
                 proto::auth::REVOCATION_BUCKET,
                 Duration::from_secs(proto::auth::REVOCATION_MAX_AGE_SECS),
+                proto::auth::REVOCATION_MAX_BYTES,
             )
             .await?,
         })

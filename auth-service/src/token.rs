@@ -157,9 +157,16 @@ pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) 
             oauth.grants.refresh(token, &client.client_id, scopes, resource).await
         }
         "client_credentials" => {
-            if client.token_endpoint_auth_method == AuthMethod::None {
+            // Only the operator's machine clients act for themselves; a registered
+            // client never can, whatever it registered (defence in depth: registration
+            // refuses the grant type too).
+            if !client.machine || client.token_endpoint_auth_method == AuthMethod::None {
                 oauth.metrics.token(grant_type, "unauthorized_client");
-                return oauth_error(StatusCode::BAD_REQUEST, "unauthorized_client", "client_credentials needs a confidential client");
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unauthorized_client",
+                    "client_credentials is only for machine clients the operator configured",
+                );
             }
             let scopes = match requested_scopes(&oauth, &client, form.get("scope").map(String::as_str)) {
                 Ok(s) => s,
@@ -227,15 +234,22 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>)
     }
 }
 
-/// `POST /introspect` (RFC 7662), for confidential clients.
+/// `POST /introspect` (RFC 7662), only for the resource servers the operator
+/// configured (machine clients with `introspect: true`): it reveals who a token is
+/// for, so no self-registered client may call it.
 pub async fn introspect(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) -> HttpResponse {
     let (form, client) = match authenticated(&oauth, &req, &body, "introspect").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    if client.token_endpoint_auth_method == AuthMethod::None {
+    if !client.introspect || client.token_endpoint_auth_method == AuthMethod::None {
+        tracing::info!(client_id = %client.client_id, "introspection refused: not a configured resource server");
         oauth.metrics.token("introspect", "invalid_client");
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "introspection needs a confidential client");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "introspection is only for the resource servers the operator configured",
+        );
     }
     let Some(token) = form.get("token").filter(|t| !t.is_empty()) else {
         oauth.metrics.token("introspect", "invalid_request");

@@ -19,9 +19,10 @@ pub const MAX_SCOPE_LEN: usize = 1000;
 pub const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
 pub const GRANT_REFRESH_TOKEN: &str = "refresh_token";
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
-/// Grant types a client may register.
-pub const SUPPORTED_GRANT_TYPES: [&str; 3] =
-    [GRANT_AUTHORIZATION_CODE, GRANT_REFRESH_TOKEN, GRANT_CLIENT_CREDENTIALS];
+/// Grant types a client may register or name in its metadata document. Not
+/// `client_credentials`: a client that acts for itself is a machine client, which
+/// only the operator creates ([`super::machine`]).
+pub const SUPPORTED_GRANT_TYPES: [&str; 2] = [GRANT_AUTHORIZATION_CODE, GRANT_REFRESH_TOKEN];
 /// Response types a client may register.
 pub const SUPPORTED_RESPONSE_TYPES: [&str; 1] = ["code"];
 
@@ -97,16 +98,18 @@ pub(crate) fn validate(
         Some(list) if list.is_empty() => return Err(bad("grant_types must not be empty")),
         Some(list) => list,
     };
+    if grant_types.iter().any(|g| g == GRANT_CLIENT_CREDENTIALS) {
+        return Err(bad(
+            "grant type 'client_credentials' cannot be registered: machine clients are created by the operator",
+        ));
+    }
     if let Some(g) = grant_types.iter().find(|g| !SUPPORTED_GRANT_TYPES.contains(&g.as_str())) {
         return Err(bad(format!(
-            "grant type '{}' is not supported (authorization_code, refresh_token, client_credentials)",
+            "grant type '{}' is not supported (authorization_code, refresh_token)",
             clip(g)
         )));
     }
     let has_code_grant = grant_types.iter().any(|g| g == GRANT_AUTHORIZATION_CODE);
-    if grant_types.iter().any(|g| g == GRANT_CLIENT_CREDENTIALS) && auth_method == AuthMethod::None {
-        return Err(bad("client_credentials needs a confidential client (a client secret)"));
-    }
 
     let response_types = match string_list(field("response_types"), "response_types")? {
         None if has_code_grant => vec!["code".to_owned()],
@@ -349,9 +352,23 @@ mod tests {
         }));
         assert_eq!(v.scope.as_deref(), Some("mcp checklist.read"));
         assert_eq!(v.client_name.as_deref(), Some("Inspector"));
-        // client_credentials only: no redirect URIs needed, no response types.
-        let v = ok(json!({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_post"}));
-        assert!(v.redirect_uris.is_empty() && v.response_types.is_empty());
+    }
+
+    #[test]
+    fn client_credentials_is_never_registered() {
+        // Issue 8, defect 1: an anonymous registration must not yield a client that
+        // gets tokens without anyone logging in.
+        for origin in [Origin::Registration, Origin::MetadataDocument] {
+            for meta in [
+                json!({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_post"}),
+                json!({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_basic"}),
+                json!({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "none"}),
+                json!({"redirect_uris": ["https://app.example/cb"], "grant_types": ["authorization_code", "client_credentials"]}),
+            ] {
+                let e = validate(&meta, origin, &scopes()).unwrap_err();
+                assert_eq!(e.oauth_code(), "invalid_client_metadata", "{meta}");
+            }
+        }
     }
 
     #[test]

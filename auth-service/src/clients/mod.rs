@@ -13,6 +13,10 @@
 //!   [`crate::net`], held in memory per replica ([`cimd`]), never stored. Always
 //!   public clients (no shared secret can exist).
 //!
+//! - **Machine clients** ([`machine`]): created by the operator in
+//!   `AUTH_MACHINE_CLIENTS_FILE`, held in memory; the only clients that may use
+//!   `client_credentials` or `/introspect`. Registration never creates one.
+//!
 //! Redirect URIs match exactly, except that a loopback `http` URI may come back with
 //! any port (RFC 8252 §7.3). At the token endpoint a client uses exactly the method it
 //! registered; public clients send no secret. Errors carry RFC 6749/7591 codes and
@@ -20,6 +24,7 @@
 
 pub mod cimd;
 mod http;
+pub mod machine;
 pub mod metadata;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -112,6 +117,13 @@ pub struct ClientRecord {
     /// Described by a Client ID Metadata Document (the id is its URL), not registered.
     #[serde(default)]
     pub metadata_document: bool,
+    /// An operator-made machine client ([`machine`]): acts for itself
+    /// (`client_credentials`), never stored in the bucket.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub machine: bool,
+    /// May call `/introspect` (only machine clients the operator marked so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub introspect: bool,
 }
 
 impl std::fmt::Debug for ClientRecord {
@@ -124,6 +136,8 @@ impl std::fmt::Debug for ClientRecord {
             .field("grant_types", &self.grant_types)
             .field("scope", &self.scope)
             .field("metadata_document", &self.metadata_document)
+            .field("machine", &self.machine)
+            .field("introspect", &self.introspect)
             .finish_non_exhaustive()
     }
 }
@@ -146,6 +160,8 @@ impl ClientRecord {
             created_at: now,
             last_used_at: now,
             metadata_document: document,
+            machine: false,
+            introspect: false,
         }
     }
 
@@ -198,6 +214,8 @@ pub struct ClientsConfig {
     pub allow_private_metadata: bool,
     /// `AUTH_SCOPES`: what a client may register in `scope`.
     pub supported_scopes: Vec<String>,
+    /// `AUTH_MACHINE_CLIENTS_FILE`, loaded.
+    pub machines: machine::MachineClients,
 }
 
 impl Default for ClientsConfig {
@@ -206,6 +224,7 @@ impl Default for ClientsConfig {
             register_per_minute: 20,
             allow_private_metadata: false,
             supported_scopes: vec!["mcp".to_owned()],
+            machines: machine::MachineClients::default(),
         }
     }
 }
@@ -412,6 +431,9 @@ impl Clients {
         if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID_LEN {
             return Ok(None);
         }
+        if let Some(m) = self.config.machines.get(client_id) {
+            return Ok(Some(m.clone()));
+        }
         if cimd::is_url_client_id(client_id) {
             return self.metadata_document(client_id).await.map(Some);
         }
@@ -470,7 +492,7 @@ impl Clients {
     /// documents.
     pub async fn touch(&self, record: &ClientRecord) -> Result<(), ClientError> {
         let now = now_secs();
-        if record.metadata_document || now < record.last_used_at.saturating_add(TOUCH_INTERVAL.as_secs()) {
+        if record.metadata_document || record.machine || now < record.last_used_at.saturating_add(TOUCH_INTERVAL.as_secs()) {
             return Ok(());
         }
         if !is_registered_id(&record.client_id) {

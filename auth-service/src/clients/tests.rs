@@ -23,7 +23,7 @@ async fn env_with(config: ClientsConfig, http: GuardedClient) -> Env {
     let nats = NatsServer::start().unwrap();
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let bucket = Bucket::open(&js, CLIENTS_BUCKET, CLIENT_IDLE_MAX_AGE).await.unwrap();
+    let bucket = Bucket::open(&js, CLIENTS_BUCKET, CLIENT_IDLE_MAX_AGE, crate::store::DEFAULT_STORE_MAX_BYTES).await.unwrap();
     let clients = Clients::new(bucket.clone(), http, config);
     Env {
         _nats: nats,
@@ -37,6 +37,7 @@ fn config(allow_private: bool) -> ClientsConfig {
         register_per_minute: 3,
         allow_private_metadata: allow_private,
         supported_scopes: vec!["mcp".into(), "checklist.read".into()],
+        machines: Default::default(),
     }
 }
 
@@ -88,7 +89,7 @@ async fn register_confidential_client_gets_a_secret_that_authenticates() {
     let env = env().await;
     let meta = json!({
         "redirect_uris": ["https://app.example/cb"],
-        "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types": ["authorization_code", "refresh_token"],
         "token_endpoint_auth_method": "client_secret_post",
     });
     let resp = env.clients.register(&meta).await.unwrap();
@@ -111,7 +112,33 @@ async fn register_confidential_client_gets_a_secret_that_authenticates() {
         .authenticate(id, Some(secret), AuthMethod::ClientSecretPost)
         .await
         .unwrap();
-    assert!(ok.allows_grant("client_credentials"));
+    assert!(ok.allows_grant("refresh_token"));
+    assert!(!ok.allows_grant("client_credentials") && !ok.machine && !ok.introspect);
+}
+
+#[tokio::test]
+async fn registration_never_makes_a_machine_client() {
+    let env = env().await;
+    for method in ["client_secret_post", "client_secret_basic", "none"] {
+        let meta = json!({"grant_types": ["client_credentials"], "token_endpoint_auth_method": method});
+        let e = env.clients.register(&meta).await.unwrap_err();
+        assert_eq!(e.oauth_code(), "invalid_client_metadata", "{method}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn machine_clients_come_from_the_operator_file() {
+    let (secret, entry) = super::machine::new_entry("m_nightly", Some("mcp"), false, true);
+    let mut cfg = config(false);
+    cfg.machines = super::machine::MachineClients::parse(&json!([entry]).to_string(), &cfg.supported_scopes).unwrap();
+    let env = env_with(cfg, GuardedClient::new(false).unwrap()).await;
+    let c = env.clients.authenticate("m_nightly", Some(&secret), AuthMethod::ClientSecretBasic).await.unwrap();
+    assert!(c.machine && c.allows_grant("client_credentials"));
+    let e = env.clients.authenticate("m_nightly", Some("wrong"), AuthMethod::ClientSecretBasic).await.unwrap_err();
+    assert_eq!(e.oauth_code(), "invalid_client");
+    // Nothing of it is written to the bucket (touch is a no-op for it).
+    env.clients.touch(&c).await.unwrap();
+    assert!(env.bucket.get::<ClientRecord>("m_nightly").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -185,6 +212,8 @@ fn record_with(uris: &[&str]) -> ClientRecord {
         created_at: 0,
         last_used_at: 0,
         metadata_document: false,
+        machine: false,
+        introspect: false,
     }
 }
 

@@ -82,6 +82,7 @@ impl Running {
                 jwks_cache_ttl: Duration::from_secs(60),
                 required_scopes: vec![],
                 authorization_servers: vec![],
+                issuers_without_typ: vec![],
             },
             reqwest::Client::new(),
         )

@@ -1,7 +1,7 @@
 //! Confidential clients (secrets, `client_credentials`), `POST /introspect` and
 //! `POST /revoke` over HTTP.
 
-use crate::oauth_kit::{ALICE, OAuthServer, RESOURCE, Resp, Tokens, bounded, jwt_claims};
+use crate::oauth_kit::{ALICE, OAuthServer, RESOURCE, Resp, Tokens, bounded, jwt_claims, machine_clients};
 
 fn assert_error(r: &Resp, status: u16, error: &str) {
     assert_eq!(r.status, status, "{}", r.body);
@@ -43,21 +43,26 @@ async fn confidential_client_gets_a_secret_and_a_wrong_one_is_refused() {
 }
 
 #[actix_web::test]
-async fn client_credentials_for_confidential_clients_only() {
+async fn registered_clients_never_get_client_credentials_tokens() {
+    // Issue 8, defect 1: anonymous registration must not lead to a token that nobody
+    // logged in for.
     bounded(async {
         let srv = OAuthServer::start().await;
+        for method in ["client_secret_basic", "client_secret_post", "none"] {
+            let r = srv
+                .register(&serde_json::json!({
+                    "client_name": "anonymous machine",
+                    "grant_types": ["client_credentials"],
+                    "token_endpoint_auth_method": method,
+                }))
+                .await;
+            assert_error(&r, 400, "invalid_client_metadata");
+        }
+        // A registered confidential client asking for the grant anyway.
         let client = srv.register_confidential().await;
         let r = srv.client_post("/token", &client, &[("grant_type", "client_credentials"), ("scope", "mcp")]).await;
-        assert_eq!(r.header("cache-control"), Some("no-store"));
-        let t = Tokens::from_resp(&r);
-        assert!(t.refresh.is_none(), "no refresh token for client_credentials");
-        let claims = t.claims();
-        assert_eq!(claims["sub"], client.client_id);
-        assert_eq!(claims["client_id"], client.client_id);
-        assert_eq!(claims["aud"], RESOURCE);
-        assert_eq!(claims["iss"], srv.issuer);
-        assert!(claims.get("gid").is_none(), "{claims}");
-
+        assert_error(&r, 400, "unauthorized_client");
+        assert!(!r.body.contains("access_token"), "{}", r.body);
         let public = srv.register_public().await;
         let r = srv.client_post("/token", &public, &[("grant_type", "client_credentials")]).await;
         assert_error(&r, 400, "unauthorized_client");
@@ -67,14 +72,68 @@ async fn client_credentials_for_confidential_clients_only() {
 }
 
 #[actix_web::test]
+async fn operator_machine_clients_get_machine_tokens() {
+    bounded(async {
+        let (file, machines) = machine_clients(&[("m_nightly", false)]);
+        let srv = OAuthServer::start_with(|a| a.machine_clients_file = Some(file)).await;
+        let client = &machines[0];
+        let r = srv.client_post("/token", client, &[("grant_type", "client_credentials"), ("scope", "mcp")]).await;
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        let t = Tokens::from_resp(&r);
+        assert!(t.refresh.is_none(), "no refresh token for client_credentials");
+        let claims = t.claims();
+        assert_eq!(claims["sub"], client.client_id);
+        assert_eq!(claims["client_id"], client.client_id);
+        assert_eq!(claims["aud"], RESOURCE);
+        assert_eq!(claims["iss"], srv.issuer);
+        assert_eq!(claims[proto::auth::SUBJECT_KIND_CLAIM], proto::auth::SUBJECT_KIND_MACHINE);
+        assert!(claims.get("gid").is_none(), "{claims}");
+        // A wrong secret is invalid_client.
+        let r = srv.client_post("/token", &client.with_secret("nope"), &[("grant_type", "client_credentials")]).await;
+        assert_error(&r, 401, "invalid_client");
+        // Users' tokens say they are users'.
+        let user = srv.register_public().await;
+        let t = srv.tokens(&user, ALICE).await;
+        assert_eq!(t.claims()[proto::auth::SUBJECT_KIND_CLAIM], proto::auth::SUBJECT_KIND_USER);
+        srv.stop().await;
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn introspection_is_only_for_configured_resource_servers() {
+    // Issue 8, defect 9: a self-registered confidential client must not learn whose a
+    // token is; neither may a machine client the operator did not mark `introspect`.
+    bounded(async {
+        let (file, machines) = machine_clients(&[("m_rs", true), ("m_plain", false)]);
+        let srv = OAuthServer::start_with(|a| a.machine_clients_file = Some(file)).await;
+        let user = srv.register_public().await;
+        let t = srv.tokens(&user, ALICE).await;
+        let registered = srv.register_confidential().await;
+        for refused in [&registered, &machines[1]] {
+            let r = srv.client_post("/introspect", refused, &[("token", &t.access)]).await;
+            assert_error(&r, 401, "invalid_client");
+            assert!(!r.body.contains("alice") && !r.body.contains("\"active\""), "{}", r.body);
+        }
+        let r = srv.client_post("/introspect", &machines[0], &[("token", &t.access)]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["active"], true);
+        srv.stop().await;
+    })
+    .await;
+}
+
+#[actix_web::test]
 async fn introspection_reports_live_tokens_and_not_revoked_ones() {
     bounded(async {
-        let srv = OAuthServer::start().await;
+        let (file, machines) = machine_clients(&[("m_rs", true)]);
+        let srv = OAuthServer::start_with(|a| a.machine_clients_file = Some(file)).await;
+        let rs = &machines[0];
         let client = srv.register_confidential().await;
         let t = srv.tokens(&client, ALICE).await;
         let refresh = t.refresh.clone().unwrap();
 
-        let r = srv.client_post("/introspect", &client, &[("token", &t.access)]).await;
+        let r = srv.client_post("/introspect", rs, &[("token", &t.access)]).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.header("cache-control"), Some("no-store"));
         let a = r.json();
@@ -86,20 +145,20 @@ async fn introspection_reports_live_tokens_and_not_revoked_ones() {
         assert_eq!(a["scope"], "mcp");
         assert_eq!(a["jti"], t.claims()["jti"]);
 
-        let r = srv.client_post("/introspect", &client, &[("token", &refresh)]).await;
+        let r = srv.client_post("/introspect", rs, &[("token", &refresh)]).await;
         let a = r.json();
         assert_eq!(a["active"], true, "{a}");
         assert_eq!(a["token_type"], "refresh_token");
         assert_eq!(a["sub"], "alice");
 
-        let r = srv.client_post("/introspect", &client, &[("token", "no-such-token")]).await;
+        let r = srv.client_post("/introspect", rs, &[("token", "no-such-token")]).await;
         assert_eq!(r.json(), serde_json::json!({ "active": false }));
 
         // Revoke (the refresh token revokes the grant): both become inactive.
         let r = srv.client_post("/revoke", &client, &[("token", &refresh)]).await;
         assert_eq!(r.status, 200, "{}", r.body);
         for token in [&t.access, &refresh] {
-            let r = srv.client_post("/introspect", &client, &[("token", token)]).await;
+            let r = srv.client_post("/introspect", rs, &[("token", token)]).await;
             assert_eq!(r.status, 200, "{}", r.body);
             assert_eq!(r.json(), serde_json::json!({ "active": false }));
         }

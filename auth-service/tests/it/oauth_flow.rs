@@ -141,6 +141,7 @@ async fn happy_path_public_client_gets_a_verifiable_access_token() {
                 jwks_cache_ttl: Duration::from_secs(60),
                 required_scopes: vec!["mcp".into()],
                 authorization_servers: vec![],
+                issuers_without_typ: vec![],
             },
             reqwest::Client::new(),
         );

@@ -62,10 +62,35 @@ pub fn oauth_args(nats_url: &str) -> OAuthArgs {
         refresh_grace: config::DEFAULT_REFRESH_GRACE,
         code_ttl: config::DEFAULT_CODE_TTL,
         key_rotation: config::DEFAULT_KEY_ROTATION,
+        key_publish_lead: config::DEFAULT_KEY_PUBLISH_LEAD,
         trusted_proxies: config::DEFAULT_TRUSTED_PROXIES.into(),
         cimd_allow_private: false,
         register_rate: 1000,
+        machine_clients_file: None,
+        store_max_bytes: auth_service::store::DEFAULT_STORE_MAX_BYTES,
+        max_password_checks: config::DEFAULT_MAX_PASSWORD_CHECKS,
     }
+}
+
+/// The operator's machine clients for a test server: `(id, introspect)` each, written
+/// to a fresh AUTH_MACHINE_CLIENTS_FILE; the file's path and the clients with their
+/// secrets (`client_secret_basic`).
+pub fn machine_clients(clients: &[(&str, bool)]) -> (PathBuf, Vec<TestClient>) {
+    let mut entries = Vec::new();
+    let mut out = Vec::new();
+    for (id, introspect) in clients {
+        let (secret, entry) = auth_service::clients::machine::new_entry(id, None, *introspect, true);
+        entries.push(entry);
+        out.push(TestClient {
+            client_id: (*id).to_owned(),
+            secret: Some(secret),
+            method: "client_secret_basic".into(),
+            redirect_uri: String::new(),
+        });
+    }
+    let path = std::env::temp_dir().join(format!("machine-clients-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, serde_json::Value::Array(entries).to_string()).unwrap();
+    (path, out)
 }
 
 /// An HTTP client that never follows redirects.
@@ -445,13 +470,12 @@ impl OAuthServer {
         .await
     }
 
-    /// A confidential client (`client_secret_basic`) that may also use
-    /// `client_credentials`.
+    /// A confidential client (`client_secret_basic`).
     pub async fn register_confidential(&self) -> TestClient {
         self.register_client(json!({
             "client_name": "IT confidential client",
             "redirect_uris": ["https://app.example.com/oauth/callback"],
-            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+            "grant_types": ["authorization_code", "refresh_token"],
             "response_types": ["code"],
             "token_endpoint_auth_method": "client_secret_basic",
         }))

@@ -273,3 +273,71 @@ async fn refresh_by_another_client_is_invalid_grant() {
     })
     .await;
 }
+
+// --- forged refresh tokens (issue 8, defect 4) ------------------------------------------
+
+#[actix_web::test]
+async fn forged_refresh_secret_is_invalid_grant_and_revokes_nothing() {
+    // An attacker who knows a grant's address (the part of the refresh token before
+    // the dot) but not a secret that was ever issued must not be able to revoke it.
+    bounded(async {
+        let srv = OAuthServer::start_with(|a| a.refresh_grace = 0).await;
+        let client = srv.register_public().await;
+        let t0 = srv.tokens(&client, ALICE).await;
+        let r0 = t0.refresh.clone().unwrap();
+        let (address, _) = r0.split_once('.').unwrap();
+        let forged = format!("{address}.never-issued-secret");
+        assert_error(&srv.refresh(&client, &forged).await, 400, "invalid_grant");
+        // Nothing changed: no revocation, and the real token still rotates.
+        assert!(srv.revocation(&proto::auth::revoked_grant_key(&t0.gid())).await.is_none());
+        let t1 = Tokens::from_resp(&srv.refresh(&client, &r0).await);
+        // A really rotated-out secret is still detected as reuse.
+        next_second().await;
+        assert_error(&srv.refresh(&client, &r0).await, 400, "invalid_grant");
+        assert_error(&srv.refresh(&client, t1.refresh.as_deref().unwrap()).await, 400, "invalid_grant");
+        let rev = srv
+            .revocation(&proto::auth::revoked_grant_key(&t0.gid()))
+            .await
+            .expect("reuse of a rotated secret revokes");
+        assert_eq!(rev.reason, "refresh_reuse");
+        srv.stop().await;
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn reuse_of_an_older_rotated_secret_is_detected() {
+    // Not only the previous secret: any of the last few rotated ones.
+    bounded(async {
+        let srv = OAuthServer::start_with(|a| a.refresh_grace = 0).await;
+        let client = srv.register_public().await;
+        let t0 = srv.tokens(&client, ALICE).await;
+        let r0 = t0.refresh.clone().unwrap();
+        let t1 = Tokens::from_resp(&srv.refresh(&client, &r0).await);
+        let t2 = Tokens::from_resp(&srv.refresh(&client, t1.refresh.as_deref().unwrap()).await);
+        let t3 = Tokens::from_resp(&srv.refresh(&client, t2.refresh.as_deref().unwrap()).await);
+        next_second().await;
+        assert_error(&srv.refresh(&client, &r0).await, 400, "invalid_grant");
+        assert_error(&srv.refresh(&client, t3.refresh.as_deref().unwrap()).await, 400, "invalid_grant");
+        assert!(srv.revocation(&proto::auth::revoked_grant_key(&t0.gid())).await.is_some());
+        srv.stop().await;
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn access_tokens_do_not_carry_the_refresh_token_address() {
+    // The `gid` claim is readable by anyone holding (or logging) an access token; it
+    // must not be the handle /token looks refresh tokens up by.
+    bounded(async {
+        let srv = OAuthServer::start().await;
+        let client = srv.register_public().await;
+        let t0 = srv.tokens(&client, ALICE).await;
+        let r0 = t0.refresh.clone().unwrap();
+        let (address, _) = r0.split_once('.').unwrap();
+        assert_ne!(t0.gid(), address);
+        assert!(!t0.access.contains(address));
+        srv.stop().await;
+    })
+    .await;
+}

@@ -33,7 +33,7 @@ async fn ask(nc: &async_nats::Client, grant_id: &str, iss: &str, sub: &str) -> V
 /// `expires_at`, with the service's own sealer.
 async fn store_upstream_tokens(srv: &OAuthServer, gid: &str, expires_at: u64) {
     let (_nc, stores) = srv.stores().await;
-    let keys = SigningKeys::open(stores.keys.clone(), srv.cfg.sealer.clone(), srv.cfg.key_rotation, srv.cfg.access_ttl, None)
+    let keys = SigningKeys::open(stores.keys.clone(), srv.cfg.sealer.clone(), srv.cfg.key_rotation, srv.cfg.key_publish_lead, srv.cfg.access_ttl, None)
         .await
         .unwrap();
     let grants = Grants {

@@ -265,6 +265,7 @@ async fn grants_over(stores: &Stores, sealer: &Sealer) -> Grants {
         stores.keys.clone(),
         sealer.clone(),
         Duration::from_secs(auth_service::config::DEFAULT_KEY_ROTATION),
+        Duration::from_secs(auth_service::config::DEFAULT_KEY_PUBLISH_LEAD),
         Duration::from_secs(auth_service::config::DEFAULT_ACCESS_TTL),
         None,
     ))
