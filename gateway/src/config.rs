@@ -41,6 +41,10 @@ pub const ENV_UNAUTH_RATE: &str = "GATEWAY_UNAUTH_RATE";
 pub const DEFAULT_UNAUTH_RATE: u32 = 120;
 pub const ENV_MAX_INFLIGHT_PER_PRINCIPAL: &str = "GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL";
 pub const DEFAULT_MAX_INFLIGHT_PER_PRINCIPAL: usize = 64;
+pub const ENV_SSE_BUFFER_BYTES: &str = "GATEWAY_SSE_BUFFER_BYTES";
+pub const DEFAULT_SSE_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+pub const ENV_SLOW_READER_TIMEOUT: &str = "GATEWAY_SLOW_READER_TIMEOUT";
+pub const DEFAULT_SLOW_READER_TIMEOUT_SECS: u64 = 30;
 pub const ENV_BODY_READ_TIMEOUT: &str = "GATEWAY_BODY_READ_TIMEOUT";
 pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 10;
 /// Empty: the gateway forwards no OAuth paths.
@@ -95,6 +99,14 @@ pub struct Config {
     /// Requests one principal (issuer, subject, client) may have in flight at once.
     #[arg(long, env = ENV_MAX_INFLIGHT_PER_PRINCIPAL, default_value_t = DEFAULT_MAX_INFLIGHT_PER_PRINCIPAL)]
     pub max_inflight_per_principal: usize,
+    /// Bytes of events the gateway holds for one SSE stream whose client is not
+    /// reading; beyond it the stream ends (the client reconnects).
+    #[arg(long, env = ENV_SSE_BUFFER_BYTES, default_value_t = DEFAULT_SSE_BUFFER_BYTES)]
+    pub sse_buffer_bytes: usize,
+    /// Seconds a client may leave sent data unread (TCP_USER_TIMEOUT) before its
+    /// connection is closed.
+    #[arg(long, env = ENV_SLOW_READER_TIMEOUT, default_value_t = DEFAULT_SLOW_READER_TIMEOUT_SECS)]
+    pub slow_reader_timeout_secs: u64,
     /// Seconds a request body may take to arrive (slow senders are cut off, 408).
     #[arg(long, env = ENV_BODY_READ_TIMEOUT, default_value_t = DEFAULT_BODY_READ_TIMEOUT_SECS)]
     pub body_read_timeout_secs: u64,
@@ -171,6 +183,12 @@ impl Config {
         }
         if self.max_inflight_per_principal == 0 {
             return Err(err(ENV_MAX_INFLIGHT_PER_PRINCIPAL, "must be at least 1"));
+        }
+        if self.sse_buffer_bytes < 64 * 1024 {
+            return Err(err(ENV_SSE_BUFFER_BYTES, "must be at least 65536"));
+        }
+        if self.slow_reader_timeout_secs == 0 {
+            return Err(err(ENV_SLOW_READER_TIMEOUT, "must be at least 1 second"));
         }
         if self.body_read_timeout_secs == 0 {
             return Err(err(ENV_BODY_READ_TIMEOUT, "must be at least 1 second"));

@@ -58,7 +58,7 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
     }
     let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
     let endpoint = sse::named_event("endpoint", &format!("/messages?sessionId={session}"));
-    let frames = futures::StreamExt::chain(futures::stream::once(async move { endpoint }), event_frames(sub));
+    let frames = futures::StreamExt::chain(futures::stream::once(async move { endpoint }), event_frames(sub, st.sse_buffer));
     let relay = st.relay.clone();
     let closing = session.clone();
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {

@@ -156,6 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         request_timeout: config.request_timeout(),
         keepalive: config.sse_keepalive(),
         body_timeout: Duration::from_secs(config.body_read_timeout_secs),
+        sse_buffer: config.sse_buffer_bytes,
         trusted_proxies: limits::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
         unauthenticated: Arc::new(limits::RateLimiter::new(config.unauth_rate)),
         inflight: limits::InflightLimiter::new(config.max_inflight_per_principal),
@@ -169,6 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     } else {
         config.http_workers
     };
+    let slow_reader = Duration::from_secs(config.slow_reader_timeout_secs);
     let server = HttpServer::new(move || {
         let forwarder = forwarder.clone();
         App::new()
@@ -194,6 +196,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             .default_service(web::to(not_found))
     })
     .workers(workers)
+    .on_connect(move |conn, _| close_slow_readers(conn, slow_reader))
     // SSE answers go out in several writes; without this the kernel may hold
     // the last one for the client's delayed ACK (~40 ms).
     .tcp_nodelay(true)
@@ -265,6 +268,17 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// A client that leaves sent data unread (a full receive window) for `timeout` has
+/// its connection closed by the kernel (TCP_USER_TIMEOUT also covers data held back
+/// by a zero window): a stalled SSE reader holds no socket and no buffers for long.
+fn close_slow_readers(conn: &dyn std::any::Any, timeout: Duration) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+        && let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout))
+    {
+        tracing::debug!(error = %err, "cannot set TCP_USER_TIMEOUT");
+    }
 }
 
 /// The protected-resource metadata of the legacy endpoints (resource: the origin).

@@ -54,6 +54,8 @@ pub struct AppState {
     pub keepalive: Duration,
     /// `GATEWAY_BODY_READ_TIMEOUT`.
     pub body_timeout: Duration,
+    /// `GATEWAY_SSE_BUFFER_BYTES`.
+    pub sse_buffer: usize,
     pub trusted_proxies: crate::limits::TrustedProxies,
     /// Failed authentications per client address (`GATEWAY_UNAUTH_RATE`).
     pub unauthenticated: Arc<crate::limits::RateLimiter>,
@@ -733,7 +735,7 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
         return Err(e);
     }
     Ok(sse::response(
-        event_frames(sub),
+        event_frames(sub, st.sse_buffer),
         st.keepalive,
         st.drain.clone(),
         StreamGuard::new(&st.metrics, "get"),
@@ -744,18 +746,105 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
 }
 
 /// Frames from a session's event subject, until the session ends.
-pub fn event_frames(sub: async_nats::Subscriber) -> impl futures::Stream<Item = Bytes> + Send + 'static {
-    futures::stream::unfold(Some(sub), |sub| async move {
-        let mut sub = sub?;
-        loop {
-            let msg = sub.next().await?;
+pub fn event_frames(sub: async_nats::Subscriber, budget: usize) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    bounded_frames(
+        futures::StreamExt::filter_map(sub, |msg| async move {
             match Outbound::from_bytes(&msg.payload) {
-                Ok(out) if out.aborted => return None,
-                Ok(out) => return Some((sse::message_event(&out.message, None), Some(sub))),
-                Err(err) => warn!(error = %err, "undecodable session event"),
+                Ok(out) if out.aborted => Some(None),
+                Ok(out) => Some(Some(sse::message_event(&out.message, None))),
+                Err(err) => {
+                    warn!(error = %err, "undecodable session event");
+                    None
+                }
+            }
+        }),
+        budget,
+    )
+}
+
+/// A session's events, pulled from `source` (a NATS subscription) by a task of their
+/// own so the subscription never backs up, and held for the HTTP response up to
+/// `budget` bytes (`GATEWAY_SSE_BUFFER_BYTES`). A client that stops reading makes
+/// the queue grow; past the budget the task ends (the subscription is dropped) and the
+/// stream ends after what it holds, so a slow reader costs at most the budget; its
+/// connection is then closed by the kernel (`GATEWAY_SLOW_READER_TIMEOUT`). One event
+/// larger than the budget still passes when nothing else is queued. A `None` item
+/// ends the stream (the session was closed). The task also ends as soon as the
+/// response is dropped (the client went away).
+pub fn bounded_frames(
+    source: impl futures::Stream<Item = Option<Bytes>> + Send + 'static,
+    budget: usize,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let held = queued.clone();
+    tokio::spawn(async move {
+        let mut source = std::pin::pin!(source);
+        loop {
+            let item = tokio::select! {
+                () = tx.closed() => return,
+                item = futures::StreamExt::next(&mut source) => item,
+            };
+            let Some(Some(frame)) = item else { return };
+            let before = held.fetch_add(frame.len(), Ordering::AcqRel);
+            if before > 0 && before + frame.len() > budget {
+                warn!(queued = before, budget, "SSE client is not reading: stream ended");
+                return;
+            }
+            if tx.send(frame).is_err() {
+                return;
             }
         }
+    });
+    futures::stream::unfold((rx, queued), |(mut rx, queued)| async move {
+        let frame = rx.recv().await?;
+        queued.fetch_sub(frame.len(), std::sync::atomic::Ordering::AcqRel);
+        Some((frame, (rx, queued)))
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod bounded_tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn a_reader_keeping_up_gets_everything_in_order() {
+        let items: Vec<Option<Bytes>> = (0..100).map(|i| Some(Bytes::from(format!("{i:03}")))).collect();
+        let got: Vec<Bytes> = bounded_frames(futures::stream::iter(items), 4096).collect().await;
+        assert_eq!(got.len(), 100);
+        assert_eq!(got[42], Bytes::from("042"));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_costs_at_most_the_budget_and_the_stream_ends() {
+        // An endless source of 1 KiB events; nobody reads until the pump gave up.
+        let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let p = pulled.clone();
+        let source = futures::stream::repeat_with(move || {
+            p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(Bytes::from(vec![b'x'; 1024]))
+        })
+        .then(|x| async move {
+            tokio::task::yield_now().await;
+            x
+        });
+        let stream = bounded_frames(source, 16 * 1024);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let n = pulled.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n <= 17, "the pump kept pulling ({n} events) for a reader that does not read");
+        let got: Vec<Bytes> = stream.collect().await;
+        assert!(got.len() <= 16, "held {} events over a 16 KiB budget", got.len());
+    }
+
+    #[tokio::test]
+    async fn one_oversized_event_passes_when_nothing_is_queued_and_none_ends_it() {
+        let items = vec![Some(Bytes::from(vec![b'x'; 4096])), None, Some(Bytes::from("after"))];
+        let got: Vec<Bytes> = bounded_frames(futures::stream::iter(items), 1024).collect().await;
+        assert_eq!(got.len(), 1);
+    }
 }
 
 /// DELETE /mcp: end the session.

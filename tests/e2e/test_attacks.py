@@ -43,7 +43,7 @@ import httpx
 import pytest
 
 from conftest import _running
-from harness import Cluster, Gateway, free_port, retry_until, wait_shards_settled
+from harness import Cluster, Gateway, free_port, prometheus_samples, retry_until, wait_shards_settled
 from mcp_http import (
     LEGACY_VERSION,
     SESSIONFUL_VERSION,
@@ -693,6 +693,64 @@ def test_unauthenticated_flood_is_rate_limited(dev: Cluster, tmp_path: Any) -> N
         assert 429 in statuses, f"{len(statuses)} unauthenticated requests, none limited: {set(statuses)}"
         assert timed_status(gw.mcp_url, dev.mint(someone("alice"), audience=gw.resource))[0] == 200
     finally:
+        gw.stop()
+
+
+def open_sse_streams(gw: Gateway) -> float:
+    """The gateway's open SSE streams (all kinds), from its /metrics."""
+    text = httpx.get(f"{gw.admin_url}/metrics", timeout=HTTP_TIMEOUT).text
+    return prometheus_samples(text).get("mcp_gateway_sse_streams", 0.0)
+
+
+SLOW_READER_TIMEOUT = 3
+
+
+def test_sse_client_that_stops_reading_is_disconnected(dev: Cluster, tmp_path: Any) -> None:
+    """Attacker opens GET /sse with a 4 KiB receive buffer, never reads it again, and makes
+    the server write to it: 600 tools/list requests on /messages, whose answers go to that
+    stream. Safe: the gateway holds at most GATEWAY_SSE_BUFFER_BYTES for it, ends the stream
+    and closes the connection (its open-stream gauge is back where it was) within
+    GATEWAY_SLOW_READER_TIMEOUT (3 s here) plus slack, and keeps serving."""
+    assert dev.auth is not None and dev.nats is not None
+    gw = Gateway(tmp_path, dev.nats.url, [dev.auth.issuer], name="gateway-slow-reader",
+                 env={"GATEWAY_SLOW_READER_TIMEOUT": str(SLOW_READER_TIMEOUT),
+                      "GATEWAY_SSE_BUFFER_BYTES": "65536"})
+    gw.start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        token = dev.mint(someone("stalled"), audience=gw.resource)
+        before = open_sse_streams(gw)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(
+            f"GET /sse HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nAuthorization: Bearer {token}\r\n"
+            f"Accept: text/event-stream\r\n\r\n".encode()
+        )
+        seen = b""
+        while b"sessionId=" not in seen or not seen.split(b"sessionId=", 1)[1].split(b"\n", 1)[1:]:
+            chunk = sock.recv(1024)
+            assert chunk, f"the gateway closed the new /sse stream: {seen!r}"
+            seen += chunk
+        assert seen.startswith(b"HTTP/1.1 200"), seen[:200]
+        endpoint = "/messages?sessionId=" + seen.split(b"sessionId=", 1)[1].split(b"\n", 1)[0].decode().strip()
+        retry_until(lambda: open_sse_streams(gw) == before + 1, 10, "the stream counted")
+        accepted = 0
+        with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+            r = legacy_post(client, gw.base_url, endpoint, token, legacy_initialize(1))
+            assert r.status_code == 202, f"{r.status_code} {r.text}"
+            legacy_post(client, gw.base_url, endpoint, token, rpc("notifications/initialized", id=None))
+            for i in range(600):
+                r = legacy_post(client, gw.base_url, endpoint, token, rpc("tools/list", {}, 100 + i))
+                if r.status_code != 202:
+                    break
+                accepted += 1
+        # The attacker's socket is never read again.
+        retry_until(lambda: open_sse_streams(gw) <= before, SLOW_READER_TIMEOUT + 20,
+                    f"the stalled stream closed ({accepted} answers sent to it)")
+        assert timed_status(gw.mcp_url, dev.mint(someone("alice"), audience=gw.resource))[0] == 200
+    finally:
+        sock.close()
         gw.stop()
 
 

@@ -56,8 +56,9 @@ def test_sessions_spread_over_both_workers(cluster: Cluster, token: str) -> None
 
 
 def traffic_until_settled(client: httpx.Client, gw: Gateway, token: str, workers: list[Worker]) -> list[str]:
-    """Open sessions back to back until the shards have settled over `workers` (plus 2 s), at
-    most JOIN_WINDOW seconds; return a line for each request that failed."""
+    """Open and close sessions back to back until the shards have settled over `workers` (plus
+    2 s), at most JOIN_WINDOW seconds; return a line for each request that failed. (Each session
+    is closed again: one principal may only hold WORKER_MAX_SESSIONS_PER_PRINCIPAL at once.)"""
     failures: list[str] = []
     t0 = time.monotonic()
     settled_at: float | None = None
@@ -65,6 +66,11 @@ def traffic_until_settled(client: httpx.Client, gw: Gateway, token: str, workers
         r = client.post(gw.mcp_url, json=initialize_msg(), headers=headers(token))
         if r.status_code != 200:
             failures.append(f"+{time.monotonic() - t0:.1f}s initialize: {r.status_code} {r.text[:200]}")
+        else:
+            session = r.headers["mcp-session-id"]
+            d = client.delete(gw.mcp_url, headers=headers(token, session=session, version=SESSIONFUL_VERSION))
+            if not d.is_success:
+                failures.append(f"+{time.monotonic() - t0:.1f}s delete: {d.status_code} {d.text[:200]}")
         if settled_at is None:
             try:
                 owned = [w.metric(OWNED_SHARDS) for w in workers]
