@@ -232,8 +232,14 @@ impl OAuthArgs {
         let signer = crate::crypto::Signer::new(&self.cookie_encryption_key)
             .map_err(|_| ConfigError::new(ENV_COOKIE_KEY, "is required: at least 32 characters"))?;
         let scopes: Vec<String> = self.scopes.split_whitespace().map(str::to_owned).collect();
-        if scopes.iter().any(|s| !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
-            return Err(ConfigError::new(ENV_SCOPES, "scopes must be printable ASCII without quotes"));
+        if scopes
+            .iter()
+            .any(|s| !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+        {
+            return Err(ConfigError::new(
+                ENV_SCOPES,
+                "scopes must be printable ASCII without quotes",
+            ));
         }
         let positive = |setting: &'static str, v: u64| {
             if v == 0 {
@@ -244,7 +250,10 @@ impl OAuthArgs {
         };
         let access_ttl = positive(ENV_ACCESS_TTL, self.access_token_ttl)?;
         if access_ttl > Duration::from_secs(proto::auth::REVOCATION_MAX_AGE_SECS) {
-            return Err(ConfigError::new(ENV_ACCESS_TTL, "must be at most 86400 (revocations are kept 24 h)"));
+            return Err(ConfigError::new(
+                ENV_ACCESS_TTL,
+                "must be at most 86400 (revocations are kept 24 h)",
+            ));
         }
         let code_ttl = positive(ENV_CODE_TTL, self.code_ttl)?;
         if code_ttl > crate::store::CODE_MAX_AGE {
@@ -252,7 +261,10 @@ impl OAuthArgs {
         }
         let key_rotation = positive(ENV_KEY_ROTATION, self.key_rotation)?;
         if self.key_publish_lead >= self.key_rotation {
-            return Err(ConfigError::new(ENV_KEY_PUBLISH_LEAD, "must be less than AUTH_KEY_ROTATION"));
+            return Err(ConfigError::new(
+                ENV_KEY_PUBLISH_LEAD,
+                "must be less than AUTH_KEY_ROTATION",
+            ));
         }
         let key_publish_lead = std::time::Duration::from_secs(self.key_publish_lead);
         let trusted_proxies = crate::net::TrustedProxies::parse(&self.trusted_proxies)
@@ -266,7 +278,11 @@ impl OAuthArgs {
         if self.store_max_bytes < 1024 * 1024 {
             return Err(ConfigError::new(ENV_STORE_MAX_BYTES, "must be at least 1048576"));
         }
-        let machine_clients = match self.machine_clients_file.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+        let machine_clients = match self
+            .machine_clients_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             None => crate::clients::machine::MachineClients::default(),
             Some(path) => crate::clients::machine::MachineClients::load(path, &scopes)
                 .map_err(|e| ConfigError::new(ENV_MACHINE_CLIENTS_FILE, e))?,
@@ -365,9 +381,10 @@ impl ServeArgs {
 
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let addr = |setting: &'static str, value: &str| {
-            value.trim().parse::<SocketAddr>().map_err(|_| {
-                ConfigError::new(setting, format!("'{value}' is not an ip:port address"))
-            })
+            value
+                .trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| ConfigError::new(setting, format!("'{value}' is not an ip:port address")))
         };
         let listen = addr(ENV_LISTEN, &self.listen)?;
         let admin_listen = addr(ENV_ADMIN_LISTEN, &self.admin_listen)?;
@@ -390,16 +407,13 @@ impl ServeArgs {
 /// An issuer identifier (RFC 8414 §2): an http(s) URL with no query or fragment.
 /// Returned verbatim (not re-serialised: `http://h` must not become `http://h/`).
 pub fn check_issuer(setting: &'static str, value: &str) -> Result<String, ConfigError> {
-    let url = reqwest::Url::parse(value)
-        .map_err(|e| ConfigError::new(setting, format!("'{value}' is not a url ({e})")))?;
+    let url =
+        reqwest::Url::parse(value).map_err(|e| ConfigError::new(setting, format!("'{value}' is not a url ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ConfigError::new(setting, "scheme must be http or https"));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(ConfigError::new(
-            setting,
-            "must not have a query or fragment",
-        ));
+        return Err(ConfigError::new(setting, "must not have a query or fragment"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(ConfigError::new(setting, "must have a host"));
@@ -452,19 +466,28 @@ mod tests {
         type Edit = Box<dyn Fn(&mut OAuthArgs)>;
         let cases: Vec<(&str, Edit)> = vec![
             (ENV_NATS_URL, Box::new(|a| a.nats_url = "http://x".into())),
-            (ENV_RESOURCE_IDENTIFIER, Box::new(|a| a.resource_identifier = "nope".into())),
+            (
+                ENV_RESOURCE_IDENTIFIER,
+                Box::new(|a| a.resource_identifier = "nope".into()),
+            ),
             (ENV_VAULT_KEYS, Box::new(|a| a.vault_keys = String::new())),
             (ENV_VAULT_KEYS, Box::new(|a| a.vault_keys = "k1:short".into())),
             (ENV_COOKIE_KEY, Box::new(|a| a.cookie_encryption_key = "short".into())),
             (ENV_ACCESS_TTL, Box::new(|a| a.access_token_ttl = 0)),
             (ENV_ACCESS_TTL, Box::new(|a| a.access_token_ttl = 100_000)),
             (ENV_CODE_TTL, Box::new(|a| a.code_ttl = 3600)),
-            (ENV_TRUSTED_PROXIES, Box::new(|a| a.trusted_proxies = "10.0.0.0/8,nope".into())),
+            (
+                ENV_TRUSTED_PROXIES,
+                Box::new(|a| a.trusted_proxies = "10.0.0.0/8,nope".into()),
+            ),
             (ENV_REGISTER_RATE, Box::new(|a| a.register_rate = 0)),
             (ENV_KEY_PUBLISH_LEAD, Box::new(|a| a.key_publish_lead = a.key_rotation)),
             (ENV_STORE_MAX_BYTES, Box::new(|a| a.store_max_bytes = 1000)),
             (ENV_MAX_PASSWORD_CHECKS, Box::new(|a| a.max_password_checks = 0)),
-            (ENV_MACHINE_CLIENTS_FILE, Box::new(|a| a.machine_clients_file = Some("/nonexistent/machines.json".into()))),
+            (
+                ENV_MACHINE_CLIENTS_FILE,
+                Box::new(|a| a.machine_clients_file = Some("/nonexistent/machines.json".into())),
+            ),
         ];
         for (setting, edit) in cases {
             let mut a = oauth_args();

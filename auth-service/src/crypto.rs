@@ -68,18 +68,16 @@ impl Sealer {
     pub fn from_list(list: &str) -> Result<Self, CryptoError> {
         let mut keys: Vec<(String, XChaCha20Poly1305)> = Vec::new();
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (id, b64) = item
-                .split_once(':')
-                .ok_or_else(|| CryptoError::BadKey(redact(item)))?;
+            let (id, b64) = item.split_once(':').ok_or_else(|| CryptoError::BadKey(redact(item)))?;
             let id = id.trim();
-            let valid_id = !id.is_empty()
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            let bytes = decode_key(b64).filter(|_| valid_id).ok_or_else(|| CryptoError::BadKey(redact(item)))?;
+            let valid_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let bytes = decode_key(b64)
+                .filter(|_| valid_id)
+                .ok_or_else(|| CryptoError::BadKey(redact(item)))?;
             if keys.iter().any(|(k, _)| k == id) {
                 return Err(CryptoError::DuplicateId(id.to_owned()));
             }
-            let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
-                .map_err(|_| CryptoError::BadKey(redact(item)))?;
+            let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey(redact(item)))?;
             keys.push((id.to_owned(), cipher));
         }
         if keys.is_empty() {
@@ -105,7 +103,13 @@ impl Sealer {
         let nonce_bytes: [u8; 24] = rand::random();
         let nonce = XNonce::from(nonce_bytes);
         let ct = cipher
-            .encrypt(&nonce, Payload { msg: plain, aad: context.as_bytes() })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain,
+                    aad: context.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Malformed)?;
         Ok(format!("{id}.{}.{}", B64.encode(nonce_bytes), B64.encode(ct)))
     }
@@ -125,7 +129,13 @@ impl Sealer {
         let nonce: [u8; 24] = nonce.try_into().map_err(|_| CryptoError::Malformed)?;
         let ct = B64.decode(ct).map_err(|_| CryptoError::Malformed)?;
         cipher
-            .decrypt(&XNonce::from(nonce), Payload { msg: &ct, aad: context.as_bytes() })
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &ct,
+                    aad: context.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Forged)
     }
 
@@ -237,7 +247,10 @@ mod tests {
         let resealed = s2.seal("vault/g1", b"x").unwrap();
         assert!(resealed.starts_with("k2."));
         // The old key alone cannot read the new value.
-        assert_eq!(s1.open("vault/g1", &resealed), Err(CryptoError::UnknownKey("k2".into())));
+        assert_eq!(
+            s1.open("vault/g1", &resealed),
+            Err(CryptoError::UnknownKey("k2".into()))
+        );
         // Tampering.
         let mut bad = sealed.clone();
         bad.pop();
@@ -251,7 +264,10 @@ mod tests {
         let err = Sealer::from_list("k1:c2hvcnQ").unwrap_err();
         assert!(!err.to_string().contains("c2hvcnQ"));
         let a = Sealer::generate_entry("a");
-        assert!(matches!(Sealer::from_list(&format!("{a},{a}")), Err(CryptoError::DuplicateId(_))));
+        assert!(matches!(
+            Sealer::from_list(&format!("{a},{a}")),
+            Err(CryptoError::DuplicateId(_))
+        ));
         assert!(Sealer::from_list("bad id:AAAA").is_err());
     }
 

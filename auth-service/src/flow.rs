@@ -187,7 +187,11 @@ fn redirect_error(oauth: &OAuth, r: &AuthRequest, error: &str, description: &str
 
 /// An error shown to the person (never redirected).
 fn show_error(oauth: &OAuth, status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    tracing::info!(error = code, message, "authorization request refused (shown, not redirected)");
+    tracing::info!(
+        error = code,
+        message,
+        "authorization request refused (shown, not redirected)"
+    );
     oauth.metrics.authorize(code);
     pages::error(status, "Sign-in cannot continue", message)
 }
@@ -225,11 +229,7 @@ fn origin_of(url: &str) -> &str {
 
 /// Scopes of a request: all supported ones (or the client's registered ones) when
 /// none is asked; otherwise each must be supported and registered.
-pub fn requested_scopes(
-    oauth: &OAuth,
-    client: &ClientRecord,
-    asked: Option<&str>,
-) -> Result<Vec<String>, String> {
+pub fn requested_scopes(oauth: &OAuth, client: &ClientRecord, asked: Option<&str>) -> Result<Vec<String>, String> {
     let allowed: Vec<String> = match client.scope.as_deref() {
         Some(s) if !s.trim().is_empty() => s
             .split_whitespace()
@@ -267,7 +267,12 @@ pub async fn authorize(
     };
     // 1. Client and redirect URI: until both are known good, errors are shown.
     let Some(client_id) = params.get("client_id").filter(|c| !c.is_empty()) else {
-        return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "client_id is missing");
+        return show_error(
+            &oauth,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id is missing",
+        );
     };
     let client = match oauth.clients.get(client_id).await {
         Ok(Some(c)) => c,
@@ -295,7 +300,12 @@ pub async fn authorize(
         }
         None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
         None => {
-            return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "redirect_uri is missing");
+            return show_error(
+                &oauth,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "redirect_uri is missing",
+            );
         }
     };
     let state = params.get("state").map(|s| (*s).to_owned());
@@ -315,18 +325,40 @@ pub async fn authorize(
     match params.get("response_type") {
         Some(&"code") => {}
         Some(_) => {
-            return redirect_error(&oauth, &request, "unsupported_response_type", "only response_type=code is supported");
+            return redirect_error(
+                &oauth,
+                &request,
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            );
         }
         None => return redirect_error(&oauth, &request, "invalid_request", "response_type is missing"),
     }
     if !client.grant_types.iter().any(|g| g == "authorization_code") {
-        return redirect_error(&oauth, &request, "unauthorized_client", "client is not registered for authorization_code");
+        return redirect_error(
+            &oauth,
+            &request,
+            "unauthorized_client",
+            "client is not registered for authorization_code",
+        );
     }
     match (params.get("code_challenge"), params.get("code_challenge_method")) {
-        (None, _) => return redirect_error(&oauth, &request, "invalid_request", "code_challenge is required (PKCE S256)"),
+        (None, _) => {
+            return redirect_error(
+                &oauth,
+                &request,
+                "invalid_request",
+                "code_challenge is required (PKCE S256)",
+            );
+        }
         (Some(_), Some(&"S256")) => {}
         (Some(_), Some(&"plain") | None) => {
-            return redirect_error(&oauth, &request, "invalid_request", "code_challenge_method must be S256; plain is not accepted");
+            return redirect_error(
+                &oauth,
+                &request,
+                "invalid_request",
+                "code_challenge_method must be S256; plain is not accepted",
+            );
         }
         (Some(_), Some(_)) => {
             return redirect_error(&oauth, &request, "invalid_request", "unsupported code_challenge_method");
@@ -334,13 +366,23 @@ pub async fn authorize(
     }
     let challenge = params.get("code_challenge").copied().unwrap_or_default();
     if !is_b64url_43(challenge) {
-        return redirect_error(&oauth, &request, "invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)");
+        return redirect_error(
+            &oauth,
+            &request,
+            "invalid_request",
+            "code_challenge must be a base64url SHA-256 (43 characters)",
+        );
     }
     request.code_challenge = challenge.to_owned();
     if let Some(resource) = params.get("resource")
         && !resource_matches(&oauth.cfg.resource, resource)
     {
-        return redirect_error(&oauth, &request, "invalid_target", "resource does not name this MCP server");
+        return redirect_error(
+            &oauth,
+            &request,
+            "invalid_target",
+            "resource does not name this MCP server",
+        );
     }
     match requested_scopes(&oauth, &client, params.get("scope").copied()) {
         Ok(s) => request.scopes = s,
@@ -357,7 +399,11 @@ pub async fn authorize(
         csrf: random_token(),
         client_name: client.client_name.clone().unwrap_or_else(|| client.client_id.clone()),
         request,
-        stage: if remembered.is_some() { Stage::Upstream } else { Stage::Consent },
+        stage: if remembered.is_some() {
+            Stage::Upstream
+        } else {
+            Stage::Consent
+        },
         remembered_for: remembered.map(|a| a.sub),
         secrets: LoginSecrets::default(),
         identity: None,
@@ -368,7 +414,11 @@ pub async fn authorize(
     let id = random_token();
     if let Err(e) = oauth.stores.pending.put(&id, &pending).await {
         tracing::error!(error = %e, "cannot store a pending login");
-        return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
+        return pages::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable",
+            "try again in a moment",
+        );
     }
     let mut resp = if pending.stage == Stage::Upstream {
         go_upstream(&oauth, &id, pending).await
@@ -389,7 +439,11 @@ async fn learn_upstream_origin(oauth: &OAuth) {
     if oauth.upstream_origin.initialized() || oauth.upstream.static_users().is_some() {
         return;
     }
-    if let Ok(start) = oauth.upstream.begin("origin-probe", &oauth.issuer_url("/callback")).await {
+    if let Ok(start) = oauth
+        .upstream
+        .begin("origin-probe", &oauth.issuer_url("/callback"))
+        .await
+    {
         let _ = oauth.upstream_origin.set(pages::csp_source(&start.redirect_to));
     }
 }
@@ -422,7 +476,11 @@ async fn go_upstream(oauth: &OAuth, id: &str, mut p: Pending) -> HttpResponse {
     if oauth.upstream.static_users().is_some() {
         if let Err(e) = oauth.stores.pending.put(id, &p).await {
             tracing::error!(error = %e, "cannot store a pending login");
-            return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
+            return pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "try again in a moment",
+            );
         }
         let url = format!("{}?tx={}", oauth.issuer_url("/login"), id);
         return HttpResponse::Found()
@@ -436,7 +494,11 @@ async fn go_upstream(oauth: &OAuth, id: &str, mut p: Pending) -> HttpResponse {
             p.secrets = start.secrets;
             if let Err(e) = oauth.stores.pending.put(id, &p).await {
                 tracing::error!(error = %e, "cannot store a pending login");
-                return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
+                return pages::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Temporarily unavailable",
+                    "try again in a moment",
+                );
             }
             HttpResponse::Found()
                 .insert_header((header::LOCATION, start.redirect_to))
@@ -446,7 +508,12 @@ async fn go_upstream(oauth: &OAuth, id: &str, mut p: Pending) -> HttpResponse {
         Err(e) => {
             tracing::error!(error = %e, "cannot start the upstream login");
             let _ = oauth.stores.pending.delete(id).await;
-            redirect_error(oauth, &p.request, "temporarily_unavailable", "the identity provider is unavailable")
+            redirect_error(
+                oauth,
+                &p.request,
+                "temporarily_unavailable",
+                "the identity provider is unavailable",
+            )
         }
     }
 }
@@ -459,16 +526,30 @@ async fn load_bound(oauth: &OAuth, req: &HttpRequest, id: &str) -> Result<Pendin
 /// [`load_bound`], with the record's revision for a compare-and-swap.
 async fn load_bound_rev(oauth: &OAuth, req: &HttpRequest, id: &str) -> Result<(Pending, u64), HttpResponse> {
     if id.is_empty() || id.len() > 64 {
-        return Err(show_error(oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is unknown or has expired; start again from your application"));
+        return Err(show_error(
+            oauth,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "this sign-in is unknown or has expired; start again from your application",
+        ));
     }
     let (pending, rev) = match oauth.stores.pending.get::<Pending>(id).await {
         Ok(Some(x)) => x,
         Ok(None) => {
-            return Err(show_error(oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is unknown or has expired; start again from your application"));
+            return Err(show_error(
+                oauth,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "this sign-in is unknown or has expired; start again from your application",
+            ));
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot read a pending login");
-            return Err(pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment"));
+            return Err(pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "try again in a moment",
+            ));
         }
     };
     let browser = req
@@ -476,7 +557,12 @@ async fn load_bound_rev(oauth: &OAuth, req: &HttpRequest, id: &str) -> Result<(P
         .map(|c| sha256_b64(c.value()))
         .unwrap_or_default();
     if !ct_eq(&browser, &pending.browser) {
-        return Err(show_error(oauth, StatusCode::FORBIDDEN, "access_denied", "this sign-in was started in another browser"));
+        return Err(show_error(
+            oauth,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "this sign-in was started in another browser",
+        ));
     }
     Ok((pending, rev))
 }
@@ -497,10 +583,20 @@ pub async fn consent(
         Err(resp) => return resp,
     };
     if !csrf_ok(&p, &form) {
-        return show_error(&oauth, StatusCode::FORBIDDEN, "access_denied", "the form's CSRF token is missing or wrong; start again");
+        return show_error(
+            &oauth,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the form's CSRF token is missing or wrong; start again",
+        );
     }
     if !matches!(p.stage, Stage::Consent | Stage::ConsentAfterLogin) {
-        return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is not waiting for consent");
+        return show_error(
+            &oauth,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "this sign-in is not waiting for consent",
+        );
     }
     match form.get("action").map(String::as_str) {
         Some("approve") => {}
@@ -508,15 +604,33 @@ pub async fn consent(
             let _ = oauth.stores.pending.delete(&id).await;
             return redirect_error(&oauth, &p.request, "access_denied", "the user denied the request");
         }
-        _ => return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "action must be approve or deny"),
+        _ => {
+            return show_error(
+                &oauth,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "action must be approve or deny",
+            );
+        }
     }
     if p.stage == Stage::ConsentAfterLogin {
         let Some(identity) = p.identity.clone() else {
-            return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in has no user");
+            return show_error(
+                &oauth,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "this sign-in has no user",
+            );
         };
         let secrets = match p.sealed_upstream.as_deref().map(|s| open_pending(&oauth, &id, s)) {
             Some(Ok(s)) => Some(s),
-            Some(Err(())) => return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in failed", "stored login cannot be read"),
+            Some(Err(())) => {
+                return pages::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Sign-in failed",
+                    "stored login cannot be read",
+                );
+            }
             None => None,
         };
         p.remembered_for = None;
@@ -552,10 +666,19 @@ pub async fn login_page(req: HttpRequest, q: web::Query<TxQuery>, oauth: web::Da
         Err(resp) => return resp,
     };
     if p.stage != Stage::Upstream {
-        return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is not waiting for a login");
+        return show_error(
+            &oauth,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "this sign-in is not waiting for a login",
+        );
     }
     let targets: Vec<String> = pages::csp_source(&p.request.redirect_uri).into_iter().collect();
-    pages::html(StatusCode::OK, pages::login(&oauth.issuer, &id, &p.csrf, &p.client_name, None), &targets)
+    pages::html(
+        StatusCode::OK,
+        pages::login(&oauth.issuer, &id, &p.csrf, &p.client_name, None),
+        &targets,
+    )
 }
 
 /// `POST /login` (static-users provider).
@@ -573,8 +696,15 @@ pub async fn login_submit(
     let Ok(slot) = oauth.password_checks.clone().try_acquire_owned() else {
         oauth.metrics.login("busy");
         tracing::warn!("password checks at their limit (AUTH_MAX_PASSWORD_CHECKS); login refused");
-        let mut resp = pages::error(StatusCode::SERVICE_UNAVAILABLE, "Busy", "too many sign-ins at once; try again in a moment");
-        resp.headers_mut().insert(actix_web::http::header::RETRY_AFTER, actix_web::http::header::HeaderValue::from_static("1"));
+        let mut resp = pages::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "too many sign-ins at once; try again in a moment",
+        );
+        resp.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from_static("1"),
+        );
         return resp;
     };
     // Each attempt is counted before the password is checked, by compare-and-swap, so
@@ -586,14 +716,29 @@ pub async fn login_submit(
             Err(resp) => return resp,
         };
         if !csrf_ok(&p, &form) {
-            return show_error(&oauth, StatusCode::FORBIDDEN, "access_denied", "the form's CSRF token is missing or wrong; start again");
+            return show_error(
+                &oauth,
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "the form's CSRF token is missing or wrong; start again",
+            );
         }
         if p.stage != Stage::Upstream {
-            return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is not waiting for a login");
+            return show_error(
+                &oauth,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "this sign-in is not waiting for a login",
+            );
         }
         if p.login_failures >= MAX_LOGIN_FAILURES {
             let _ = oauth.stores.pending.delete(&id).await;
-            return show_error(&oauth, StatusCode::FORBIDDEN, "access_denied", "too many failed sign-in attempts; start again");
+            return show_error(
+                &oauth,
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "too many failed sign-in attempts; start again",
+            );
         }
         p.login_failures += 1;
         match oauth.stores.pending.update(&id, &p, rev).await {
@@ -604,12 +749,20 @@ pub async fn login_submit(
             Ok(crate::store::Cas::Conflict) => continue,
             Err(e) => {
                 tracing::error!(error = %e, "cannot store a pending login");
-                return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
+                return pages::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Temporarily unavailable",
+                    "try again in a moment",
+                );
             }
         }
     }
     let Some(p) = reserved else {
-        return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
+        return pages::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable",
+            "try again in a moment",
+        );
     };
     let username = form.get("username").map(String::as_str).unwrap_or_default();
     let password = form.get("password").map(String::as_str).unwrap_or_default();
@@ -626,19 +779,41 @@ pub async fn login_submit(
     match verified {
         Some(identity) => {
             oauth.metrics.login("ok");
-            finish_login(&oauth, &req, &id, p, Completed { identity, tokens: None, claims: serde_json::Value::Null }).await
+            finish_login(
+                &oauth,
+                &req,
+                &id,
+                p,
+                Completed {
+                    identity,
+                    tokens: None,
+                    claims: serde_json::Value::Null,
+                },
+            )
+            .await
         }
         None => {
             oauth.metrics.login("bad_credentials");
             tracing::info!(client_id = %p.request.client_id, "wrong username or password");
             if p.login_failures >= MAX_LOGIN_FAILURES {
                 let _ = oauth.stores.pending.delete(&id).await;
-                return show_error(&oauth, StatusCode::FORBIDDEN, "access_denied", "too many failed sign-in attempts; start again");
+                return show_error(
+                    &oauth,
+                    StatusCode::FORBIDDEN,
+                    "access_denied",
+                    "too many failed sign-in attempts; start again",
+                );
             }
             let targets: Vec<String> = pages::csp_source(&p.request.redirect_uri).into_iter().collect();
             pages::html(
                 StatusCode::UNAUTHORIZED,
-                pages::login(&oauth.issuer, &id, &p.csrf, &p.client_name, Some("Wrong username or password.")),
+                pages::login(
+                    &oauth.issuer,
+                    &id,
+                    &p.csrf,
+                    &p.client_name,
+                    Some("Wrong username or password."),
+                ),
                 &targets,
             )
         }
@@ -657,7 +832,12 @@ pub async fn callback(
         Err(resp) => return resp,
     };
     if p.stage != Stage::Upstream || oauth.upstream.static_users().is_some() {
-        return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", "this sign-in is not waiting for the identity provider");
+        return show_error(
+            &oauth,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "this sign-in is not waiting for the identity provider",
+        );
     }
     // The login is single-use from here on.
     let _ = oauth.stores.pending.delete(&id).await;
@@ -674,7 +854,10 @@ pub async fn callback(
             oauth.metrics.login("upstream_denied");
             tracing::info!(error = %error, "identity provider returned an error");
             let (code, desc) = match error.as_str() {
-                "access_denied" => ("access_denied", "the sign-in was cancelled or refused at the identity provider"),
+                "access_denied" => (
+                    "access_denied",
+                    "the sign-in was cancelled or refused at the identity provider",
+                ),
                 "temporarily_unavailable" => ("temporarily_unavailable", "the identity provider is unavailable"),
                 _ => ("server_error", "the identity provider returned an error"),
             };
@@ -683,7 +866,12 @@ pub async fn callback(
         Err(e) => {
             oauth.metrics.login("upstream_rejected");
             tracing::warn!(error = %e, "upstream callback rejected");
-            return redirect_error(&oauth, &p.request, "access_denied", "the identity provider's answer was not accepted");
+            return redirect_error(
+                &oauth,
+                &p.request,
+                "access_denied",
+                "the identity provider's answer was not accepted",
+            );
         }
     };
     let started = std::time::Instant::now();
@@ -700,12 +888,22 @@ pub async fn callback(
         Err(crate::upstream::UpstreamError::Unavailable(e)) => {
             oauth.metrics.login("upstream_unavailable");
             tracing::warn!(error = %e, "identity provider unavailable");
-            redirect_error(&oauth, &p.request, "temporarily_unavailable", "the identity provider is unavailable")
+            redirect_error(
+                &oauth,
+                &p.request,
+                "temporarily_unavailable",
+                "the identity provider is unavailable",
+            )
         }
         Err(e) => {
             oauth.metrics.login("upstream_rejected");
             tracing::warn!(error = %e, "upstream login rejected");
-            redirect_error(&oauth, &p.request, "access_denied", "the identity provider's answer was not accepted")
+            redirect_error(
+                &oauth,
+                &p.request,
+                "access_denied",
+                "the identity provider's answer was not accepted",
+            )
         }
     }
 }
@@ -727,13 +925,23 @@ async fn finish_login(oauth: &OAuth, req: &HttpRequest, id: &str, mut p: Pending
                 .and_then(|plain| oauth.cfg.sealer.seal(&format!("auth_pending/{id}"), &plain).ok())
             {
                 Some(sealed) => Some(sealed),
-                None => return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in failed", "cannot keep the login"),
+                None => {
+                    return pages::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Sign-in failed",
+                        "cannot keep the login",
+                    );
+                }
             },
             None => None,
         };
         if let Err(e) = oauth.stores.pending.put(id, &p).await {
             tracing::error!(error = %e, "cannot store a pending login");
-            return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "try again in a moment");
+            return pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "try again in a moment",
+            );
         }
         let client = match oauth.clients.get(&p.request.client_id).await {
             Ok(Some(c)) => c,
@@ -758,7 +966,14 @@ async fn issue(
     let sub = identity.sub.clone();
     let (grant, code) = match oauth
         .grants
-        .create_with_code(&r.client_id, identity, r.scopes.clone(), &r.resource, &r.redirect_uri, &r.code_challenge)
+        .create_with_code(
+            &r.client_id,
+            identity,
+            r.scopes.clone(),
+            &r.resource,
+            &r.redirect_uri,
+            &r.code_challenge,
+        )
         .await
     {
         Ok(x) => x,
@@ -806,8 +1021,14 @@ mod tests {
 
     #[test]
     fn resources_and_challenges() {
-        assert!(resource_matches("http://localhost:8788/mcp", "http://localhost:8788/mcp/"));
-        assert!(!resource_matches("http://localhost:8788/mcp", "http://localhost:8788/other"));
+        assert!(resource_matches(
+            "http://localhost:8788/mcp",
+            "http://localhost:8788/mcp/"
+        ));
+        assert!(!resource_matches(
+            "http://localhost:8788/mcp",
+            "http://localhost:8788/other"
+        ));
         assert!(resource_matches("http://localhost:8788/mcp", "http://localhost:8788"));
         assert!(resource_matches("http://localhost:8788/mcp", "http://localhost:8788/"));
         assert!(!resource_matches("http://localhost:8788/mcp", "http://localhost:8789"));

@@ -216,7 +216,10 @@ impl Grants {
         }
         record.used = true;
         if self.stores.codes.update(&key, &record, rev).await? == Cas::Conflict {
-            tracing::warn!(client_id, "authorization code redeemed concurrently; revoking its grant");
+            tracing::warn!(
+                client_id,
+                "authorization code redeemed concurrently; revoking its grant"
+            );
             self.revoke_grant(&record.grant_id, "code_replay").await?;
             return Err(GrantError::Invalid("code already used"));
         }
@@ -227,7 +230,9 @@ impl Grants {
             return Err(GrantError::Invalid("code expired"));
         }
         if redirect_uri.is_some_and(|r| r != record.redirect_uri) {
-            return Err(GrantError::Invalid("redirect_uri does not match the authorization request"));
+            return Err(GrantError::Invalid(
+                "redirect_uri does not match the authorization request",
+            ));
         }
         if !pkce_ok(verifier, &record.code_challenge) {
             return Err(GrantError::Invalid("code_verifier does not match the code_challenge"));
@@ -299,13 +304,21 @@ impl Grants {
                 && now < state.rotated_at.saturating_add(self.refresh_grace.as_secs());
             if !is_current && !in_grace {
                 if state.was_issued(&presented) {
-                    tracing::warn!(client_id, grant = gid, "refresh token reused after rotation; revoking the grant");
+                    tracing::warn!(
+                        client_id,
+                        grant = gid,
+                        "refresh token reused after rotation; revoking the grant"
+                    );
                     self.revoke_grant(gid, "refresh_reuse").await?;
                     return Err(GrantError::Invalid("refresh token already used"));
                 }
                 // Never issued by this grant: a guess or a corrupted token. Refuse it
                 // and change nothing, or anyone could revoke any grant.
-                tracing::warn!(client_id, grant = gid, "refresh token with a secret this grant never issued");
+                tracing::warn!(
+                    client_id,
+                    grant = gid,
+                    "refresh token with a secret this grant never issued"
+                );
                 return Err(GrantError::Invalid("unknown or expired refresh token"));
             }
             if grant.client_id != client_id {
@@ -339,7 +352,9 @@ impl Grants {
             match self.stores.grants.update(gid, &grant, rev).await? {
                 Cas::Done(_) => {
                     // Keep the index entry as alive as the grant (both age out together).
-                    let index = RefreshAddress { grant_id: gid.to_owned() };
+                    let index = RefreshAddress {
+                        grant_id: gid.to_owned(),
+                    };
                     self.stores.grants.put(&address_key(&address_hash), &index).await?;
                     let scopes = scopes.unwrap_or_else(|| grant.scopes.clone());
                     return self.respond(&grant, &scopes, Some(format!("{address}.{new_secret}")));
@@ -353,7 +368,12 @@ impl Grants {
     /// `grant_type=client_credentials`: a token for a machine client itself
     /// (`sub` = its id, `sub_kind: machine`). Only operator-made machine clients get
     /// here (see `crate::token`).
-    pub fn client_token(&self, client_id: &str, scopes: &[String], resource: &str) -> Result<TokenResponse, GrantError> {
+    pub fn client_token(
+        &self,
+        client_id: &str,
+        scopes: &[String],
+        resource: &str,
+    ) -> Result<TokenResponse, GrantError> {
         let now = crate::unix_now();
         let claims = AccessClaims {
             iss: self.issuer.clone(),
@@ -429,22 +449,34 @@ impl Grants {
         v.validate_aud = false;
         v.validate_exp = check_exp;
         v.required_spec_claims = ["exp", "iss", "sub"].iter().map(|s| (*s).to_owned()).collect();
-        jsonwebtoken::decode::<AccessClaims>(token, &decoding, &v).ok().map(|d| d.claims)
+        jsonwebtoken::decode::<AccessClaims>(token, &decoding, &v)
+            .ok()
+            .map(|d| d.claims)
     }
 
     /// The grant id a refresh token address (its SHA-256) leads to.
     async fn grant_of_address(&self, address_hash: &str) -> Result<Option<String>, GrantError> {
-        let entry = self.stores.grants.get::<RefreshAddress>(&address_key(address_hash)).await?;
+        let entry = self
+            .stores
+            .grants
+            .get::<RefreshAddress>(&address_key(address_hash))
+            .await?;
         Ok(entry.map(|(e, _)| e.grant_id))
     }
 
     /// The grant a refresh token names, if the token is its current (or in-grace
     /// previous) one.
     pub async fn refresh_token_grant(&self, token: &str) -> Result<Option<Grant>, GrantError> {
-        let Some((address, secret)) = split_refresh(token) else { return Ok(None) };
+        let Some((address, secret)) = split_refresh(token) else {
+            return Ok(None);
+        };
         let address_hash = sha256_b64(address);
-        let Some(gid) = self.grant_of_address(&address_hash).await? else { return Ok(None) };
-        let Some((grant, _)) = self.stores.grants.get::<Grant>(&gid).await? else { return Ok(None) };
+        let Some(gid) = self.grant_of_address(&address_hash).await? else {
+            return Ok(None);
+        };
+        let Some((grant, _)) = self.stores.grants.get::<Grant>(&gid).await? else {
+            return Ok(None);
+        };
         let h = sha256_b64(secret);
         let live = grant.refresh.as_ref().is_some_and(|s| {
             ct_eq(&s.address, &address_hash)
@@ -496,7 +528,10 @@ impl Grants {
             until: crate::unix_now() + self.access_ttl.as_secs() + 60,
             reason: reason.to_owned(),
         };
-        self.stores.revocations.put(&proto::auth::revoked_grant_key(gid), &revocation).await?;
+        self.stores
+            .revocations
+            .put(&proto::auth::revoked_grant_key(gid), &revocation)
+            .await?;
         tracing::info!(grant = gid, reason, "grant revoked");
         Ok(())
     }

@@ -20,15 +20,9 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot create key file {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Create { path: PathBuf, source: std::io::Error },
     #[error("key file {path} is not an ed25519 pkcs#8 pem key")]
     NotEd25519 { path: PathBuf },
     #[error("cannot derive the public key: {0}")]
@@ -53,12 +47,10 @@ impl std::fmt::Debug for DevKey {
 impl DevKey {
     /// Parse an Ed25519 PKCS#8 PEM private key.
     pub fn from_pem(pem: &[u8], path: &Path) -> Result<Self, KeyError> {
-        let not_ed = || KeyError::NotEd25519 {
-            path: path.to_owned(),
-        };
+        let not_ed = || KeyError::NotEd25519 { path: path.to_owned() };
         let encoding = EncodingKey::from_ed_pem(pem).map_err(|_| not_ed())?;
-        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA)
-            .map_err(|e| KeyError::Public(e.to_string()))?;
+        let mut jwk =
+            Jwk::from_encoding_key(&encoding, Algorithm::EdDSA).map_err(|e| KeyError::Public(e.to_string()))?;
         let kid = jwk
             .thumbprint(ThumbprintHash::SHA256)
             .map_err(|e| KeyError::Public(e.to_string()))?;
@@ -178,8 +170,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("auth-service-{name}-{}", uuid::Uuid::new_v4()));
+        let dir = std::env::temp_dir().join(format!("auth-service-{name}-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -241,19 +232,9 @@ mod tests {
     fn rejects_other_keys() {
         let dir = temp_dir("bad");
         let path = dir.join("bad.pem");
-        std::fs::write(
-            &path,
-            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-        )
-        .unwrap();
-        assert!(matches!(
-            load_or_generate(&path),
-            Err(KeyError::NotEd25519 { .. })
-        ));
-        assert!(matches!(
-            load(&dir.join("missing.pem")),
-            Err(KeyError::Read { .. })
-        ));
+        std::fs::write(&path, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        assert!(matches!(load_or_generate(&path), Err(KeyError::NotEd25519 { .. })));
+        assert!(matches!(load(&dir.join("missing.pem")), Err(KeyError::Read { .. })));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

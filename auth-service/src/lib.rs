@@ -16,18 +16,18 @@
 //! serve the private half of a key.
 #![forbid(unsafe_code)]
 
-pub mod config;
 pub mod clients;
+pub mod config;
 pub mod crypto;
 pub mod flow;
 pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod mint;
+pub mod net;
 pub mod pages;
 pub mod server;
 pub mod signing;
-pub mod net;
 pub mod store;
 pub mod token;
 pub mod upstream;
@@ -64,10 +64,7 @@ pub enum RunError {
         source: KeyError,
     },
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("nats: {0}")]
     Nats(String),
     #[error("cannot register metrics: {0}")]
@@ -138,13 +135,10 @@ pub fn bind(config: &Config, key: DevKey, listener: TcpListener) -> Result<Bound
         let draining = draining.clone();
         Arc::new(move || !draining.load(Ordering::SeqCst))
     };
-    let admin =
-        telemetry::admin_server(config.admin_listen, registry, ready).map_err(|source| {
-            RunError::Bind {
-                addr: config.admin_listen,
-                source,
-            }
-        })?;
+    let admin = telemetry::admin_server(config.admin_listen, registry, ready).map_err(|source| RunError::Bind {
+        addr: config.admin_listen,
+        source,
+    })?;
 
     let state = web::Data::new(Issuer::new(&config.issuer, key));
     let server = HttpServer::new(move || {
@@ -156,10 +150,7 @@ pub fn bind(config: &Config, key: DevKey, listener: TcpListener) -> Result<Bound
                 let metrics = metrics.clone();
                 async move {
                     let res = fut.await?;
-                    let route = res
-                        .request()
-                        .match_pattern()
-                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
                     metrics
                         .http_requests
                         .with_label_values(&[route.as_str(), res.status().as_str()])

@@ -38,8 +38,16 @@ fn machine_client(args: &auth_service::config::MachineClientArgs) -> ExitCode {
     let (secret, entry) =
         auth_service::clients::machine::new_entry(&args.id, args.scope.as_deref(), args.introspect, !args.no_tokens);
     // The same checks the server applies when it loads the file.
-    let scopes: Vec<String> = args.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
-    if let Err(e) = auth_service::clients::machine::MachineClients::parse(&serde_json::json!([entry]).to_string(), &scopes) {
+    let scopes: Vec<String> = args
+        .scope
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if let Err(e) =
+        auth_service::clients::machine::MachineClients::parse(&serde_json::json!([entry]).to_string(), &scopes)
+    {
         eprintln!("auth-service machine-client: {e}");
         return exit(EXIT_CONFIG);
     }
@@ -91,12 +99,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     telemetry::init_logging();
-    let result = actix_web::rt::System::new().block_on(auth_service::run(
-        config,
-        oauth,
-        upstream,
-        telemetry::shutdown_signal(),
-    ));
+    let result =
+        actix_web::rt::System::new().block_on(auth_service::run(config, oauth, upstream, telemetry::shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -80,8 +80,7 @@ pub fn sign(key: &DevKey, claims: &AccessClaims, kid: Option<&str>) -> Result<St
     let mut header = Header::new(Algorithm::EdDSA);
     header.typ = Some("at+jwt".to_owned());
     header.kid = Some(kid.unwrap_or(key.kid()).to_owned());
-    jsonwebtoken::encode(&header, claims, key.encoding_key())
-        .map_err(|e| MintError::Sign(e.to_string()))
+    jsonwebtoken::encode(&header, claims, key.encoding_key()).map_err(|e| MintError::Sign(e.to_string()))
 }
 
 /// Mint a token as `mint-token` does.
@@ -138,14 +137,8 @@ mod tests {
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["client_id"], DEV_CLIENT_ID);
         assert_eq!(claims["scope"], "a b");
-        assert_eq!(
-            claims["permissions"],
-            serde_json::json!(["image_generation"])
-        );
-        assert_eq!(
-            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
-            60
-        );
+        assert_eq!(claims["permissions"], serde_json::json!(["image_generation"]));
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 60);
         assert!(claims["jti"].as_str().unwrap().len() >= 32);
         assert!(claims.get("name").is_none());
         assert!(claims.get("nbf").is_none());

@@ -130,7 +130,9 @@ pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpNet]) -> IpAddr {
     let mut current = peer;
     for entry in entries.iter().rev() {
         // Written by a trusted hop (`current`); unreadable means we stop at that hop.
-        let Some(ip) = parse_forwarded_ip(entry) else { return current };
+        let Some(ip) = parse_forwarded_ip(entry) else {
+            return current;
+        };
         if !is_trusted(trusted_proxies, ip) {
             return ip;
         }
@@ -307,10 +309,7 @@ impl GuardedClient {
         let client = builder_with(resolver)
             .build()
             .map_err(|e| NetError::Build(e.to_string()))?;
-        Ok(Self {
-            client,
-            allow_private,
-        })
+        Ok(Self { client, allow_private })
     }
 
     /// A client whose resolver answers from `hosts` only (tests).
@@ -379,11 +378,7 @@ impl GuardedClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Fetched {
-            status,
-            headers,
-            body,
-        })
+        Ok(Fetched { status, headers, body })
     }
 }
 
@@ -602,8 +597,14 @@ mod tests {
         assert!(t.contains(ip("10.200.3.4")));
         assert!(t.contains(ip("::ffff:10.1.1.1")), "mapped addresses count as IPv4");
         assert!(TrustedProxies::parse("").unwrap().is_empty());
-        assert!(matches!(TrustedProxies::parse("10.0.0.0/33"), Err(NetError::BadProxy(_))));
-        assert!(matches!(TrustedProxies::parse("proxy.local"), Err(NetError::BadProxy(_))));
+        assert!(matches!(
+            TrustedProxies::parse("10.0.0.0/33"),
+            Err(NetError::BadProxy(_))
+        ));
+        assert!(matches!(
+            TrustedProxies::parse("proxy.local"),
+            Err(NetError::BadProxy(_))
+        ));
     }
 
     #[test]
@@ -613,7 +614,11 @@ mod tests {
             .peer_addr("203.0.113.5:4000".parse().unwrap())
             .insert_header(("X-Forwarded-For", "198.51.100.1"))
             .to_http_request();
-        assert_eq!(client_ip(&req, &trusted), ip("203.0.113.5"), "untrusted peer's header ignored");
+        assert_eq!(
+            client_ip(&req, &trusted),
+            ip("203.0.113.5"),
+            "untrusted peer's header ignored"
+        );
         let req = TestRequest::default()
             .peer_addr("[::ffff:203.0.113.5]:4000".parse().unwrap())
             .to_http_request();
@@ -759,11 +764,19 @@ mod tests {
         // The system resolver's "localhost" is refused the same way.
         let system = GuardedClient::new(false).unwrap();
         let err = system
-            .get(&Url::parse(&format!("https://localhost:{port}/cimd")).unwrap(), "*/*", 1024)
+            .get(
+                &Url::parse(&format!("https://localhost:{port}/cimd")).unwrap(),
+                "*/*",
+                1024,
+            )
             .await;
         assert!(matches!(err, Err(NetError::NotPublic)), "{err:?}");
         let err = strict
-            .get(&Url::parse(&format!("https://rebind.test:{port}/cimd")).unwrap(), "*/*", 1024)
+            .get(
+                &Url::parse(&format!("https://rebind.test:{port}/cimd")).unwrap(),
+                "*/*",
+                1024,
+            )
             .await;
         assert!(matches!(err, Err(NetError::NotPublic)), "{err:?}");
         assert_eq!(count.load(Ordering::SeqCst), 0, "nothing reached the listener");
@@ -772,7 +785,11 @@ mod tests {
         // through the resolver too.
         let lax = GuardedClient::with_fixed_hosts(true, &[("rebind.test", ip("127.0.0.1"))]).unwrap();
         let got = lax
-            .get(&Url::parse(&format!("http://rebind.test:{port}/cimd")).unwrap(), "*/*", 1024)
+            .get(
+                &Url::parse(&format!("http://rebind.test:{port}/cimd")).unwrap(),
+                "*/*",
+                1024,
+            )
             .await
             .unwrap();
         assert_eq!((got.status, got.body.as_slice()), (200, &b"{}"[..]));
@@ -786,7 +803,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let server = HttpServer::new(|| {
             App::new()
-                .route("/big", web::get().to(|| async { HttpResponse::Ok().body(vec![b'a'; 5000]) }))
+                .route(
+                    "/big",
+                    web::get().to(|| async { HttpResponse::Ok().body(vec![b'a'; 5000]) }),
+                )
                 .route(
                     "/stream",
                     web::get().to(|| async {
@@ -797,9 +817,7 @@ mod tests {
                 )
                 .route(
                     "/redirect",
-                    web::get().to(|| async {
-                        HttpResponse::Found().insert_header(("Location", "/big")).finish()
-                    }),
+                    web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/big")).finish() }),
                 )
         })
         .workers(1)
@@ -811,8 +829,14 @@ mod tests {
         actix_web::rt::spawn(server);
         let c = GuardedClient::new(true).unwrap();
         let url = |p: &str| Url::parse(&format!("http://127.0.0.1:{port}{p}")).unwrap();
-        assert!(matches!(c.get(&url("/big"), "*/*", 4096).await, Err(NetError::TooLarge(4096))));
-        assert!(matches!(c.get(&url("/stream"), "*/*", 4096).await, Err(NetError::TooLarge(4096))));
+        assert!(matches!(
+            c.get(&url("/big"), "*/*", 4096).await,
+            Err(NetError::TooLarge(4096))
+        ));
+        assert!(matches!(
+            c.get(&url("/stream"), "*/*", 4096).await,
+            Err(NetError::TooLarge(4096))
+        ));
         assert_eq!(c.get(&url("/big"), "*/*", 8192).await.unwrap().body.len(), 5000);
         let r = c.get(&url("/redirect"), "*/*", 4096).await.unwrap();
         assert_eq!(r.status, 302, "redirects are returned, not followed");

@@ -117,7 +117,8 @@ pub fn consent(c: &Consent<'_>) -> String {
     let provenance = if c.verified_client {
         format!("Its identity is the document at <code>{}</code>.", esc(c.client_id))
     } else {
-        "This name was chosen by the application itself when it registered; make sure you started this sign-in.".to_owned()
+        "This name was chosen by the application itself when it registered; make sure you started this sign-in."
+            .to_owned()
     };
     let client_uri = c
         .client_uri
@@ -206,12 +207,20 @@ mod tests {
 
     #[test]
     fn csp_sources() {
-        assert_eq!(csp_source("http://127.0.0.1:5000/cb?x=1").as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(
+            csp_source("http://127.0.0.1:5000/cb?x=1").as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
         assert_eq!(csp_source("https://a.example/cb").as_deref(), Some("https://a.example"));
         assert_eq!(csp_source("com.example.app:/cb").as_deref(), Some("com.example.app:"));
         assert_eq!(csp_source("not a url"), None);
         let r = error(StatusCode::BAD_REQUEST, "t", "m");
-        let csp = r.headers().get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+        let csp = r
+            .headers()
+            .get(header::CONTENT_SECURITY_POLICY)
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert!(csp.contains("frame-ancestors 'none'"));
         assert_eq!(r.headers().get(header::X_FRAME_OPTIONS).unwrap(), "DENY");
     }

@@ -85,7 +85,10 @@ async fn metadata(oauth: web::Data<OAuth>) -> HttpResponse {
 
 fn cacheable(body: &serde_json::Value) -> HttpResponse {
     HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, format!("public, max-age={}", crate::METADATA_MAX_AGE_SECS)))
+        .insert_header((
+            header::CACHE_CONTROL,
+            format!("public, max-age={}", crate::METADATA_MAX_AGE_SECS),
+        ))
         .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
         .json(body)
 }
@@ -95,12 +98,19 @@ async fn preflight() -> HttpResponse {
     HttpResponse::NoContent()
         .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
         .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "POST, GET, OPTIONS"))
-        .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization, content-type, mcp-protocol-version"))
+        .insert_header((
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "authorization, content-type, mcp-protocol-version",
+        ))
         .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
         .finish()
 }
 
-fn cors<F, R>(handler: F) -> impl Fn(HttpRequest, web::Bytes, web::Data<OAuth>) -> std::pin::Pin<Box<dyn std::future::Future<Output = HttpResponse>>> + Clone + 'static
+fn cors<F, R>(
+    handler: F,
+) -> impl Fn(HttpRequest, web::Bytes, web::Data<OAuth>) -> std::pin::Pin<Box<dyn std::future::Future<Output = HttpResponse>>>
++ Clone
++ 'static
 where
     F: Fn(HttpRequest, web::Bytes, web::Data<OAuth>) -> R + Clone + 'static,
     R: std::future::Future<Output = HttpResponse> + 'static,
@@ -136,16 +146,25 @@ fn routes(cfg: &mut web::ServiceConfig, issuer_path: &str) {
     let at = |s: &str| format!("{prefix}{s}");
     cfg.route(&at("/jwks.json"), web::get().to(jwks))
         .route(&at("/register"), web::post().to(crate::clients::register_handler))
-        .route(&at("/register"), web::method(actix_web::http::Method::OPTIONS).to(crate::clients::register_preflight))
+        .route(
+            &at("/register"),
+            web::method(actix_web::http::Method::OPTIONS).to(crate::clients::register_preflight),
+        )
         .route(&at("/authorize"), web::get().to(crate::flow::authorize))
         .route(&at("/consent"), web::post().to(crate::flow::consent))
         .route(&at("/login"), web::get().to(crate::flow::login_page))
         .route(&at("/login"), web::post().to(crate::flow::login_submit))
         .route(&at("/callback"), web::get().to(crate::flow::callback))
         .route(&at("/token"), web::post().to(cors(crate::token::token)))
-        .route(&at("/token"), web::method(actix_web::http::Method::OPTIONS).to(preflight))
+        .route(
+            &at("/token"),
+            web::method(actix_web::http::Method::OPTIONS).to(preflight),
+        )
         .route(&at("/revoke"), web::post().to(cors(crate::token::revoke)))
-        .route(&at("/revoke"), web::method(actix_web::http::Method::OPTIONS).to(preflight))
+        .route(
+            &at("/revoke"),
+            web::method(actix_web::http::Method::OPTIONS).to(preflight),
+        )
         .route(&at("/introspect"), web::post().to(crate::token::introspect));
 }
 
@@ -165,10 +184,18 @@ pub async fn bind_oauth(
         .connect(&oauth_cfg.nats_url);
     let nats = tokio::time::timeout(crate::NATS_CONNECT_TIMEOUT, nats)
         .await
-        .map_err(|_| RunError::Nats(format!("no answer from {} within {:?}", oauth_cfg.nats_url, crate::NATS_CONNECT_TIMEOUT)))?
+        .map_err(|_| {
+            RunError::Nats(format!(
+                "no answer from {} within {:?}",
+                oauth_cfg.nats_url,
+                crate::NATS_CONNECT_TIMEOUT
+            ))
+        })?
         .map_err(|e| RunError::Nats(e.to_string()))?;
     let js = async_nats::jetstream::new(nats.clone());
-    let stores = Stores::open_with(&js, oauth_cfg.store_max_bytes).await.map_err(|e| RunError::Nats(e.to_string()))?;
+    let stores = Stores::open_with(&js, oauth_cfg.store_max_bytes)
+        .await
+        .map_err(|e| RunError::Nats(e.to_string()))?;
     let keys = SigningKeys::open(
         stores.keys.clone(),
         oauth_cfg.sealer.clone(),
@@ -242,29 +269,35 @@ pub async fn bind_oauth(
         let vault = vault.clone();
         let nats = nats.clone();
         let stop = stop_rx.clone();
-        tasks.push(("vault", actix_web::rt::spawn(async move {
-            if let Err(e) = vault.serve(nats, stop).await {
-                tracing::error!(error = %e, "vault service stopped");
-            }
-        })));
+        tasks.push((
+            "vault",
+            actix_web::rt::spawn(async move {
+                if let Err(e) = vault.serve(nats, stop).await {
+                    tracing::error!(error = %e, "vault service stopped");
+                }
+            }),
+        ));
     }
     {
         let keys = keys.clone();
         let mut stop = stop_rx.clone();
-        tasks.push(("signing-keys", actix_web::rt::spawn(async move {
-            let mut tick = tokio::time::interval(crate::signing::RELOAD_INTERVAL);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        if let Err(e) = keys.reload(crate::unix_now()).await {
-                            tracing::warn!(error = %e, "cannot reload the signing keys");
+        tasks.push((
+            "signing-keys",
+            actix_web::rt::spawn(async move {
+                let mut tick = tokio::time::interval(crate::signing::RELOAD_INTERVAL);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = keys.reload(crate::unix_now()).await {
+                                tracing::warn!(error = %e, "cannot reload the signing keys");
+                            }
                         }
+                        _ = stop.changed() => break,
                     }
-                    _ = stop.changed() => break,
                 }
-            }
-        })));
+            }),
+        ));
     }
 
     let draining = Arc::new(AtomicBool::new(false));
@@ -309,7 +342,10 @@ pub async fn bind_oauth(
     .disable_signals()
     .shutdown_timeout(crate::DRAIN_TIMEOUT.as_secs())
     .listen(listener)
-    .map_err(|source| RunError::Bind { addr: public_addr, source })?
+    .map_err(|source| RunError::Bind {
+        addr: public_addr,
+        source,
+    })?
     .run();
     tracing::info!(listen = %public_addr, admin = %admin.addr, issuer = %config.issuer, "auth-service listening (OAuth server)");
     Ok(Bound::new(public_addr, server, admin, draining, Some((stop_tx, tasks))))

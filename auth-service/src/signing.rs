@@ -126,13 +126,18 @@ impl SigningKeys {
             set.keys.drain(..retired);
             if due {
                 let pem = keys::generate_pem();
-                let key = DevKey::from_pem(pem.as_bytes(), "generated".as_ref())
-                    .map_err(|e| SigningError::Key { kid: "new".into(), reason: e.to_string() })?;
+                let key = DevKey::from_pem(pem.as_bytes(), "generated".as_ref()).map_err(|e| SigningError::Key {
+                    kid: "new".into(),
+                    reason: e.to_string(),
+                })?;
                 let kid = key.kid().to_owned();
                 let sealed_pem = self
                     .sealer
                     .seal(&format!("auth_keys/{kid}"), pem.as_bytes())
-                    .map_err(|e| SigningError::Key { kid: kid.clone(), reason: e.to_string() })?;
+                    .map_err(|e| SigningError::Key {
+                        kid: kid.clone(),
+                        reason: e.to_string(),
+                    })?;
                 set.keys.push(StoredKey {
                     kid,
                     alg: "EdDSA".into(),
@@ -146,7 +151,10 @@ impl SigningKeys {
             };
             if let Cas::Done(_) = written {
                 if due {
-                    tracing::info!(kid = set.keys.last().map(|k| k.kid.as_str()).unwrap_or(""), "rotated the signing key");
+                    tracing::info!(
+                        kid = set.keys.last().map(|k| k.kid.as_str()).unwrap_or(""),
+                        "rotated the signing key"
+                    );
                 }
                 self.install(&set, now)?;
                 return Ok(());
@@ -162,9 +170,14 @@ impl SigningKeys {
             let pem = self
                 .sealer
                 .open(&format!("auth_keys/{}", k.kid), &k.sealed_pem)
-                .map_err(|e| SigningError::Key { kid: k.kid.clone(), reason: e.to_string() })?;
-            let key = DevKey::from_pem(&pem, "stored".as_ref())
-                .map_err(|e| SigningError::Key { kid: k.kid.clone(), reason: e.to_string() })?;
+                .map_err(|e| SigningError::Key {
+                    kid: k.kid.clone(),
+                    reason: e.to_string(),
+                })?;
+            let key = DevKey::from_pem(&pem, "stored".as_ref()).map_err(|e| SigningError::Key {
+                kid: k.kid.clone(),
+                reason: e.to_string(),
+            })?;
             keys.push((key, k.created_at));
         }
         let mut jwks: Vec<serde_json::Value> = keys
@@ -196,7 +209,11 @@ impl SigningKeys {
     /// `publish_lead` at the last reload.
     pub fn current(&self) -> Result<DevKey, SigningError> {
         let loaded = self.read();
-        loaded.keys.get(loaded.signing).map(|(k, _)| k.clone()).ok_or(SigningError::NoKey)
+        loaded
+            .keys
+            .get(loaded.signing)
+            .map(|(k, _)| k.clone())
+            .ok_or(SigningError::NoKey)
     }
 
     /// The published key with this `kid` (for introspection and revocation of our
@@ -252,7 +269,12 @@ mod tests {
     use super::*;
 
     fn key(created_at: u64) -> StoredKey {
-        StoredKey { kid: format!("k{created_at}"), alg: "EdDSA".into(), created_at, sealed_pem: String::new() }
+        StoredKey {
+            kid: format!("k{created_at}"),
+            alg: "EdDSA".into(),
+            created_at,
+            sealed_pem: String::new(),
+        }
     }
 
     #[test]
@@ -260,11 +282,15 @@ mod tests {
         let ttl = Duration::from_secs(900);
         let lead = Duration::from_secs(60);
         let keep = 60 + 900 + RETIRE_MARGIN.as_secs();
-        let set = KeySet { keys: vec![key(0), key(1000)] };
+        let set = KeySet {
+            keys: vec![key(0), key(1000)],
+        };
         assert_eq!(retired(&set, 1000, lead, ttl), 0);
         assert_eq!(retired(&set, 1000 + keep - 1, lead, ttl), 0);
         assert_eq!(retired(&set, 1000 + keep, lead, ttl), 1);
-        let set = KeySet { keys: vec![key(0), key(10), key(5000)] };
+        let set = KeySet {
+            keys: vec![key(0), key(10), key(5000)],
+        };
         assert_eq!(retired(&set, 5000, lead, ttl), 1, "the newest and its predecessor stay");
         assert_eq!(retired(&KeySet { keys: vec![key(0)] }, u64::MAX, lead, ttl), 0);
     }
@@ -272,8 +298,14 @@ mod tests {
     #[test]
     fn a_new_key_signs_only_after_it_was_published_for_the_lead() {
         let lead = Duration::from_secs(360);
-        assert_eq!(signing_index(&KeySet { keys: vec![key(1000)] }, 1000, lead), 0, "the first key signs at once");
-        let set = KeySet { keys: vec![key(0), key(1000)] };
+        assert_eq!(
+            signing_index(&KeySet { keys: vec![key(1000)] }, 1000, lead),
+            0,
+            "the first key signs at once"
+        );
+        let set = KeySet {
+            keys: vec![key(0), key(1000)],
+        };
         assert_eq!(signing_index(&set, 1000, lead), 0, "published, not yet signing");
         assert_eq!(signing_index(&set, 1359, lead), 0);
         assert_eq!(signing_index(&set, 1360, lead), 1);

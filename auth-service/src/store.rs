@@ -152,10 +152,7 @@ impl Bucket {
     /// Write unconditionally.
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<u64, StoreError> {
         let bytes = self.encode(value)?;
-        self.kv
-            .put(key, bytes.into())
-            .await
-            .map_err(|e| self.err("put", e))
+        self.kv.put(key, bytes.into()).await.map_err(|e| self.err("put", e))
     }
 
     /// Write only if the key does not exist.
@@ -169,18 +166,11 @@ impl Bucket {
     }
 
     /// Write only if the key is still at `revision`.
-    pub async fn update<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        revision: u64,
-    ) -> Result<Cas, StoreError> {
+    pub async fn update<T: Serialize>(&self, key: &str, value: &T, revision: u64) -> Result<Cas, StoreError> {
         let bytes = self.encode(value)?;
         match self.kv.update(key, bytes.into(), revision).await {
             Ok(rev) => Ok(Cas::Done(rev)),
-            Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => {
-                Ok(Cas::Conflict)
-            }
+            Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => Ok(Cas::Conflict),
             Err(e) => Err(self.err("update", e)),
         }
     }

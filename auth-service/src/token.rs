@@ -73,7 +73,11 @@ async fn authenticated(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
     if !is_form {
         oauth.metrics.token(endpoint, "invalid_request");
         return Err(oauth_error(
@@ -94,8 +98,8 @@ async fn authenticated(
         }
     }
     let basic = req.headers().contains_key(header::AUTHORIZATION);
-    let (client_id, secret, method) = crate::clients::client_credentials(req, &form)
-        .map_err(|e| client_error(oauth, endpoint, &e, basic))?;
+    let (client_id, secret, method) =
+        crate::clients::client_credentials(req, &form).map_err(|e| client_error(oauth, endpoint, &e, basic))?;
     let client = oauth
         .clients
         .authenticate(&client_id, secret.as_deref(), method)
@@ -119,12 +123,20 @@ pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) 
         && !resource_matches(&oauth.cfg.resource, r)
     {
         oauth.metrics.token(grant_type, "invalid_target");
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_target", "resource does not name this MCP server");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "resource does not name this MCP server",
+        );
     }
     const SUPPORTED: [&str; 3] = ["authorization_code", "refresh_token", "client_credentials"];
     if !grant_type.is_empty() && !SUPPORTED.contains(&grant_type) {
         oauth.metrics.token("other", "unsupported_grant_type");
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type is not supported");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type is not supported",
+        );
     }
     if !grant_type.is_empty() && !client.grant_types.iter().any(|g| g == grant_type) {
         oauth.metrics.token(grant_type, "unauthorized_client");
@@ -138,11 +150,21 @@ pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) 
         "authorization_code" => {
             let (Some(code), Some(verifier)) = (form.get("code"), form.get("code_verifier")) else {
                 oauth.metrics.token(grant_type, "invalid_request");
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "code and code_verifier are required");
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "code and code_verifier are required",
+                );
             };
             oauth
                 .grants
-                .redeem_code(code, &client.client_id, form.get("redirect_uri").map(String::as_str), verifier, resource)
+                .redeem_code(
+                    code,
+                    &client.client_id,
+                    form.get("redirect_uri").map(String::as_str),
+                    verifier,
+                    resource,
+                )
                 .await
         }
         "refresh_token" => {
@@ -175,7 +197,9 @@ pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) 
                     return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &e);
                 }
             };
-            oauth.grants.client_token(&client.client_id, &scopes, &oauth.cfg.resource)
+            oauth
+                .grants
+                .client_token(&client.client_id, &scopes, &oauth.cfg.resource)
         }
         "" => {
             oauth.metrics.token("none", "invalid_request");
@@ -183,7 +207,11 @@ pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) 
         }
         _ => {
             oauth.metrics.token("other", "unsupported_grant_type");
-            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type is not supported");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type is not supported",
+            );
         }
     };
     match result {
@@ -224,7 +252,9 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>)
     match outcome {
         Ok(()) => {
             oauth.metrics.token("revoke", "ok");
-            HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish()
+            HttpResponse::Ok()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .finish()
         }
         Err(e) => {
             tracing::error!(error = %e, "revocation failed");

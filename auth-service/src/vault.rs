@@ -128,7 +128,9 @@ impl Vault {
             Ok(reply) => reply,
             Err(e) => {
                 tracing::error!(error = %e, grant = %req.grant_id, "vault request failed");
-                VaultReply::Unavailable { message: "vault unavailable".into() }
+                VaultReply::Unavailable {
+                    message: "vault unavailable".into(),
+                }
             }
         };
         if let Some(m) = &self.metrics {
@@ -183,9 +185,7 @@ impl Vault {
                 if !unchanged {
                     let _ = self.stores.locks.delete(&lock).await;
                     return match self.load(&req.grant_id).await? {
-                        Some((e, s, _)) if e.sub == req.sub => {
-                            Ok(s.tokens.map(reply).unwrap_or(VaultReply::NotFound))
-                        }
+                        Some((e, s, _)) if e.sub == req.sub => Ok(s.tokens.map(reply).unwrap_or(VaultReply::NotFound)),
                         _ => Ok(self.gone(&req.grant_id).await?),
                     };
                 }
@@ -195,7 +195,9 @@ impl Vault {
             }
             // Another replica is refreshing: wait for the entry to change.
             if tokio::time::Instant::now() >= deadline {
-                return Ok(VaultReply::Unavailable { message: "refresh in progress elsewhere took too long".into() });
+                return Ok(VaultReply::Unavailable {
+                    message: "refresh in progress elsewhere took too long".into(),
+                });
             }
             tokio::time::sleep(WAIT_STEP).await;
         }
@@ -216,14 +218,21 @@ impl Vault {
         secrets: Secrets,
         rev: u64,
     ) -> Result<VaultReply, VaultError> {
-        let Some(old) = secrets.tokens.clone() else { return Ok(VaultReply::NotFound) };
-        let Some(refresh_token) = old.refresh_token.as_deref() else { return Ok(reply(old)) };
+        let Some(old) = secrets.tokens.clone() else {
+            return Ok(VaultReply::NotFound);
+        };
+        let Some(refresh_token) = old.refresh_token.as_deref() else {
+            return Ok(reply(old));
+        };
         match self.upstream.refresh(refresh_token).await {
             Ok(mut tokens) => {
                 if tokens.refresh_token.is_none() {
                     tokens.refresh_token = old.refresh_token.clone();
                 }
-                let updated = Secrets { tokens: Some(tokens.clone()), claims: secrets.claims };
+                let updated = Secrets {
+                    tokens: Some(tokens.clone()),
+                    claims: secrets.claims,
+                };
                 let plain = serde_json::to_vec(&updated).map_err(|e| VaultError::Corrupt(e.to_string()))?;
                 let new_entry = VaultEntry {
                     sub: entry.sub.clone(),
@@ -270,15 +279,21 @@ impl Vault {
             };
             let Some(msg) = msg else { break };
             let Some(reply_to) = msg.reply.clone() else { continue };
-            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
             let this = self.clone();
             let nats = nats.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let answer = match rmp_serde::from_slice::<VaultRequest>(&msg.payload) {
                     Ok(req) if req.v <= proto::auth::AUTH_WIRE_VERSION => this.current_token(&req).await,
-                    Ok(req) => VaultReply::Unavailable { message: format!("unsupported version {}", req.v) },
-                    Err(_) => VaultReply::Unavailable { message: "malformed vault request".into() },
+                    Ok(req) => VaultReply::Unavailable {
+                        message: format!("unsupported version {}", req.v),
+                    },
+                    Err(_) => VaultReply::Unavailable {
+                        message: "malformed vault request".into(),
+                    },
                 };
                 match rmp_serde::to_vec_named(&answer) {
                     Ok(bytes) => {

@@ -31,10 +31,7 @@ pub enum Error {
     #[error("invalid url {url}: {reason}")]
     Url { url: String, reason: &'static str },
     #[error("connecting to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    Connect { addr: String, source: std::io::Error },
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
     #[error("building the request: {0}")]
@@ -48,10 +45,7 @@ pub enum Error {
         body: String,
     },
     #[error("{method}: unexpected content type {content_type:?}")]
-    ContentType {
-        method: &'static str,
-        content_type: String,
-    },
+    ContentType { method: &'static str, content_type: String },
     #[error("{method}: no JSON-RPC response with id {id} in the body")]
     NoResponse { method: &'static str, id: u64 },
     #[error("invalid JSON in a response: {0}")]
@@ -88,10 +82,7 @@ impl Target {
         }
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
         let port = authority.port_u16().unwrap_or(80);
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
         let addr = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -187,11 +178,7 @@ impl Session {
         let id = resp.headers().get(HEADER_SESSION).cloned();
         let message = read_response(resp, "initialize", 0).await?;
         result_of(message, "initialize")?;
-        let mut session = Self {
-            conn,
-            id,
-            next_id: 1,
-        };
+        let mut session = Self { conn, id, next_id: 1 };
         let body = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         let resp = session.post(body).await?;
         let status = resp.status();
@@ -222,9 +209,7 @@ impl Session {
     }
 
     async fn post(&mut self, body: Bytes) -> Result<Response<Incoming>, Error> {
-        self.conn
-            .send(Method::POST, ACCEPT_POST, self.id.as_ref(), body)
-            .await
+        self.conn.send(Method::POST, ACCEPT_POST, self.id.as_ref(), body).await
     }
 
     /// `tools/call add {a, b}`; an answer other than the sum as text is an error.
@@ -275,14 +260,9 @@ impl Session {
 /// Open the standalone GET stream of session `id` on a new connection of its
 /// own. The caller holds the returned connection and response body for as
 /// long as the stream should stay open.
-pub async fn open_stream(
-    target: Arc<Target>,
-    id: &HeaderValue,
-) -> Result<(Conn, Response<Incoming>), Error> {
+pub async fn open_stream(target: Arc<Target>, id: &HeaderValue) -> Result<(Conn, Response<Incoming>), Error> {
     let mut conn = Conn::connect(target).await?;
-    let resp = conn
-        .send(Method::GET, ACCEPT_SSE, Some(id), Bytes::new())
-        .await?;
+    let resp = conn.send(Method::GET, ACCEPT_SSE, Some(id), Bytes::new()).await?;
     check_status(&resp, "GET /mcp")?;
     if !is_sse(&resp) {
         return Err(Error::ContentType {
@@ -330,11 +310,7 @@ fn quote(body: &[u8]) -> String {
 
 /// Read a POST answer whole and return the JSON-RPC response with `id`,
 /// whether it came as `application/json` or inside an SSE stream.
-async fn read_response(
-    resp: Response<Incoming>,
-    method: &'static str,
-    id: u64,
-) -> Result<Value, Error> {
+async fn read_response(resp: Response<Incoming>, method: &'static str, id: u64) -> Result<Value, Error> {
     let status = resp.status();
     let sse = is_sse(&resp);
     let json = content_type(&resp).starts_with(CONTENT_JSON);
@@ -395,10 +371,7 @@ fn result_of(mut message: Value, method: &'static str) -> Result<Value, Error> {
             error: error.to_string(),
         });
     }
-    Ok(message
-        .get_mut("result")
-        .map(Value::take)
-        .unwrap_or(Value::Null))
+    Ok(message.get_mut("result").map(Value::take).unwrap_or(Value::Null))
 }
 
 #[cfg(test)]

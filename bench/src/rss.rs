@@ -3,12 +3,8 @@
 /// `VmRSS` of `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vm_rss(&status).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("no VmRSS line for pid {pid}"),
-        )
-    })
+    parse_vm_rss(&status)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no VmRSS line for pid {pid}")))
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {

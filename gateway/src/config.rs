@@ -200,7 +200,10 @@ impl Config {
             return Err(err(ENV_ACK_TIMEOUT_MS, "must be positive"));
         }
         if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
-            return Err(err(ENV_NATS_URL, format!("{:?} is not a nats:// or tls:// URL", self.nats_url)));
+            return Err(err(
+                ENV_NATS_URL,
+                format!("{:?} is not a nats:// or tls:// URL", self.nats_url),
+            ));
         }
         self.auth_upstream()?;
         Ok(())
@@ -218,7 +221,10 @@ impl Config {
             return Err(err(ENV_AUTH_UPSTREAM, format!("{raw:?} is not an http(s) URL")));
         }
         if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
-            return Err(err(ENV_AUTH_UPSTREAM, "must not carry credentials, a query or a fragment"));
+            return Err(err(
+                ENV_AUTH_UPSTREAM,
+                "must not carry credentials, a query or a fragment",
+            ));
         }
         Ok(Some(url))
     }
@@ -239,14 +245,21 @@ impl Config {
     pub fn resource_path(&self) -> String {
         let origin = self.resource_origin();
         let path = self.resource_identifier.trim_start_matches(&origin);
-        if path.is_empty() { "/".into() } else { path.trim_end_matches('/').to_owned() }
+        if path.is_empty() {
+            "/".into()
+        } else {
+            path.trim_end_matches('/').to_owned()
+        }
     }
 
     /// RFC 9728 metadata URL for this resource (path-suffixed form).
     pub fn resource_metadata_url(&self) -> String {
         let path = self.resource_path();
         let suffix = if path == "/" { String::new() } else { path };
-        format!("{}/.well-known/oauth-protected-resource{suffix}", self.resource_origin())
+        format!(
+            "{}/.well-known/oauth-protected-resource{suffix}",
+            self.resource_origin()
+        )
     }
 
     pub fn ack_timeout(&self) -> Duration {
@@ -283,13 +296,21 @@ mod tests {
             "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
         );
         let c = parse(&["--resource-identifier", "https://mcp.example.com"]);
-        assert_eq!(c.resource_metadata_url(), "https://mcp.example.com/.well-known/oauth-protected-resource");
+        assert_eq!(
+            c.resource_metadata_url(),
+            "https://mcp.example.com/.well-known/oauth-protected-resource"
+        );
     }
 
     #[test]
     fn invalid_settings_name_the_setting() {
         let c = parse(&["--resource-identifier", "ftp://x"]);
-        assert!(c.validate().expect_err("bad").to_string().contains(ENV_RESOURCE_IDENTIFIER));
+        assert!(
+            c.validate()
+                .expect_err("bad")
+                .to_string()
+                .contains(ENV_RESOURCE_IDENTIFIER)
+        );
         let c = parse(&["--max-body-bytes", "10"]);
         assert!(c.validate().expect_err("bad").to_string().contains(ENV_MAX_BODY_BYTES));
         let c = Config::parse_from(["gateway", "--allowed-issuers", "nope"]);
@@ -300,12 +321,29 @@ mod tests {
     #[test]
     fn auth_upstream_is_off_by_default_and_checked_when_set() {
         assert!(parse(&[]).auth_upstream().expect("default").is_none());
-        assert!(parse(&["--auth-upstream", " "]).auth_upstream().expect("blank").is_none());
+        assert!(
+            parse(&["--auth-upstream", " "])
+                .auth_upstream()
+                .expect("blank")
+                .is_none()
+        );
         let c = parse(&["--auth-upstream", "http://127.0.0.1:8790"]);
-        assert_eq!(c.auth_upstream().expect("ok").map(|u| u.to_string()), Some("http://127.0.0.1:8790/".into()));
-        for bad in ["127.0.0.1:8790", "ftp://auth", "http://auth/?x=1", "http://u:p@auth", "nonsense"] {
+        assert_eq!(
+            c.auth_upstream().expect("ok").map(|u| u.to_string()),
+            Some("http://127.0.0.1:8790/".into())
+        );
+        for bad in [
+            "127.0.0.1:8790",
+            "ftp://auth",
+            "http://auth/?x=1",
+            "http://u:p@auth",
+            "nonsense",
+        ] {
             let c = parse(&["--auth-upstream", bad]);
-            assert!(c.validate().expect_err(bad).to_string().contains(ENV_AUTH_UPSTREAM), "{bad}");
+            assert!(
+                c.validate().expect_err(bad).to_string().contains(ENV_AUTH_UPSTREAM),
+                "{bad}"
+            );
         }
     }
 }

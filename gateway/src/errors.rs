@@ -43,7 +43,11 @@ pub fn describe(kind: Kind) -> (StatusCode, i64, &'static str) {
     match kind {
         ParseError => (StatusCode::BAD_REQUEST, PARSE_ERROR, "Parse error"),
         InvalidRequest => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "Invalid Request"),
-        BatchNotSupported => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported"),
+        BatchNotSupported => (
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "Invalid Request: JSON-RPC batches are not supported",
+        ),
         UnsupportedMediaType => (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             INVALID_REQUEST,
@@ -51,20 +55,44 @@ pub fn describe(kind: Kind) -> (StatusCode, i64, &'static str) {
         ),
         NotAcceptable => (StatusCode::NOT_ACCEPTABLE, INVALID_REQUEST, "Not Acceptable"),
         PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, "Payload Too Large"),
-        RequestTimeout => (StatusCode::REQUEST_TIMEOUT, INVALID_REQUEST, "Request Timeout: the body did not arrive in time"),
+        RequestTimeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            INVALID_REQUEST,
+            "Request Timeout: the body did not arrive in time",
+        ),
         TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, SERVER_ERROR, "Too Many Requests"),
         ForbiddenOrigin => (StatusCode::FORBIDDEN, INVALID_REQUEST, "Forbidden: Origin not allowed"),
         ForbiddenHost => (StatusCode::FORBIDDEN, INVALID_REQUEST, "Forbidden: Host not allowed"),
-        SessionRequired => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required"),
+        SessionRequired => (
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required",
+        ),
         SessionNotFound => (StatusCode::NOT_FOUND, SESSION_NOT_FOUND, "Session not found"),
-        UnsupportedProtocolVersion => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "Bad Request: Unsupported protocol version"),
+        UnsupportedProtocolVersion => (
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "Bad Request: Unsupported protocol version",
+        ),
         HeaderMismatch => (StatusCode::BAD_REQUEST, HEADER_MISMATCH, "Header mismatch"),
         InvalidParams => (StatusCode::BAD_REQUEST, INVALID_PARAMS, "Invalid params"),
         MethodNotFound => (StatusCode::NOT_FOUND, METHOD_NOT_FOUND, "Method not found"),
         MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, INVALID_REQUEST, "Method Not Allowed"),
-        NoWorker => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, "No session worker is available"),
-        WorkerTimeout => (StatusCode::GATEWAY_TIMEOUT, SERVER_ERROR, "Session worker did not answer in time"),
-        Draining => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, "Gateway is shutting down"),
+        NoWorker => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            SERVER_ERROR,
+            "No session worker is available",
+        ),
+        WorkerTimeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            SERVER_ERROR,
+            "Session worker did not answer in time",
+        ),
+        Draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            SERVER_ERROR,
+            "Gateway is shutting down",
+        ),
         Internal => (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR, "Internal error"),
     }
 }

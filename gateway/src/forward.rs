@@ -132,7 +132,12 @@ impl Forwarder {
         self
     }
 
-    pub fn new(upstream: reqwest::Url, max_body: usize, policy: OriginPolicy, metrics: Metrics) -> reqwest::Result<Self> {
+    pub fn new(
+        upstream: reqwest::Url,
+        max_body: usize,
+        policy: OriginPolicy,
+        metrics: Metrics,
+    ) -> reqwest::Result<Self> {
         Self::with_timeout(upstream, max_body, policy, metrics, FORWARD_TIMEOUT)
     }
 
@@ -185,7 +190,10 @@ pub async fn forward(req: HttpRequest, payload: web::Payload, fwd: web::Data<For
         }
     };
     let status = resp.status().as_u16().to_string();
-    fwd.metrics.requests.with_label_values(&[ROUTE_LABEL, "none", &status]).inc();
+    fwd.metrics
+        .requests
+        .with_label_values(&[ROUTE_LABEL, "none", &status])
+        .inc();
     fwd.metrics
         .duration
         .with_label_values(&[ROUTE_LABEL, "none"])
@@ -193,17 +201,23 @@ pub async fn forward(req: HttpRequest, payload: web::Payload, fwd: web::Data<For
     resp
 }
 
-async fn forward_inner(req: &HttpRequest, payload: web::Payload, fwd: &Forwarder) -> Result<HttpResponse, ForwardError> {
+async fn forward_inner(
+    req: &HttpRequest,
+    payload: web::Payload,
+    fwd: &Forwarder,
+) -> Result<HttpResponse, ForwardError> {
     if let Err(e) = fwd.policy.check_host(req) {
         return Err(ForwardError::ForbiddenHost(e.detail.unwrap_or_default()));
     }
     let target = fwd
         .target(req)
         .ok_or_else(|| ForwardError::BadRequest("path is not forwarded".into()))?;
-    let body = crate::mcp::read_body(req, payload, fwd.max_body).await.map_err(|e| match e.kind {
-        Kind::PayloadTooLarge => ForwardError::PayloadTooLarge(fwd.max_body),
-        _ => ForwardError::BadRequest(e.detail.unwrap_or_default()),
-    })?;
+    let body = crate::mcp::read_body(req, payload, fwd.max_body)
+        .await
+        .map_err(|e| match e.kind {
+            Kind::PayloadTooLarge => ForwardError::PayloadTooLarge(fwd.max_body),
+            _ => ForwardError::BadRequest(e.detail.unwrap_or_default()),
+        })?;
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| ForwardError::BadRequest("unsupported method".into()))?;
     let scheme = if req.app_config().secure() { "https" } else { "http" };
@@ -354,7 +368,14 @@ mod tests {
         assert!(is_public_path("/.well-known/oauth-authorization-server"));
         assert!(is_public_path("/.well-known/oauth-authorization-server/tenant"));
         assert!(is_public_path("/.well-known/openid-configuration"));
-        for p in ["/token/", "/tokens", "/mcp", "/", "/.well-known/oauth-authorization-serverx", "/.well-known/oauth-protected-resource/mcp"] {
+        for p in [
+            "/token/",
+            "/tokens",
+            "/mcp",
+            "/",
+            "/.well-known/oauth-authorization-serverx",
+            "/.well-known/oauth-protected-resource/mcp",
+        ] {
             assert!(!is_public_path(p), "{p}");
         }
     }
@@ -389,7 +410,13 @@ mod tests {
             ("X-Forwarded-Host", "evil.example"),
         ]);
         let loopback = crate::limits::TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
-        let out = upstream_headers(&incoming, Some("127.0.0.1".parse().unwrap()), &loopback, "http", Some("localhost:8788"));
+        let out = upstream_headers(
+            &incoming,
+            Some("127.0.0.1".parse().unwrap()),
+            &loopback,
+            "http",
+            Some("localhost:8788"),
+        );
         for gone in [
             "host",
             "connection",
@@ -407,13 +434,28 @@ mod tests {
         assert_eq!(out["authorization"], "Basic Y2xpZW50OnNlY3JldA==");
         assert_eq!(out["cookie"], "a=1");
         assert_eq!(out["content-type"], "application/x-www-form-urlencoded");
-        assert_eq!(out["x-forwarded-for"], "203.0.113.7, 198.51.100.1, 198.51.100.2, 127.0.0.1");
+        assert_eq!(
+            out["x-forwarded-for"],
+            "203.0.113.7, 198.51.100.1, 198.51.100.2, 127.0.0.1"
+        );
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out["x-forwarded-host"], "localhost:8788");
         // A client that is not a trusted proxy cannot pass an address along.
-        let direct = upstream_headers(&incoming, Some("127.0.0.1".parse().unwrap()), &Default::default(), "http", None);
+        let direct = upstream_headers(
+            &incoming,
+            Some("127.0.0.1".parse().unwrap()),
+            &Default::default(),
+            "http",
+            None,
+        );
         assert_eq!(direct["x-forwarded-for"], "127.0.0.1");
-        let bare = upstream_headers(&headers(&[]), Some("::1".parse().unwrap()), &Default::default(), "https", None);
+        let bare = upstream_headers(
+            &headers(&[]),
+            Some("::1".parse().unwrap()),
+            &Default::default(),
+            "https",
+            None,
+        );
         assert_eq!(bare["x-forwarded-for"], "::1");
         assert_eq!(bare["x-forwarded-proto"], "https");
         assert!(bare.get("x-forwarded-host").is_none());
@@ -441,7 +483,13 @@ mod tests {
         let out = downstream_headers(&answer);
         let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names.iter().filter(|n| **n == "set-cookie").count(), 2);
-        for gone in ["connection", "x-hop", "transfer-encoding", "keep-alive", "content-length"] {
+        for gone in [
+            "connection",
+            "x-hop",
+            "transfer-encoding",
+            "keep-alive",
+            "content-length",
+        ] {
             assert!(!names.contains(&gone), "{gone} passed back");
         }
         assert!(names.contains(&"location") && names.contains(&"cache-control"));
@@ -469,16 +517,28 @@ mod tests {
     fn targets_never_leave_the_public_paths() {
         let fwd = |upstream: &str| forwarder(upstream, FORWARD_TIMEOUT);
         let f = fwd("http://127.0.0.1:8790");
-        let target = |f: &Forwarder, uri: &str| f.target(&TestRequest::with_uri(uri).to_http_request()).map(|u| u.to_string());
-        assert_eq!(target(&f, "/token?a=1&b=%20"), Some("http://127.0.0.1:8790/token?a=1&b=%20".into()));
+        let target = |f: &Forwarder, uri: &str| {
+            f.target(&TestRequest::with_uri(uri).to_http_request())
+                .map(|u| u.to_string())
+        };
+        assert_eq!(
+            target(&f, "/token?a=1&b=%20"),
+            Some("http://127.0.0.1:8790/token?a=1&b=%20".into())
+        );
         assert_eq!(
             target(&f, "/.well-known/oauth-authorization-server/t1"),
             Some("http://127.0.0.1:8790/.well-known/oauth-authorization-server/t1".into())
         );
         assert_eq!(target(&f, "/.well-known/oauth-authorization-server/../../admin"), None);
-        assert_eq!(target(&f, "/.well-known/openid-configuration/%2e%2e/%2e%2e/admin"), None);
+        assert_eq!(
+            target(&f, "/.well-known/openid-configuration/%2e%2e/%2e%2e/admin"),
+            None
+        );
         let prefixed = fwd("http://auth.internal/auth/");
-        assert_eq!(target(&prefixed, "/authorize?x=1"), Some("http://auth.internal/auth/authorize?x=1".into()));
+        assert_eq!(
+            target(&prefixed, "/authorize?x=1"),
+            Some("http://auth.internal/auth/authorize?x=1".into())
+        );
     }
 
     fn forwarder(upstream: &str, timeout: Duration) -> Forwarder {
@@ -503,7 +563,10 @@ mod tests {
                 .configure(routes),
         )
         .await;
-        let req = TestRequest::post().uri("/token").insert_header(("Host", "localhost")).to_request();
+        let req = TestRequest::post()
+            .uri("/token")
+            .insert_header(("Host", "localhost"))
+            .to_request();
         let resp = actix_web::test::call_service(&app, req).await;
         assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(resp.headers().get("cache-control").unwrap(), "no-store");

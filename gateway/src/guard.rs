@@ -95,7 +95,10 @@ mod tests {
     use actix_web::test::TestRequest;
 
     fn policy(origins: &[&str]) -> OriginPolicy {
-        let hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].iter().map(|s| s.to_string()).collect();
+        let hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
         OriginPolicy::new(&hosts, &origins)
     }
@@ -110,9 +113,13 @@ mod tests {
     #[test]
     fn hosts_and_origins() {
         let p = policy(&[]);
-        let ok = TestRequest::default().insert_header(("Host", "localhost:8788")).to_http_request();
+        let ok = TestRequest::default()
+            .insert_header(("Host", "localhost:8788"))
+            .to_http_request();
         assert!(p.check(&ok).is_ok());
-        let rebinding = TestRequest::default().insert_header(("Host", "evil.example:8788")).to_http_request();
+        let rebinding = TestRequest::default()
+            .insert_header(("Host", "evil.example:8788"))
+            .to_http_request();
         assert_eq!(p.check(&rebinding).expect_err("host").kind, Kind::ForbiddenHost);
         let browser = TestRequest::default()
             .insert_header(("Host", "localhost:8788"))

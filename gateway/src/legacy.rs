@@ -12,7 +12,8 @@ use tracing::info;
 
 use crate::errors::{Kind, McpError};
 use crate::mcp::{
-    AppState, Incoming, MessageKind, ack_error, admit, begin_request, check_content_type, event_frames, header, read_body_within, relay_error, trace_of,
+    AppState, Incoming, MessageKind, ack_error, admit, begin_request, check_content_type, event_frames, header,
+    read_body_within, relay_error, trace_of,
 };
 use crate::metrics::{StreamGuard, method_label};
 use crate::sse;
@@ -25,7 +26,10 @@ pub async fn open(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
         Err(e) => actix_web::ResponseError::error_response(&e),
     };
     let status = resp.status().as_u16().to_string();
-    st.metrics.requests.with_label_values(&["/sse", "stream", &status]).inc();
+    st.metrics
+        .requests
+        .with_label_values(&["/sse", "stream", &status])
+        .inc();
     st.metrics
         .duration
         .with_label_values(&["/sse", "stream"])
@@ -58,7 +62,10 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
     }
     let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
     let endpoint = sse::named_event("endpoint", &format!("/messages?sessionId={session}"));
-    let frames = futures::StreamExt::chain(futures::stream::once(async move { endpoint }), event_frames(sub, st.sse_buffer));
+    let frames = futures::StreamExt::chain(
+        futures::stream::once(async move { endpoint }),
+        event_frames(sub, st.sse_buffer),
+    );
     let relay = st.relay.clone();
     let closing = session.clone();
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
@@ -98,7 +105,10 @@ pub async fn message(
         Err(e) => (actix_web::ResponseError::error_response(&e), "unknown"),
     };
     let status = resp.status().as_u16().to_string();
-    st.metrics.requests.with_label_values(&["/messages", method, &status]).inc();
+    st.metrics
+        .requests
+        .with_label_values(&["/messages", method, &status])
+        .inc();
     st.metrics
         .duration
         .with_label_values(&["/messages", method])

@@ -115,13 +115,33 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     )
     .await?;
     let auth_config = AuthConfig {
-        allowed_issuers: config.allowed_issuers.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        allowed_issuers: config
+            .allowed_issuers
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
         resource: config.resource_identifier.clone(),
         resource_metadata_url: config.resource_metadata_url(),
         jwks_cache_ttl: Duration::from_secs(config.jwks_cache_ttl_secs),
-        required_scopes: config.required_scopes.iter().filter(|s| !s.is_empty()).cloned().collect(),
-        authorization_servers: config.authorization_servers.iter().filter(|s| !s.is_empty()).cloned().collect(),
-        issuers_without_typ: config.issuers_without_typ.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        required_scopes: config
+            .required_scopes
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect(),
+        authorization_servers: config
+            .authorization_servers
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect(),
+        issuers_without_typ: config
+            .issuers_without_typ
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
     };
     let metadata = auth::protected_resource_metadata(&auth_config);
     let legacy_metadata = web::Data::new(LegacyMetadata(auth::legacy_protected_resource_metadata(&auth_config)));
@@ -135,13 +155,10 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     let forwarder = match config.auth_upstream()? {
         Some(upstream) => {
             info!(%upstream, "forwarding the auth-service's public paths");
-            Some(web::Data::new(forward::Forwarder::new(
-                upstream,
-                config.max_body_bytes,
-                policy.clone(),
-                metrics.clone(),
-            )?
-            .with_trusted_proxies(limits::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default())))
+            Some(web::Data::new(
+                forward::Forwarder::new(upstream, config.max_body_bytes, policy.clone(), metrics.clone())?
+                    .with_trusted_proxies(limits::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default()),
+            ))
         }
         None => None,
     };
@@ -189,10 +206,19 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             .route(&mcp_path, web::route().to(mcp_method_not_allowed))
             .route("/sse", web::get().to(legacy::open))
             .route("/messages", web::post().to(legacy::message))
-            .route("/.well-known/oauth-protected-resource", web::get().to(resource_metadata))
+            .route(
+                "/.well-known/oauth-protected-resource",
+                web::get().to(resource_metadata),
+            )
             .route(&metadata_path, web::get().to(resource_metadata))
-            .route("/.well-known/oauth-protected-resource/sse", web::get().to(legacy_resource_metadata))
-            .route("/.well-known/oauth-protected-resource/messages", web::get().to(legacy_resource_metadata))
+            .route(
+                "/.well-known/oauth-protected-resource/sse",
+                web::get().to(legacy_resource_metadata),
+            )
+            .route(
+                "/.well-known/oauth-protected-resource/messages",
+                web::get().to(legacy_resource_metadata),
+            )
             .default_service(web::to(not_found))
     })
     .workers(workers)

@@ -178,17 +178,35 @@ mod tests {
     #[test]
     fn client_address_believes_only_trusted_proxies() {
         let none = TrustedProxies::default();
-        assert_eq!(none.client_ip(Some(ip("198.51.100.7")), Some("203.0.113.9")), Some(ip("198.51.100.7")));
+        assert_eq!(
+            none.client_ip(Some(ip("198.51.100.7")), Some("203.0.113.9")),
+            Some(ip("198.51.100.7"))
+        );
         let lb = TrustedProxies::parse(&["10.0.0.0/8".into(), "127.0.0.1".into()]).unwrap();
-        assert_eq!(lb.client_ip(Some(ip("10.1.2.3")), Some("203.0.113.9, 10.9.9.9")), Some(ip("203.0.113.9")));
+        assert_eq!(
+            lb.client_ip(Some(ip("10.1.2.3")), Some("203.0.113.9, 10.9.9.9")),
+            Some(ip("203.0.113.9"))
+        );
         // A client that is not a proxy cannot name another address.
-        assert_eq!(lb.client_ip(Some(ip("198.51.100.7")), Some("203.0.113.9")), Some(ip("198.51.100.7")));
-        assert_eq!(lb.client_ip(Some(ip("10.1.2.3")), Some("garbage")), Some(ip("10.1.2.3")));
+        assert_eq!(
+            lb.client_ip(Some(ip("198.51.100.7")), Some("203.0.113.9")),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            lb.client_ip(Some(ip("10.1.2.3")), Some("garbage")),
+            Some(ip("10.1.2.3"))
+        );
         assert_eq!(lb.client_ip(Some(ip("::ffff:10.1.2.3")), None), Some(ip("10.1.2.3")));
         assert!(TrustedProxies::parse(&["nope".into()]).is_err());
         // Upstream: a client's own X-Forwarded-For is dropped, a proxy's kept.
-        assert_eq!(none.forwarded_for(Some(ip("127.0.0.1")), &["203.0.113.9".into()]), vec!["127.0.0.1"]);
-        assert_eq!(lb.forwarded_for(Some(ip("10.0.0.1")), &["203.0.113.9".into()]), vec!["203.0.113.9", "10.0.0.1"]);
+        assert_eq!(
+            none.forwarded_for(Some(ip("127.0.0.1")), &["203.0.113.9".into()]),
+            vec!["127.0.0.1"]
+        );
+        assert_eq!(
+            lb.forwarded_for(Some(ip("10.0.0.1")), &["203.0.113.9".into()]),
+            vec!["203.0.113.9", "10.0.0.1"]
+        );
     }
 
     #[test]

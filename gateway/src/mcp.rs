@@ -81,8 +81,8 @@ pub enum MessageKind {
 
 impl Incoming {
     pub fn parse(raw: Bytes) -> Result<Self, McpError> {
-        let value: Value = serde_json::from_slice(&raw)
-            .map_err(|e| McpError::new(Kind::ParseError).detail(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(&raw).map_err(|e| McpError::new(Kind::ParseError).detail(e.to_string()))?;
         if value.is_array() {
             return Err(McpError::new(Kind::BatchNotSupported));
         }
@@ -256,17 +256,24 @@ pub fn check_content_type(req: &HttpRequest) -> Result<(), McpError> {
             .next()
             .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
     });
-    if ok { Ok(()) } else { Err(McpError::new(Kind::UnsupportedMediaType)) }
+    if ok {
+        Ok(())
+    } else {
+        Err(McpError::new(Kind::UnsupportedMediaType))
+    }
 }
 
 /// Media types the client accepts (`*/*` counts as any).
 fn accepts(req: &HttpRequest, media: &str) -> bool {
-    req.headers().get_all("accept").filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').any(|part| {
-            let essence = part.split(';').next().unwrap_or("").trim();
-            essence.eq_ignore_ascii_case(media) || essence == "*/*"
+    req.headers()
+        .get_all("accept")
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|part| {
+                let essence = part.split(';').next().unwrap_or("").trim();
+                essence.eq_ignore_ascii_case(media) || essence == "*/*"
+            })
         })
-    })
 }
 
 fn session_id(req: &HttpRequest) -> Result<Option<String>, McpError> {
@@ -380,7 +387,12 @@ async fn post_inner(req: &HttpRequest, payload: web::Payload, st: &AppState) -> 
     }
 }
 
-async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg: Incoming) -> Result<HttpResponse, McpError> {
+async fn route_post(
+    req: &HttpRequest,
+    st: &AppState,
+    principal: Principal,
+    msg: Incoming,
+) -> Result<HttpResponse, McpError> {
     let header_version = header(req, HEADER_PROTOCOL_VERSION);
     let meta_version = msg.meta_protocol_version().map(str::to_owned);
     let id = msg.id.clone();
@@ -422,7 +434,9 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
             && h != b
         {
             return Err(McpError::new(Kind::InvalidRequest)
-                .detail(format!("{HEADER_PROTOCOL_VERSION} header ({h}) does not match initialize params.protocolVersion ({b})"))
+                .detail(format!(
+                    "{HEADER_PROTOCOL_VERSION} header ({h}) does not match initialize params.protocolVersion ({b})"
+                ))
                 .with_id(id));
         }
         let session = uuid::Uuid::new_v4().simple().to_string();
@@ -472,7 +486,11 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
                         route: Route::Nothing,
                     },
                 );
-                let ack = st.relay.send(subjects::actor(&session), &env, &trace).await.map_err(relay_error)?;
+                let ack = st
+                    .relay
+                    .send(subjects::actor(&session), &env, &trace)
+                    .await
+                    .map_err(relay_error)?;
                 match ack_error(ack, None) {
                     Some(e) => Err(e),
                     None => Ok(HttpResponse::Accepted().finish()),
@@ -482,9 +500,8 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
     }
 
     // No session: the stateless revision, or a client that forgot its session.
-    let stateless = msg.is("server/discover")
-        || meta_version.is_some()
-        || header_version.is_some_and(|v| v >= STATELESS_VERSION);
+    let stateless =
+        msg.is("server/discover") || meta_version.is_some() || header_version.is_some_and(|v| v >= STATELESS_VERSION);
     if !stateless {
         return Err(McpError::new(Kind::SessionRequired).with_id(id));
     }
@@ -498,18 +515,24 @@ async fn route_post(req: &HttpRequest, st: &AppState, principal: Principal, msg:
             meta_malformed = true;
             if msg.is("server/discover") || header_version.is_some_and(|v| v >= STATELESS_VERSION) {
                 return Err(McpError::new(Kind::InvalidParams)
-                    .detail(format!("request _meta is missing or has malformed required fields: {META_PROTOCOL_VERSION}"))
+                    .detail(format!(
+                        "request _meta is missing or has malformed required fields: {META_PROTOCOL_VERSION}"
+                    ))
                     .with_id(id));
             }
         }
         (Some(_), None) => {
             return Err(McpError::new(Kind::HeaderMismatch)
-                .detail(format!("request _meta protocolVersion requires the {HEADER_PROTOCOL_VERSION} header"))
+                .detail(format!(
+                    "request _meta protocolVersion requires the {HEADER_PROTOCOL_VERSION} header"
+                ))
                 .with_id(id));
         }
         (Some(m), Some(h)) if m != h => {
             return Err(McpError::new(Kind::HeaderMismatch)
-                .detail(format!("{HEADER_PROTOCOL_VERSION} header ({h}) does not match request _meta protocolVersion ({m})"))
+                .detail(format!(
+                    "{HEADER_PROTOCOL_VERSION} header ({h}) does not match request _meta protocolVersion ({m})"
+                ))
                 .with_id(id));
         }
         _ => {
@@ -579,7 +602,11 @@ fn check_standard_headers(req: &HttpRequest, msg: &Incoming, required: bool) -> 
     match single_header(req, HEADER_METHOD)? {
         None if required && method != "initialize" => return Err(format!("missing required {HEADER_METHOD} header")),
         None => {}
-        Some(v) if v != method => return Err(format!("{HEADER_METHOD} header `{v}` does not match body method `{method}`")),
+        Some(v) if v != method => {
+            return Err(format!(
+                "{HEADER_METHOD} header `{v}` does not match body method `{method}`"
+            ));
+        }
         Some(_) => {}
     }
     if msg.kind != MessageKind::Request {
@@ -590,7 +617,8 @@ fn check_standard_headers(req: &HttpRequest, msg: &Incoming, required: bool) -> 
             None if required => return Err(format!("missing required {HEADER_NAME} header for `{method}`")),
             None => {}
             Some(raw) => {
-                let decoded = decode_header_value(&raw).ok_or_else(|| format!("{HEADER_NAME} header is not valid Base64"))?;
+                let decoded =
+                    decode_header_value(&raw).ok_or_else(|| format!("{HEADER_NAME} header is not valid Base64"))?;
                 if decoded != expected {
                     return Err(format!("{HEADER_NAME} header does not match the body"));
                 }
@@ -623,11 +651,19 @@ async fn relay_request(
     let env = Envelope {
         trace: Some(trace.header_value()),
         headers: forwarded,
-        ..Envelope::new(principal, key, body(Route::Reply {
-            subject: stream.subject.clone(),
-        }))
+        ..Envelope::new(
+            principal,
+            key,
+            body(Route::Reply {
+                subject: stream.subject.clone(),
+            }),
+        )
     };
-    let ack = st.relay.send(subject, &env, trace).await.map_err(|e| relay_error(e).with_id(id.clone()))?;
+    let ack = st
+        .relay
+        .send(subject, &env, trace)
+        .await
+        .map_err(|e| relay_error(e).with_id(id.clone()))?;
     let deadline = tokio::time::Instant::now() + st.request_timeout;
     let first = match ack {
         // A quick answer comes with the acknowledgement.
@@ -730,7 +766,11 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
     let sub = st.relay.events(&session).await.map_err(relay_error)?;
     let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
     let env = Envelope::new(principal, session.clone(), Body::Attach);
-    let ack = st.relay.send(subjects::actor(&session), &env, &trace).await.map_err(relay_error)?;
+    let ack = st
+        .relay
+        .send(subjects::actor(&session), &env, &trace)
+        .await
+        .map_err(relay_error)?;
     if let Some(e) = ack_error(ack, None) {
         return Err(e);
     }
@@ -834,7 +874,10 @@ mod bounded_tests {
         let stream = bounded_frames(source, 16 * 1024);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let n = pulled.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(n <= 17, "the pump kept pulling ({n} events) for a reader that does not read");
+        assert!(
+            n <= 17,
+            "the pump kept pulling ({n} events) for a reader that does not read"
+        );
         let got: Vec<Bytes> = stream.collect().await;
         assert!(got.len() <= 16, "held {} events over a 16 KiB budget", got.len());
     }
@@ -866,7 +909,11 @@ async fn delete_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, 
         return Err(McpError::new(Kind::SessionRequired));
     };
     let env = Envelope::new(principal, session.clone(), Body::Close);
-    let ack = st.relay.send(subjects::actor(&session), &env, &trace_of(req)).await.map_err(relay_error)?;
+    let ack = st
+        .relay
+        .send(subjects::actor(&session), &env, &trace_of(req))
+        .await
+        .map_err(relay_error)?;
     match ack_error(ack, None) {
         Some(e) => Err(e),
         None => Ok(HttpResponse::Ok().finish()),
@@ -896,12 +943,20 @@ mod tests {
         assert_eq!(parse("{").err().map(|e| e.kind), Some(Kind::ParseError));
         assert_eq!(parse("[]").err().map(|e| e.kind), Some(Kind::BatchNotSupported));
         assert_eq!(parse("3").err().map(|e| e.kind), Some(Kind::InvalidRequest));
-        assert_eq!(parse(r#"{"id":1,"method":"x"}"#).err().map(|e| e.kind), Some(Kind::InvalidRequest));
         assert_eq!(
-            parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).err().map(|e| e.kind),
+            parse(r#"{"id":1,"method":"x"}"#).err().map(|e| e.kind),
             Some(Kind::InvalidRequest)
         );
-        assert_eq!(parse(r#"{"jsonrpc":"2.0","id":1}"#).err().map(|e| e.kind), Some(Kind::InvalidRequest));
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#)
+                .err()
+                .map(|e| e.kind),
+            Some(Kind::InvalidRequest)
+        );
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","id":1}"#).err().map(|e| e.kind),
+            Some(Kind::InvalidRequest)
+        );
     }
 
     #[test]
@@ -919,6 +974,9 @@ mod tests {
         assert_eq!(stateless_status(e(-32022).as_bytes(), false), StatusCode::BAD_REQUEST);
         assert_eq!(stateless_status(e(-32602).as_bytes(), true), StatusCode::BAD_REQUEST);
         assert_eq!(stateless_status(e(-32602).as_bytes(), false), StatusCode::OK);
-        assert_eq!(stateless_status(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false), StatusCode::OK);
+        assert_eq!(
+            stateless_status(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false),
+            StatusCode::OK
+        );
     }
 }

@@ -49,17 +49,26 @@ impl Metrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
             requests: IntCounterVec::new(
-                Opts::new("mcp_gateway_requests_total", "HTTP requests by route, MCP method and status"),
+                Opts::new(
+                    "mcp_gateway_requests_total",
+                    "HTTP requests by route, MCP method and status",
+                ),
                 &["route", "mcp_method", "status"],
             )?,
             duration: HistogramVec::new(
-                HistogramOpts::new("mcp_gateway_request_duration_seconds", "time to the response head")
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+                HistogramOpts::new("mcp_gateway_request_duration_seconds", "time to the response head").buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ]),
                 &["route", "mcp_method"],
             )?,
             nats_rtt: HistogramVec::new(
-                HistogramOpts::new("mcp_gateway_nats_roundtrip_seconds", "envelope sent to worker ack received")
-                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0]),
+                HistogramOpts::new(
+                    "mcp_gateway_nats_roundtrip_seconds",
+                    "envelope sent to worker ack received",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+                ]),
                 &["kind"],
             )?,
             sse_streams: IntGaugeVec::new(
@@ -67,10 +76,16 @@ impl Metrics {
                 &["kind"],
             )?,
             auth_failures: IntCounterVec::new(
-                Opts::new("mcp_gateway_auth_failures_total", "rejected bearer tokens by error code"),
+                Opts::new(
+                    "mcp_gateway_auth_failures_total",
+                    "rejected bearer tokens by error code",
+                ),
                 &["code"],
             )?,
-            sessions_opened: IntGauge::new("mcp_gateway_sessions_opened_total", "sessions opened through this gateway")?,
+            sessions_opened: IntGauge::new(
+                "mcp_gateway_sessions_opened_total",
+                "sessions opened through this gateway",
+            )?,
             revocations_held: IntGauge::new(
                 "mcp_gateway_revocations_held",
                 "revoked grants and access tokens known to this gateway and not yet expired",

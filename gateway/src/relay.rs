@@ -146,7 +146,10 @@ impl Relay {
         let payload: bytes::Bytes = env.to_bytes().map_err(|e| RelayError::Encode(e.to_string()))?.into();
         let max = self.nats.server_info().max_payload;
         if max > 0 && payload.len() > max {
-            return Err(RelayError::TooLarge { size: payload.len(), max });
+            return Err(RelayError::TooLarge {
+                size: payload.len(),
+                max,
+            });
         }
         let mut headers = HeaderMap::new();
         headers.insert(proto::trace::TRACEPARENT, trace.header_value().as_str());

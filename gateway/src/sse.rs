@@ -176,6 +176,9 @@ mod tests {
             message_event(b"{\n}", None),
             Bytes::from_static(b"event: message\ndata: {\ndata: }\n\n")
         );
-        assert_eq!(named_event("endpoint", "/messages?sessionId=x"), Bytes::from_static(b"event: endpoint\ndata: /messages?sessionId=x\n\n"));
+        assert_eq!(
+            named_event("endpoint", "/messages?sessionId=x"),
+            Bytes::from_static(b"event: endpoint\ndata: /messages?sessionId=x\n\n")
+        );
     }
 }

@@ -120,9 +120,7 @@ impl std::fmt::Debug for VaultReply {
                 .finish(),
             VaultReply::NotFound => f.write_str("NotFound"),
             VaultReply::Revoked => f.write_str("Revoked"),
-            VaultReply::Unavailable { message } => {
-                f.debug_struct("Unavailable").field("message", message).finish()
-            }
+            VaultReply::Unavailable { message } => f.debug_struct("Unavailable").field("message", message).finish(),
         }
     }
 }
@@ -148,7 +146,11 @@ mod tests {
         let bytes = rmp_serde::to_vec_named(&reply).unwrap();
         assert_eq!(rmp_serde::from_slice::<VaultReply>(&bytes).unwrap(), reply);
         assert!(!format!("{reply:?}").contains("secret-upstream"));
-        let r = Revocation { v: AUTH_WIRE_VERSION, until: 9, reason: "revoked".into() };
+        let r = Revocation {
+            v: AUTH_WIRE_VERSION,
+            until: 9,
+            reason: "revoked".into(),
+        };
         let bytes = rmp_serde::to_vec_named(&r).unwrap();
         assert_eq!(rmp_serde::from_slice::<Revocation>(&bytes).unwrap(), r);
     }

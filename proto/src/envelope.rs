@@ -321,10 +321,7 @@ mod tests {
         env.v = 9;
         let bytes = encode("envelope", &env).expect("encode");
         let err = Envelope::from_bytes(&bytes).expect_err("must fail");
-        assert_eq!(
-            err.to_string(),
-            "unsupported envelope version 9 (this build speaks 1)"
-        );
+        assert_eq!(err.to_string(), "unsupported envelope version 9 (this build speaks 1)");
     }
 
     #[test]

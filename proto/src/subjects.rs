@@ -33,10 +33,7 @@ pub const PRINCIPAL_SESSIONS_BUCKET: &str = "mcp_principal_sessions";
 /// A subject-safe token for an arbitrary key: kept as is when it only uses
 /// `[A-Za-z0-9_-]`, hex-encoded with an `x` prefix otherwise.
 pub fn token(key: &str) -> String {
-    let safe = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let safe = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if safe {
         key.to_owned()
     } else {

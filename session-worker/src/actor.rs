@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use proto::{Outbound, Route, SessionRecord, subjects};
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientNotification, GetExtensions, GetMeta, ProgressToken, RequestId,
-    ServerJsonRpcMessage, ServerNotification, ServerResult,
+    ClientJsonRpcMessage, ClientNotification, GetExtensions, GetMeta, ProgressToken, RequestId, ServerJsonRpcMessage,
+    ServerNotification, ServerResult,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -196,7 +196,16 @@ impl SessionHandle {
         ack_to: Option<String>,
         caller: Arc<proto::Principal>,
     ) -> Result<(), Closed> {
-        match self.addr.send(Inbound { message, route, ack_to, caller }).await {
+        match self
+            .addr
+            .send(Inbound {
+                message,
+                route,
+                ack_to,
+                caller,
+            })
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(Closed),
         }
@@ -250,7 +259,11 @@ struct Shutdown {
 enum Target {
     Drop,
     /// `ack`: the NATS reply subject still waiting for the acknowledgement.
-    Reply { subject: String, seq: u64, ack: Option<String> },
+    Reply {
+        subject: String,
+        seq: u64,
+        ack: Option<String>,
+    },
     Events,
 }
 
@@ -315,17 +328,25 @@ impl Actor for SessionActor {
         self.publisher = Some(spawn_publisher(self.shared.clone(), self.id.clone(), revision));
 
         let idle = self.shared.idle_timeout;
-        ctx.run_interval((idle / 4).min(IDLE_CHECK_MAX).max(Duration::from_millis(100)), move |act, ctx| {
-            if act.routes.is_empty() && act.last_activity.elapsed() >= idle {
-                debug!(session_id = %act.id, "idle session actor stops");
-                act.closing = true;
-                act.shared.registry.remove_if(&act.id, act.generation);
-                ctx.stop();
-            }
-        });
+        ctx.run_interval(
+            (idle / 4).min(IDLE_CHECK_MAX).max(Duration::from_millis(100)),
+            move |act, ctx| {
+                if act.routes.is_empty() && act.last_activity.elapsed() >= idle {
+                    debug!(session_id = %act.id, "idle session actor stops");
+                    act.closing = true;
+                    act.shared.registry.remove_if(&act.id, act.generation);
+                    ctx.stop();
+                }
+            },
+        );
 
         match self.start.take() {
-            Some(Start::Open { initialize, route, ack_to, .. }) => {
+            Some(Start::Open {
+                initialize,
+                route,
+                ack_to,
+                ..
+            }) => {
                 if let ClientJsonRpcMessage::Request(req) = initialize.as_ref() {
                     self.init_id = Some(req.id.clone());
                 }
@@ -542,7 +563,10 @@ impl SessionActor {
         match ack.to_bytes() {
             Ok(payload) => {
                 if let Some(p) = &self.publisher {
-                    let _ = p.send(PubOp::Publish { subject: reply, payload });
+                    let _ = p.send(PubOp::Publish {
+                        subject: reply,
+                        payload,
+                    });
                 }
             }
             Err(err) => warn!(session_id = %self.id, error = %err, "cannot encode ack"),

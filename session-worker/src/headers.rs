@@ -80,7 +80,8 @@ pub fn check_params(
             (Some(_), None) => return Err(HeaderMismatch(format!("unexpected {full} header for absent `{prop}`"))),
             (None, Some(_)) => return Err(HeaderMismatch(format!("missing {full} header for `{prop}`"))),
             (Some(raw), Some(expected)) => {
-                let decoded = decode(raw).ok_or_else(|| HeaderMismatch(format!("{full} header is not valid Base64")))?;
+                let decoded =
+                    decode(raw).ok_or_else(|| HeaderMismatch(format!("{full} header is not valid Base64")))?;
                 if decoded != expected {
                     return Err(HeaderMismatch(format!(
                         "{full} header does not match the body value of `{prop}`"
@@ -101,7 +102,8 @@ mod tests {
         match json!({"type":"object","properties":{
             "region":{"type":"string","x-mcp-header":"Region"},
             "nested":{"type":"object","properties":{"n":{"type":"integer","x-mcp-header":"N"}}},
-            "free":{"type":"string"}}}) {
+            "free":{"type":"string"}}})
+        {
             Value::Object(m) => m,
             _ => unreachable!(),
         }
@@ -114,10 +116,24 @@ mod tests {
     #[test]
     fn matching_headers_pass() {
         let args = json!({"region":"eu-west","nested":{"n":3}});
-        assert!(check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "eu-west"), ("mcp-param-n", "3")])).is_ok());
+        assert!(
+            check_params(
+                &schema(),
+                Some(&args),
+                &h(&[("mcp-param-region", "eu-west"), ("mcp-param-n", "3")])
+            )
+            .is_ok()
+        );
         // Base64-wrapped values are decoded; whitespace around values is not significant.
         let args = json!({"region":" spaced "});
-        assert!(check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "=?base64?IHNwYWNlZCA=?=")])).is_ok());
+        assert!(
+            check_params(
+                &schema(),
+                Some(&args),
+                &h(&[("mcp-param-region", "=?base64?IHNwYWNlZCA=?=")])
+            )
+            .is_ok()
+        );
         // No annotated argument, no header: fine.
         assert!(check_params(&schema(), Some(&json!({"free":"x"})), &[]).is_ok());
     }
@@ -126,12 +142,29 @@ mod tests {
     fn every_disagreement_is_refused() {
         let args = json!({"region":"eu"});
         assert!(check_params(&schema(), Some(&args), &[]).is_err(), "missing header");
-        assert!(check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "us")])).is_err(), "wrong value");
-        assert!(check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "=?base64?ZXU?=")])).is_err(), "bad padding");
-        assert!(check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "=?base64?e*u=?=")])).is_err(), "bad chars");
-        assert!(check_params(&schema(), Some(&json!({})), &h(&[("mcp-param-region", "eu")])).is_err(), "no argument");
         assert!(
-            check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "eu"), ("Mcp-Param-Region", "eu")])).is_err(),
+            check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "us")])).is_err(),
+            "wrong value"
+        );
+        assert!(
+            check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "=?base64?ZXU?=")])).is_err(),
+            "bad padding"
+        );
+        assert!(
+            check_params(&schema(), Some(&args), &h(&[("mcp-param-region", "=?base64?e*u=?=")])).is_err(),
+            "bad chars"
+        );
+        assert!(
+            check_params(&schema(), Some(&json!({})), &h(&[("mcp-param-region", "eu")])).is_err(),
+            "no argument"
+        );
+        assert!(
+            check_params(
+                &schema(),
+                Some(&args),
+                &h(&[("mcp-param-region", "eu"), ("Mcp-Param-Region", "eu")])
+            )
+            .is_err(),
             "duplicate"
         );
     }

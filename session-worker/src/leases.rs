@@ -182,7 +182,11 @@ impl Leases {
                 }
             })
             .await;
-        info!(released = count, owned = self.owned.len(), "released shards to rebalance");
+        info!(
+            released = count,
+            owned = self.owned.len(),
+            "released shards to rebalance"
+        );
     }
 
     async fn claim(&mut self, want: usize) -> Result<(), LeaseError> {
@@ -247,7 +251,13 @@ impl Leases {
         futures::stream::iter(shards)
             .map(|n| {
                 let value = value.clone();
-                async move { leases.create(subjects::lease_key(n), value).await.ok().map(|rev| (n, rev)) }
+                async move {
+                    leases
+                        .create(subjects::lease_key(n), value)
+                        .await
+                        .ok()
+                        .map(|rev| (n, rev))
+                }
             })
             .buffer_unordered(KV_CONCURRENCY)
             .filter_map(|x| async move { x })
@@ -275,7 +285,13 @@ async fn keys(store: &kv::Store, bucket: &'static str) -> Result<Vec<String>, Le
         bucket,
         reason: e.to_string(),
     };
-    store.keys().await.map_err(|e| list(&e))?.try_collect().await.map_err(|e| list(&e))
+    store
+        .keys()
+        .await
+        .map_err(|e| list(&e))?
+        .try_collect()
+        .await
+        .map_err(|e| list(&e))
 }
 
 fn now_bytes() -> bytes::Bytes {

@@ -123,7 +123,10 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
     let local = listen.clone();
     let changes_task = tokio::spawn(async move {
         while let Some(msg) = changes.next().await {
-            if let Some(what) = std::str::from_utf8(&msg.payload).ok().and_then(tools::ListChanged::parse) {
+            if let Some(what) = std::str::from_utf8(&msg.payload)
+                .ok()
+                .and_then(tools::ListChanged::parse)
+            {
                 local.deliver(what).await;
             }
         }
@@ -244,9 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
             handle.evict();
         }
         let deadline = Instant::now() + drain_timeout;
-        while Instant::now() < deadline
-            && (!shared.registry.is_empty() || metrics.stateless_inflight.get() > 0)
-        {
+        while Instant::now() < deadline && (!shared.registry.is_empty() || metrics.stateless_inflight.get() > 0) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.nats.flush()).await;

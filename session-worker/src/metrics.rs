@@ -21,27 +21,18 @@ impl Metrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
             actors: IntGauge::new("mcp_worker_actors", "session actors alive in this worker")?,
-            sessions_opened: IntCounter::new(
-                "mcp_worker_sessions_opened_total",
-                "sessions created by initialize",
-            )?,
+            sessions_opened: IntCounter::new("mcp_worker_sessions_opened_total", "sessions created by initialize")?,
             sessions_restored: IntCounter::new(
                 "mcp_worker_sessions_restored_total",
                 "sessions rehydrated from the session store",
             )?,
-            sessions_closed: IntCounter::new(
-                "mcp_worker_sessions_closed_total",
-                "sessions ended by DELETE",
-            )?,
+            sessions_closed: IntCounter::new("mcp_worker_sessions_closed_total", "sessions ended by DELETE")?,
             envelopes: IntCounterVec::new(
                 Opts::new("mcp_worker_envelopes_total", "envelopes handled"),
                 &["kind", "outcome"],
             )?,
             owned_shards: IntGauge::new("mcp_worker_owned_shards", "shards leased by this worker")?,
-            stateless_inflight: IntGauge::new(
-                "mcp_worker_stateless_inflight",
-                "stateless requests being served",
-            )?,
+            stateless_inflight: IntGauge::new("mcp_worker_stateless_inflight", "stateless requests being served")?,
             outbound: IntCounterVec::new(
                 Opts::new("mcp_worker_outbound_messages_total", "server to client messages"),
                 &["route"],

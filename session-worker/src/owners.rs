@@ -49,9 +49,10 @@ pub async fn admit(
             AdmitError::Unavailable
         })?;
         let (mut owned, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                (serde_json::from_slice::<Owned>(&e.value).unwrap_or_default(), Some(e.revision))
-            }
+            Some(e) if e.operation == kv::Operation::Put => (
+                serde_json::from_slice::<Owned>(&e.value).unwrap_or_default(),
+                Some(e.revision),
+            ),
             Some(e) => (Owned::default(), Some(e.revision)),
             None => (Owned::default(), None),
         };
@@ -88,7 +89,9 @@ pub async fn admit(
 pub async fn release(owners: &kv::Store, binding: &str, session: &str) {
     let key = key(binding);
     for _ in 0..5 {
-        let Ok(Some(entry)) = owners.entry(key.clone()).await else { return };
+        let Ok(Some(entry)) = owners.entry(key.clone()).await else {
+            return;
+        };
         if entry.operation != kv::Operation::Put {
             return;
         }

@@ -110,7 +110,12 @@ impl Router {
                 let route_kind = route.clone();
                 let initialize = match parse(&message) {
                     Ok(m @ ClientJsonRpcMessage::Request(_)) if is_initialize(&m) => m,
-                    Ok(_) => return ("open", Some(rejected(INVALID_REQUEST, "a session starts with an initialize request"))),
+                    Ok(_) => {
+                        return (
+                            "open",
+                            Some(rejected(INVALID_REQUEST, "a session starts with an initialize request")),
+                        );
+                    }
                     Err(ack) => return ("open", Some(ack)),
                 };
                 if let Some(handle) = self.shared.registry.get(&env.key)
@@ -161,7 +166,14 @@ impl Router {
                 self.shared.registry.insert_if_absent(&env.key, handle);
                 self.shared.metrics.sessions_opened.inc();
                 info!(session_id = %env.key, "session opened");
-                ("open", if actor_acks(&route_kind) { None } else { Some(Ack::Accepted) })
+                (
+                    "open",
+                    if actor_acks(&route_kind) {
+                        None
+                    } else {
+                        Some(Ack::Accepted)
+                    },
+                )
             }
             Body::Reserve => {
                 let record = SessionRecord {
@@ -204,7 +216,11 @@ impl Router {
                     let Some(handle) = self.session(&env.key, &caller).await else {
                         return ("deliver", Some(Ack::NotFound));
                     };
-                    if handle.deliver(message, route.clone(), ack_to.clone(), caller.clone()).await.is_ok() {
+                    if handle
+                        .deliver(message, route.clone(), ack_to.clone(), caller.clone())
+                        .await
+                        .is_ok()
+                    {
                         return ("deliver", if ack_to.is_some() { None } else { Some(Ack::Accepted) });
                     }
                     self.shared.registry.remove(&env.key);
@@ -257,7 +273,10 @@ impl Router {
             Ok(()) => {}
             Err(crate::owners::AdmitError::Full(max)) => {
                 warn!(session_id = %id, iss = %record.principal.iss, sub = %record.principal.sub, max, "session refused: principal at its session limit");
-                return Err(rejected(SESSION_LIMIT, &format!("this principal already holds {max} live sessions; close one first")));
+                return Err(rejected(
+                    SESSION_LIMIT,
+                    &format!("this principal already holds {max} live sessions; close one first"),
+                ));
             }
             Err(crate::owners::AdmitError::Unavailable) => {
                 return Err(rejected(INTERNAL_ERROR, "session store unavailable, retry"));
@@ -278,12 +297,18 @@ impl Router {
 
     /// The record's bytes, if they fit `WORKER_MAX_RECORD_BYTES`.
     fn encode_record(&self, id: &str, record: &SessionRecord) -> Result<Vec<u8>, Ack> {
-        let bytes = record.to_bytes().map_err(|e| rejected(INTERNAL_ERROR, &e.to_string()))?;
+        let bytes = record
+            .to_bytes()
+            .map_err(|e| rejected(INTERNAL_ERROR, &e.to_string()))?;
         if bytes.len() > self.shared.max_record_bytes {
             warn!(session_id = %id, bytes = bytes.len(), max = self.shared.max_record_bytes, "session record too large");
             return Err(rejected(
                 INVALID_REQUEST,
-                &format!("initialize request too large to keep ({} bytes, at most {})", bytes.len(), self.shared.max_record_bytes),
+                &format!(
+                    "initialize request too large to keep ({} bytes, at most {})",
+                    bytes.len(),
+                    self.shared.max_record_bytes
+                ),
             ));
         }
         Ok(bytes)
@@ -291,7 +316,12 @@ impl Router {
 
     /// Turn the caller's reservation of a legacy session id into its session
     /// record: the reservation must exist, be the caller's and not be initialized.
-    async fn claim_reservation(&self, id: &str, principal: &proto::Principal, record: &SessionRecord) -> Result<u64, Ack> {
+    async fn claim_reservation(
+        &self,
+        id: &str,
+        principal: &proto::Principal,
+        record: &SessionRecord,
+    ) -> Result<u64, Ack> {
         let entry = match self.shared.sessions.entry(subjects::token(id)).await {
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
             Ok(_) => return Err(Ack::NotFound),
@@ -312,7 +342,12 @@ impl Router {
             return Err(rejected(INVALID_REQUEST, "session already initialized"));
         }
         let bytes = self.encode_record(id, record)?;
-        match self.shared.sessions.update(subjects::token(id), bytes.into(), entry.revision).await {
+        match self
+            .shared
+            .sessions
+            .update(subjects::token(id), bytes.into(), entry.revision)
+            .await
+        {
             Ok(rev) => Ok(rev),
             Err(err) => {
                 warn!(session_id = %id, error = %err, "legacy session record changed while opening; not overwritten");
@@ -335,7 +370,11 @@ impl Router {
             return false;
         }
         // At the revision read: an `initialize` that got in first keeps its session.
-        let deleted = self.shared.sessions.delete_expect_revision(subjects::token(id), Some(entry.revision)).await;
+        let deleted = self
+            .shared
+            .sessions
+            .delete_expect_revision(subjects::token(id), Some(entry.revision))
+            .await;
         if deleted.is_ok() {
             crate::owners::release(&self.shared.owners, &principal.binding(), id).await;
         }
@@ -396,7 +435,12 @@ impl Router {
             }
         };
         let Body::Stateless { message, route } = env.body else {
-            respond(&self.shared.nats, reply, &rejected(INVALID_REQUEST, "expected a stateless request")).await;
+            respond(
+                &self.shared.nats,
+                reply,
+                &rejected(INVALID_REQUEST, "expected a stateless request"),
+            )
+            .await;
             return;
         };
         let message = match parse(&message) {
@@ -407,14 +451,23 @@ impl Router {
             }
         };
         if let Err(mismatch) = self.check_param_headers(&env.principal, &env.headers, &message) {
-            respond(&self.shared.nats, reply, &rejected(HEADER_MISMATCH, &mismatch.to_string())).await;
+            respond(
+                &self.shared.nats,
+                reply,
+                &rejected(HEADER_MISMATCH, &mismatch.to_string()),
+            )
+            .await;
             return;
         }
         let Ok(permit) = self.stateless_slots.clone().try_acquire_owned() else {
             respond(&self.shared.nats, reply, &rejected(-32000, "worker is at capacity")).await;
             return;
         };
-        self.shared.metrics.envelopes.with_label_values(&["stateless", "accepted"]).inc();
+        self.shared
+            .metrics
+            .envelopes
+            .with_label_values(&["stateless", "accepted"])
+            .inc();
         let shared = self.shared.clone();
         let timeout = self.stateless_timeout;
         tokio::spawn(async move {
@@ -558,7 +611,8 @@ impl Subscriptions {
                     }
                 }
                 let _ = sub.unsubscribe().await;
-                while let Ok(Some(msg)) = tokio::time::timeout(std::time::Duration::from_millis(200), sub.next()).await {
+                while let Ok(Some(msg)) = tokio::time::timeout(std::time::Duration::from_millis(200), sub.next()).await
+                {
                     router.handle_actor_message(msg).await;
                 }
             });

@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use proto::{Ack, Outbound, Principal, Route};
 use rmcp::model::{
-    ClientCapabilities, ClientJsonRpcMessage, GetMeta, Implementation, InitializeRequestParams,
-    ProtocolVersion, ServerJsonRpcMessage,
+    ClientCapabilities, ClientJsonRpcMessage, GetMeta, Implementation, InitializeRequestParams, ProtocolVersion,
+    ServerJsonRpcMessage,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::actor::{ACK_DELAY, Shared};
-use crate::router::respond;
 use crate::metrics::GaugeGuard;
+use crate::router::respond;
 use crate::transport::{ChannelTransport, Outlet};
 
 /// Serve one stateless request; returns when its final message is published.

@@ -43,10 +43,7 @@ impl ChannelTransport {
 impl Transport<RoleServer> for ChannelTransport {
     type Error = Closed;
 
-    fn send(
-        &mut self,
-        item: ServerJsonRpcMessage,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+    fn send(&mut self, item: ServerJsonRpcMessage) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let sent = match &self.outlet {
             Outlet::Actor(recipient) => {
                 if recipient.connected() {

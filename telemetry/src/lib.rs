@@ -72,9 +72,7 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
 async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
-        Ok(()) => HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4")
-            .body(buf),
+        Ok(()) => HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(buf),
         Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
     }
 }
@@ -87,11 +85,7 @@ pub struct Admin {
 }
 
 /// Bind the admin server on `listen` (port 0 picks one).
-pub fn admin_server(
-    listen: SocketAddr,
-    registry: prometheus::Registry,
-    ready: Readiness,
-) -> std::io::Result<Admin> {
+pub fn admin_server(listen: SocketAddr, registry: prometheus::Registry, ready: Readiness) -> std::io::Result<Admin> {
     let data = web::Data::new(AdminState { registry, ready });
     let server = HttpServer::new(move || {
         App::new()

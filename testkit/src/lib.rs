@@ -47,11 +47,7 @@ pub fn nats_server_bin() -> PathBuf {
 impl NatsServer {
     /// Start `nats-server -js` on 127.0.0.1 with a random port and a fresh store.
     pub fn start() -> anyhow::Result<Self> {
-        let store = std::env::temp_dir().join(format!(
-            "mcp-cluster-nats-{}-{}",
-            std::process::id(),
-            unique()
-        ));
+        let store = std::env::temp_dir().join(format!("mcp-cluster-nats-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&store)?;
         let bin = nats_server_bin();
         let mut child = Command::new(&bin)
@@ -133,7 +129,10 @@ where
         tokio::time::sleep(pause).await;
     }
     let err = last.unwrap_or_else(|| anyhow::anyhow!("no attempt made"));
-    Err(err.context(format!("still failing after {attempts} attempts ({:?})", started.elapsed())))
+    Err(err.context(format!(
+        "still failing after {attempts} attempts ({:?})",
+        started.elapsed()
+    )))
 }
 
 #[cfg(test)]

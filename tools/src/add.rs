@@ -37,9 +37,7 @@ pub(crate) fn call(request: &CallToolRequestParams) -> Result<CallToolResult, Er
             "add needs two numbers, `a` and `b`",
         )]));
     };
-    Ok(CallToolResult::success(vec![ContentBlock::text(
-        format_number(a + b),
-    )]))
+    Ok(CallToolResult::success(vec![ContentBlock::text(format_number(a + b))]))
 }
 
 /// `3` rather than `3.0` for whole numbers, as JavaScript prints them.

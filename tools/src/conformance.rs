@@ -7,13 +7,12 @@
 use rmcp::{
     ErrorData, RoleServer,
     model::{
-        AudioContent, CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult,
-        ClientCapabilities, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock,
-        ElicitationAction, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
-        ImageContent, InputRequests, InputRequiredResult, JsonObject, ListPromptsResult,
-        ListResourceTemplatesResult, ListResourcesResult, LoggingLevel, ProgressNotificationParam,
-        Prompt, PromptArgument, PromptMessage, ReadResourceResponse, ReadResourceResult, Reference,
-        Resource, ResourceContents, ResourceTemplate, Role, Tool,
+        AudioContent, CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities,
+        CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock, ElicitationAction, GetPromptRequestParams,
+        GetPromptResponse, GetPromptResult, ImageContent, InputRequests, InputRequiredResult, JsonObject,
+        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, LoggingLevel, ProgressNotificationParam,
+        Prompt, PromptArgument, PromptMessage, ReadResourceResponse, ReadResourceResult, Reference, Resource,
+        ResourceContents, ResourceTemplate, Role, Tool,
     },
     service::RequestContext,
 };
@@ -22,7 +21,8 @@ use serde_json::{Value, json};
 use crate::{LIST_TTL_MS, McpServer, is_stateless_era, listen::ListChanged, logging, mrtr};
 
 /// A 1×1 red PNG.
-pub(crate) const PNG_1X1: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+pub(crate) const PNG_1X1: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
 /// A WAV header with no samples.
 pub(crate) const WAV_SILENCE: &str = "UklGRiQAAABXQVZFZm10IBAAAAABAAEARKwAAIhYAQACABAAZGF0YQAAAAA=";
 
@@ -83,23 +83,14 @@ pub(crate) fn tools() -> Vec<Tool> {
         ("test_simple_text", "Returns simple text content"),
         ("test_image_content", "Returns image content"),
         ("test_audio_content", "Returns audio content"),
-        (
-            "test_embedded_resource",
-            "Returns embedded resource content",
-        ),
+        ("test_embedded_resource", "Returns embedded resource content"),
         (
             "test_multiple_content_types",
             "Returns text, image and resource content",
         ),
-        (
-            "test_tool_with_logging",
-            "Sends three log notifications while it runs",
-        ),
+        ("test_tool_with_logging", "Sends three log notifications while it runs"),
         ("test_error_handling", "Always returns a tool error"),
-        (
-            "test_tool_with_progress",
-            "Reports progress 0, 50 and 100 of 100",
-        ),
+        ("test_tool_with_progress", "Reports progress 0, 50 and 100 of 100"),
         (
             "test_elicitation_sep1034_defaults",
             "Elicits a form whose fields all have defaults (SEP-1034)",
@@ -128,10 +119,7 @@ pub(crate) fn tools() -> Vec<Tool> {
             "test_streaming_elicitation",
             "Answers with an input_required result holding an elicitation request",
         ),
-        (
-            "test_logging_tool",
-            "Logs only when the request asked for a log level",
-        ),
+        ("test_logging_tool", "Logs only when the request asked for a log level"),
     ];
     let mut tools: Vec<Tool> = plain
         .into_iter()
@@ -189,19 +177,15 @@ pub(crate) async fn call_tool(
     let arg = |key: &str| args.get(key).and_then(Value::as_str);
     let result = match request.name.as_ref() {
         "test_simple_text" => text("This is a simple text response for testing."),
-        "test_image_content" => {
-            CallToolResult::success(vec![ContentBlock::image(PNG_1X1, "image/png")])
+        "test_image_content" => CallToolResult::success(vec![ContentBlock::image(PNG_1X1, "image/png")]),
+        "test_audio_content" => {
+            CallToolResult::success(vec![ContentBlock::Audio(AudioContent::new(WAV_SILENCE, "audio/wav"))])
         }
-        "test_audio_content" => CallToolResult::success(vec![ContentBlock::Audio(
-            AudioContent::new(WAV_SILENCE, "audio/wav"),
-        )]),
-        "test_embedded_resource" => {
-            CallToolResult::success(vec![ContentBlock::resource(text_contents(
-                "test://embedded-resource",
-                "text/plain",
-                "This is an embedded resource content.",
-            ))])
-        }
+        "test_embedded_resource" => CallToolResult::success(vec![ContentBlock::resource(text_contents(
+            "test://embedded-resource",
+            "text/plain",
+            "This is an embedded resource content.",
+        ))]),
         "test_multiple_content_types" => CallToolResult::success(vec![
             ContentBlock::text("Multiple content types test:"),
             ContentBlock::image(PNG_1X1, "image/png"),
@@ -232,10 +216,9 @@ pub(crate) async fn call_tool(
         )]),
         "test_tool_with_progress" => {
             let token = cx.meta.get_progress_token();
-            for (i, (progress, message)) in
-                [(0.0, "Starting"), (50.0, "Halfway"), (100.0, "Complete")]
-                    .into_iter()
-                    .enumerate()
+            for (i, (progress, message)) in [(0.0, "Starting"), (50.0, "Halfway"), (100.0, "Complete")]
+                .into_iter()
+                .enumerate()
             {
                 if i > 0 {
                     tokio::time::sleep(STEP_DELAY).await;
@@ -357,13 +340,11 @@ pub(crate) async fn call_tool(
                     "required": ["value"]
                 }),
             )?;
-            return Ok(
-                InputRequiredResult::from_input_requests(InputRequests::from([(
-                    "streaming_elicitation".to_owned(),
-                    request,
-                )]))
-                .into(),
-            );
+            return Ok(InputRequiredResult::from_input_requests(InputRequests::from([(
+                "streaming_elicitation".to_owned(),
+                request,
+            )]))
+            .into());
         }
         "test_logging_tool" => {
             let level = cx.meta.log_level().unwrap_or(LoggingLevel::Info);
@@ -384,20 +365,17 @@ async fn sampling(
 ) -> Result<CallToolResponse, ErrorData> {
     const KEY: &str = "sampling";
     if is_stateless_era(cx) {
-        return Ok(
-            match mrtr::response(request.input_responses.as_ref(), KEY) {
-                Some(answer) => text(format!(
-                    "LLM response: {}",
-                    mrtr::sampled_text(answer).unwrap_or("(no text)")
-                ))
-                .into(),
-                None => InputRequiredResult::from_input_requests(InputRequests::from([(
-                    KEY.to_owned(),
-                    mrtr::sample(prompt),
-                )]))
-                .into(),
-            },
-        );
+        return Ok(match mrtr::response(request.input_responses.as_ref(), KEY) {
+            Some(answer) => text(format!(
+                "LLM response: {}",
+                mrtr::sampled_text(answer).unwrap_or("(no text)")
+            ))
+            .into(),
+            None => {
+                InputRequiredResult::from_input_requests(InputRequests::from([(KEY.to_owned(), mrtr::sample(prompt))]))
+                    .into()
+            }
+        });
     }
     if cx.client_capabilities().and_then(|c| c.sampling).is_none() {
         return Err(ErrorData::missing_required_client_capability(
@@ -440,29 +418,20 @@ async fn elicitation(
 ) -> Result<CallToolResponse, ErrorData> {
     const KEY: &str = "elicitation";
     if is_stateless_era(cx) {
-        return Ok(
-            match mrtr::response(request.input_responses.as_ref(), KEY) {
-                Some(answer) => {
-                    let action = answer
-                        .get("action")
-                        .and_then(Value::as_str)
-                        .unwrap_or("cancel");
-                    let content = answer.get("content").cloned().unwrap_or(Value::Null);
-                    text(format!("{label}: action={action}, content={content}")).into()
-                }
-                None => InputRequiredResult::from_input_requests(InputRequests::from([(
-                    KEY.to_owned(),
-                    mrtr::elicit(message, schema)?,
-                )]))
-                .into(),
-            },
-        );
+        return Ok(match mrtr::response(request.input_responses.as_ref(), KEY) {
+            Some(answer) => {
+                let action = answer.get("action").and_then(Value::as_str).unwrap_or("cancel");
+                let content = answer.get("content").cloned().unwrap_or(Value::Null);
+                text(format!("{label}: action={action}, content={content}")).into()
+            }
+            None => InputRequiredResult::from_input_requests(InputRequests::from([(
+                KEY.to_owned(),
+                mrtr::elicit(message, schema)?,
+            )]))
+            .into(),
+        });
     }
-    if cx
-        .client_capabilities()
-        .and_then(|c| c.elicitation)
-        .is_none()
-    {
+    if cx.client_capabilities().and_then(|c| c.elicitation).is_none() {
         return Err(ErrorData::missing_required_client_capability(
             ClientCapabilities::builder().enable_elicitation().build(),
         ));
@@ -479,9 +448,7 @@ async fn elicitation(
                 action_name(&answer.action)
             ))
         }
-        Err(e) => {
-            CallToolResult::error(vec![ContentBlock::text(format!("Elicitation error: {e}"))])
-        }
+        Err(e) => CallToolResult::error(vec![ContentBlock::text(format!("Elicitation error: {e}"))]),
     };
     Ok(result.into())
 }
@@ -523,11 +490,7 @@ pub(crate) fn list_resource_templates() -> ListResourceTemplatesResult {
 
 pub(crate) fn read_resource(uri: &str) -> Result<ReadResourceResponse, ErrorData> {
     let contents = match uri {
-        "test://static-text" => text_contents(
-            uri,
-            "text/plain",
-            "This is the content of the static text resource.",
-        ),
+        "test://static-text" => text_contents(uri, "text/plain", "This is the content of the static text resource."),
         "test://watched-resource" => text_contents(uri, "text/plain", "Watched resource content."),
         "test://static-binary" => ResourceContents::BlobResourceContents {
             uri: uri.into(),
@@ -543,8 +506,7 @@ pub(crate) fn read_resource(uri: &str) -> Result<ReadResourceResponse, ErrorData
             Some(id) => text_contents(
                 uri,
                 "application/json",
-                &json!({ "id": id, "templateTest": true, "data": format!("Data for ID: {id}") })
-                    .to_string(),
+                &json!({ "id": id, "templateTest": true, "data": format!("Data for ID: {id}") }).to_string(),
             ),
             // rmcp turns this into -32602 for 2026-07-28 peers (SEP-2164).
             None => {
@@ -568,11 +530,7 @@ pub(crate) fn list_prompts() -> ListPromptsResult {
             .with_required(true)
     };
     ListPromptsResult::with_all_items(vec![
-        Prompt::new(
-            "test_simple_prompt",
-            Some("A simple prompt without arguments"),
-            None,
-        ),
+        Prompt::new("test_simple_prompt", Some("A simple prompt without arguments"), None),
         Prompt::new(
             "test_prompt_with_arguments",
             Some("A prompt with two arguments"),
@@ -586,11 +544,7 @@ pub(crate) fn list_prompts() -> ListPromptsResult {
             Some("A prompt that embeds a resource"),
             Some(vec![arg("resourceUri", "URI of the resource to embed")]),
         ),
-        Prompt::new(
-            "test_prompt_with_image",
-            Some("A prompt that includes an image"),
-            None,
-        ),
+        Prompt::new("test_prompt_with_image", Some("A prompt that includes an image"), None),
         Prompt::new(
             "test_input_required_result_prompt",
             Some("A prompt that first elicits its context (SEP-2322)"),
@@ -611,11 +565,7 @@ pub(crate) fn get_prompt(request: GetPromptRequestParams) -> Result<GetPromptRes
         )]),
         "test_prompt_with_arguments" => GetPromptResult::new(vec![PromptMessage::new_text(
             Role::User,
-            format!(
-                "Prompt with arguments: arg1='{}', arg2='{}'",
-                arg("arg1"),
-                arg("arg2")
-            ),
+            format!("Prompt with arguments: arg1='{}', arg2='{}'", arg("arg1"), arg("arg2")),
         )]),
         "test_prompt_with_embedded_resource" => {
             let uri = match arg("resourceUri") {
@@ -636,10 +586,7 @@ pub(crate) fn get_prompt(request: GetPromptRequestParams) -> Result<GetPromptRes
             ])
         }
         "test_prompt_with_image" => GetPromptResult::new(vec![
-            PromptMessage::new(
-                Role::User,
-                ContentBlock::Image(ImageContent::new(PNG_1X1, "image/png")),
-            ),
+            PromptMessage::new(Role::User, ContentBlock::Image(ImageContent::new(PNG_1X1, "image/png"))),
             PromptMessage::new_text(Role::User, "Please analyze the image above."),
         ]),
         "test_input_required_result_prompt" => {
@@ -652,20 +599,18 @@ pub(crate) fn get_prompt(request: GetPromptRequestParams) -> Result<GetPromptRes
                     ),
                 )])
                 .into()),
-                None => Ok(
-                    InputRequiredResult::from_input_requests(InputRequests::from([(
-                        "user_context".to_owned(),
-                        mrtr::elicit(
-                            "What context should the prompt use?",
-                            json!({
-                                "type": "object",
-                                "properties": { "context": { "type": "string" } },
-                                "required": ["context"]
-                            }),
-                        )?,
-                    )]))
-                    .into(),
-                ),
+                None => Ok(InputRequiredResult::from_input_requests(InputRequests::from([(
+                    "user_context".to_owned(),
+                    mrtr::elicit(
+                        "What context should the prompt use?",
+                        json!({
+                            "type": "object",
+                            "properties": { "context": { "type": "string" } },
+                            "required": ["context"]
+                        }),
+                    )?,
+                )]))
+                .into()),
             };
         }
         other => {

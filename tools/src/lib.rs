@@ -40,11 +40,10 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
         CacheScope, CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
-        GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
-        InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-        ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
-        ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams,
-        SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+        GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams, InitializeResult,
+        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+        ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+        SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
     },
     service::{RequestContext, SubscriptionContext},
 };
@@ -170,7 +169,10 @@ impl McpServer {
     /// The caller of the request `cx` belongs to: the [`Caller`] the transport put in
     /// its extensions, else the principal the handler was built for.
     pub fn caller<'a>(&'a self, cx: &'a RequestContext<RoleServer>) -> Option<&'a proto::Principal> {
-        cx.extensions.get::<Caller>().map(|c| c.0.as_ref()).or_else(|| self.principal())
+        cx.extensions
+            .get::<Caller>()
+            .map(|c| c.0.as_ref())
+            .or_else(|| self.principal())
     }
 
     fn tools(&self) -> Vec<Tool> {
@@ -212,9 +214,7 @@ impl ServerHandler for McpServer {
             .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")));
         match self.profile {
             Profile::Default => info,
-            Profile::Conformance => {
-                info.with_instructions("Fixture server for the MCP conformance suite.")
-            }
+            Profile::Conformance => info.with_instructions("Fixture server for the MCP conformance suite."),
         }
     }
 
@@ -256,9 +256,7 @@ impl ServerHandler for McpServer {
         match self.profile {
             Profile::Conformance => conformance::call_tool(self, request, cx).await,
             Profile::Default if request.name == whoami::NAME => {
-                Ok(whoami::call(self.caller(&cx), self.vault.as_deref())
-                    .await
-                    .into())
+                Ok(whoami::call(self.caller(&cx), self.vault.as_deref()).await.into())
             }
             Profile::Default => Err(unknown_tool(&request.name)),
         }
@@ -311,12 +309,8 @@ impl ServerHandler for McpServer {
         Ok(())
     }
 
-    fn accepted_subscription_filter(
-        &self,
-        requested: &SubscriptionFilter,
-    ) -> Option<SubscriptionFilter> {
-        (self.profile == Profile::Conformance)
-            .then(|| requested.supported_by(&capabilities(self.profile)))
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        (self.profile == Profile::Conformance).then(|| requested.supported_by(&capabilities(self.profile)))
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {

@@ -79,10 +79,7 @@ impl ListenHub {
     pub(crate) fn register(&self, sink: SubscriptionSink) -> Registration {
         let key = self.inner.next.fetch_add(1, Ordering::Relaxed);
         self.inner.sinks().insert(key, sink);
-        Registration {
-            hub: self.clone(),
-            key,
-        }
+        Registration { hub: self.clone(), key }
     }
 
     /// Number of open listen streams.
@@ -102,7 +99,12 @@ impl ListenHub {
 
     /// A list changed: broadcast it when a broadcast is installed, else deliver here.
     pub(crate) async fn notify(&self, what: ListChanged) {
-        let broadcast = self.inner.broadcast.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let broadcast = self
+            .inner
+            .broadcast
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         match broadcast {
             Some(broadcast) => broadcast(what),
             None => self.deliver(what).await,

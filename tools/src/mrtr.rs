@@ -17,9 +17,8 @@ use rmcp::{
     ErrorData,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock,
-        CreateMessageRequest, CreateMessageRequestParams, ElicitRequest, ElicitRequestParams,
-        InputRequest, InputRequests, InputRequiredResult, InputResponses, ListRootsRequest,
-        RequestStateCodec, SamplingMessage,
+        CreateMessageRequest, CreateMessageRequestParams, ElicitRequest, ElicitRequestParams, InputRequest,
+        InputRequests, InputRequiredResult, InputResponses, ListRootsRequest, RequestStateCodec, SamplingMessage,
     },
 };
 use serde_json::{Map, Value, json};
@@ -41,10 +40,7 @@ pub(crate) fn elicit(message: &str, requested_schema: Value) -> Result<InputRequ
 }
 
 /// Form elicitation parameters from a JSON schema.
-pub(crate) fn form(
-    message: &str,
-    requested_schema: Value,
-) -> Result<ElicitRequestParams, ErrorData> {
+pub(crate) fn form(message: &str, requested_schema: Value) -> Result<ElicitRequestParams, ErrorData> {
     serde_json::from_value(json!({
         "mode": "form",
         "message": message,
@@ -70,30 +66,20 @@ pub(crate) fn list_roots() -> InputRequest {
 /// The client's answer under `key`, if it is a result object. Anything else
 /// (missing, or a bare value) counts as missing, so the handler asks again
 /// rather than failing (SEP-2322 recommends re-requesting).
-pub(crate) fn response<'a>(
-    responses: Option<&'a InputResponses>,
-    key: &str,
-) -> Option<&'a Map<String, Value>> {
-    responses
-        .and_then(|r| r.get(key))
-        .and_then(Value::as_object)
+pub(crate) fn response<'a>(responses: Option<&'a InputResponses>, key: &str) -> Option<&'a Map<String, Value>> {
+    responses.and_then(|r| r.get(key)).and_then(Value::as_object)
 }
 
 /// `content.<field>` of an elicitation result, as text.
 pub(crate) fn elicited<'a>(result: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
-    result
-        .get("content")
-        .and_then(|c| c.get(field))
-        .and_then(Value::as_str)
+    result.get("content").and_then(|c| c.get(field)).and_then(Value::as_str)
 }
 
 /// `content.text` of a sampling result.
 pub(crate) fn sampled_text(result: &Map<String, Value>) -> Option<&str> {
     let content = result.get("content")?;
     match content {
-        Value::Array(blocks) => blocks
-            .iter()
-            .find_map(|b| b.get("text").and_then(Value::as_str)),
+        Value::Array(blocks) => blocks.iter().find_map(|b| b.get("text").and_then(Value::as_str)),
         other => other.get("text").and_then(Value::as_str),
     }
 }
@@ -174,12 +160,8 @@ pub(crate) fn call_fixture(
     let state = request.request_state.as_deref();
     let result = match request.name.as_ref() {
         "test_input_required_result_elicitation" => match response(responses, "user_name") {
-            Some(answer) => done(format!(
-                "Hello, {}!",
-                elicited(answer, "name").unwrap_or("friend")
-            )),
-            None => name_request()
-                .map(|r| InputRequiredResult::from_input_requests(one("user_name", r)).into()),
+            Some(answer) => done(format!("Hello, {}!", elicited(answer, "name").unwrap_or("friend"))),
+            None => name_request().map(|r| InputRequiredResult::from_input_requests(one("user_name", r)).into()),
         },
         "test_input_required_result_sampling" => match response(responses, "capital_question") {
             Some(answer) => done(format!(
@@ -203,12 +185,11 @@ pub(crate) fn call_fixture(
                     .collect();
                 done(format!("Client roots: [{}]", uris.join(", ")))
             }
-            None => Ok(
-                InputRequiredResult::from_input_requests(one("client_roots", list_roots())).into(),
-            ),
+            None => Ok(InputRequiredResult::from_input_requests(one("client_roots", list_roots())).into()),
         },
-        "test_input_required_result_request_state"
-        | "test_input_required_result_tampered_state" => request_state_round(state),
+        "test_input_required_result_request_state" | "test_input_required_result_tampered_state" => {
+            request_state_round(state)
+        }
         "test_input_required_result_multiple_inputs" => multiple_inputs(responses, state),
         "test_input_required_result_multi_round" => multi_round(state),
         "test_input_required_result_capabilities" => capability_aware(responses, capabilities),
@@ -238,10 +219,7 @@ fn request_state_round(state: Option<&str>) -> Result<CallToolResponse, ErrorDat
     }
 }
 
-fn multiple_inputs(
-    responses: Option<&InputResponses>,
-    state: Option<&str>,
-) -> Result<CallToolResponse, ErrorData> {
+fn multiple_inputs(responses: Option<&InputResponses>, state: Option<&str>) -> Result<CallToolResponse, ErrorData> {
     if let Some(sealed) = state {
         open(sealed)?;
     }
@@ -261,10 +239,7 @@ fn multiple_inputs(
 fn multi_round(state: Option<&str>) -> Result<CallToolResponse, ErrorData> {
     let round = match state {
         None => 0,
-        Some(sealed) => open(sealed)?
-            .get("round")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
+        Some(sealed) => open(sealed)?.get("round").and_then(Value::as_u64).unwrap_or(0),
     };
     let (key, message, field) = match round {
         0 => ("step1", "Step 1: What is your name?", "name"),

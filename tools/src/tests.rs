@@ -8,8 +8,7 @@ use rmcp::{
     ClientHandler, ErrorData, ServiceExt,
     model::*,
     service::{
-        NotificationContext, RequestContext, RoleClient, RoleServer, RunningService, ServiceError,
-        serve_directly,
+        NotificationContext, RequestContext, RoleClient, RoleServer, RunningService, ServiceError, serve_directly,
     },
 };
 use serde_json::{Value, json};
@@ -34,11 +33,7 @@ impl ClientHandler for FixtureClient {
                 .build(),
             Implementation::new("tools-tests", "0"),
         )
-        .with_protocol_version(
-            self.protocol
-                .clone()
-                .unwrap_or(ProtocolVersion::V_2025_11_25),
-        )
+        .with_protocol_version(self.protocol.clone().unwrap_or(ProtocolVersion::V_2025_11_25))
     }
 
     async fn create_message(
@@ -46,11 +41,10 @@ impl ClientHandler for FixtureClient {
         _request: CreateMessageRequestParams,
         _cx: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
-        Ok(CreateMessageResult::new(
-            SamplingMessage::assistant_text("Paris."),
-            "test-model".into(),
+        Ok(
+            CreateMessageResult::new(SamplingMessage::assistant_text("Paris."), "test-model".into())
+                .with_stop_reason(CreateMessageResult::STOP_REASON_END_TURN),
         )
-        .with_stop_reason(CreateMessageResult::STOP_REASON_END_TURN))
     }
 
     async fn create_elicitation(
@@ -62,18 +56,11 @@ impl ClientHandler for FixtureClient {
             .with_content(json!({ "name": "Ferris", "color": "orange", "ok": true })))
     }
 
-    async fn list_roots(
-        &self,
-        _cx: RequestContext<RoleClient>,
-    ) -> Result<ListRootsResult, ErrorData> {
+    async fn list_roots(&self, _cx: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
         Ok(ListRootsResult::new(vec![Root::new("file:///workspace")]))
     }
 
-    async fn on_logging_message(
-        &self,
-        params: LoggingMessageNotificationParam,
-        _cx: NotificationContext<RoleClient>,
-    ) {
+    async fn on_logging_message(&self, params: LoggingMessageNotificationParam, _cx: NotificationContext<RoleClient>) {
         self.logs.lock().unwrap().push(params);
     }
 }
@@ -99,10 +86,7 @@ async fn session_with(server: McpServer) -> Client {
             let _ = running.waiting().await;
         }
     });
-    FixtureClient::default()
-        .serve(client_io)
-        .await
-        .expect("initialize")
+    FixtureClient::default().serve(client_io).await.expect("initialize")
 }
 
 /// A 2026-07-28 pair with no handshake, as a stateless HTTP request is served.
@@ -113,15 +97,11 @@ async fn stateless(profile: Profile) -> Client {
         ..FixtureClient::default()
     };
     let server_peer_info = client.get_info();
-    let mut client_peer_info =
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build());
+    let mut client_peer_info = InitializeResult::new(ServerCapabilities::builder().enable_tools().build());
     client_peer_info.protocol_version = ProtocolVersion::V_2026_07_28;
     tokio::spawn(async move {
-        let running = serve_directly::<RoleServer, _, _, _, _>(
-            McpServer::new(profile, None),
-            server_io,
-            Some(server_peer_info),
-        );
+        let running =
+            serve_directly::<RoleServer, _, _, _, _>(McpServer::new(profile, None), server_io, Some(server_peer_info));
         let _ = running.waiting().await;
     });
     serve_directly::<RoleClient, _, _, _, _>(client, client_io, Some(client_peer_info.into()))
@@ -149,10 +129,7 @@ fn error_code(e: ServiceError) -> ErrorCode {
 #[test]
 fn profile_parses_both_names_and_rejects_others() {
     assert_eq!("default".parse::<Profile>().unwrap(), Profile::Default);
-    assert_eq!(
-        "conformance".parse::<Profile>().unwrap(),
-        Profile::Conformance
-    );
+    assert_eq!("conformance".parse::<Profile>().unwrap(), Profile::Conformance);
     assert!("Conformance".parse::<Profile>().is_err());
     assert_eq!(Profile::Conformance.to_string(), "conformance");
 }
@@ -160,10 +137,7 @@ fn profile_parses_both_names_and_rejects_others() {
 #[tokio::test]
 async fn add_returns_the_sum_as_text() {
     let client = session(Profile::Default, FixtureClient::default()).await;
-    let result = client
-        .call_tool(call("add", json!({ "a": 2, "b": 3 })))
-        .await
-        .unwrap();
+    let result = client.call_tool(call("add", json!({ "a": 2, "b": 3 }))).await.unwrap();
     assert_eq!(only_text(&result), "5");
     assert_ne!(result.is_error, Some(true));
     let result = client
@@ -176,10 +150,7 @@ async fn add_returns_the_sum_as_text() {
 #[tokio::test]
 async fn add_with_a_missing_operand_is_a_tool_error() {
     let client = session(Profile::Default, FixtureClient::default()).await;
-    let result = client
-        .call_tool(call("add", json!({ "a": 2 })))
-        .await
-        .unwrap();
+    let result = client.call_tool(call("add", json!({ "a": 2 }))).await.unwrap();
     assert_eq!(result.is_error, Some(true));
 }
 
@@ -192,10 +163,7 @@ async fn default_profile_lists_add_and_who_am_i_and_refuses_fixture_methods() {
     let tools = client.list_all_tools().await.unwrap();
     let names: Vec<_> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(names, ["add", "whoAmI"]);
-    let e = client
-        .call_tool(call("test_simple_text", json!({})))
-        .await
-        .unwrap_err();
+    let e = client.call_tool(call("test_simple_text", json!({}))).await.unwrap_err();
     assert_eq!(error_code(e), ErrorCode::INVALID_PARAMS);
     let e = client.list_resources(None).await.unwrap_err();
     assert_eq!(error_code(e), ErrorCode::METHOD_NOT_FOUND);
@@ -206,10 +174,7 @@ async fn unknown_methods_get_method_not_found() {
     for profile in [Profile::Default, Profile::Conformance] {
         let client = session(profile, FixtureClient::default()).await;
         let e = client
-            .send_request(ClientRequest::CustomRequest(CustomRequest::new(
-                "no/such-method",
-                None,
-            )))
+            .send_request(ClientRequest::CustomRequest(CustomRequest::new("no/such-method", None)))
             .await
             .unwrap_err();
         assert_eq!(error_code(e), ErrorCode::METHOD_NOT_FOUND);
@@ -240,10 +205,7 @@ async fn conformance_tools_are_listed_with_valid_names_and_schemas() {
         "test_missing_capability",
         "test_input_required_result_elicitation",
     ] {
-        assert!(
-            tools.iter().any(|t| t.name == expected),
-            "{expected} missing"
-        );
+        assert!(tools.iter().any(|t| t.name == expected), "{expected} missing");
     }
     for tool in &tools {
         assert!(tool.name.len() <= 128);
@@ -278,24 +240,15 @@ async fn conformance_tools_are_listed_with_valid_names_and_schemas() {
 #[tokio::test]
 async fn content_fixtures_return_the_documented_content() {
     let client = session(Profile::Conformance, FixtureClient::default()).await;
-    let r = client
-        .call_tool(call("test_simple_text", json!({})))
-        .await
-        .unwrap();
+    let r = client.call_tool(call("test_simple_text", json!({}))).await.unwrap();
     assert_eq!(only_text(&r), "This is a simple text response for testing.");
 
-    let r = client
-        .call_tool(call("test_image_content", json!({})))
-        .await
-        .unwrap();
+    let r = client.call_tool(call("test_image_content", json!({}))).await.unwrap();
     let v = serde_json::to_value(&r.content[0]).unwrap();
     assert_eq!(v["type"], "image");
     assert_eq!(v["mimeType"], "image/png");
 
-    let r = client
-        .call_tool(call("test_audio_content", json!({})))
-        .await
-        .unwrap();
+    let r = client.call_tool(call("test_audio_content", json!({}))).await.unwrap();
     let v = serde_json::to_value(&r.content[0]).unwrap();
     assert_eq!(
         (v["type"].as_str(), v["mimeType"].as_str()),
@@ -308,10 +261,7 @@ async fn content_fixtures_return_the_documented_content() {
         .unwrap();
     let v = serde_json::to_value(&r.content[0]).unwrap();
     assert_eq!(v["resource"]["uri"], "test://embedded-resource");
-    assert_eq!(
-        v["resource"]["text"],
-        "This is an embedded resource content."
-    );
+    assert_eq!(v["resource"]["text"], "This is an embedded resource content.");
 
     let r = client
         .call_tool(call("test_multiple_content_types", json!({})))
@@ -324,10 +274,7 @@ async fn content_fixtures_return_the_documented_content() {
         .collect();
     assert_eq!(kinds, [json!("text"), json!("image"), json!("resource")]);
 
-    let r = client
-        .call_tool(call("test_error_handling", json!({})))
-        .await
-        .unwrap();
+    let r = client.call_tool(call("test_error_handling", json!({}))).await.unwrap();
     assert_eq!(r.is_error, Some(true));
 
     let r = client
@@ -347,12 +294,7 @@ async fn content_fixtures_return_the_documented_content() {
 async fn resources_and_template_read_back() {
     let client = session(Profile::Conformance, FixtureClient::default()).await;
     let listed = client.list_resources(None).await.unwrap();
-    assert!(
-        listed
-            .resources
-            .iter()
-            .any(|r| r.uri == "test://static-text")
-    );
+    assert!(listed.resources.iter().any(|r| r.uri == "test://static-text"));
     let templates = client.list_resource_templates(None).await.unwrap();
     assert_eq!(
         templates.resource_templates[0].uri_template,
@@ -369,8 +311,7 @@ async fn resources_and_template_read_back() {
     assert_eq!(blob["contents"][0]["mimeType"], "image/png");
     assert!(blob["contents"][0]["blob"].is_string());
     let templated = serde_json::to_value(read("test://template/123/data").await.unwrap()).unwrap();
-    let data: Value =
-        serde_json::from_str(templated["contents"][0]["text"].as_str().unwrap()).unwrap();
+    let data: Value = serde_json::from_str(templated["contents"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(
         data,
         json!({ "id": "123", "templateTest": true, "data": "Data for ID: 123" })
@@ -407,15 +348,9 @@ async fn subscribe_and_unsubscribe_track_uris() {
 async fn prompts_render_their_arguments() {
     let client = session(Profile::Conformance, FixtureClient::default()).await;
     let prompts = client.list_all_prompts().await.unwrap();
-    assert!(
-        prompts
-            .iter()
-            .any(|p| p.name == "test_prompt_with_arguments")
-    );
+    assert!(prompts.iter().any(|p| p.name == "test_prompt_with_arguments"));
     let args = json!({ "arg1": "hello", "arg2": "world" });
-    let Value::Object(args) = args else {
-        unreachable!()
-    };
+    let Value::Object(args) = args else { unreachable!() };
     let got = client
         .get_prompt(GetPromptRequestParams::new("test_prompt_with_arguments").with_arguments(args))
         .await
@@ -453,12 +388,7 @@ async fn logging_fixture_sends_three_messages_and_honours_set_level() {
         .await
         .unwrap();
     // Notifications are sent before the response on the same pipe.
-    let texts: Vec<Value> = logs
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| l.data.clone())
-        .collect();
+    let texts: Vec<Value> = logs.lock().unwrap().iter().map(|l| l.data.clone()).collect();
     assert_eq!(
         texts,
         [
@@ -483,24 +413,15 @@ async fn logging_fixture_sends_three_messages_and_honours_set_level() {
 async fn sampling_and_elicitation_ask_the_client_over_the_session() {
     let client = session(Profile::Conformance, FixtureClient::default()).await;
     let r = client
-        .call_tool(call(
-            "test_sampling",
-            json!({ "prompt": "Capital of France?" }),
-        ))
+        .call_tool(call("test_sampling", json!({ "prompt": "Capital of France?" })))
         .await
         .unwrap();
     assert_eq!(only_text(&r), "LLM response: Paris.");
     let r = client
-        .call_tool(call(
-            "test_elicitation",
-            json!({ "message": "Who are you?" }),
-        ))
+        .call_tool(call("test_elicitation", json!({ "message": "Who are you?" })))
         .await
         .unwrap();
-    assert!(
-        only_text(&r).starts_with("User response: action=accept"),
-        "{r:?}"
-    );
+    assert!(only_text(&r).starts_with("User response: action=accept"), "{r:?}");
 }
 
 #[tokio::test]
@@ -513,19 +434,13 @@ async fn stateless_discover_reports_every_supported_revision() {
     let ServerResult::DiscoverResult(result) = discovered.unwrap() else {
         panic!("expected a discover result")
     };
-    assert_eq!(
-        result.supported_versions,
-        crate::SUPPORTED_PROTOCOL_VERSIONS
-    );
+    assert_eq!(result.supported_versions, crate::SUPPORTED_PROTOCOL_VERSIONS);
 }
 
 #[tokio::test]
 async fn stateless_add_and_mrtr_fixtures_complete_through_input_rounds() {
     let client = stateless(Profile::Conformance).await;
-    let r = client
-        .call_tool(call("add", json!({ "a": 40, "b": 2 })))
-        .await
-        .unwrap();
+    let r = client.call_tool(call("add", json!({ "a": 40, "b": 2 }))).await.unwrap();
     assert_eq!(only_text(&r), "42");
 
     // rmcp's client fulfils each input_required round through FixtureClient.
@@ -541,10 +456,7 @@ async fn stateless_add_and_mrtr_fixtures_complete_through_input_rounds() {
     assert_eq!(only_text(&r), "Hello, Ferris!");
     // Server→client requests become MRTR rounds on 2026-07-28.
     let r = client
-        .call_tool(call(
-            "test_sampling",
-            json!({ "prompt": "Capital of France?" }),
-        ))
+        .call_tool(call("test_sampling", json!({ "prompt": "Capital of France?" })))
         .await
         .unwrap();
     assert_eq!(only_text(&r), "LLM response: Paris.");
@@ -560,13 +472,7 @@ async fn stateless_first_round_is_input_required() {
     let CallToolResponse::InputRequired(first) = first else {
         panic!("expected input_required, got {first:?}")
     };
-    assert!(
-        first
-            .input_requests
-            .as_ref()
-            .unwrap()
-            .contains_key("confirm")
-    );
+    assert!(first.input_requests.as_ref().unwrap().contains_key("confirm"));
     let mut retry = call("test_input_required_result_request_state", json!({}));
     retry.request_state = Some(format!("{}x", first.request_state.unwrap()));
     let e = client.call_tool_once(retry).await.unwrap_err();
@@ -589,8 +495,7 @@ const FAKE_SIGNATURE: &str = "FAKEUPSTREAMSIGNATURE0xC0FFEE";
 fn fake_jwt() -> String {
     use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
-    let payload =
-        URL_SAFE_NO_PAD.encode(br#"{"aud":"https://api.github.test","login":"octo-secret"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(br#"{"aud":"https://api.github.test","login":"octo-secret"}"#);
     format!("{header}.{payload}.{FAKE_SIGNATURE}")
 }
 
@@ -609,13 +514,12 @@ fn caller() -> proto::Principal {
 #[tokio::test]
 async fn who_am_i_shows_identity_and_downstream_audience_never_the_token() {
     let token = fake_jwt();
-    let server = McpServer::new(Profile::Default, Some(caller())).with_vault(Arc::new(FakeVault(
-        Ok(vault::UpstreamToken {
+    let server =
+        McpServer::new(Profile::Default, Some(caller())).with_vault(Arc::new(FakeVault(Ok(vault::UpstreamToken {
             access_token: token.clone(),
             token_type: "Bearer".into(),
             expires_at: Some(1_900_000_000),
-        }),
-    )));
+        }))));
     let client = session_with(server).await;
     let result = client.call_tool(call("whoAmI", json!({}))).await.unwrap();
     assert_ne!(result.is_error, Some(true));
@@ -669,9 +573,6 @@ async fn conformance_profile_does_not_serve_who_am_i() {
     let client = session(Profile::Conformance, FixtureClient::default()).await;
     let tools = client.list_all_tools().await.unwrap();
     assert!(tools.iter().all(|t| t.name != "whoAmI"));
-    let e = client
-        .call_tool(call("whoAmI", json!({})))
-        .await
-        .unwrap_err();
+    let e = client.call_tool(call("whoAmI", json!({}))).await.unwrap_err();
     assert_eq!(error_code(e), ErrorCode::INVALID_PARAMS);
 }

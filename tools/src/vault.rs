@@ -12,8 +12,7 @@ use std::{future::Future, pin::Pin};
 use proto::{Principal, auth::VaultReply};
 
 /// The future a [`TokenVault`] returns.
-pub type VaultFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<UpstreamToken, VaultError>> + Send + 'a>>;
+pub type VaultFuture<'a> = Pin<Box<dyn Future<Output = Result<UpstreamToken, VaultError>> + Send + 'a>>;
 
 /// Where a tool gets the upstream access token of the caller.
 pub trait TokenVault: Send + Sync {
@@ -79,10 +78,7 @@ impl VaultError {
 
     /// Whether asking again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Unavailable(_) | Self::TimedOut | Self::NoResponders
-        )
+        matches!(self, Self::Unavailable(_) | Self::TimedOut | Self::NoResponders)
     }
 }
 

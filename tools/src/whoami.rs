@@ -28,14 +28,9 @@ pub(crate) fn tool() -> Tool {
     .with_annotations(ToolAnnotations::new().read_only(true))
 }
 
-pub(crate) async fn call(
-    principal: Option<&Principal>,
-    vault: Option<&dyn TokenVault>,
-) -> CallToolResult {
+pub(crate) async fn call(principal: Option<&Principal>, vault: Option<&dyn TokenVault>) -> CallToolResult {
     let Some(principal) = principal else {
-        return CallToolResult::error(vec![ContentBlock::text(
-            "whoAmI needs an authenticated caller",
-        )]);
+        return CallToolResult::error(vec![ContentBlock::text("whoAmI needs an authenticated caller")]);
     };
     let downstream = match vault {
         Some(vault) => vault.upstream_token(principal).await,
@@ -174,10 +169,7 @@ mod tests {
 
     #[test]
     fn audience_is_read_from_jwts_only() {
-        assert_eq!(
-            audience(&jwt(json!({ "aud": ["a", "b"] }))),
-            Some(json!(["a", "b"]))
-        );
+        assert_eq!(audience(&jwt(json!({ "aud": ["a", "b"] }))), Some(json!(["a", "b"])));
         assert_eq!(audience(&jwt(json!({ "sub": "x" }))), None);
         assert_eq!(audience(&jwt(json!({ "aud": 5 }))), None);
         assert_eq!(audience(SECRET), None);
@@ -185,10 +177,7 @@ mod tests {
         assert_eq!(audience("a.b.c.d.e"), None);
         assert_eq!(audience("a.!!!.c"), None);
         // Padded base64url is tolerated.
-        let padded = format!(
-            "h.{}==.s",
-            URL_SAFE_NO_PAD.encode(r#"{"aud":"x"}"#.as_bytes())
-        );
+        let padded = format!("h.{}==.s", URL_SAFE_NO_PAD.encode(r#"{"aud":"x"}"#.as_bytes()));
         assert_eq!(audience(&padded), Some(json!("x")));
     }
 
@@ -206,10 +195,7 @@ mod tests {
             (VaultError::NoGrant, "no upstream token"),
             (VaultError::NotFound, "not found"),
             (VaultError::Revoked, "revoked"),
-            (
-                VaultError::Unavailable("upstream said 502".into()),
-                "unavailable",
-            ),
+            (VaultError::Unavailable("upstream said 502".into()), "unavailable"),
             (VaultError::TimedOut, "timed out"),
             (VaultError::NoResponders, "no responders"),
         ] {

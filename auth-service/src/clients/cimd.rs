@@ -118,10 +118,7 @@ impl Cache {
 
     fn lookup(&self, key: &str, now: Instant) -> Option<Result<Arc<ClientRecord>, String>> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries
-            .get(key)
-            .filter(|e| e.expires > now)
-            .map(|e| e.outcome.clone())
+        entries.get(key).filter(|e| e.expires > now).map(|e| e.outcome.clone())
     }
 
     fn insert(&self, key: &str, outcome: Result<Arc<ClientRecord>, String>, expires: Instant, now: Instant) {
@@ -167,8 +164,7 @@ fn is_json_content_type(headers: &reqwest::header::HeaderMap) -> bool {
         return false;
     };
     let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl Clients {

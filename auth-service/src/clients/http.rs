@@ -133,10 +133,16 @@ pub fn client_credentials(
 /// `Some((id, secret))` for a `Basic` header, `None` for another scheme.
 fn parse_basic(value: &header::HeaderValue) -> Result<Option<(String, Option<String>)>, ClientError> {
     let malformed = || ClientError::InvalidClient("malformed HTTP Basic credentials".into());
-    let Ok(value) = value.to_str() else { return Err(malformed()) };
+    let Ok(value) = value.to_str() else {
+        return Err(malformed());
+    };
     let value = value.trim();
     let Some((scheme, encoded)) = value.split_once(' ') else {
-        return if value.eq_ignore_ascii_case("basic") { Err(malformed()) } else { Ok(None) };
+        return if value.eq_ignore_ascii_case("basic") {
+            Err(malformed())
+        } else {
+            Ok(None)
+        };
     };
     if !scheme.eq_ignore_ascii_case("basic") {
         return Ok(None);
@@ -197,7 +203,11 @@ mod tests {
             .to_http_request();
         assert_eq!(
             client_credentials(&req, &HashMap::new()).unwrap(),
-            ("https://a.example/c".into(), Some("a+b c:d".into()), AuthMethod::ClientSecretBasic)
+            (
+                "https://a.example/c".into(),
+                Some("a+b c:d".into()),
+                AuthMethod::ClientSecretBasic
+            )
         );
         let req = TestRequest::default().to_http_request();
         assert_eq!(
@@ -212,7 +222,10 @@ mod tests {
         let req = TestRequest::default()
             .insert_header(("Authorization", "Bearer abc"))
             .to_http_request();
-        assert_eq!(client_credentials(&req, &form(&[("client_id", "c_2")])).unwrap().2, AuthMethod::None);
+        assert_eq!(
+            client_credentials(&req, &form(&[("client_id", "c_2")])).unwrap().2,
+            AuthMethod::None
+        );
     }
 
     #[test]
@@ -226,11 +239,16 @@ mod tests {
         assert_eq!(other.oauth_code(), "invalid_request");
         let none = client_credentials(&TestRequest::default().to_http_request(), &HashMap::new()).unwrap_err();
         assert_eq!((none.oauth_code(), none.status()), ("invalid_client", 401));
-        let secret_only =
-            client_credentials(&TestRequest::default().to_http_request(), &form(&[("client_secret", "x")])).unwrap_err();
+        let secret_only = client_credentials(
+            &TestRequest::default().to_http_request(),
+            &form(&[("client_secret", "x")]),
+        )
+        .unwrap_err();
         assert_eq!(secret_only.oauth_code(), "invalid_request");
         for bad in ["Basic", "Basic !!!", "Basic bm9jb2xvbg==", "Basic OnNlY3JldA=="] {
-            let req = TestRequest::default().insert_header(("Authorization", bad)).to_http_request();
+            let req = TestRequest::default()
+                .insert_header(("Authorization", bad))
+                .to_http_request();
             let e = client_credentials(&req, &HashMap::new()).unwrap_err();
             assert_eq!(e.oauth_code(), "invalid_client", "{bad}");
         }

@@ -82,7 +82,9 @@ impl MachineClients {
             let id = e.client_id.as_str();
             let id_ok = !id.is_empty()
                 && id.len() <= 128
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
                 && !id.starts_with(CLIENT_ID_PREFIX);
             if !id_ok {
                 return Err(format!(
@@ -90,17 +92,29 @@ impl MachineClients {
                 ));
             }
             let hash_ok = e.client_secret_sha256.len() == 43
-                && e.client_secret_sha256.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+                && e.client_secret_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
             if !hash_ok {
-                return Err(format!("client_id '{id}': client_secret_sha256 must be the base64url SHA-256 of the secret"));
+                return Err(format!(
+                    "client_id '{id}': client_secret_sha256 must be the base64url SHA-256 of the secret"
+                ));
             }
             if let Some(g) = e.grant_types.iter().find(|g| g.as_str() != GRANT_CLIENT_CREDENTIALS) {
-                return Err(format!("client_id '{id}': grant type '{g}' is not for machine clients (client_credentials)"));
+                return Err(format!(
+                    "client_id '{id}': grant type '{g}' is not for machine clients (client_credentials)"
+                ));
             }
             if e.grant_types.is_empty() && !e.introspect {
-                return Err(format!("client_id '{id}': neither a grant type nor introspect: it could do nothing"));
+                return Err(format!(
+                    "client_id '{id}': neither a grant type nor introspect: it could do nothing"
+                ));
             }
-            if let Some(s) = e.scope.as_deref().and_then(|s| s.split_whitespace().find(|s| !supported_scopes.iter().any(|x| x == s))) {
+            if let Some(s) = e
+                .scope
+                .as_deref()
+                .and_then(|s| s.split_whitespace().find(|s| !supported_scopes.iter().any(|x| x == s)))
+            {
                 return Err(format!("client_id '{id}': scope '{s}' is not one of AUTH_SCOPES"));
             }
             let record = ClientRecord {
@@ -131,7 +145,12 @@ impl MachineClients {
 }
 
 /// A new secret and the file entry for it (`auth-service machine-client`).
-pub fn new_entry(client_id: &str, scope: Option<&str>, introspect: bool, client_credentials: bool) -> (String, serde_json::Value) {
+pub fn new_entry(
+    client_id: &str,
+    scope: Option<&str>,
+    introspect: bool,
+    client_credentials: bool,
+) -> (String, serde_json::Value) {
     let secret = crate::crypto::random_token();
     let mut entry = serde_json::json!({
         "client_id": client_id,
@@ -160,7 +179,10 @@ mod tests {
         let m = MachineClients::parse(&serde_json::json!([entry]).to_string(), &scopes()).unwrap();
         let c = m.get("m_report").unwrap();
         assert!(c.machine && c.introspect);
-        assert_eq!(c.client_secret_hash.as_deref(), Some(crate::crypto::sha256_b64(&secret).as_str()));
+        assert_eq!(
+            c.client_secret_hash.as_deref(),
+            Some(crate::crypto::sha256_b64(&secret).as_str())
+        );
         assert!(c.allows_grant("client_credentials"));
     }
 
@@ -169,14 +191,40 @@ mod tests {
         let h = crate::crypto::sha256_b64("s");
         let cases = [
             ("{}".to_owned(), "JSON array"),
-            (format!(r#"[{{"client_id":"c_123","client_secret_sha256":"{h}"}}]"#), "prefix"),
-            (format!(r#"[{{"client_id":"https://x","client_secret_sha256":"{h}"}}]"#), "client_id"),
-            (r#"[{"client_id":"m","client_secret_sha256":"plain-secret"}]"#.to_owned(), "SHA-256"),
-            (format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}","grant_types":["authorization_code"]}}]"#), "grant type"),
-            (format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}","grant_types":[]}}]"#), "nothing"),
-            (format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}","scope":"admin"}}]"#), "scope"),
-            (format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}"}},{{"client_id":"m","client_secret_sha256":"{h}"}}]"#), "twice"),
-            (format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}","secret":"x"}}]"#), "unknown field"),
+            (
+                format!(r#"[{{"client_id":"c_123","client_secret_sha256":"{h}"}}]"#),
+                "prefix",
+            ),
+            (
+                format!(r#"[{{"client_id":"https://x","client_secret_sha256":"{h}"}}]"#),
+                "client_id",
+            ),
+            (
+                r#"[{"client_id":"m","client_secret_sha256":"plain-secret"}]"#.to_owned(),
+                "SHA-256",
+            ),
+            (
+                format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}","grant_types":["authorization_code"]}}]"#),
+                "grant type",
+            ),
+            (
+                format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}","grant_types":[]}}]"#),
+                "nothing",
+            ),
+            (
+                format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}","scope":"admin"}}]"#),
+                "scope",
+            ),
+            (
+                format!(
+                    r#"[{{"client_id":"m","client_secret_sha256":"{h}"}},{{"client_id":"m","client_secret_sha256":"{h}"}}]"#
+                ),
+                "twice",
+            ),
+            (
+                format!(r#"[{{"client_id":"m","client_secret_sha256":"{h}","secret":"x"}}]"#),
+                "unknown field",
+            ),
         ];
         for (text, want) in cases {
             let e = MachineClients::parse(&text, &scopes()).unwrap_err();

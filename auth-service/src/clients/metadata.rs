@@ -60,11 +60,7 @@ fn bad_redirect(msg: impl Into<String>) -> ClientError {
     ClientError::InvalidRedirectUri(msg.into())
 }
 
-pub(crate) fn validate(
-    meta: &Value,
-    origin: Origin,
-    supported_scopes: &[String],
-) -> Result<Validated, ClientError> {
+pub(crate) fn validate(meta: &Value, origin: Origin, supported_scopes: &[String]) -> Result<Validated, ClientError> {
     let obj = meta
         .as_object()
         .ok_or_else(|| bad("client metadata must be a JSON object"))?;
@@ -103,7 +99,10 @@ pub(crate) fn validate(
             "grant type 'client_credentials' cannot be registered: machine clients are created by the operator",
         ));
     }
-    if let Some(g) = grant_types.iter().find(|g| !SUPPORTED_GRANT_TYPES.contains(&g.as_str())) {
+    if let Some(g) = grant_types
+        .iter()
+        .find(|g| !SUPPORTED_GRANT_TYPES.contains(&g.as_str()))
+    {
         return Err(bad(format!(
             "grant type '{}' is not supported (authorization_code, refresh_token)",
             clip(g)
@@ -124,9 +123,7 @@ pub(crate) fn validate(
     }
     let has_code_response = response_types.iter().any(|r| r == "code");
     if has_code_grant != has_code_response {
-        return Err(bad(
-            "grant type authorization_code and response type code go together",
-        ));
+        return Err(bad("grant type authorization_code and response type code go together"));
     }
 
     let redirect_uris = match field("redirect_uris") {
@@ -254,8 +251,22 @@ pub(crate) fn is_loopback_url(url: &Url) -> bool {
 /// Schemes a browser would run, read locally or hand to another protocol: never a
 /// redirect target.
 const FORBIDDEN_SCHEMES: [&str; 16] = [
-    "javascript", "data", "vbscript", "file", "blob", "about", "filesystem", "view-source",
-    "chrome", "chrome-extension", "ftp", "ws", "wss", "mailto", "tel", "sms",
+    "javascript",
+    "data",
+    "vbscript",
+    "file",
+    "blob",
+    "about",
+    "filesystem",
+    "view-source",
+    "chrome",
+    "chrome-extension",
+    "ftp",
+    "ws",
+    "wss",
+    "mailto",
+    "tel",
+    "sms",
 ];
 
 /// A redirect URI a client may register: absolute, no fragment, no credentials, no
@@ -416,9 +427,17 @@ mod tests {
         let code = |meta: Value| err(meta).oauth_code();
         assert_eq!(code(json!({})), "invalid_redirect_uri");
         assert_eq!(code(json!({"redirect_uris": []})), "invalid_redirect_uri");
-        assert_eq!(code(json!({"redirect_uris": "https://a.example/cb"})), "invalid_redirect_uri");
-        assert_eq!(code(json!({"redirect_uris": ["http://a.example/cb"]})), "invalid_redirect_uri");
-        let uris: Vec<String> = (0..=MAX_REDIRECT_URIS).map(|i| format!("https://a.example/{i}")).collect();
+        assert_eq!(
+            code(json!({"redirect_uris": "https://a.example/cb"})),
+            "invalid_redirect_uri"
+        );
+        assert_eq!(
+            code(json!({"redirect_uris": ["http://a.example/cb"]})),
+            "invalid_redirect_uri"
+        );
+        let uris: Vec<String> = (0..=MAX_REDIRECT_URIS)
+            .map(|i| format!("https://a.example/{i}"))
+            .collect();
         assert_eq!(code(json!({"redirect_uris": uris})), "invalid_redirect_uri");
         let r = json!(["https://a.example/cb"]);
         for meta in [

@@ -307,8 +307,7 @@ impl ClientError {
 
 impl actix_web::ResponseError for ClientError {
     fn status_code(&self) -> actix_web::http::StatusCode {
-        actix_web::http::StatusCode::from_u16(self.status())
-            .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST)
+        actix_web::http::StatusCode::from_u16(self.status()).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST)
     }
 
     fn error_response(&self) -> actix_web::HttpResponse {
@@ -387,13 +386,8 @@ impl Clients {
         let validated = metadata::validate(metadata, Origin::Registration, &self.config.supported_scopes)?;
         let secret = (validated.auth_method != AuthMethod::None).then(random_token);
         let now = now_secs();
-        let mut record = ClientRecord::from_validated(
-            String::new(),
-            secret.as_deref().map(sha256_b64),
-            validated,
-            now,
-            false,
-        );
+        let mut record =
+            ClientRecord::from_validated(String::new(), secret.as_deref().map(sha256_b64), validated, now, false);
         // A collision of 122 random bits will not happen; one retry covers it anyway.
         let mut stored = false;
         for _ in 0..2 {
@@ -492,7 +486,10 @@ impl Clients {
     /// documents.
     pub async fn touch(&self, record: &ClientRecord) -> Result<(), ClientError> {
         let now = now_secs();
-        if record.metadata_document || record.machine || now < record.last_used_at.saturating_add(TOUCH_INTERVAL.as_secs()) {
+        if record.metadata_document
+            || record.machine
+            || now < record.last_used_at.saturating_add(TOUCH_INTERVAL.as_secs())
+        {
             return Ok(());
         }
         if !is_registered_id(&record.client_id) {
@@ -522,7 +519,9 @@ pub fn redirect_uri_allowed(client: &ClientRecord, uri: &str) -> bool {
     if uri.contains('#') || uri.contains(|c: char| c.is_control() || c.is_whitespace()) {
         return false;
     }
-    let Ok(asked) = reqwest::Url::parse(uri) else { return false };
+    let Ok(asked) = reqwest::Url::parse(uri) else {
+        return false;
+    };
     if !metadata::is_loopback_url(&asked) || !asked.username().is_empty() || asked.password().is_some() {
         return false;
     }
@@ -534,7 +533,9 @@ pub fn redirect_uri_allowed(client: &ClientRecord, uri: &str) -> bool {
         return false;
     }
     client.redirect_uris.iter().any(|registered| {
-        let Ok(reg) = reqwest::Url::parse(registered) else { return false };
+        let Ok(reg) = reqwest::Url::parse(registered) else {
+            return false;
+        };
         metadata::is_loopback_url(&reg)
             && reg.scheme() == asked.scheme()
             && reg.host() == asked.host()

@@ -23,7 +23,14 @@ async fn env_with(config: ClientsConfig, http: GuardedClient) -> Env {
     let nats = NatsServer::start().unwrap();
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let bucket = Bucket::open(&js, CLIENTS_BUCKET, CLIENT_IDLE_MAX_AGE, crate::store::DEFAULT_STORE_MAX_BYTES).await.unwrap();
+    let bucket = Bucket::open(
+        &js,
+        CLIENTS_BUCKET,
+        CLIENT_IDLE_MAX_AGE,
+        crate::store::DEFAULT_STORE_MAX_BYTES,
+    )
+    .await
+    .unwrap();
     let clients = Clients::new(bucket.clone(), http, config);
     Env {
         _nats: nats,
@@ -78,7 +85,10 @@ async fn register_public_client_with_none() {
 
     let got = env.clients.get(&id).await.unwrap().unwrap();
     assert!(got.is_public() && !got.metadata_document && got.client_secret_hash.is_none());
-    assert_eq!(got.client_uri.as_deref(), Some("https://github.com/modelcontextprotocol/inspector"));
+    assert_eq!(
+        got.client_uri.as_deref(),
+        Some("https://github.com/modelcontextprotocol/inspector")
+    );
     // A public client authenticates with its id alone.
     let ok = env.clients.authenticate(&id, None, AuthMethod::None).await.unwrap();
     assert_eq!(ok.client_id, id);
@@ -132,9 +142,17 @@ async fn machine_clients_come_from_the_operator_file() {
     let mut cfg = config(false);
     cfg.machines = super::machine::MachineClients::parse(&json!([entry]).to_string(), &cfg.supported_scopes).unwrap();
     let env = env_with(cfg, GuardedClient::new(false).unwrap()).await;
-    let c = env.clients.authenticate("m_nightly", Some(&secret), AuthMethod::ClientSecretBasic).await.unwrap();
+    let c = env
+        .clients
+        .authenticate("m_nightly", Some(&secret), AuthMethod::ClientSecretBasic)
+        .await
+        .unwrap();
     assert!(c.machine && c.allows_grant("client_credentials"));
-    let e = env.clients.authenticate("m_nightly", Some("wrong"), AuthMethod::ClientSecretBasic).await.unwrap_err();
+    let e = env
+        .clients
+        .authenticate("m_nightly", Some("wrong"), AuthMethod::ClientSecretBasic)
+        .await
+        .unwrap_err();
     assert_eq!(e.oauth_code(), "invalid_client");
     // Nothing of it is written to the bucket (touch is a no-op for it).
     env.clients.touch(&c).await.unwrap();
@@ -163,21 +181,48 @@ async fn register_rejections() {
     let env = env().await;
     let r = json!(["https://app.example/cb"]);
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"redirect_uris": ["http://app.example/cb"]}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": ["https://app.example/cb#frag"]}), "invalid_redirect_uri"),
+        (
+            json!({"redirect_uris": ["http://app.example/cb"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["https://app.example/cb#frag"]}),
+            "invalid_redirect_uri",
+        ),
         (json!({"redirect_uris": ["/cb"]}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": ["javascript:alert(document.cookie)"]}), "invalid_redirect_uri"),
+        (
+            json!({"redirect_uris": ["javascript:alert(document.cookie)"]}),
+            "invalid_redirect_uri",
+        ),
         (json!({"client_name": "no redirect"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": r, "grant_types": ["implicit"]}), "invalid_client_metadata"),
-        (json!({"redirect_uris": r, "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"]}), "invalid_client_metadata"),
-        (json!({"redirect_uris": r, "response_types": ["token"]}), "invalid_client_metadata"),
-        (json!({"redirect_uris": r, "token_endpoint_auth_method": "private_key_jwt"}), "invalid_client_metadata"),
+        (
+            json!({"redirect_uris": r, "grant_types": ["implicit"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": r, "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": r, "response_types": ["token"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": r, "token_endpoint_auth_method": "private_key_jwt"}),
+            "invalid_client_metadata",
+        ),
         (
             json!({"redirect_uris": r, "token_endpoint_auth_method": "none", "grant_types": ["client_credentials"]}),
             "invalid_client_metadata",
         ),
-        (json!({"redirect_uris": r, "scope": "mcp admin"}), "invalid_client_metadata"),
-        (json!({"redirect_uris": r, "client_name": "n".repeat(500)}), "invalid_client_metadata"),
+        (
+            json!({"redirect_uris": r, "scope": "mcp admin"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": r, "client_name": "n".repeat(500)}),
+            "invalid_client_metadata",
+        ),
         (json!(["not", "an", "object"]), "invalid_client_metadata"),
     ];
     for (meta, code) in cases {
@@ -295,17 +340,33 @@ async fn authenticate_refusals() {
     refused(env.clients.authenticate(conf_id, None, basic).await);
     refused(env.clients.authenticate(conf_id, None, AuthMethod::None).await);
     // Right secret, wrong method.
-    refused(env.clients.authenticate(conf_id, Some(secret), AuthMethod::ClientSecretPost).await);
+    refused(
+        env.clients
+            .authenticate(conf_id, Some(secret), AuthMethod::ClientSecretPost)
+            .await,
+    );
     // A public client must not present a secret, by any method.
-    refused(env.clients.authenticate(public_id, Some("anything"), AuthMethod::ClientSecretPost).await);
+    refused(
+        env.clients
+            .authenticate(public_id, Some("anything"), AuthMethod::ClientSecretPost)
+            .await,
+    );
     refused(env.clients.authenticate(public_id, Some("anything"), basic).await);
     refused(env.clients.authenticate(public_id, None, basic).await);
     // Unknown ids.
-    refused(env.clients.authenticate("c_00000000000000000000000000000000", None, AuthMethod::None).await);
+    refused(
+        env.clients
+            .authenticate("c_00000000000000000000000000000000", None, AuthMethod::None)
+            .await,
+    );
     refused(env.clients.authenticate("not a key!", None, AuthMethod::None).await);
     refused(env.clients.authenticate("", None, AuthMethod::None).await);
     // A URL id that is not a valid metadata document URL.
-    refused(env.clients.authenticate("https://app.example/", None, AuthMethod::None).await);
+    refused(
+        env.clients
+            .authenticate("https://app.example/", None, AuthMethod::None)
+            .await,
+    );
 }
 
 #[tokio::test]
@@ -369,7 +430,8 @@ async fn register_handler_statuses_and_rate_limit() {
     let clients = web::Data::new(env.clients);
     let body = public_meta().to_string();
 
-    let (status, headers, json) = call_register(&clients, &limiter, "application/json", &body, "198.51.100.1:1000").await;
+    let (status, headers, json) =
+        call_register(&clients, &limiter, "application/json", &body, "198.51.100.1:1000").await;
     assert_eq!(status, 201);
     assert_eq!(headers.get("cache-control").unwrap(), "no-store");
     assert_eq!(headers.get("access-control-allow-origin").unwrap(), "*");
@@ -379,8 +441,14 @@ async fn register_handler_statuses_and_rate_limit() {
     assert_eq!((status, json["error"].as_str()), (415, Some("invalid_request")));
     assert_eq!(headers.get("cache-control").unwrap(), "no-store");
 
-    let (status, _, json) =
-        call_register(&clients, &limiter, "application/json; charset=utf-8", "{not json", "198.51.100.3:1000").await;
+    let (status, _, json) = call_register(
+        &clients,
+        &limiter,
+        "application/json; charset=utf-8",
+        "{not json",
+        "198.51.100.3:1000",
+    )
+    .await;
     assert_eq!((status, json["error"].as_str()), (400, Some("invalid_client_metadata")));
     assert!(json["error_description"].is_string());
 
@@ -410,7 +478,14 @@ async fn register_preflight_allows_cross_origin_json() {
     let res = register_preflight().await;
     assert_eq!(res.status().as_u16(), 204);
     assert_eq!(res.headers().get("access-control-allow-origin").unwrap(), "*");
-    assert!(res.headers().get("access-control-allow-headers").unwrap().to_str().unwrap().contains("content-type"));
+    assert!(
+        res.headers()
+            .get("access-control-allow-headers")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("content-type")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -458,7 +533,9 @@ async fn document(req: HttpRequest, hits: web::Data<AtomicUsize>) -> HttpRespons
         "/good" | "/good2" => json_ok(doc(json!({}))),
         "/mismatch" => json_ok(doc(json!({"client_id": "https://other.example/client"}))),
         "/large" => json_ok(doc(json!({"padding": "x".repeat(6000)}))),
-        "/notjson" => HttpResponse::Ok().content_type("application/json").body("<html>hi</html>"),
+        "/notjson" => HttpResponse::Ok()
+            .content_type("application/json")
+            .body("<html>hi</html>"),
         "/html" => HttpResponse::Ok().content_type("text/html").body("{}"),
         "/array" => json_ok(json!([1, 2])),
         "/secret" => json_ok(doc(json!({"client_secret": "shh"}))),
@@ -609,7 +686,11 @@ async fn cimd_ssrf_refused_without_a_request() {
     assert_eq!(srv.hits(), 0, "no request reached the server");
     // The system resolver refuses localhost as well.
     let env = env_with(config(false), GuardedClient::new(false).unwrap()).await;
-    let e = env.clients.get(&format!("https://localhost:{port}/good")).await.unwrap_err();
+    let e = env
+        .clients
+        .get(&format!("https://localhost:{port}/good"))
+        .await
+        .unwrap_err();
     assert!(e.description().contains("no public address"), "{}", e.description());
     assert_eq!(srv.hits(), 0);
     srv.handle.stop(false).await;

@@ -54,11 +54,7 @@ pub fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Valu
 /// An array of strings or a space-separated string, capped.
 pub fn string_list(v: Option<&Value>) -> Vec<String> {
     let items: Vec<String> = match v {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     };
@@ -91,12 +87,8 @@ fn is_false(v: Option<&Value>) -> bool {
 }
 
 /// Map OIDC-style claims.
-pub fn identity(
-    claims: &Map<String, Value>,
-    mapping: &ClaimMapping,
-) -> Result<Identity, UpstreamError> {
-    let sub = short_string(claims.get("sub"))
-        .ok_or_else(|| UpstreamError::Invalid("no usable sub claim".into()))?;
+pub fn identity(claims: &Map<String, Value>, mapping: &ClaimMapping) -> Result<Identity, UpstreamError> {
+    let sub = short_string(claims.get("sub")).ok_or_else(|| UpstreamError::Invalid("no usable sub claim".into()))?;
     let email = if is_false(claims.get("email_verified")) {
         None
     } else {
@@ -190,10 +182,7 @@ mod tests {
         let many: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
         let c = map(json!({"sub": "u", "permissions": many}));
         assert_eq!(
-            identity(&c, &ClaimMapping::default())
-                .unwrap()
-                .permissions
-                .len(),
+            identity(&c, &ClaimMapping::default()).unwrap().permissions.len(),
             MAX_LIST_ITEMS
         );
     }

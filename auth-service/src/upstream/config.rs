@@ -216,10 +216,7 @@ impl std::fmt::Debug for UpstreamArgs {
             .field("access_jwks_url", &self.access_jwks_url)
             .field("pingone_issuer", &self.pingone_issuer)
             .field("pingone_client_id", &self.pingone_client_id)
-            .field(
-                "pingone_client_secret",
-                &secret(&self.pingone_client_secret),
-            )
+            .field("pingone_client_secret", &secret(&self.pingone_client_secret))
             .field("pingone_api_identifier", &self.pingone_api_identifier)
             .field("entra_tenant_id", &self.entra_tenant_id)
             .field("entra_client_id", &self.entra_client_id)
@@ -237,19 +234,13 @@ fn present(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn required<'a>(
-    setting: &'static str,
-    v: &'a Option<String>,
-    kind: &str,
-) -> Result<&'a str, ConfigError> {
-    present(v)
-        .ok_or_else(|| ConfigError::new(setting, format!("is required when {ENV_UPSTREAM}={kind}")))
+fn required<'a>(setting: &'static str, v: &'a Option<String>, kind: &str) -> Result<&'a str, ConfigError> {
+    present(v).ok_or_else(|| ConfigError::new(setting, format!("is required when {ENV_UPSTREAM}={kind}")))
 }
 
 /// An endpoint URL: https, or http on a loopback host.
 fn endpoint_url(setting: &'static str, value: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(value)
-        .map_err(|e| ConfigError::new(setting, format!("'{value}' is not a url ({e})")))?;
+    let url = Url::parse(value).map_err(|e| ConfigError::new(setting, format!("'{value}' is not a url ({e})")))?;
     match url_problem(&url) {
         None => Ok(url),
         Some(p) => Err(ConfigError::new(setting, p)),
@@ -318,52 +309,28 @@ impl UpstreamArgs {
             (ENV_OIDC_CLIENT_ID, "oidc", &self.oidc_client_id),
             (ENV_OIDC_CLIENT_SECRET, "oidc", &self.oidc_client_secret),
             (ENV_WORKOS_CLIENT_ID, "workos", &self.workos_client_id),
-            (
-                ENV_WORKOS_CLIENT_SECRET,
-                "workos",
-                &self.workos_client_secret,
-            ),
-            (
-                ENV_ACCESS_CLIENT_ID,
-                "cloudflare-access",
-                &self.access_client_id,
-            ),
+            (ENV_WORKOS_CLIENT_SECRET, "workos", &self.workos_client_secret),
+            (ENV_ACCESS_CLIENT_ID, "cloudflare-access", &self.access_client_id),
             (
                 ENV_ACCESS_CLIENT_SECRET,
                 "cloudflare-access",
                 &self.access_client_secret,
             ),
-            (
-                ENV_ACCESS_TOKEN_URL,
-                "cloudflare-access",
-                &self.access_token_url,
-            ),
+            (ENV_ACCESS_TOKEN_URL, "cloudflare-access", &self.access_token_url),
             (
                 ENV_ACCESS_AUTHORIZATION_URL,
                 "cloudflare-access",
                 &self.access_authorization_url,
             ),
-            (
-                ENV_ACCESS_JWKS_URL,
-                "cloudflare-access",
-                &self.access_jwks_url,
-            ),
+            (ENV_ACCESS_JWKS_URL, "cloudflare-access", &self.access_jwks_url),
             (ENV_PINGONE_ISSUER, "pingone", &self.pingone_issuer),
             (ENV_PINGONE_CLIENT_ID, "pingone", &self.pingone_client_id),
-            (
-                ENV_PINGONE_CLIENT_SECRET,
-                "pingone",
-                &self.pingone_client_secret,
-            ),
+            (ENV_PINGONE_CLIENT_SECRET, "pingone", &self.pingone_client_secret),
             (ENV_ENTRA_TENANT_ID, "entra", &self.entra_tenant_id),
             (ENV_ENTRA_CLIENT_ID, "entra", &self.entra_client_id),
             (ENV_ENTRA_CLIENT_SECRET, "entra", &self.entra_client_secret),
             (ENV_GITHUB_CLIENT_ID, "github", &self.github_client_id),
-            (
-                ENV_GITHUB_CLIENT_SECRET,
-                "github",
-                &self.github_client_secret,
-            ),
+            (ENV_GITHUB_CLIENT_SECRET, "github", &self.github_client_secret),
         ]
     }
 
@@ -387,18 +354,13 @@ impl UpstreamArgs {
             {
                 return Err(ConfigError::new(
                     ENV_UPSTREAM,
-                    format!(
-                        "is 'static' but {setting} is set: choose {ENV_UPSTREAM}={other}, or unset {setting}"
-                    ),
+                    format!("is 'static' but {setting} is set: choose {ENV_UPSTREAM}={other}, or unset {setting}"),
                 ));
             }
-            return Ok(Upstream::Static(StaticUsers::load(
-                &self.static_users_file,
-            )?));
+            return Ok(Upstream::Static(StaticUsers::load(&self.static_users_file)?));
         }
-        let token_http = TokenHttp::new().map_err(|e| {
-            ConfigError::new(ENV_UPSTREAM, format!("cannot create the http client ({e})"))
-        })?;
+        let token_http = TokenHttp::new()
+            .map_err(|e| ConfigError::new(ENV_UPSTREAM, format!("cannot create the http client ({e})")))?;
         if kind == "github" {
             let creds = credentials(
                 &kind,
@@ -412,9 +374,7 @@ impl UpstreamArgs {
             return Ok(Upstream::GitHub(provider));
         }
         let settings = self.oidc_settings(&kind)?;
-        Ok(Upstream::Oidc(OidcProvider::new(
-            settings, http, token_http,
-        )))
+        Ok(Upstream::Oidc(OidcProvider::new(settings, http, token_http)))
     }
 
     fn oidc_settings(&self, kind: &str) -> Result<OidcSettings, ConfigError> {
@@ -427,10 +387,7 @@ impl UpstreamArgs {
         let default_scopes = || scopes(DEFAULT_OIDC_SCOPES);
         Ok(match kind {
             "oidc" => {
-                let issuer = issuer(
-                    ENV_OIDC_ISSUER,
-                    required(ENV_OIDC_ISSUER, &self.oidc_issuer, kind)?,
-                )?;
+                let issuer = issuer(ENV_OIDC_ISSUER, required(ENV_OIDC_ISSUER, &self.oidc_issuer, kind)?)?;
                 OidcSettings {
                     preset: Preset::Generic,
                     dialect: Dialect::Oidc,
@@ -454,10 +411,7 @@ impl UpstreamArgs {
                 let mut extra = Vec::new();
                 if let Some(resource) = present(&self.pingone_api_identifier) {
                     let url = Url::parse(resource).map_err(|e| {
-                        ConfigError::new(
-                            ENV_PINGONE_API_IDENTIFIER,
-                            format!("'{resource}' is not a url ({e})"),
-                        )
+                        ConfigError::new(ENV_PINGONE_API_IDENTIFIER, format!("'{resource}' is not a url ({e})"))
                     })?;
                     if url.fragment().is_some() {
                         return Err(ConfigError::new(
@@ -517,12 +471,10 @@ impl UpstreamArgs {
                     (ENV_ACCESS_CLIENT_ID, &self.access_client_id),
                     (ENV_ACCESS_CLIENT_SECRET, &self.access_client_secret),
                 )?;
-                let url = |setting, v| -> Result<Url, ConfigError> {
-                    endpoint_url(setting, required(setting, v, kind)?)
-                };
+                let url =
+                    |setting, v| -> Result<Url, ConfigError> { endpoint_url(setting, required(setting, v, kind)?) };
                 let token = url(ENV_ACCESS_TOKEN_URL, &self.access_token_url)?;
-                let authorization =
-                    url(ENV_ACCESS_AUTHORIZATION_URL, &self.access_authorization_url)?;
+                let authorization = url(ENV_ACCESS_AUTHORIZATION_URL, &self.access_authorization_url)?;
                 let jwks = url(ENV_ACCESS_JWKS_URL, &self.access_jwks_url)?;
                 // The team domain: all three on one origin, and the ID token's iss too.
                 let team = token.origin();
@@ -584,10 +536,7 @@ impl UpstreamArgs {
                         userinfo: None,
                         // WorkOS documents https://api.workos.com; some environments
                         // issue with the client-specific path.
-                        issuer: IssuerRule::Exact(vec![
-                            base.clone(),
-                            format!("{base}/user_management/{client_id}"),
-                        ]),
+                        issuer: IssuerRule::Exact(vec![base.clone(), format!("{base}/user_management/{client_id}")]),
                         auth: ClientAuth::Post,
                     })),
                     creds,
@@ -648,21 +597,12 @@ mod tests {
             (|a| a.upstream = "okta".into(), ENV_UPSTREAM),
             (|a| a.oidc_issuer = None, ENV_OIDC_ISSUER),
             (|a| a.oidc_issuer = some("  "), ENV_OIDC_ISSUER),
-            (
-                |a| a.oidc_issuer = some("http://id.example.com"),
-                ENV_OIDC_ISSUER,
-            ),
-            (
-                |a| a.oidc_issuer = some("https://id.example.com/?x=1"),
-                ENV_OIDC_ISSUER,
-            ),
+            (|a| a.oidc_issuer = some("http://id.example.com"), ENV_OIDC_ISSUER),
+            (|a| a.oidc_issuer = some("https://id.example.com/?x=1"), ENV_OIDC_ISSUER),
             (|a| a.oidc_client_id = None, ENV_OIDC_CLIENT_ID),
             (|a| a.oidc_client_secret = some(""), ENV_OIDC_CLIENT_SECRET),
             (|a| a.oidc_scopes = "email profile".into(), ENV_OIDC_SCOPES),
-            (
-                |a| a.oidc_permissions_claim = "a..b".into(),
-                ENV_OIDC_PERMISSIONS_CLAIM,
-            ),
+            (|a| a.oidc_permissions_claim = "a..b".into(), ENV_OIDC_PERMISSIONS_CLAIM),
             (
                 |a| {
                     *a = UpstreamArgs {
@@ -817,18 +757,14 @@ mod tests {
             mutate(&mut a);
             let e = err(a);
             assert_eq!(e.setting, setting, "case {i}: {e}");
-            assert!(
-                e.to_string().starts_with(&format!("invalid {setting}: ")),
-                "{e}"
-            );
+            assert!(e.to_string().starts_with(&format!("invalid {setting}: ")), "{e}");
         }
     }
 
     #[test]
     fn static_is_refused_while_another_provider_is_configured() {
         for mutate in [
-            (|a: &mut UpstreamArgs| a.oidc_issuer = some("https://id.example.com"))
-                as fn(&mut UpstreamArgs),
+            (|a: &mut UpstreamArgs| a.oidc_issuer = some("https://id.example.com")) as fn(&mut UpstreamArgs),
             |a| a.workos_client_id = some("client_1"),
             |a| a.github_client_secret = some("s"),
             |a| a.access_jwks_url = some("https://t.cloudflareaccess.com/j"),
@@ -883,10 +819,7 @@ mod tests {
             workos_client_secret: some("sk_test"),
             ..UpstreamArgs::default()
         };
-        assert_eq!(
-            workos.build(reqwest::Client::new()).unwrap().kind(),
-            "workos"
-        );
+        assert_eq!(workos.build(reqwest::Client::new()).unwrap().kind(), "workos");
         let pingone = UpstreamArgs {
             upstream: "pingone".into(),
             pingone_issuer: some("https://auth.pingone.com/4f7e/as"),
@@ -894,10 +827,7 @@ mod tests {
             pingone_client_secret: some("s"),
             ..UpstreamArgs::default()
         };
-        assert_eq!(
-            pingone.build(reqwest::Client::new()).unwrap().kind(),
-            "pingone"
-        );
+        assert_eq!(pingone.build(reqwest::Client::new()).unwrap().kind(), "pingone");
     }
 
     #[test]
@@ -908,10 +838,7 @@ mod tests {
             ..oidc()
         };
         let dbg = format!("{a:?}");
-        assert!(
-            !dbg.contains("TOPSECRET") && !dbg.contains("csecret"),
-            "{dbg}"
-        );
+        assert!(!dbg.contains("TOPSECRET") && !dbg.contains("csecret"), "{dbg}");
         assert!(dbg.contains("<redacted>"));
         let up = oidc().build(reqwest::Client::new()).unwrap();
         let dbg = format!("{up:?}");
@@ -952,11 +879,7 @@ mod tests {
             ("access_client_id", ENV_ACCESS_CLIENT_ID, false),
             ("access_client_secret", ENV_ACCESS_CLIENT_SECRET, true),
             ("access_token_url", ENV_ACCESS_TOKEN_URL, false),
-            (
-                "access_authorization_url",
-                ENV_ACCESS_AUTHORIZATION_URL,
-                false,
-            ),
+            ("access_authorization_url", ENV_ACCESS_AUTHORIZATION_URL, false),
             ("access_jwks_url", ENV_ACCESS_JWKS_URL, false),
             ("pingone_issuer", ENV_PINGONE_ISSUER, false),
             ("pingone_client_id", ENV_PINGONE_CLIENT_ID, false),
@@ -973,8 +896,7 @@ mod tests {
         for (id, env, hidden) in expected {
             assert_eq!(env_of(id), (Some(env.to_owned()), hidden), "{id}");
         }
-        let parsed =
-            Cli::try_parse_from(["x", "--upstream", "github", "--github-client-id", "c"]).unwrap();
+        let parsed = Cli::try_parse_from(["x", "--upstream", "github", "--github-client-id", "c"]).unwrap();
         assert_eq!(parsed.upstream.upstream, "github");
         assert_eq!(parsed.upstream.github_api_url, "https://api.github.com");
     }

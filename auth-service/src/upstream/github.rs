@@ -84,11 +84,7 @@ impl GitHubProvider {
         }
     }
 
-    pub async fn begin(
-        &self,
-        state: &str,
-        callback_url: &str,
-    ) -> Result<LoginStart, UpstreamError> {
+    pub async fn begin(&self, state: &str, callback_url: &str) -> Result<LoginStart, UpstreamError> {
         oauth::begin(
             &self.inner.creds,
             self.inner.authorize.as_str(),
@@ -121,18 +117,14 @@ impl GitHubProvider {
         let mut user = match self.api(&self.inner.user, &tokens.access_token).await? {
             Value::Object(u) => u,
             _ => {
-                return Err(UpstreamError::Invalid(
-                    "github user is not an object".into(),
-                ));
+                return Err(UpstreamError::Invalid("github user is not an object".into()));
             }
         };
         // The numeric id, never the login.
         let sub = match user.get("id") {
             Some(Value::Number(n)) if n.is_u64() => n.to_string(),
             _ => {
-                return Err(UpstreamError::Invalid(
-                    "github user has no numeric id".into(),
-                ));
+                return Err(UpstreamError::Invalid("github user has no numeric id".into()));
             }
         };
         let text = |v: Option<&Value>| {
@@ -167,9 +159,7 @@ impl GitHubProvider {
         get_json(&self.inner.http, url, Some(token), &API_HEADERS)
             .await
             .map_err(|e| match e {
-                GetError::Status(401) => {
-                    UpstreamError::Invalid("github refused the access token".into())
-                }
+                GetError::Status(401) => UpstreamError::Invalid("github refused the access token".into()),
                 e => e.into_upstream("github api"),
             })
     }
@@ -185,10 +175,7 @@ impl GitHubProvider {
             }
         };
         list.iter()
-            .find(|e| {
-                e.get("primary") == Some(&Value::Bool(true))
-                    && e.get("verified") == Some(&Value::Bool(true))
-            })
+            .find(|e| e.get("primary") == Some(&Value::Bool(true)) && e.get("verified") == Some(&Value::Bool(true)))
             .and_then(|e| e.get("email"))
             .and_then(Value::as_str)
             .map(str::to_owned)

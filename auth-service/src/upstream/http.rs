@@ -56,8 +56,7 @@ pub fn url_problem(url: &Url) -> Option<&'static str> {
 
 /// Parse and check a URL that came from the provider (discovery document).
 pub fn provider_url(what: &str, value: &str) -> Result<Url, UpstreamError> {
-    let url =
-        Url::parse(value).map_err(|_| UpstreamError::Invalid(format!("{what} is not a url")))?;
+    let url = Url::parse(value).map_err(|_| UpstreamError::Invalid(format!("{what} is not a url")))?;
     match url_problem(&url) {
         None => Ok(url),
         Some(p) => Err(UpstreamError::Invalid(format!("{what}: {p}"))),
@@ -86,10 +85,7 @@ fn reqwest_reason(e: &reqwest::Error) -> &'static str {
 
 /// Read a response body of at most [`MAX_RESPONSE_BYTES`].
 async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, &'static str> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
+    if resp.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
         return Err("response too large");
     }
     let mut body = Vec::new();
@@ -158,9 +154,7 @@ pub async fn get_json(
     if !status.is_success() {
         return Err(GetError::Status(status.as_u16()));
     }
-    let body = read_body(resp)
-        .await
-        .map_err(|r| GetError::Unavailable(r.to_owned()))?;
+    let body = read_body(resp).await.map_err(|r| GetError::Unavailable(r.to_owned()))?;
     serde_json::from_slice(&body).map_err(|_| GetError::NotJson)
 }
 
@@ -269,14 +263,7 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in [
-            "localhost",
-            "LOCALHOST",
-            "127.0.0.1",
-            "127.1.2.3",
-            "[::1]",
-            "::1",
-        ] {
+        for h in ["localhost", "LOCALHOST", "127.0.0.1", "127.1.2.3", "[::1]", "::1"] {
             assert!(is_loopback_host(h), "{h}");
         }
         for h in ["example.com", "10.0.0.1", "localhost.example.com", "[::2]"] {

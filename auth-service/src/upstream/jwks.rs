@@ -28,12 +28,7 @@ pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const LEEWAY_SECS: u64 = 60;
 /// The algorithms an upstream token may be signed with.
-pub const ALLOWED_ALGORITHMS: [Algorithm; 4] = [
-    Algorithm::RS256,
-    Algorithm::PS256,
-    Algorithm::ES256,
-    Algorithm::EdDSA,
-];
+pub const ALLOWED_ALGORITHMS: [Algorithm; 4] = [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::EdDSA];
 
 #[derive(Default)]
 struct KeySet {
@@ -49,8 +44,7 @@ impl KeySet {
         self.url.as_ref() == Some(url) && self.fetched_at.is_some_and(|t| t.elapsed() < JWKS_TTL)
     }
     fn may_refetch(&self, min_interval: Duration) -> bool {
-        self.attempted_at
-            .is_none_or(|t| t.elapsed() >= min_interval)
+        self.attempted_at.is_none_or(|t| t.elapsed() >= min_interval)
     }
 }
 
@@ -84,12 +78,7 @@ impl JwksCache {
     }
 
     /// The key for a token with header `kid`/`alg`, fetching when needed.
-    async fn key_for(
-        &self,
-        url: &Url,
-        kid: Option<&str>,
-        alg: Algorithm,
-    ) -> Result<Option<Arc<Jwk>>, UpstreamError> {
+    async fn key_for(&self, url: &Url, kid: Option<&str>, alg: Algorithm) -> Result<Option<Arc<Jwk>>, UpstreamError> {
         {
             let state = self.state.read().await;
             if state.fresh_for(url) {
@@ -114,13 +103,10 @@ impl JwksCache {
             let same_url = state.url.as_ref() == Some(url);
             // Someone fetched while we waited, or we fetched too recently.
             if same_url
-                && (state.attempted_at.is_some_and(|t| t >= waited_since)
-                    || !state.may_refetch(self.min_refetch))
+                && (state.attempted_at.is_some_and(|t| t >= waited_since) || !state.may_refetch(self.min_refetch))
             {
                 return if state.keys.is_empty() {
-                    Err(UpstreamError::Unavailable(
-                        "signing keys unavailable".into(),
-                    ))
+                    Err(UpstreamError::Unavailable("signing keys unavailable".into()))
                 } else {
                     Ok(())
                 };
@@ -144,10 +130,7 @@ impl JwksCache {
             }
             Ok(None) => {
                 tracing::warn!(jwks = %redacted(url), "provider jwks is not a key set");
-                keep_or(
-                    &state,
-                    UpstreamError::Invalid("jwks is not a key set".into()),
-                )
+                keep_or(&state, UpstreamError::Invalid("jwks is not a key set".into()))
             }
             Err(e) => {
                 let err = e.into_upstream("jwks");
@@ -175,17 +158,14 @@ impl JwksCache {
         let jwk = self
             .key_for(jwks_url, header.kid.as_deref(), header.alg)
             .await?
-            .ok_or_else(|| {
-                UpstreamError::Invalid(format!("{} is signed with an unknown key", expect.what))
-            })?;
+            .ok_or_else(|| UpstreamError::Invalid(format!("{} is signed with an unknown key", expect.what)))?;
         if !key_fits(&jwk, header.alg) {
             return Err(UpstreamError::Invalid(format!(
                 "{} algorithm does not fit its key",
                 expect.what
             )));
         }
-        let key = DecodingKey::from_jwk(&jwk)
-            .map_err(|_| UpstreamError::Invalid("provider key is unusable".into()))?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| UpstreamError::Invalid("provider key is unusable".into()))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
@@ -200,24 +180,23 @@ impl JwksCache {
         }
         // `aud` and `azp` are checked below, together.
         validation.validate_aud = false;
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
-                UpstreamError::Invalid(match e.kind() {
-                    ErrorKind::ExpiredSignature => format!("{} expired", expect.what),
-                    ErrorKind::ImmatureSignature => format!("{} not yet valid", expect.what),
-                    ErrorKind::InvalidIssuer => format!("{} has the wrong issuer", expect.what),
-                    ErrorKind::InvalidAudience => {
-                        format!("{} has the wrong audience", expect.what)
-                    }
-                    ErrorKind::InvalidSignature => {
-                        format!("{} has a bad signature", expect.what)
-                    }
-                    ErrorKind::MissingRequiredClaim(c) => {
-                        format!("{} lacks the {c} claim", expect.what)
-                    }
-                    _ => format!("{} is invalid", expect.what),
-                })
-            })?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+            UpstreamError::Invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => format!("{} expired", expect.what),
+                ErrorKind::ImmatureSignature => format!("{} not yet valid", expect.what),
+                ErrorKind::InvalidIssuer => format!("{} has the wrong issuer", expect.what),
+                ErrorKind::InvalidAudience => {
+                    format!("{} has the wrong audience", expect.what)
+                }
+                ErrorKind::InvalidSignature => {
+                    format!("{} has a bad signature", expect.what)
+                }
+                ErrorKind::MissingRequiredClaim(c) => {
+                    format!("{} lacks the {c} claim", expect.what)
+                }
+                _ => format!("{} is invalid", expect.what),
+            })
+        })?;
         let claims = data.claims;
         check_claims(&claims, expect)?;
         Ok(claims)
@@ -225,11 +204,7 @@ impl JwksCache {
 }
 
 fn keep_or(state: &KeySet, err: UpstreamError) -> Result<(), UpstreamError> {
-    if state.keys.is_empty() {
-        Err(err)
-    } else {
-        Ok(())
-    }
+    if state.keys.is_empty() { Err(err) } else { Ok(()) }
 }
 
 /// How `iss` is checked.
@@ -315,9 +290,7 @@ fn parse_jwks(doc: &Value) -> Option<Vec<Arc<Jwk>>> {
     Some(
         keys.iter()
             .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
-            .filter(|k| {
-                !matches!(k.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature)
-            })
+            .filter(|k| !matches!(k.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature))
             .map(Arc::new)
             .collect(),
     )
@@ -328,12 +301,8 @@ fn parse_jwks(doc: &Value) -> Option<Vec<Arc<Jwk>>> {
 pub fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
     let type_fits = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => matches!(alg, Algorithm::RS256 | Algorithm::PS256),
-        AlgorithmParameters::EllipticCurve(p) => {
-            p.curve == EllipticCurve::P256 && alg == Algorithm::ES256
-        }
-        AlgorithmParameters::OctetKeyPair(p) => {
-            p.curve == EllipticCurve::Ed25519 && alg == Algorithm::EdDSA
-        }
+        AlgorithmParameters::EllipticCurve(p) => p.curve == EllipticCurve::P256 && alg == Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) => p.curve == EllipticCurve::Ed25519 && alg == Algorithm::EdDSA,
         _ => false,
     };
     type_fits
@@ -345,10 +314,7 @@ pub fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
 
 fn select(keys: &[Arc<Jwk>], kid: Option<&str>, alg: Algorithm) -> Option<Arc<Jwk>> {
     match kid {
-        Some(kid) => keys
-            .iter()
-            .find(|k| k.common.key_id.as_deref() == Some(kid))
-            .cloned(),
+        Some(kid) => keys.iter().find(|k| k.common.key_id.as_deref() == Some(kid)).cloned(),
         // Without a kid only an unambiguous key will do.
         None => {
             let mut fitting = keys.iter().filter(|k| key_fits(k, alg));

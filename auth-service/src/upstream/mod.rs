@@ -107,10 +107,7 @@ pub struct Completed {
 pub enum UpstreamError {
     /// The provider sent the user back with an error (e.g. `access_denied`).
     #[error("identity provider returned {error}")]
-    Denied {
-        error: String,
-        description: Option<String>,
-    },
+    Denied { error: String, description: Option<String> },
     /// The provider's answer failed a check (signature, iss, aud, nonce, exp, ...).
     #[error("identity provider response rejected: {0}")]
     Invalid(String),
@@ -169,11 +166,7 @@ impl Upstream {
     /// and, for OpenID providers, a fresh `nonce`. The returned secrets stay
     /// server-side until [`Upstream::complete`]. The static provider has no such
     /// redirect (`Unsupported`): the flow shows its own `/login` page.
-    pub async fn begin(
-        &self,
-        state: &str,
-        callback_url: &str,
-    ) -> Result<LoginStart, UpstreamError> {
+    pub async fn begin(&self, state: &str, callback_url: &str) -> Result<LoginStart, UpstreamError> {
         match self {
             Upstream::Static(_) => Err(UpstreamError::Unsupported),
             Upstream::Oidc(p) => p.begin(state, callback_url).await,
@@ -198,9 +191,7 @@ impl Upstream {
         if let (Upstream::Oidc(p), Some(iss)) = (self, &params.iss)
             && p.issuer().is_some_and(|ours| ours != iss)
         {
-            return Err(UpstreamError::Invalid(
-                "callback comes from another issuer".into(),
-            ));
+            return Err(UpstreamError::Invalid("callback comes from another issuer".into()));
         }
         params
             .code

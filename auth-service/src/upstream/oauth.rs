@@ -12,13 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use oauth2::basic::{
-    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
-    BasicTokenIntrospectionResponse,
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
 };
 use oauth2::{
-    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    EndpointNotSet, EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, StandardRevocableToken, TokenResponse, TokenType, TokenUrl,
+    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken,
+    TokenResponse, TokenType, TokenUrl,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -49,10 +48,7 @@ impl ClientAuth {
     /// (absent means `client_secret_basic`, OIDC Discovery §3).
     pub fn from_supported(supported: Option<&[String]>) -> Self {
         match supported {
-            Some(m)
-                if !m.iter().any(|m| m == "client_secret_basic")
-                    && m.iter().any(|m| m == "client_secret_post") =>
-            {
+            Some(m) if !m.iter().any(|m| m == "client_secret_basic") && m.iter().any(|m| m == "client_secret_post") => {
                 ClientAuth::Post
             }
             _ => ClientAuth::Basic,
@@ -260,9 +256,7 @@ pub async fn exchange_code(
     secrets: &LoginSecrets,
 ) -> Result<TokenBody, UpstreamError> {
     if code.is_empty() || code.len() > MAX_CODE_LEN {
-        return Err(UpstreamError::Invalid(
-            "authorization code is malformed".into(),
-        ));
+        return Err(UpstreamError::Invalid("authorization code is malformed".into()));
     }
     let verifier = secrets
         .pkce_verifier
@@ -311,10 +305,7 @@ enum Grant {
 /// Error codes that mean the grant (code or refresh token) is dead. GitHub says
 /// `bad_verification_code` / `bad_refresh_token` (with status 200).
 fn is_dead_grant(error: &str) -> bool {
-    matches!(
-        error,
-        "invalid_grant" | "bad_verification_code" | "bad_refresh_token"
-    )
+    matches!(error, "invalid_grant" | "bad_verification_code" | "bad_refresh_token")
 }
 
 /// A short, printable error code from the provider (never echo arbitrary text).
@@ -331,10 +322,7 @@ pub fn error_code(raw: &str) -> String {
     }
 }
 
-fn token_error(
-    err: RequestTokenError<TokenHttpError, BasicErrorResponse>,
-    grant: Grant,
-) -> UpstreamError {
+fn token_error(err: RequestTokenError<TokenHttpError, BasicErrorResponse>, grant: Grant) -> UpstreamError {
     let server_error = |code: &str| {
         let code = error_code(code);
         if grant == Grant::Refresh && is_dead_grant(&code) {
@@ -360,14 +348,10 @@ fn token_error(
             }
             match serde_json::from_slice::<ErrorBody>(&body) {
                 Ok(e) => server_error(&e.error),
-                Err(_) => {
-                    UpstreamError::Invalid("token endpoint answer is not a token response".into())
-                }
+                Err(_) => UpstreamError::Invalid("token endpoint answer is not a token response".into()),
             }
         }
-        RequestTokenError::Other(_) => {
-            UpstreamError::Unavailable("token endpoint answered unexpectedly".into())
-        }
+        RequestTokenError::Other(_) => UpstreamError::Unavailable("token endpoint answered unexpectedly".into()),
     }
 }
 
@@ -405,8 +389,7 @@ mod tests {
         let t = upstream_tokens(&b, Some("old"));
         assert_eq!(t.refresh_token.as_deref(), Some("RT-secret"));
         let b: TokenBody =
-            serde_json::from_str(r#"{"access_token":"a","token_type":"bearer","expires_in":60}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"access_token":"a","token_type":"bearer","expires_in":60}"#).unwrap();
         let t = upstream_tokens(&b, Some("old"));
         assert_eq!(t.refresh_token.as_deref(), Some("old"));
         assert_eq!(t.token_type, "bearer");
@@ -470,8 +453,7 @@ mod tests {
         assert_eq!(q["resource"], "https://api.example.com");
         assert_eq!(Some(&q["nonce"]), start.secrets.nonce.as_ref());
         let verifier = start.secrets.pkce_verifier.unwrap();
-        let expected =
-            PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier));
+        let expected = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier));
         assert_eq!(&q["code_challenge"], expected.as_str());
     }
 }

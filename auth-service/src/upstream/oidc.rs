@@ -142,11 +142,7 @@ struct Discovery {
 }
 
 impl OidcProvider {
-    pub(crate) fn new(
-        settings: OidcSettings,
-        http: reqwest::Client,
-        token_http: TokenHttp,
-    ) -> Self {
+    pub(crate) fn new(settings: OidcSettings, http: reqwest::Client, token_http: TokenHttp) -> Self {
         let token_http = match settings.dialect {
             Dialect::WorkOs => token_http.with_json_body(),
             Dialect::Oidc => token_http,
@@ -221,21 +217,15 @@ impl OidcProvider {
     async fn discover(&self, issuer: &str) -> Result<Resolved, UpstreamError> {
         let url = provider_url(
             "discovery url",
-            &format!(
-                "{}/.well-known/openid-configuration",
-                issuer.trim_end_matches('/')
-            ),
+            &format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')),
         )?;
         let doc = get_json(&self.inner.http, &url, None, &[])
             .await
             .map_err(|e| e.into_upstream("discovery"))?;
-        let d: Discovery = serde_json::from_value(doc).map_err(|_| {
-            UpstreamError::Invalid("discovery document lacks required fields".into())
-        })?;
+        let d: Discovery = serde_json::from_value(doc)
+            .map_err(|_| UpstreamError::Invalid("discovery document lacks required fields".into()))?;
         if d.issuer != issuer {
-            return Err(UpstreamError::Invalid(
-                "discovery document names another issuer".into(),
-            ));
+            return Err(UpstreamError::Invalid("discovery document names another issuer".into()));
         }
         let resolved = Resolved {
             authorization: provider_url("authorization_endpoint", &d.authorization_endpoint)?,
@@ -246,9 +236,11 @@ impl OidcProvider {
                 None => None,
             },
             issuer: IssuerRule::Exact(vec![issuer.to_owned()]),
-            auth: self.inner.settings.auth.unwrap_or_else(|| {
-                ClientAuth::from_supported(d.token_endpoint_auth_methods_supported.as_deref())
-            }),
+            auth: self
+                .inner
+                .settings
+                .auth
+                .unwrap_or_else(|| ClientAuth::from_supported(d.token_endpoint_auth_methods_supported.as_deref())),
         };
         tracing::info!(issuer, token_endpoint = %redacted(&resolved.token), "discovered identity provider");
         Ok(resolved)
@@ -262,11 +254,7 @@ impl OidcProvider {
         }
     }
 
-    pub async fn begin(
-        &self,
-        state: &str,
-        callback_url: &str,
-    ) -> Result<LoginStart, UpstreamError> {
+    pub async fn begin(&self, state: &str, callback_url: &str) -> Result<LoginStart, UpstreamError> {
         let r = self.resolve().await?;
         let s = &self.inner.settings;
         oauth::begin(
@@ -306,9 +294,10 @@ impl OidcProvider {
                     .nonce
                     .as_deref()
                     .ok_or_else(|| UpstreamError::Invalid("login has no nonce".into()))?;
-                let id_token = body.id_token.as_deref().ok_or_else(|| {
-                    UpstreamError::Invalid("token response has no id_token".into())
-                })?;
+                let id_token = body
+                    .id_token
+                    .as_deref()
+                    .ok_or_else(|| UpstreamError::Invalid("token response has no id_token".into()))?;
                 let expect = Expect {
                     what: "id token",
                     issuer: r.issuer.clone(),
@@ -321,8 +310,7 @@ impl OidcProvider {
                 if !claims.contains_key("email")
                     && let Some(url) = &r.userinfo
                 {
-                    self.merge_userinfo(url, &tokens.access_token, &mut claims)
-                        .await?;
+                    self.merge_userinfo(url, &tokens.access_token, &mut claims).await?;
                 }
                 (claims::identity(&claims, &s.mapping)?, claims)
             }
@@ -353,9 +341,7 @@ impl OidcProvider {
             }
         };
         if info.get("sub") != claims.get("sub") {
-            return Err(UpstreamError::Invalid(
-                "userinfo is about another subject".into(),
-            ));
+            return Err(UpstreamError::Invalid("userinfo is about another subject".into()));
         }
         for (k, v) in info {
             claims.entry(k).or_insert(v);
@@ -385,13 +371,9 @@ impl OidcProvider {
             .await?;
         let user = body.user.as_ref().and_then(Value::as_object);
         if let Some(user) = user
-            && user
-                .get("id")
-                .is_some_and(|id| Some(id) != claims.get("sub"))
+            && user.get("id").is_some_and(|id| Some(id) != claims.get("sub"))
         {
-            return Err(UpstreamError::Invalid(
-                "access token and user object disagree".into(),
-            ));
+            return Err(UpstreamError::Invalid("access token and user object disagree".into()));
         }
         let mut view = claims.clone();
         if let Some(user) = user {
@@ -403,12 +385,8 @@ impl OidcProvider {
                 view.insert("email_verified".into(), v);
             }
             let name = claims::join_name(
-                user.get("first_name")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                user.get("last_name")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
+                user.get("first_name").and_then(Value::as_str).map(str::to_owned),
+                user.get("last_name").and_then(Value::as_str).map(str::to_owned),
             );
             if let Some(n) = name {
                 view.entry("name").or_insert(Value::String(n));

@@ -83,10 +83,7 @@ impl std::fmt::Debug for StaticUsers {
 }
 
 fn config_error(path: &Path, reason: impl std::fmt::Display) -> ConfigError {
-    ConfigError::new(
-        ENV_STATIC_USERS_FILE,
-        format!("{}: {reason}", path.display()),
-    )
+    ConfigError::new(ENV_STATIC_USERS_FILE, format!("{}: {reason}", path.display()))
 }
 
 fn random_salt() -> Result<SaltString, argon2::password_hash::Error> {
@@ -144,8 +141,8 @@ impl StaticUsers {
 
     /// Check a users document; `path` is only for messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: UsersFile = serde_json::from_str(text)
-            .map_err(|e| config_error(path, format!("not a users file ({e})")))?;
+        let file: UsersFile =
+            serde_json::from_str(text).map_err(|e| config_error(path, format!("not a users file ({e})")))?;
         let mut users = HashMap::new();
         let mut seen_names = HashSet::new();
         let mut seen_subs = HashSet::new();
@@ -246,11 +243,7 @@ impl StaticUsers {
         let too_long = password.len() > MAX_PASSWORD_BYTES;
         let input = if too_long { "" } else { password };
         let ok = PasswordHash::new(phc)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(input.as_bytes(), &h)
-                    .is_ok()
-            })
+            .map(|h| Argon2::default().verify_password(input.as_bytes(), &h).is_ok())
             .unwrap_or(false);
         match user {
             Some(u) if ok && !too_long => Some(u.identity.clone()),

@@ -196,16 +196,12 @@ impl TestIdp {
             origin,
         });
         let data = idp.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(serve))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(serve)))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .unwrap()
+            .run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
         TestIdp { idp, handle }
@@ -266,12 +262,8 @@ async fn serve(req: HttpRequest, body: web::Bytes, idp: web::Data<Idp>) -> HttpR
                 {"email": "octocat@example.com", "primary": true, "verified": true}
             ]),
         ),
-        ("GET", "/user" | "/user/emails") => {
-            json_response(401, &json!({"message": "Bad credentials"}))
-        }
-        ("POST", "/token" | "/user_management/authenticate" | "/login/oauth/access_token") => {
-            token(&req, &body, &idp)
-        }
+        ("GET", "/user" | "/user/emails") => json_response(401, &json!({"message": "Bad credentials"})),
+        ("POST", "/token" | "/user_management/authenticate" | "/login/oauth/access_token") => token(&req, &body, &idp),
         _ => HttpResponse::NotFound().finish(),
     }
 }
@@ -281,12 +273,7 @@ fn s256(verifier: &str) -> String {
 }
 
 fn token(req: &HttpRequest, body: &[u8], idp: &Idp) -> HttpResponse {
-    let header = |n: &str| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let content_type = header("content-type");
     let params: HashMap<String, String> = if content_type.as_deref() == Some("application/json") {
         serde_json::from_slice(body).unwrap()
@@ -308,20 +295,14 @@ fn token(req: &HttpRequest, body: &[u8], idp: &Idp) -> HttpResponse {
         return json_response(status, &body);
     }
     // Client authentication: Basic or in the body.
-    let (cid, secret) = match authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Basic "))
-    {
+    let (cid, secret) = match authorization.as_deref().and_then(|a| a.strip_prefix("Basic ")) {
         Some(b) => {
             let decoded = base64::engine::general_purpose::STANDARD.decode(b).unwrap();
             let decoded = String::from_utf8(decoded).unwrap();
             let (id, secret) = decoded.split_once(':').unwrap();
             (Some(id.to_owned()), Some(secret.to_owned()))
         }
-        None => (
-            params.get("client_id").cloned(),
-            params.get("client_secret").cloned(),
-        ),
+        None => (params.get("client_id").cloned(), params.get("client_secret").cloned()),
     };
     if cid.as_deref() != Some(CLIENT_ID) || secret.as_deref() != Some(CLIENT_SECRET) {
         return json_response(401, &json!({"error": "invalid_client"}));
@@ -339,8 +320,7 @@ fn token(req: &HttpRequest, body: &[u8], idp: &Idp) -> HttpResponse {
             if p("refresh_token") != "rt-1" {
                 return bad_grant("bad_refresh_token");
             }
-            let mut resp =
-                json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 600});
+            let mut resp = json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 600});
             if i.rotate_refresh {
                 resp["refresh_token"] = json!("rt-2");
             }
@@ -409,11 +389,7 @@ fn token(req: &HttpRequest, body: &[u8], idp: &Idp) -> HttpResponse {
 }
 
 fn query(url: &str) -> HashMap<String, String> {
-    reqwest::Url::parse(url)
-        .unwrap()
-        .query_pairs()
-        .into_owned()
-        .collect()
+    reqwest::Url::parse(url).unwrap().query_pairs().into_owned().collect()
 }
 
 fn oidc_args(idp: &Idp) -> UpstreamArgs {
@@ -456,11 +432,7 @@ async fn oidc_good_login() {
     assert_eq!(up.kind(), "oidc");
     let start = up.begin("st", CALLBACK).await.unwrap();
     let q = query(&start.redirect_to);
-    assert!(
-        start
-            .redirect_to
-            .starts_with(&format!("{}/authorize?", idp.origin))
-    );
+    assert!(start.redirect_to.starts_with(&format!("{}/authorize?", idp.origin)));
     assert_eq!(q["client_id"], CLIENT_ID);
     assert_eq!(q["response_type"], "code");
     assert_eq!(q["scope"], "openid email profile");
@@ -505,10 +477,7 @@ async fn oidc_calls_userinfo_when_email_is_missing() {
     idp.with(|i| i.userinfo = Some(json!({"sub": "user-1", "email": "ada@userinfo.example.com"})));
     let up = build(oidc_args(&idp));
     let done = login(&up, &idp).await.unwrap();
-    assert_eq!(
-        done.identity.email.as_deref(),
-        Some("ada@userinfo.example.com")
-    );
+    assert_eq!(done.identity.email.as_deref(), Some("ada@userinfo.example.com"));
     assert_eq!(idp.hits("/userinfo"), 1);
     // Userinfo about someone else is refused.
     idp.with(|i| i.userinfo = Some(json!({"sub": "mallory", "email": "m@example.com"})));
@@ -708,10 +677,7 @@ async fn callback_error_access_denied_is_denied() {
         iss: Some("https://evil.example.com".into()),
         ..CallbackParams::default()
     };
-    assert!(matches!(
-        up.callback_code(&params),
-        Err(UpstreamError::Invalid(_))
-    ));
+    assert!(matches!(up.callback_code(&params), Err(UpstreamError::Invalid(_))));
     let params = CallbackParams {
         code: Some("c".into()),
         iss: Some(idp.origin.clone()),
@@ -744,26 +710,12 @@ async fn refresh_keeps_or_rotates_the_refresh_token() {
 async fn refresh_invalid_grant_is_invalid_grant() {
     let idp = TestIdp::start().await;
     let up = build(oidc_args(&idp));
-    assert!(matches!(
-        up.refresh("revoked").await,
-        Err(UpstreamError::InvalidGrant)
-    ));
-    idp.with(|i| {
-        i.token_failure = Some((
-            400,
-            json!({"error": "invalid_grant", "error_description": "expired"}),
-        ))
-    });
-    assert!(matches!(
-        up.refresh("rt-1").await,
-        Err(UpstreamError::InvalidGrant)
-    ));
+    assert!(matches!(up.refresh("revoked").await, Err(UpstreamError::InvalidGrant)));
+    idp.with(|i| i.token_failure = Some((400, json!({"error": "invalid_grant", "error_description": "expired"}))));
+    assert!(matches!(up.refresh("rt-1").await, Err(UpstreamError::InvalidGrant)));
     // Other refusals are not a dead grant.
     idp.with(|i| i.token_failure = Some((401, json!({"error": "invalid_client"}))));
-    assert!(matches!(
-        up.refresh("rt-1").await,
-        Err(UpstreamError::Invalid(_))
-    ));
+    assert!(matches!(up.refresh("rt-1").await, Err(UpstreamError::Invalid(_))));
     idp.stop().await;
 }
 
@@ -779,10 +731,7 @@ async fn refresh_server_error_is_unavailable() {
     ] {
         idp.with(|i| i.token_failure = Some((status, body)));
         let r = up.refresh("rt-1").await;
-        assert!(
-            matches!(r, Err(UpstreamError::Unavailable(_))),
-            "{status}: {r:?}"
-        );
+        assert!(matches!(r, Err(UpstreamError::Unavailable(_))), "{status}: {r:?}");
     }
     idp.stop().await;
 }
@@ -790,10 +739,7 @@ async fn refresh_server_error_is_unavailable() {
 #[actix_web::test]
 async fn refresh_network_failure_is_unavailable() {
     // A port nobody listens on.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let base = format!("http://{closed}");
     let up = build(UpstreamArgs {
         upstream: "cloudflare-access".into(),
@@ -804,10 +750,7 @@ async fn refresh_network_failure_is_unavailable() {
         access_jwks_url: Some(format!("{base}/jwks")),
         ..UpstreamArgs::default()
     });
-    assert!(matches!(
-        up.refresh("rt-1").await,
-        Err(UpstreamError::Unavailable(_))
-    ));
+    assert!(matches!(up.refresh("rt-1").await, Err(UpstreamError::Unavailable(_))));
     // Discovery that cannot be reached makes begin unavailable too.
     let up = build(UpstreamArgs {
         upstream: "oidc".into(),
@@ -840,12 +783,7 @@ async fn client_secret_post_when_discovery_says_so() {
 #[actix_web::test]
 async fn pingone_sends_resource_and_uses_basic_auth() {
     let idp = TestIdp::start().await;
-    idp.with(|i| {
-        i.auth_methods = Some(vec![
-            "client_secret_basic".into(),
-            "client_secret_post".into(),
-        ])
-    });
+    idp.with(|i| i.auth_methods = Some(vec!["client_secret_basic".into(), "client_secret_post".into()]));
     let up = build(UpstreamArgs {
         upstream: "pingone".into(),
         pingone_issuer: Some(idp.origin.clone()),
@@ -856,10 +794,7 @@ async fn pingone_sends_resource_and_uses_basic_auth() {
     });
     assert_eq!(up.kind(), "pingone");
     let start = up.begin("st", CALLBACK).await.unwrap();
-    assert_eq!(
-        query(&start.redirect_to)["resource"],
-        "https://mcp.example.com/mcp"
-    );
+    assert_eq!(query(&start.redirect_to)["resource"], "https://mcp.example.com/mcp");
     let done = login(&up, &idp).await.unwrap();
     assert_eq!(done.identity.permissions, vec!["image_generation"]);
     let r = idp.last_request();
@@ -894,9 +829,7 @@ async fn cloudflare_access_login_without_discovery() {
     let r = idp.last_request();
     assert_eq!(r.params["client_secret"], CLIENT_SECRET);
     // An issuer on another domain is not the team's.
-    idp.patch(
-        json!({"iss": format!("https://evil.example.com/cdn-cgi/access/sso/oidc/{CLIENT_ID}")}),
-    );
+    idp.patch(json!({"iss": format!("https://evil.example.com/cdn-cgi/access/sso/oidc/{CLIENT_ID}")}));
     assert!(invalid(login(&up, &idp).await).contains("issuer"));
     idp.stop().await;
 }
@@ -947,10 +880,7 @@ async fn workos_permissions_come_from_the_access_token() {
     // Refresh goes to the same endpoint, as JSON.
     let t = up.refresh("rt-1").await.unwrap();
     assert_eq!(t.access_token, "at-2");
-    assert_eq!(
-        idp.last_request().content_type.as_deref(),
-        Some("application/json")
-    );
+    assert_eq!(idp.last_request().content_type.as_deref(), Some("application/json"));
     idp.stop().await;
 }
 
@@ -996,35 +926,22 @@ async fn github_errors_in_200_answers() {
     let start = up.begin("st", CALLBACK).await.unwrap();
     let r = up.complete("stale-code", CALLBACK, &start.secrets).await;
     assert!(invalid(r).contains("bad_verification_code"));
-    assert!(matches!(
-        up.refresh("stale").await,
-        Err(UpstreamError::InvalidGrant)
-    ));
+    assert!(matches!(up.refresh("stale").await, Err(UpstreamError::InvalidGrant)));
     idp.stop().await;
 }
 
 #[actix_web::test]
 async fn static_provider_has_no_redirect() {
     let up = build(UpstreamArgs {
-        static_users_file: concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/local/static-users.json"
-        )
-        .into(),
+        static_users_file: concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/static-users.json").into(),
         ..UpstreamArgs::default()
     });
     assert_eq!(up.kind(), "static");
     assert_eq!(up.static_users().map(StaticUsers::len), Some(2));
-    assert!(matches!(
-        up.begin("s", CALLBACK).await,
-        Err(UpstreamError::Unsupported)
-    ));
+    assert!(matches!(up.begin("s", CALLBACK).await, Err(UpstreamError::Unsupported)));
     assert!(matches!(
         up.complete("c", CALLBACK, &LoginSecrets::default()).await,
         Err(UpstreamError::Unsupported)
     ));
-    assert!(matches!(
-        up.refresh("r").await,
-        Err(UpstreamError::Unsupported)
-    ));
+    assert!(matches!(up.refresh("r").await, Err(UpstreamError::Unsupported)));
 }

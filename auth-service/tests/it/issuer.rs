@@ -77,8 +77,7 @@ impl Running {
             AuthConfig {
                 allowed_issuers: vec![self.issuer.clone()],
                 resource: RESOURCE.into(),
-                resource_metadata_url:
-                    "http://localhost:8788/.well-known/oauth-protected-resource/mcp".into(),
+                resource_metadata_url: "http://localhost:8788/.well-known/oauth-protected-resource/mcp".into(),
                 jwks_cache_ttl: Duration::from_secs(60),
                 required_scopes: vec![],
                 authorization_servers: vec![],
@@ -136,11 +135,7 @@ async fn discovery_jwks_and_minted_tokens_verify() {
     let jwks: JwkSet = serde_json::from_value(jwks_value.clone()).unwrap();
     let jwk = &jwks.keys[0];
     let kid = jwk.common.key_id.clone().unwrap();
-    assert_eq!(
-        kid,
-        jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
-            .unwrap()
-    );
+    assert_eq!(kid, jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256).unwrap());
 
     // A minted token verifies with plain jsonwebtoken against the served JWKS.
     let token = svc.mint(|_| {});
@@ -162,10 +157,7 @@ async fn discovery_jwks_and_minted_tokens_verify() {
 
     // And the gateway's validator accepts it, fetching discovery + JWKS over HTTP.
     let validator = svc.validator();
-    let p = validator
-        .validate(Some(&format!("Bearer {token}")))
-        .await
-        .unwrap();
+    let p = validator.validate(Some(&format!("Bearer {token}"))).await.unwrap();
     assert_eq!(p.iss, svc.issuer);
     assert_eq!(p.sub, "alice");
     assert_eq!(p.email.as_deref(), Some("alice@example.com"));
@@ -216,11 +208,7 @@ async fn discovery_jwks_and_minted_tokens_verify() {
 async fn admin_endpoints_count_requests_by_route_and_drain() {
     let svc = Running::start().await;
     let client = reqwest::Client::new();
-    let ok = client
-        .get(format!("{}/healthz", svc.admin))
-        .send()
-        .await
-        .unwrap();
+    let ok = client.get(format!("{}/healthz", svc.admin)).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(
         client
@@ -256,10 +244,7 @@ async fn admin_endpoints_count_requests_by_route_and_drain() {
         metrics.contains(r#"auth_http_requests_total{route="unmatched",status="404"} 1"#),
         "{metrics}"
     );
-    assert!(
-        !metrics.contains("/no/such"),
-        "raw paths must not be labels"
-    );
+    assert!(!metrics.contains("/no/such"), "raw paths must not be labels");
 
     let public = svc.issuer.clone();
     svc.stop().await;

@@ -7,7 +7,12 @@ use crate::oauth_kit::{ALICE, BOB, Browser, OAuthServer, Pkce, Resp, TestClient,
 const STATE: &str = "s-42";
 
 /// GET /authorize for `client` with the normal parameters edited by `edit`.
-async fn authorize(srv: &OAuthServer, browser: &mut Browser, client: &TestClient, edit: impl FnOnce(&mut Vec<(String, String)>)) -> Resp {
+async fn authorize(
+    srv: &OAuthServer,
+    browser: &mut Browser,
+    client: &TestClient,
+    edit: impl FnOnce(&mut Vec<(String, String)>),
+) -> Resp {
     let mut params = srv.auth_params(client, &Pkce::new(), STATE);
     edit(&mut params);
     browser.get(&srv.authorize_url(&params)).await
@@ -21,7 +26,10 @@ async fn authorize_unknown_client_is_shown_not_redirected() {
         let srv = OAuthServer::start().await;
         let client = srv.register_public().await;
         let mut b = Browser::new();
-        let r = authorize(&srv, &mut b, &client, |p| set(p, "client_id", "c_00000000000000000000000000000000")).await;
+        let r = authorize(&srv, &mut b, &client, |p| {
+            set(p, "client_id", "c_00000000000000000000000000000000")
+        })
+        .await;
         r.assert_shown(400);
         let r = authorize(&srv, &mut b, &client, |p| set(p, "client_id", "nobody")).await;
         r.assert_shown(400);
@@ -36,7 +44,11 @@ async fn authorize_unregistered_redirect_uri_is_shown_not_redirected() {
         let srv = OAuthServer::start().await;
         let client = srv.register_public().await;
         let mut b = Browser::new();
-        for evil in ["https://evil.example/callback", "http://127.0.0.1:33418/other", "http://127.0.0.1:33418/callback#x"] {
+        for evil in [
+            "https://evil.example/callback",
+            "http://127.0.0.1:33418/other",
+            "http://127.0.0.1:33418/callback#x",
+        ] {
             let r = authorize(&srv, &mut b, &client, |p| set(p, "redirect_uri", evil)).await;
             r.assert_shown(400);
             assert!(!r.body.contains("evil.example"), "{}", r.body);
@@ -54,7 +66,10 @@ async fn authorize_duplicate_parameter_is_shown_not_redirected() {
         let mut b = Browser::new();
         let r = authorize(&srv, &mut b, &client, |p| p.push(("state".into(), "second".into()))).await;
         r.assert_shown(400);
-        let r = authorize(&srv, &mut b, &client, |p| p.push(("redirect_uri".into(), "https://evil.example/cb".into()))).await;
+        let r = authorize(&srv, &mut b, &client, |p| {
+            p.push(("redirect_uri".into(), "https://evil.example/cb".into()))
+        })
+        .await;
         r.assert_shown(400);
         srv.stop().await;
     })
@@ -80,14 +95,23 @@ async fn authorize_loopback_redirect_with_another_port_is_accepted() {
         let to_login = srv.consent(&mut b, &page, "approve").await;
         let done = srv.login(&mut b, &to_login, ALICE).await;
         assert_eq!(done.status, 302, "{}", done.body);
-        assert!(done.location().unwrap().starts_with(&format!("{other}?")), "{:?}", done.location());
+        assert!(
+            done.location().unwrap().starts_with(&format!("{other}?")),
+            "{:?}",
+            done.location()
+        );
         // The code is bound to the redirect URI actually used.
         let code = done.redirect_params()["code"].clone();
         let r = srv
             .client_post(
                 "/token",
                 &client,
-                &[("grant_type", "authorization_code"), ("code", &code), ("code_verifier", &pkce.verifier), ("redirect_uri", other)],
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("code_verifier", &pkce.verifier),
+                    ("redirect_uri", other),
+                ],
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -114,12 +138,20 @@ async fn authorize_without_code_challenge_redirects_invalid_request() {
 
 #[actix_web::test]
 async fn authorize_with_plain_pkce_redirects_invalid_request() {
-    bounded(redirected(|p| set(p, "code_challenge_method", "plain"), "invalid_request")).await;
+    bounded(redirected(
+        |p| set(p, "code_challenge_method", "plain"),
+        "invalid_request",
+    ))
+    .await;
 }
 
 #[actix_web::test]
 async fn authorize_with_another_resource_redirects_invalid_target() {
-    bounded(redirected(|p| set(p, "resource", "http://localhost:8788/other"), "invalid_target")).await;
+    bounded(redirected(
+        |p| set(p, "resource", "http://localhost:8788/other"),
+        "invalid_target",
+    ))
+    .await;
 }
 
 #[actix_web::test]
@@ -129,7 +161,11 @@ async fn authorize_with_unknown_scope_redirects_invalid_scope() {
 
 #[actix_web::test]
 async fn authorize_implicit_flow_redirects_unsupported_response_type() {
-    bounded(redirected(|p| set(p, "response_type", "token"), "unsupported_response_type")).await;
+    bounded(redirected(
+        |p| set(p, "response_type", "token"),
+        "unsupported_response_type",
+    ))
+    .await;
 }
 
 // --- POST /consent --------------------------------------------------------------------
@@ -150,7 +186,9 @@ async fn consent_without_csrf_is_forbidden() {
         let srv = OAuthServer::start().await;
         let client = srv.register_public().await;
         let (mut b, tx, _) = at_consent(&srv, &client).await;
-        let r = b.post_form(&srv.url("/consent"), &[("tx", &tx), ("action", "approve")]).await;
+        let r = b
+            .post_form(&srv.url("/consent"), &[("tx", &tx), ("action", "approve")])
+            .await;
         r.assert_shown(403);
         srv.stop().await;
     })
@@ -164,7 +202,12 @@ async fn consent_with_wrong_csrf_is_forbidden() {
         let client = srv.register_public().await;
         let (mut b, tx, csrf) = at_consent(&srv, &client).await;
         let wrong = "W".repeat(csrf.len());
-        let r = b.post_form(&srv.url("/consent"), &[("tx", &tx), ("csrf", &wrong), ("action", "approve")]).await;
+        let r = b
+            .post_form(
+                &srv.url("/consent"),
+                &[("tx", &tx), ("csrf", &wrong), ("action", "approve")],
+            )
+            .await;
         r.assert_shown(403);
         srv.stop().await;
     })
@@ -198,9 +241,16 @@ async fn consent_for_an_unknown_login_is_a_bad_request() {
         let client = srv.register_public().await;
         let (mut b, _, csrf) = at_consent(&srv, &client).await;
         let unknown = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        let r = b.post_form(&srv.url("/consent"), &[("tx", unknown), ("csrf", &csrf), ("action", "approve")]).await;
+        let r = b
+            .post_form(
+                &srv.url("/consent"),
+                &[("tx", unknown), ("csrf", &csrf), ("action", "approve")],
+            )
+            .await;
         r.assert_shown(400);
-        let r = b.post_form(&srv.url("/consent"), &[("csrf", &csrf), ("action", "approve")]).await;
+        let r = b
+            .post_form(&srv.url("/consent"), &[("csrf", &csrf), ("action", "approve")])
+            .await;
         r.assert_shown(400);
         srv.stop().await;
     })
@@ -213,10 +263,20 @@ async fn consent_deny_redirects_access_denied() {
         let srv = OAuthServer::start().await;
         let client = srv.register_public().await;
         let (mut b, tx, csrf) = at_consent(&srv, &client).await;
-        let r = b.post_form(&srv.url("/consent"), &[("tx", &tx), ("csrf", &csrf), ("action", "deny")]).await;
+        let r = b
+            .post_form(
+                &srv.url("/consent"),
+                &[("tx", &tx), ("csrf", &csrf), ("action", "deny")],
+            )
+            .await;
         r.assert_redirect_error(&client.redirect_uri, "access_denied", STATE, &srv.issuer);
         // The login is over: approving it afterwards does not work.
-        let r = b.post_form(&srv.url("/consent"), &[("tx", &tx), ("csrf", &csrf), ("action", "approve")]).await;
+        let r = b
+            .post_form(
+                &srv.url("/consent"),
+                &[("tx", &tx), ("csrf", &csrf), ("action", "approve")],
+            )
+            .await;
         r.assert_shown(400);
         srv.stop().await;
     })
@@ -304,7 +364,12 @@ async fn concurrent_wrong_passwords_still_count_towards_the_limit() {
                 let mut b = Browser::new();
                 b.set_cookie("mcp_browser", &cookie);
                 let pw = format!("wrong-{i}");
-                b.post_form(&url, &[("tx", &tx), ("csrf", &csrf), ("username", "alice"), ("password", &pw)]).await.status
+                b.post_form(
+                    &url,
+                    &[("tx", &tx), ("csrf", &csrf), ("username", "alice"), ("password", &pw)],
+                )
+                .await
+                .status
             });
         }
         let mut statuses = Vec::new();
@@ -336,7 +401,11 @@ async fn an_approved_client_skips_the_consent_page() {
 
         let r = authorize(&srv, &mut b, &client, |_| {}).await;
         assert_eq!(r.status, 302, "consent is skipped: {}", r.body);
-        assert!(r.location().unwrap().starts_with(&srv.url("/login?tx=")), "{:?}", r.location());
+        assert!(
+            r.location().unwrap().starts_with(&srv.url("/login?tx=")),
+            "{:?}",
+            r.location()
+        );
         let done = srv.login(&mut b, &r, ALICE).await;
         assert_eq!(done.status, 302, "{}", done.body);
         assert!(done.redirect_params().contains_key("code"));
@@ -366,7 +435,11 @@ async fn an_approval_remembered_for_another_user_asks_again_after_login() {
         let page = srv.login(&mut b, &r, BOB).await;
         assert_eq!(page.status, 200, "Bob is asked himself: {:?}", page.location());
         assert!(page.body.contains("id=\"consent\""), "{}", page.body);
-        assert!(page.body.contains("<strong id=\"user\">bob@example.com</strong>"), "{}", page.body);
+        assert!(
+            page.body.contains("<strong id=\"user\">bob@example.com</strong>"),
+            "{}",
+            page.body
+        );
         let done = srv.consent(&mut b, &page, "approve").await;
         assert_eq!(done.status, 302, "{}", done.body);
         let p = done.redirect_params();
@@ -376,7 +449,11 @@ async fn an_approval_remembered_for_another_user_asks_again_after_login() {
             .client_post(
                 "/token",
                 &client,
-                &[("grant_type", "authorization_code"), ("code", &p["code"]), ("code_verifier", &pkce.verifier)],
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &p["code"]),
+                    ("code_verifier", &pkce.verifier),
+                ],
             )
             .await;
         let claims = crate::oauth_kit::Tokens::from_resp(&r).claims();
@@ -408,7 +485,12 @@ async fn a_forged_approval_cookie_is_ignored() {
         let forged = format!("{}.{sig}", B64.encode(serde_json::to_vec(&payload).unwrap()));
         b.set_cookie("mcp_approved", &forged);
         let r = authorize(&srv, &mut b, &target, |_| {}).await;
-        assert_eq!(r.status, 200, "forged approval must not skip consent: {:?}", r.location());
+        assert_eq!(
+            r.status,
+            200,
+            "forged approval must not skip consent: {:?}",
+            r.location()
+        );
         assert!(r.body.contains("id=\"consent\""));
 
         // A flipped signature character on the real cookie.
@@ -417,7 +499,12 @@ async fn a_forged_approval_cookie_is_ignored() {
         chars[last] = if chars[last] == 'A' { 'B' } else { 'A' };
         b.set_cookie("mcp_approved", &chars.into_iter().collect::<String>());
         let r = authorize(&srv, &mut b, &approved, |_| {}).await;
-        assert_eq!(r.status, 200, "modified approval must not skip consent: {:?}", r.location());
+        assert_eq!(
+            r.status,
+            200,
+            "modified approval must not skip consent: {:?}",
+            r.location()
+        );
         srv.stop().await;
     })
     .await;

@@ -28,14 +28,18 @@ async fn confidential_client_gets_a_secret_and_a_wrong_one_is_refused() {
 
         let client = srv.register_confidential().await;
         let wrong = client.with_secret("not-the-secret");
-        let r = srv.client_post("/token", &wrong, &[("grant_type", "client_credentials")]).await;
+        let r = srv
+            .client_post("/token", &wrong, &[("grant_type", "client_credentials")])
+            .await;
         assert_error(&r, 401, "invalid_client");
         let challenge = r.header("www-authenticate").unwrap_or_default();
         assert!(challenge.starts_with("Basic"), "{challenge:?}");
         // No secret at all is refused the same way.
         let mut none = client.clone();
         none.method = "none".into();
-        let r = srv.client_post("/token", &none, &[("grant_type", "client_credentials")]).await;
+        let r = srv
+            .client_post("/token", &none, &[("grant_type", "client_credentials")])
+            .await;
         assert_error(&r, 401, "invalid_client");
         srv.stop().await;
     })
@@ -60,11 +64,19 @@ async fn registered_clients_never_get_client_credentials_tokens() {
         }
         // A registered confidential client asking for the grant anyway.
         let client = srv.register_confidential().await;
-        let r = srv.client_post("/token", &client, &[("grant_type", "client_credentials"), ("scope", "mcp")]).await;
+        let r = srv
+            .client_post(
+                "/token",
+                &client,
+                &[("grant_type", "client_credentials"), ("scope", "mcp")],
+            )
+            .await;
         assert_error(&r, 400, "unauthorized_client");
         assert!(!r.body.contains("access_token"), "{}", r.body);
         let public = srv.register_public().await;
-        let r = srv.client_post("/token", &public, &[("grant_type", "client_credentials")]).await;
+        let r = srv
+            .client_post("/token", &public, &[("grant_type", "client_credentials")])
+            .await;
         assert_error(&r, 400, "unauthorized_client");
         srv.stop().await;
     })
@@ -77,7 +89,13 @@ async fn operator_machine_clients_get_machine_tokens() {
         let (file, machines) = machine_clients(&[("m_nightly", false)]);
         let srv = OAuthServer::start_with(|a| a.machine_clients_file = Some(file)).await;
         let client = &machines[0];
-        let r = srv.client_post("/token", client, &[("grant_type", "client_credentials"), ("scope", "mcp")]).await;
+        let r = srv
+            .client_post(
+                "/token",
+                client,
+                &[("grant_type", "client_credentials"), ("scope", "mcp")],
+            )
+            .await;
         assert_eq!(r.header("cache-control"), Some("no-store"));
         let t = Tokens::from_resp(&r);
         assert!(t.refresh.is_none(), "no refresh token for client_credentials");
@@ -86,15 +104,27 @@ async fn operator_machine_clients_get_machine_tokens() {
         assert_eq!(claims["client_id"], client.client_id);
         assert_eq!(claims["aud"], RESOURCE);
         assert_eq!(claims["iss"], srv.issuer);
-        assert_eq!(claims[proto::auth::SUBJECT_KIND_CLAIM], proto::auth::SUBJECT_KIND_MACHINE);
+        assert_eq!(
+            claims[proto::auth::SUBJECT_KIND_CLAIM],
+            proto::auth::SUBJECT_KIND_MACHINE
+        );
         assert!(claims.get("gid").is_none(), "{claims}");
         // A wrong secret is invalid_client.
-        let r = srv.client_post("/token", &client.with_secret("nope"), &[("grant_type", "client_credentials")]).await;
+        let r = srv
+            .client_post(
+                "/token",
+                &client.with_secret("nope"),
+                &[("grant_type", "client_credentials")],
+            )
+            .await;
         assert_error(&r, 401, "invalid_client");
         // Users' tokens say they are users'.
         let user = srv.register_public().await;
         let t = srv.tokens(&user, ALICE).await;
-        assert_eq!(t.claims()[proto::auth::SUBJECT_KIND_CLAIM], proto::auth::SUBJECT_KIND_USER);
+        assert_eq!(
+            t.claims()[proto::auth::SUBJECT_KIND_CLAIM],
+            proto::auth::SUBJECT_KIND_USER
+        );
         srv.stop().await;
     })
     .await;
@@ -113,9 +143,15 @@ async fn introspection_is_only_for_configured_resource_servers() {
         for refused in [&registered, &machines[1]] {
             let r = srv.client_post("/introspect", refused, &[("token", &t.access)]).await;
             assert_error(&r, 401, "invalid_client");
-            assert!(!r.body.contains("alice") && !r.body.contains("\"active\""), "{}", r.body);
+            assert!(
+                !r.body.contains("alice") && !r.body.contains("\"active\""),
+                "{}",
+                r.body
+            );
         }
-        let r = srv.client_post("/introspect", &machines[0], &[("token", &t.access)]).await;
+        let r = srv
+            .client_post("/introspect", &machines[0], &[("token", &t.access)])
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["active"], true);
         srv.stop().await;
@@ -188,7 +224,13 @@ async fn revoking_the_refresh_token_revokes_the_grant() {
         let client = srv.register_public().await;
         let t = srv.tokens(&client, ALICE).await;
         let refresh = t.refresh.clone().unwrap();
-        let r = srv.client_post("/revoke", &client, &[("token", &refresh), ("token_type_hint", "refresh_token")]).await;
+        let r = srv
+            .client_post(
+                "/revoke",
+                &client,
+                &[("token", &refresh), ("token_type_hint", "refresh_token")],
+            )
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.header("cache-control"), Some("no-store"));
 
@@ -217,13 +259,23 @@ async fn revoking_an_access_token_writes_its_jti() {
         let key = proto::auth::revoked_token_key(&jti);
         assert!(srv.revocation(&key).await.is_none());
 
-        let r = srv.client_post("/revoke", &client, &[("token", &t.access), ("token_type_hint", "access_token")]).await;
+        let r = srv
+            .client_post(
+                "/revoke",
+                &client,
+                &[("token", &t.access), ("token_type_hint", "access_token")],
+            )
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         let rev = srv.revocation(&key).await.expect("token.<jti> revocation written");
         let exp = t.claims()["exp"].as_u64().unwrap();
         assert!(rev.until >= exp, "{rev:?}");
         // Only that token: the grant itself lives on.
-        assert!(srv.revocation(&proto::auth::revoked_grant_key(&t.gid())).await.is_none());
+        assert!(
+            srv.revocation(&proto::auth::revoked_grant_key(&t.gid()))
+                .await
+                .is_none()
+        );
         Tokens::from_resp(&srv.refresh(&client, t.refresh.as_deref().unwrap()).await);
         srv.stop().await;
     })
@@ -242,7 +294,9 @@ async fn revoking_an_unknown_token_is_ok() {
         // Another client's token is not revoked (and the answer does not say so).
         let other = srv.register_public().await;
         let t = srv.tokens(&other, ALICE).await;
-        let r = srv.client_post("/revoke", &client, &[("token", t.refresh.as_deref().unwrap())]).await;
+        let r = srv
+            .client_post("/revoke", &client, &[("token", t.refresh.as_deref().unwrap())])
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         Tokens::from_resp(&srv.refresh(&other, t.refresh.as_deref().unwrap()).await);
         srv.stop().await;

@@ -20,9 +20,15 @@ fn assert_host_cookie(cookies: &[String], name: &str) {
         .unwrap_or_else(|| panic!("no __Host-{name} cookie in {cookies:?}"));
     let lower = c.to_ascii_lowercase();
     for attr in ["secure", "httponly", "path=/", "samesite=lax"] {
-        assert!(lower.split(';').any(|a| a.trim() == attr), "{name}: {attr} missing in {c}");
+        assert!(
+            lower.split(';').any(|a| a.trim() == attr),
+            "{name}: {attr} missing in {c}"
+        );
     }
-    assert!(!lower.contains("domain="), "{name}: a __Host- cookie has no Domain: {c}");
+    assert!(
+        !lower.contains("domain="),
+        "{name}: a __Host- cookie has no Domain: {c}"
+    );
 }
 
 #[actix_web::test]
@@ -48,12 +54,18 @@ async fn https_issuer_uses_host_prefixed_secure_cookies() {
         assert_eq!(login_page.status, 200, "{}", login_page.body);
         let done = srv.submit_login(&mut b, &login_page, ALICE).await;
         assert_eq!(done.status, 302, "{}", done.body);
-        assert!(done.location().unwrap().starts_with(&client.redirect_uri), "{:?}", done.location());
+        assert!(
+            done.location().unwrap().starts_with(&client.redirect_uri),
+            "{:?}",
+            done.location()
+        );
         assert_host_cookie(&set_cookies(&done), "mcp_approved");
 
         // Without the prefixed cookie (say a plain-named one) the login is not this browser's.
         let mut other = Browser::new();
-        let page = other.get(&srv.authorize_url(&srv.auth_params(&client, &Pkce::new(), "s"))).await;
+        let page = other
+            .get(&srv.authorize_url(&srv.auth_params(&client, &Pkce::new(), "s")))
+            .await;
         let value = other.cookie("__Host-mcp_browser").unwrap().to_owned();
         let mut plain = Browser::new();
         plain.set_cookie("mcp_browser", &value);

@@ -13,7 +13,10 @@ use crate::oauth_kit::{ALICE, Browser, OAuthServer, Pkce, RESOURCE, Tokens, boun
 async fn metadata_is_rfc8414_at_both_well_known_paths() {
     bounded(async {
         let srv = OAuthServer::start().await;
-        for path in ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"] {
+        for path in [
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration",
+        ] {
             let r = srv.get(path).await;
             assert_eq!(r.status, 200, "{path}: {}", r.body);
             let m = r.json();
@@ -53,20 +56,32 @@ async fn happy_path_public_client_gets_a_verifiable_access_token() {
         let state = "st-123";
 
         // /authorize → consent page.
-        let page = browser.get(&srv.authorize_url(&srv.auth_params(&client, &pkce, state))).await;
+        let page = browser
+            .get(&srv.authorize_url(&srv.auth_params(&client, &pkce, state)))
+            .await;
         assert_eq!(page.status, 200, "{}", page.body);
         let csp = page.header("content-security-policy").unwrap();
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
-        let form_action = csp.split(';').map(str::trim).find(|d| d.starts_with("form-action")).unwrap();
+        let form_action = csp
+            .split(';')
+            .map(str::trim)
+            .find(|d| d.starts_with("form-action"))
+            .unwrap();
         assert!(form_action.contains("'self'"), "{form_action}");
-        assert!(form_action.contains("http://127.0.0.1:33418"), "redirect origin allowed: {form_action}");
+        assert!(
+            form_action.contains("http://127.0.0.1:33418"),
+            "redirect origin allowed: {form_action}"
+        );
         assert_eq!(page.header("x-frame-options"), Some("DENY"));
         assert_eq!(page.header("cache-control"), Some("no-store"));
         assert!(page.body.contains("id=\"consent\""));
         assert!(page.body.contains("<span id=\"client-name\">IT public client</span>"));
         assert!(page.body.contains("<li><code>mcp</code></li>"));
         assert!(page.body.contains("<code id=\"redirect-host\">127.0.0.1</code>"));
-        assert!(browser.cookie("mcp_browser").is_some(), "the pending login is bound to this browser");
+        assert!(
+            browser.cookie("mcp_browser").is_some(),
+            "the pending login is bound to this browser"
+        );
 
         // Approve → our login page.
         let to_login = srv.consent(&mut browser, &page, "approve").await;
@@ -119,9 +134,10 @@ async fn happy_path_public_client_gets_a_verifiable_access_token() {
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_audience(&[RESOURCE]);
         v.set_issuer(&[&srv.issuer]);
-        let claims = jsonwebtoken::decode::<serde_json::Value>(&tokens.access, &DecodingKey::from_jwk(jwk).unwrap(), &v)
-            .unwrap()
-            .claims;
+        let claims =
+            jsonwebtoken::decode::<serde_json::Value>(&tokens.access, &DecodingKey::from_jwk(jwk).unwrap(), &v)
+                .unwrap()
+                .claims;
         assert_eq!(claims["iss"], srv.issuer);
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["aud"], RESOURCE);
@@ -145,7 +161,10 @@ async fn happy_path_public_client_gets_a_verifiable_access_token() {
             },
             reqwest::Client::new(),
         );
-        let principal = validator.validate(Some(&format!("Bearer {}", tokens.access))).await.unwrap();
+        let principal = validator
+            .validate(Some(&format!("Bearer {}", tokens.access)))
+            .await
+            .unwrap();
         assert_eq!(principal.iss, srv.issuer);
         assert_eq!(principal.sub, "alice");
         assert_eq!(principal.email.as_deref(), Some("alice@example.com"));

@@ -46,7 +46,11 @@ async fn replicas_rotate_once_and_retire_the_oldest_key() {
         assert_eq!(rotated[0], first[0], "oldest first");
         assert_eq!(jwks_kids(&a).len(), 2);
         assert!(jwks_kids(&a).contains(&first[0]), "the previous key stays published");
-        assert_eq!(a.current().unwrap().kid(), first[0], "the new key is published before it signs");
+        assert_eq!(
+            a.current().unwrap().kid(),
+            first[0],
+            "the new key is published before it signs"
+        );
 
         // Replica B reloads at the same moment: it adopts A's rotation, no third key.
         b.reload(now + ROTATION.as_secs()).await.unwrap();
@@ -82,7 +86,9 @@ async fn a_wrong_vault_key_cannot_open_the_stored_keys() {
         let nc = async_nats::connect(&nats.url).await.unwrap();
         let stores = Stores::open(&async_nats::jetstream::new(nc)).await.unwrap();
         let right = Sealer::from_list(&Sealer::generate_entry("k1")).unwrap();
-        SigningKeys::open(stores.keys.clone(), right.clone(), ROTATION, LEAD, ACCESS_TTL, None).await.unwrap();
+        SigningKeys::open(stores.keys.clone(), right.clone(), ROTATION, LEAD, ACCESS_TTL, None)
+            .await
+            .unwrap();
 
         // Same key id, other bytes; and another key id altogether.
         for wrong in [Sealer::generate_entry("k1"), Sealer::generate_entry("k2")] {
@@ -94,7 +100,9 @@ async fn a_wrong_vault_key_cannot_open_the_stored_keys() {
             }
         }
         // The right key still works (nothing was overwritten).
-        let again = SigningKeys::open(stores.keys.clone(), right, ROTATION, LEAD, ACCESS_TTL, None).await.unwrap();
+        let again = SigningKeys::open(stores.keys.clone(), right, ROTATION, LEAD, ACCESS_TTL, None)
+            .await
+            .unwrap();
         assert_eq!(again.kids().len(), 1);
     })
     .await;

@@ -146,9 +146,13 @@ impl Resp {
 
     /// The query parameters of the `Location` header.
     pub fn redirect_params(&self) -> HashMap<String, String> {
-        let loc = self.location().unwrap_or_else(|| panic!("no Location ({}): {}", self.status, self.body));
+        let loc = self
+            .location()
+            .unwrap_or_else(|| panic!("no Location ({}): {}", self.status, self.body));
         let url = url::Url::parse(loc).unwrap();
-        url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+        url.query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
     }
 
     /// A page shown instead of a redirect: this status, an HTML `#error`, and no
@@ -175,7 +179,10 @@ impl Resp {
 /// The value of `<input type="hidden" name="{name}" value="…">` in a page.
 pub fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no hidden {name} in {html}")) + marker.len();
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
+        + marker.len();
     let len = html[start..].find('"').unwrap();
     html[start..start + len].to_owned()
 }
@@ -194,7 +201,10 @@ impl Default for Browser {
 
 impl Browser {
     pub fn new() -> Self {
-        Self { http: http_client(), jar: BTreeMap::new() }
+        Self {
+            http: http_client(),
+            jar: BTreeMap::new(),
+        }
     }
 
     pub fn cookie(&self, name: &str) -> Option<&str> {
@@ -207,7 +217,11 @@ impl Browser {
 
     fn cookie_header(&self) -> Option<String> {
         (!self.jar.is_empty()).then(|| {
-            self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+            self.jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         })
     }
 
@@ -215,7 +229,9 @@ impl Browser {
         for v in headers.get_all(SET_COOKIE) {
             let Ok(v) = v.to_str() else { continue };
             let first = v.split(';').next().unwrap_or_default();
-            let Some((name, value)) = first.split_once('=') else { continue };
+            let Some((name, value)) = first.split_once('=') else {
+                continue;
+            };
             let expired = v.to_ascii_lowercase().contains("max-age=0");
             if value.is_empty() || expired {
                 self.jar.remove(name.trim());
@@ -285,7 +301,10 @@ pub struct TestClient {
 impl TestClient {
     /// The same client presenting another secret.
     pub fn with_secret(&self, secret: &str) -> Self {
-        Self { secret: Some(secret.to_owned()), ..self.clone() }
+        Self {
+            secret: Some(secret.to_owned()),
+            ..self.clone()
+        }
     }
 }
 
@@ -396,14 +415,28 @@ impl OAuthServer {
         }
         .build(reqwest::Client::new())
         .unwrap();
-        let bound = Box::pin(auth_service::server::bind_oauth(&config, cfg.clone(), upstream, None, listener))
-            .await
-            .unwrap();
+        let bound = Box::pin(auth_service::server::bind_oauth(
+            &config,
+            cfg.clone(),
+            upstream,
+            None,
+            listener,
+        ))
+        .await
+        .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = actix_web::rt::spawn(Box::pin(bound.serve(async {
             let _ = rx.await;
         })));
-        Self { issuer, base, cfg, http: http_client(), stop: Some(tx), task: Some(task), nats }
+        Self {
+            issuer,
+            base,
+            cfg,
+            http: http_client(),
+            stop: Some(tx),
+            task: Some(task),
+            nats,
+        }
     }
 
     pub async fn stop(mut self) {
@@ -434,7 +467,12 @@ impl OAuthServer {
     /// The revocation entry under `key` in `auth_revocations`, if any.
     pub async fn revocation(&self, key: &str) -> Option<proto::auth::Revocation> {
         let (_nc, stores) = self.stores().await;
-        stores.revocations.get::<proto::auth::Revocation>(key).await.unwrap().map(|(r, _)| r)
+        stores
+            .revocations
+            .get::<proto::auth::Revocation>(key)
+            .await
+            .unwrap()
+            .map(|(r, _)| r)
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -511,7 +549,10 @@ impl OAuthServer {
         let tx = hidden(&page.body, "tx");
         let csrf = hidden(&page.body, "csrf");
         browser
-            .post_form(&self.url("/consent"), &[("tx", &tx), ("csrf", &csrf), ("action", action)])
+            .post_form(
+                &self.url("/consent"),
+                &[("tx", &tx), ("csrf", &csrf), ("action", action)],
+            )
             .await
     }
 
@@ -539,9 +580,22 @@ impl OAuthServer {
 
     /// The whole browser side in `browser`: authorize, approve (when asked), log in;
     /// returns the final response (302 to the client).
-    pub async fn browser_flow(&self, browser: &mut Browser, client: &TestClient, pkce: &Pkce, state: &str, user: (&str, &str)) -> Resp {
-        let first = browser.get(&self.authorize_url(&self.auth_params(client, pkce, state))).await;
-        let to_login = if first.status == 200 { Box::pin(self.consent(browser, &first, "approve")).await } else { first };
+    pub async fn browser_flow(
+        &self,
+        browser: &mut Browser,
+        client: &TestClient,
+        pkce: &Pkce,
+        state: &str,
+        user: (&str, &str),
+    ) -> Resp {
+        let first = browser
+            .get(&self.authorize_url(&self.auth_params(client, pkce, state)))
+            .await;
+        let to_login = if first.status == 200 {
+            Box::pin(self.consent(browser, &first, "approve")).await
+        } else {
+            first
+        };
         Box::pin(self.login(browser, &to_login, user)).await
     }
 
@@ -554,7 +608,10 @@ impl OAuthServer {
         assert_eq!(done.status, 302, "{}", done.body);
         let p = done.redirect_params();
         assert_eq!(p.get("state"), Some(&state));
-        let code = p.get("code").unwrap_or_else(|| panic!("no code: {:?}", done.location())).clone();
+        let code = p
+            .get("code")
+            .unwrap_or_else(|| panic!("no code: {:?}", done.location()))
+            .clone();
         Issued { code, pkce }
     }
 
@@ -598,7 +655,12 @@ impl OAuthServer {
 
     /// `grant_type=refresh_token`.
     pub async fn refresh(&self, client: &TestClient, refresh_token: &str) -> Resp {
-        self.client_post("/token", client, &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await
+        self.client_post(
+            "/token",
+            client,
+            &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
+        )
+        .await
     }
 
     /// Log `user` in for `client` and redeem the code.

@@ -15,7 +15,9 @@ fn assert_error(r: &Resp, status: u16, error: &str) {
 /// seconds), so what follows happens within one second.
 async fn start_of_a_second() {
     loop {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
         let into = now.subsec_millis();
         if into < 50 {
             return;
@@ -26,7 +28,9 @@ async fn start_of_a_second() {
 
 /// Wait until the wall clock's second is past the current one.
 async fn next_second() {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(u64::from(1000 - now.subsec_millis()) + 50)).await;
 }
 
@@ -146,7 +150,11 @@ async fn unsupported_grant_type_is_unsupported_grant_type() {
         let client = srv.register_public().await;
         for grant_type in ["password", "urn:ietf:params:oauth:grant-type:device_code"] {
             let r = srv
-                .client_post("/token", &client, &[("grant_type", grant_type), ("username", "alice"), ("password", "x")])
+                .client_post(
+                    "/token",
+                    &client,
+                    &[("grant_type", grant_type), ("username", "alice"), ("password", "x")],
+                )
                 .await;
             assert_error(&r, 400, "unsupported_grant_type");
         }
@@ -210,7 +218,11 @@ async fn refresh_rotates_and_the_previous_token_works_within_the_grace_window() 
         // And the chain continues from the newest token.
         let t3 = Tokens::from_resp(&srv.refresh(&client, &r2).await);
         assert_eq!(t3.gid(), t0.gid());
-        assert!(srv.revocation(&proto::auth::revoked_grant_key(&t0.gid())).await.is_none());
+        assert!(
+            srv.revocation(&proto::auth::revoked_grant_key(&t0.gid()))
+                .await
+                .is_none()
+        );
         srv.stop().await;
     })
     .await;
@@ -289,12 +301,20 @@ async fn forged_refresh_secret_is_invalid_grant_and_revokes_nothing() {
         let forged = format!("{address}.never-issued-secret");
         assert_error(&srv.refresh(&client, &forged).await, 400, "invalid_grant");
         // Nothing changed: no revocation, and the real token still rotates.
-        assert!(srv.revocation(&proto::auth::revoked_grant_key(&t0.gid())).await.is_none());
+        assert!(
+            srv.revocation(&proto::auth::revoked_grant_key(&t0.gid()))
+                .await
+                .is_none()
+        );
         let t1 = Tokens::from_resp(&srv.refresh(&client, &r0).await);
         // A really rotated-out secret is still detected as reuse.
         next_second().await;
         assert_error(&srv.refresh(&client, &r0).await, 400, "invalid_grant");
-        assert_error(&srv.refresh(&client, t1.refresh.as_deref().unwrap()).await, 400, "invalid_grant");
+        assert_error(
+            &srv.refresh(&client, t1.refresh.as_deref().unwrap()).await,
+            400,
+            "invalid_grant",
+        );
         let rev = srv
             .revocation(&proto::auth::revoked_grant_key(&t0.gid()))
             .await
@@ -318,8 +338,16 @@ async fn reuse_of_an_older_rotated_secret_is_detected() {
         let t3 = Tokens::from_resp(&srv.refresh(&client, t2.refresh.as_deref().unwrap()).await);
         next_second().await;
         assert_error(&srv.refresh(&client, &r0).await, 400, "invalid_grant");
-        assert_error(&srv.refresh(&client, t3.refresh.as_deref().unwrap()).await, 400, "invalid_grant");
-        assert!(srv.revocation(&proto::auth::revoked_grant_key(&t0.gid())).await.is_some());
+        assert_error(
+            &srv.refresh(&client, t3.refresh.as_deref().unwrap()).await,
+            400,
+            "invalid_grant",
+        );
+        assert!(
+            srv.revocation(&proto::auth::revoked_grant_key(&t0.gid()))
+                .await
+                .is_some()
+        );
         srv.stop().await;
     })
     .await;

@@ -14,7 +14,12 @@ use proto::auth::{VAULT_TOKEN, VaultReply, VaultRequest};
 use crate::oauth_kit::{ALICE, OAuthServer, Tokens, bounded};
 
 async fn ask(nc: &async_nats::Client, grant_id: &str, iss: &str, sub: &str) -> VaultReply {
-    let req = VaultRequest { v: proto::auth::AUTH_WIRE_VERSION, grant_id: grant_id.into(), iss: iss.into(), sub: sub.into() };
+    let req = VaultRequest {
+        v: proto::auth::AUTH_WIRE_VERSION,
+        grant_id: grant_id.into(),
+        iss: iss.into(),
+        sub: sub.into(),
+    };
     let payload = rmp_serde::to_vec_named(&req).unwrap();
     let msg = testkit::eventually(50, Duration::from_millis(100), || {
         let (nc, payload) = (nc.clone(), payload.clone());
@@ -33,9 +38,16 @@ async fn ask(nc: &async_nats::Client, grant_id: &str, iss: &str, sub: &str) -> V
 /// `expires_at`, with the service's own sealer.
 async fn store_upstream_tokens(srv: &OAuthServer, gid: &str, expires_at: u64) {
     let (_nc, stores) = srv.stores().await;
-    let keys = SigningKeys::open(stores.keys.clone(), srv.cfg.sealer.clone(), srv.cfg.key_rotation, srv.cfg.key_publish_lead, srv.cfg.access_ttl, None)
-        .await
-        .unwrap();
+    let keys = SigningKeys::open(
+        stores.keys.clone(),
+        srv.cfg.sealer.clone(),
+        srv.cfg.key_rotation,
+        srv.cfg.key_publish_lead,
+        srv.cfg.access_ttl,
+        None,
+    )
+    .await
+    .unwrap();
     let grants = Grants {
         stores: stores.clone(),
         keys,
@@ -46,12 +58,19 @@ async fn store_upstream_tokens(srv: &OAuthServer, gid: &str, expires_at: u64) {
     };
     let upstream = auth_service::upstream::UpstreamArgs {
         upstream: "static".into(),
-        static_users_file: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/static-users.json"),
+        static_users_file: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/local/static-users.json"),
         ..Default::default()
     }
     .build(reqwest::Client::new())
     .unwrap();
-    let vault = Vault::new(stores, srv.cfg.sealer.clone(), Arc::new(upstream), grants, srv.issuer.clone());
+    let vault = Vault::new(
+        stores,
+        srv.cfg.sealer.clone(),
+        Arc::new(upstream),
+        grants,
+        srv.issuer.clone(),
+    );
     vault
         .store(
             gid,
@@ -84,19 +103,38 @@ async fn vault_answers_the_grants_subject_only_until_revoked() {
         let (nc, _) = srv.stores().await;
 
         let reply = ask(&nc, &gid, &srv.issuer, "alice").await;
-        let VaultReply::Token { access_token, token_type, expires_at: exp } = reply else {
+        let VaultReply::Token {
+            access_token,
+            token_type,
+            expires_at: exp,
+        } = reply
+        else {
             panic!("expected a token, got {reply:?}");
         };
         assert_eq!(access_token, "upstream-access-token");
         assert_eq!(token_type, "Bearer");
         assert_eq!(exp, Some(expires_at));
 
-        assert_eq!(ask(&nc, &gid, &srv.issuer, "bob").await, VaultReply::NotFound, "another subject");
-        assert_eq!(ask(&nc, &gid, "http://127.0.0.1:1", "alice").await, VaultReply::NotFound, "another issuer");
-        assert_eq!(ask(&nc, "no-such-grant", &srv.issuer, "alice").await, VaultReply::NotFound, "unknown grant");
+        assert_eq!(
+            ask(&nc, &gid, &srv.issuer, "bob").await,
+            VaultReply::NotFound,
+            "another subject"
+        );
+        assert_eq!(
+            ask(&nc, &gid, "http://127.0.0.1:1", "alice").await,
+            VaultReply::NotFound,
+            "another issuer"
+        );
+        assert_eq!(
+            ask(&nc, "no-such-grant", &srv.issuer, "alice").await,
+            VaultReply::NotFound,
+            "unknown grant"
+        );
 
         // The user's client revokes: the vault says so.
-        let r = srv.client_post("/revoke", &client, &[("token", t.refresh.as_deref().unwrap())]).await;
+        let r = srv
+            .client_post("/revoke", &client, &[("token", t.refresh.as_deref().unwrap())])
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(ask(&nc, &gid, &srv.issuer, "alice").await, VaultReply::Revoked);
         // And the sealed entry is gone from the bucket.

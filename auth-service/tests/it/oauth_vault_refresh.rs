@@ -180,12 +180,14 @@ async fn token(state: web::Data<IdpState>, req: HttpRequest, body: web::Bytes) -
     match state.answer() {
         Answer::InvalidGrant => oauth_error(400, "invalid_grant"),
         Answer::ServerError => HttpResponse::InternalServerError().body("upstream broke"),
-        Answer::Tokens => HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(json!({
-            "access_token": format!("at-{n}"),
-            "token_type": "Bearer",
-            "expires_in": UPSTREAM_TTL,
-            "refresh_token": format!("rt-{n}"),
-        })),
+        Answer::Tokens => HttpResponse::Ok()
+            .insert_header(("Cache-Control", "no-store"))
+            .json(json!({
+                "access_token": format!("at-{n}"),
+                "token_type": "Bearer",
+                "expires_in": UPSTREAM_TTL,
+                "refresh_token": format!("rt-{n}"),
+            })),
     }
 }
 
@@ -212,7 +214,12 @@ impl StandIn {
         .run();
         let handle = server.handle();
         let task = actix_web::rt::spawn(server);
-        Self { issuer, state, handle, task }
+        Self {
+            issuer,
+            state,
+            handle,
+            task,
+        }
     }
 
     /// An `AUTH_UPSTREAM=oidc` provider pointed at this stand-in (one per replica,
@@ -225,7 +232,12 @@ impl StandIn {
             oidc_client_secret: Some(CLIENT_SECRET.into()),
             ..UpstreamArgs::default()
         }
-        .build(reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap())
+        .build(
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        )
         .unwrap();
         assert_eq!(up.kind(), "oidc");
         Arc::new(up)
@@ -283,7 +295,10 @@ async fn grants_over(stores: &Stores, sealer: &Sealer) -> Grants {
 
 impl Fixture {
     async fn start() -> Self {
-        Box::pin(Self::start_sealed(Sealer::from_list(&Sealer::generate_entry("k1")).unwrap())).await
+        Box::pin(Self::start_sealed(
+            Sealer::from_list(&Sealer::generate_entry("k1")).unwrap(),
+        ))
+        .await
     }
 
     async fn start_sealed(sealer: Sealer) -> Self {
@@ -291,18 +306,29 @@ impl Fixture {
         let idp = StandIn::start();
         let (nc, stores) = Box::pin(connect(&nats.url)).await;
         let grants = Box::pin(grants_over(&stores, &sealer)).await;
-        let identity = Identity { sub: SUB.into(), email: Some("alice@example.com".into()), ..Identity::default() };
+        let identity = Identity {
+            sub: SUB.into(),
+            email: Some("alice@example.com".into()),
+            ..Identity::default()
+        };
         let (grant, _code) = Box::pin(grants.create_with_code(
-                "some-client",
-                identity,
-                vec!["mcp".into()],
-                RESOURCE,
-                "http://127.0.0.1:33418/callback",
-                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-            ))
-            .await
-            .unwrap();
-        Self { idp, sealer, stores, _nc: nc, gid: grant.id, nats }
+            "some-client",
+            identity,
+            vec!["mcp".into()],
+            RESOURCE,
+            "http://127.0.0.1:33418/callback",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        ))
+        .await
+        .unwrap();
+        Self {
+            idp,
+            sealer,
+            stores,
+            _nc: nc,
+            gid: grant.id,
+            nats,
+        }
     }
 
     /// One auth-service replica's vault: its own NATS connection, buckets, signing
@@ -351,17 +377,32 @@ impl Fixture {
     }
 
     async fn raw_entry(&self) -> Option<VaultEntry> {
-        self.stores.vault.get::<VaultEntry>(&self.gid).await.unwrap().map(|(e, _)| e)
+        self.stores
+            .vault
+            .get::<VaultEntry>(&self.gid)
+            .await
+            .unwrap()
+            .map(|(e, _)| e)
     }
 
     async fn lock_exists(&self) -> bool {
         let key = format!("refresh.{}", self.gid);
-        self.stores.locks.get::<serde_json::Value>(&key).await.unwrap().is_some()
+        self.stores
+            .locks
+            .get::<serde_json::Value>(&key)
+            .await
+            .unwrap()
+            .is_some()
     }
 
     async fn revocation(&self) -> Option<proto::auth::Revocation> {
         let key = proto::auth::revoked_grant_key(&self.gid);
-        self.stores.revocations.get::<proto::auth::Revocation>(&key).await.unwrap().map(|(r, _)| r)
+        self.stores
+            .revocations
+            .get::<proto::auth::Revocation>(&key)
+            .await
+            .unwrap()
+            .map(|(r, _)| r)
     }
 
     async fn stop(self) {
@@ -423,13 +464,21 @@ async fn refresh_happens_once_across_replicas() {
 
         let now = auth_service::unix_now();
         for reply in &replies {
-            let VaultReply::Token { access_token, token_type, expires_at } = reply else {
+            let VaultReply::Token {
+                access_token,
+                token_type,
+                expires_at,
+            } = reply
+            else {
                 panic!("expected a token, got {reply:?}");
             };
             assert_eq!(access_token, "at-1", "every caller gets the one new token");
             assert_eq!(token_type, "Bearer");
             let exp = expires_at.expect("the provider said expires_in");
-            assert!(exp + 30 >= now + UPSTREAM_TTL && exp <= now + UPSTREAM_TTL, "expires_in counted from the refresh: {exp}");
+            assert!(
+                exp + 30 >= now + UPSTREAM_TTL && exp <= now + UPSTREAM_TTL,
+                "expires_in counted from the refresh: {exp}"
+            );
         }
         assert_eq!(fx.idp.state.refreshes(), 1, "one refresh across both replicas");
         assert_eq!(fx.idp.state.presented(), vec![FIRST_REFRESH.to_owned()]);
@@ -442,7 +491,10 @@ async fn refresh_happens_once_across_replicas() {
         assert_eq!(tokens.access_token, "at-1");
         assert_eq!(tokens.refresh_token.as_deref(), Some("rt-1"));
         assert_eq!(secrets.claims["email"], "alice@example.com", "claims survive a refresh");
-        assert!(!entry.sealed.contains("at-1") && !entry.sealed.contains("rt-1"), "sealed, not plain");
+        assert!(
+            !entry.sealed.contains("at-1") && !entry.sealed.contains("rt-1"),
+            "sealed, not plain"
+        );
 
         // ...so later calls, on either replica, need no upstream.
         assert_eq!(access_token(&answer(&a, &req).await), "at-1");
@@ -464,7 +516,11 @@ async fn fresh_token_needs_no_refresh() {
             let reply = answer(&vault, &fx.request()).await;
             assert_eq!(
                 reply,
-                VaultReply::Token { access_token: "at-0".into(), token_type: "Bearer".into(), expires_at: Some(exp) }
+                VaultReply::Token {
+                    access_token: "at-0".into(),
+                    token_type: "Bearer".into(),
+                    expires_at: Some(exp)
+                }
             );
         }
         assert_eq!(fx.idp.state.refreshes(), 0);
@@ -489,7 +545,10 @@ async fn invalid_grant_revokes_the_grant() {
         let grant = fx.grant().await;
         assert_eq!(grant.revoked.as_deref(), Some("upstream_invalid_grant"));
         assert!(grant.refresh.is_none(), "its refresh tokens die with it");
-        let revocation = fx.revocation().await.expect("a grant.<gid> revocation for the gateways");
+        let revocation = fx
+            .revocation()
+            .await
+            .expect("a grant.<gid> revocation for the gateways");
         assert_eq!(revocation.v, proto::auth::AUTH_WIRE_VERSION);
         assert!(revocation.until > auth_service::unix_now());
         assert!(fx.raw_entry().await.is_none(), "the sealed upstream tokens are deleted");
@@ -526,7 +585,11 @@ async fn invalid_grant_is_revoked_for_every_waiting_caller() {
         let replies = futures::future::join_all(calls).await;
         assert_eq!(fx.idp.state.refreshes(), 1, "one refresh, refused");
         assert_eq!(fx.grant().await.revoked.as_deref(), Some("upstream_invalid_grant"));
-        assert_eq!(replies, vec![VaultReply::Revoked; 6], "every caller is told the grant is revoked");
+        assert_eq!(
+            replies,
+            vec![VaultReply::Revoked; 6],
+            "every caller is told the grant is revoked"
+        );
         Box::pin(fx.stop()).await;
     }))
     .await;
@@ -546,7 +609,11 @@ async fn upstream_down_is_unavailable_and_keeps_the_entry() {
         assert_eq!(fx.idp.state.refreshes(), 1);
 
         let grant = fx.grant().await;
-        assert!(grant.revoked.is_none(), "a provider outage does not revoke: {:?}", grant.revoked);
+        assert!(
+            grant.revoked.is_none(),
+            "a provider outage does not revoke: {:?}",
+            grant.revoked
+        );
         assert!(fx.revocation().await.is_none());
         assert!(!fx.lock_exists().await, "the refresh lock is released after a failure");
         let (_, secrets, _) = Box::pin(vault.load(&fx.gid)).await.unwrap().expect("the entry is kept");
@@ -558,7 +625,10 @@ async fn upstream_down_is_unavailable_and_keeps_the_entry() {
         // The provider is back: the same entry refreshes.
         fx.idp.state.set_answer(Answer::Tokens);
         assert_eq!(access_token(&answer(&vault, &fx.request()).await), "at-2");
-        assert_eq!(fx.idp.state.presented(), vec![FIRST_REFRESH.to_owned(), FIRST_REFRESH.to_owned()]);
+        assert_eq!(
+            fx.idp.state.presented(),
+            vec![FIRST_REFRESH.to_owned(), FIRST_REFRESH.to_owned()]
+        );
         Box::pin(fx.stop()).await;
     }))
     .await;
@@ -628,14 +698,25 @@ async fn malformed_vault_request_over_nats_gets_unavailable() {
         let serving = actix_web::rt::spawn(Box::pin(vault.serve(nc.clone(), stop_rx)));
 
         let garbage = ask_raw(&nc, b"\xc1 this is not msgpack \x00\xff".to_vec()).await;
-        assert_eq!(garbage, VaultReply::Unavailable { message: "malformed vault request".into() });
+        assert_eq!(
+            garbage,
+            VaultReply::Unavailable {
+                message: "malformed vault request".into()
+            }
+        );
         let empty = ask_raw(&nc, Vec::new()).await;
         assert!(matches!(empty, VaultReply::Unavailable { .. }), "{empty:?}");
         let wrong_shape = ask_raw(&nc, rmp_serde::to_vec_named(&json!({ "hello": "world" })).unwrap()).await;
         assert!(matches!(wrong_shape, VaultReply::Unavailable { .. }), "{wrong_shape:?}");
-        let future = VaultRequest { v: proto::auth::AUTH_WIRE_VERSION + 1, ..fx.request() };
+        let future = VaultRequest {
+            v: proto::auth::AUTH_WIRE_VERSION + 1,
+            ..fx.request()
+        };
         let reply = ask_raw(&nc, rmp_serde::to_vec_named(&future).unwrap()).await;
-        assert!(matches!(&reply, VaultReply::Unavailable { message } if message.contains("version")), "{reply:?}");
+        assert!(
+            matches!(&reply, VaultReply::Unavailable { message } if message.contains("version")),
+            "{reply:?}"
+        );
 
         // The loop survived all that: a good request still gets its token.
         let good = ask_raw(&nc, rmp_serde::to_vec_named(&fx.request()).unwrap()).await;
@@ -676,7 +757,9 @@ impl Relay {
             // Dropping the set (when this task is aborted) ends every connection.
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", nats_port)).await else { break };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", nats_port)).await else {
+                    break;
+                };
                 let (mut client_rd, mut client_wr) = client.into_split();
                 let (mut server_rd, mut server_wr) = server.into_split();
                 conns.spawn(async move {
@@ -715,7 +798,13 @@ impl Relay {
                 });
             }
         });
-        Self { url, armed, holding, release, accept }
+        Self {
+            url,
+            armed,
+            holding,
+            release,
+            accept,
+        }
     }
 
     fn arm(&self, pattern: &str) {
@@ -795,7 +884,11 @@ async fn a_replica_that_read_before_anothers_refresh_does_not_refresh_again() {
         let b_reply = tokio::time::timeout(ANSWER_TIMEOUT, b_call).await.unwrap().unwrap();
 
         let grant = fx.grant().await;
-        assert!(grant.revoked.is_none(), "the grant was revoked ({:?}); B's reply: {b_reply:?}", grant.revoked);
+        assert!(
+            grant.revoked.is_none(),
+            "the grant was revoked ({:?}); B's reply: {b_reply:?}",
+            grant.revoked
+        );
         assert_eq!(
             idp.presented(),
             vec![FIRST_REFRESH.to_owned()],

@@ -133,9 +133,8 @@ fn run(config: Config) -> anyhow::Result<bool> {
         (None, None) => Some(DEFAULT_DURATION_SECS),
         (d, _) => d,
     };
-    let secs = |s: f64, name: &str| {
-        Duration::try_from_secs_f64(s).with_context(|| format!("--{name} {s} is not a duration"))
-    };
+    let secs =
+        |s: f64, name: &str| Duration::try_from_secs_f64(s).with_context(|| format!("--{name} {s} is not a duration"));
     let plan = Arc::new(Plan {
         target: Arc::new(Target::new(&config.url, config.token.as_deref())?),
         warmup: secs(config.warmup, "warmup")?,
@@ -147,9 +146,7 @@ fn run(config: Config) -> anyhow::Result<bool> {
         start: OnceCell::new(),
     });
     let runtime = if config.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads)
@@ -197,11 +194,7 @@ fn run(config: Config) -> anyhow::Result<bool> {
         duration_s: elapsed,
         requests,
         errors,
-        rps: if elapsed > 0.0 {
-            requests as f64 / elapsed
-        } else {
-            0.0
-        },
+        rps: if elapsed > 0.0 { requests as f64 / elapsed } else { 0.0 },
         latency: Latency::of(&latencies),
         first_error,
     };
@@ -268,8 +261,7 @@ async fn client(n: usize, plan: Arc<Plan>) -> anyhow::Result<ClientReport> {
         let error = match answer {
             Ok(Ok(())) => {
                 if done >= measure_from && end.is_none_or(|end| done <= end) {
-                    let us =
-                        u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+                    let us = u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
                     report.latencies.saturating_record(us.max(1));
                     report.last_answer = Some(done);
                 }
@@ -285,9 +277,7 @@ async fn client(n: usize, plan: Arc<Plan>) -> anyhow::Result<ClientReport> {
             && let Err(e) = session.reconnect().await
         {
             report.errors += 1;
-            report
-                .first_error
-                .get_or_insert(format!("reconnecting: {e}"));
+            report.first_error.get_or_insert(format!("reconnecting: {e}"));
             break;
         }
     }

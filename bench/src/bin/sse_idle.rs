@@ -95,10 +95,7 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sse_idle: cannot start the runtime: {e}");
@@ -128,10 +125,7 @@ fn per(after: Option<u64>, before: Option<u64>, n: usize) -> Option<f64> {
 }
 
 async fn run(config: Config) -> anyhow::Result<bool> {
-    anyhow::ensure!(
-        config.open_concurrency > 0,
-        "--open-concurrency must be at least 1"
-    );
+    anyhow::ensure!(config.open_concurrency > 0, "--open-concurrency must be at least 1");
     let hold = Duration::try_from_secs_f64(config.hold).context("--hold is not a duration")?;
     let target = Arc::new(Target::new(&config.url, config.token.as_deref())?);
     let mut failed = 0;

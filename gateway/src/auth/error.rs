@@ -86,10 +86,7 @@ impl AuthError {
             && let Some(error) = self.oauth_error()
         {
             params.push(format!("error=\"{error}\""));
-            params.push(format!(
-                "error_description=\"{}\"",
-                quote_safe(&self.to_string())
-            ));
+            params.push(format!("error_description=\"{}\"", quote_safe(&self.to_string())));
         }
         if let AuthError::InsufficientScope(scopes) = self {
             params.push(format!("scope=\"{}\"", quote_safe(&scopes.join(" "))));
@@ -154,11 +151,7 @@ mod tests {
     #[test]
     fn codes_and_statuses() {
         let table = [
-            (
-                AuthError::MissingAuthorization,
-                "MISSING_AUTHORIZATION",
-                401,
-            ),
+            (AuthError::MissingAuthorization, "MISSING_AUTHORIZATION", 401),
             (AuthError::InvalidToken("x".into()), "INVALID_TOKEN", 401),
             (AuthError::InvalidSignature, "INVALID_SIGNATURE", 401),
             (AuthError::TokenExpired, "TOKEN_EXPIRED", 401),
@@ -169,11 +162,7 @@ mod tests {
                 "INSUFFICIENT_SCOPE",
                 403,
             ),
-            (
-                AuthError::IssuerUnavailable("down".into()),
-                "ISSUER_UNAVAILABLE",
-                503,
-            ),
+            (AuthError::IssuerUnavailable("down".into()), "ISSUER_UNAVAILABLE", 503),
         ];
         for (err, code, status) in table {
             assert_eq!(err.code(), code);
@@ -213,9 +202,6 @@ mod tests {
             .unwrap_or_default();
         assert!(h.contains("resource_metadata=\"http://x/m\""));
         assert!(h.contains("error=\"invalid_token\""));
-        assert_eq!(
-            AuthError::MissingAuthorization.body()["error"],
-            "invalid_request"
-        );
+        assert_eq!(AuthError::MissingAuthorization.body()["error"], "invalid_request");
     }
 }

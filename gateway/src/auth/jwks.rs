@@ -109,12 +109,7 @@ impl JwksCache {
     /// is returned at once, stale or not (a stale set is revalidated in the
     /// background); otherwise the keys are fetched, unless that was tried within
     /// the refetch interval.
-    pub async fn key_for(
-        &self,
-        issuer: &str,
-        kid: Option<&str>,
-        alg: Algorithm,
-    ) -> Result<KeyLookup, JwksError> {
+    pub async fn key_for(&self, issuer: &str, kid: Option<&str>, alg: Algorithm) -> Result<KeyLookup, JwksError> {
         let inner = &self.inner;
         let entry = inner.entry(issuer);
         {
@@ -208,20 +203,12 @@ impl CacheInner {
             Err(err) => {
                 tracing::warn!(issuer, error = %err, stale_keys = state.keys.len(), "issuer key fetch failed");
                 state.last_error = Some(err.clone());
-                if state.keys.is_empty() {
-                    Err(err)
-                } else {
-                    Ok(())
-                }
+                if state.keys.is_empty() { Err(err) } else { Ok(()) }
             }
         }
     }
 
-    async fn fetch(
-        &self,
-        issuer: &str,
-        jwks_uri: Option<String>,
-    ) -> Result<(String, Vec<Arc<Jwk>>), JwksError> {
+    async fn fetch(&self, issuer: &str, jwks_uri: Option<String>) -> Result<(String, Vec<Arc<Jwk>>), JwksError> {
         let jwks_uri = match jwks_uri {
             Some(uri) => uri,
             None => self.discover(issuer).await?,
@@ -290,8 +277,7 @@ impl KeySet {
     }
 
     fn may_refetch(&self, min_interval: Duration) -> bool {
-        self.attempted_at
-            .is_none_or(|t| t.elapsed() >= min_interval)
+        self.attempted_at.is_none_or(|t| t.elapsed() >= min_interval)
     }
 
     fn outcome(&self) -> Result<(), JwksError> {
@@ -322,10 +308,7 @@ fn without_url(e: &reqwest::Error) -> String {
 /// most OIDC providers (Keycloak realms, Entra tenants, Okta auth servers) use.
 pub fn discovery_urls(issuer: &str) -> Result<Vec<String>, JwksError> {
     let url = Url::parse(issuer).map_err(|_| JwksError::BadIssuerUrl)?;
-    if !matches!(url.scheme(), "http" | "https")
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
+    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
         return Err(JwksError::BadIssuerUrl);
     }
     let path = url.path().trim_end_matches('/');
@@ -361,12 +344,8 @@ fn parse_jwks(doc: &serde_json::Value) -> Option<Vec<Arc<Jwk>>> {
 /// `EC/P-256` → ES256, `RSA` → RS256. Anything else (and every symmetric key) → `None`.
 pub fn key_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     match &jwk.algorithm {
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-            Some(Algorithm::EdDSA)
-        }
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-            Some(Algorithm::ES256)
-        }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Some(Algorithm::EdDSA),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Some(Algorithm::ES256),
         AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
         _ => None,
     }
@@ -388,10 +367,7 @@ fn select(keys: &[Arc<Jwk>], kid: Option<&str>, alg: Algorithm) -> Option<Arc<Jw
     match kid {
         // A kid names exactly one key; whether it fits `alg` is checked by the caller,
         // so a mismatch is reported as such rather than as an unknown kid.
-        Some(kid) => keys
-            .iter()
-            .find(|k| k.common.key_id.as_deref() == Some(kid))
-            .cloned(),
+        Some(kid) => keys.iter().find(|k| k.common.key_id.as_deref() == Some(kid)).cloned(),
         // No kid: only unambiguous when exactly one key fits the algorithm.
         None => {
             let mut fitting = keys.iter().filter(|k| key_fits(k, alg));
@@ -456,8 +432,7 @@ mod tests {
         assert!(key_fits(&declared, Algorithm::EdDSA));
         declared.common.key_algorithm = Some(jsonwebtoken::jwk::KeyAlgorithm::RS256);
         assert!(!key_fits(&declared, Algorithm::EdDSA));
-        let oct: Jwk =
-            serde_json::from_value(serde_json::json!({"kty": "oct", "k": "c2VjcmV0"})).unwrap();
+        let oct: Jwk = serde_json::from_value(serde_json::json!({"kty": "oct", "k": "c2VjcmV0"})).unwrap();
         assert!(!key_fits(&oct, Algorithm::HS256));
     }
 

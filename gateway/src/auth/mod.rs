@@ -153,11 +153,7 @@ impl Validator {
 
     /// As [`Validator::new`], with another floor between forced JWKS refetches
     /// (tests use zero to exercise key rotation without waiting).
-    pub fn with_min_refresh_interval(
-        cfg: AuthConfig,
-        http: reqwest::Client,
-        min_refresh_interval: Duration,
-    ) -> Self {
+    pub fn with_min_refresh_interval(cfg: AuthConfig, http: reqwest::Client, min_refresh_interval: Duration) -> Self {
         let keys = JwksCache::new(http, cfg.jwks_cache_ttl, min_refresh_interval);
         Self {
             inner: Arc::new(Inner {
@@ -191,7 +187,11 @@ impl Validator {
         let me = self.clone();
         crate::sse::StreamAuth {
             valid_until: principal.expires_at.saturating_add(LEEWAY),
-            revoked: Box::new(move || me.inner.revocations.is_revoked(grant.as_deref(), jti.as_deref(), unix_now())),
+            revoked: Box::new(move || {
+                me.inner
+                    .revocations
+                    .is_revoked(grant.as_deref(), jti.as_deref(), unix_now())
+            }),
         }
     }
 
@@ -201,14 +201,15 @@ impl Validator {
             verified.jti.as_deref(),
             unix_now(),
         );
-        if revoked { Err(AuthError::InvalidToken(REVOKED.into())) } else { Ok(()) }
+        if revoked {
+            Err(AuthError::InvalidToken(REVOKED.into()))
+        } else {
+            Ok(())
+        }
     }
 
     /// Validate the value of an `Authorization` header (`None` when absent).
-    pub async fn validate(
-        &self,
-        authorization: Option<&str>,
-    ) -> Result<proto::Principal, AuthError> {
+    pub async fn validate(&self, authorization: Option<&str>) -> Result<proto::Principal, AuthError> {
         if let Ok(token) = bearer_token(authorization)
             && let Some(verified) = self.inner.accepted.get(token)
         {
@@ -222,7 +223,9 @@ impl Validator {
         }
         let result = self.validate_inner(authorization).await;
         if let (Ok(verified), Ok(token)) = (&result, bearer_token(authorization)) {
-            self.inner.accepted.insert(token, verified, self.inner.cfg.jwks_cache_ttl);
+            self.inner
+                .accepted
+                .insert(token, verified, self.inner.cfg.jwks_cache_ttl);
         }
         let result = result.map(|v| v.principal);
         match &result {
@@ -253,19 +256,16 @@ impl Validator {
         let cfg = &self.inner.cfg;
         let token = bearer_token(authorization)?;
 
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthError::InvalidToken("malformed token".into()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| AuthError::InvalidToken("malformed token".into()))?;
         let alg = header.alg;
         if !ALGORITHMS.contains(&alg) {
-            return Err(AuthError::InvalidToken(
-                "unsupported token algorithm".into(),
-            ));
+            return Err(AuthError::InvalidToken("unsupported token algorithm".into()));
         }
 
         // Read `iss` unverified, only to choose whose keys to verify with.
-        let unverified: UnverifiedIssuer =
-            jsonwebtoken::dangerous::insecure_decode_claims(token)
-                .map_err(|_| AuthError::InvalidToken("malformed token claims".into()))?;
+        let unverified: UnverifiedIssuer = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| AuthError::InvalidToken("malformed token claims".into()))?;
         let iss = unverified.iss.ok_or(AuthError::InvalidIssuer)?;
         if !cfg.allowed_issuers.contains(&iss) {
             return Err(AuthError::InvalidIssuer);
@@ -276,12 +276,7 @@ impl Validator {
             return Err(AuthError::InvalidToken("token type is not at+jwt (RFC 9068)".into()));
         }
 
-        let jwk = match self
-            .inner
-            .keys
-            .key_for(&iss, header.kid.as_deref(), alg)
-            .await
-        {
+        let jwk = match self.inner.keys.key_for(&iss, header.kid.as_deref(), alg).await {
             Ok(KeyLookup::Found(jwk)) => jwk,
             Ok(KeyLookup::NotFound) => {
                 return Err(match header.kid {
@@ -315,8 +310,8 @@ impl Validator {
         validation.set_issuer(&[&iss]);
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
 
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
-            .map_err(|e| map_jwt_error(e.kind()))?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| map_jwt_error(e.kind()))?;
         let principal = principal_from_claims(&iss, &data.claims)?;
         let verified = Verified {
             jti: str_claim(&data.claims, "jti"),
@@ -325,11 +320,7 @@ impl Validator {
         self.check_revoked(&verified)?;
         let principal = &verified.principal;
 
-        let missing: Vec<&String> = cfg
-            .required_scopes
-            .iter()
-            .filter(|s| !principal.has_scope(s))
-            .collect();
+        let missing: Vec<&String> = cfg.required_scopes.iter().filter(|s| !principal.has_scope(s)).collect();
         if !missing.is_empty() {
             return Err(AuthError::InsufficientScope(cfg.required_scopes.clone()));
         }
@@ -387,16 +378,10 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::InvalidAudience => AuthError::InvalidAudience,
         ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::InvalidAudience,
         ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::InvalidIssuer,
-        ErrorKind::MissingRequiredClaim(claim) => {
-            AuthError::InvalidToken(format!("token has no {claim} claim"))
-        }
-        ErrorKind::InvalidClaimFormat(claim) => {
-            AuthError::InvalidToken(format!("token {claim} claim is malformed"))
-        }
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::InvalidToken(format!("token has no {claim} claim")),
+        ErrorKind::InvalidClaimFormat(claim) => AuthError::InvalidToken(format!("token {claim} claim is malformed")),
         ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
-        ErrorKind::InvalidAlgorithm => {
-            AuthError::InvalidToken("token algorithm does not match the signing key".into())
-        }
+        ErrorKind::InvalidAlgorithm => AuthError::InvalidToken("token algorithm does not match the signing key".into()),
         ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => {
             AuthError::InvalidSignature
         }
@@ -405,10 +390,7 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
 }
 
 /// Build the principal from verified claims.
-fn principal_from_claims(
-    iss: &str,
-    claims: &serde_json::Value,
-) -> Result<proto::Principal, AuthError> {
+fn principal_from_claims(iss: &str, claims: &serde_json::Value) -> Result<proto::Principal, AuthError> {
     let sub = str_claim(claims, "sub")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| AuthError::InvalidToken("token has no sub claim".into()))?;
@@ -422,10 +404,7 @@ fn principal_from_claims(
         email: str_claim(claims, "email"),
         name: str_claim(claims, "name"),
         scopes,
-        permissions: claims
-            .get("permissions")
-            .map(string_list)
-            .unwrap_or_default(),
+        permissions: claims.get("permissions").map(string_list).unwrap_or_default(),
         groups: claims.get("groups").map(string_list).unwrap_or_default(),
         client_id: str_claim(claims, "client_id").or_else(|| str_claim(claims, "azp")),
         expires_at: claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0),
@@ -439,10 +418,15 @@ fn principal_from_claims(
 /// `gty: client-credentials`. A token with none of these is taken as a user's (other
 /// issuers' client-credentials tokens need one of these markers to be told apart).
 fn subject_kind(claims: &serde_json::Value) -> proto::SubjectKind {
-    let machine = str_claim(claims, proto::auth::SUBJECT_KIND_CLAIM).as_deref() == Some(proto::auth::SUBJECT_KIND_MACHINE)
+    let machine = str_claim(claims, proto::auth::SUBJECT_KIND_CLAIM).as_deref()
+        == Some(proto::auth::SUBJECT_KIND_MACHINE)
         || str_claim(claims, "idtyp").as_deref() == Some("app")
         || str_claim(claims, "gty").as_deref() == Some("client-credentials");
-    if machine { proto::SubjectKind::Machine } else { proto::SubjectKind::User }
+    if machine {
+        proto::SubjectKind::Machine
+    } else {
+        proto::SubjectKind::User
+    }
 }
 
 fn str_claim(claims: &serde_json::Value, name: &str) -> Option<String> {
@@ -453,11 +437,7 @@ fn str_claim(claims: &serde_json::Value, name: &str) -> Option<String> {
 fn string_list(v: &serde_json::Value) -> Vec<String> {
     match v {
         serde_json::Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(|i| i.as_str())
-            .map(str::to_owned)
-            .collect(),
+        serde_json::Value::Array(items) => items.iter().filter_map(|i| i.as_str()).map(str::to_owned).collect(),
         _ => Vec::new(),
     }
 }
@@ -512,10 +492,7 @@ pub fn protected_resource_metadata(cfg: &AuthConfig) -> serde_json::Value {
     if !cfg.required_scopes.is_empty()
         && let Some(obj) = doc.as_object_mut()
     {
-        obj.insert(
-            "scopes_supported".into(),
-            serde_json::json!(cfg.required_scopes),
-        );
+        obj.insert("scopes_supported".into(), serde_json::json!(cfg.required_scopes));
     }
     doc
 }

@@ -61,7 +61,11 @@ impl RevocationSet {
         if entries.is_empty() {
             return false;
         }
-        let live = |key: String| entries.get(&key).is_some_and(|until| now <= until.saturating_add(super::LEEWAY));
+        let live = |key: String| {
+            entries
+                .get(&key)
+                .is_some_and(|until| now <= until.saturating_add(super::LEEWAY))
+        };
         grant_id.is_some_and(|g| live(proto::auth::revoked_grant_key(g)))
             || jti.is_some_and(|j| live(proto::auth::revoked_token_key(j)))
     }
@@ -121,10 +125,17 @@ mod tests {
         let set = RevocationSet::default();
         set.insert(&revoked_grant_key("g"), NOW);
         assert!(set.is_revoked(Some("g"), None, NOW));
-        assert!(set.is_revoked(Some("g"), None, NOW + super::super::LEEWAY), "within the exp leeway");
+        assert!(
+            set.is_revoked(Some("g"), None, NOW + super::super::LEEWAY),
+            "within the exp leeway"
+        );
         assert!(!set.is_revoked(Some("g"), None, NOW + super::super::LEEWAY + 1));
         set.insert(&revoked_token_key("j"), NOW + 3600);
-        assert_eq!(set.prune(NOW + super::super::LEEWAY + 1), 1, "only the expired entry goes");
+        assert_eq!(
+            set.prune(NOW + super::super::LEEWAY + 1),
+            1,
+            "only the expired entry goes"
+        );
         assert!(set.is_revoked(None, Some("j"), NOW + 10));
         // A later revocation of the same key replaces the earlier one.
         set.insert(&revoked_token_key("j"), NOW);

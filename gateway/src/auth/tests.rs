@@ -76,15 +76,11 @@ impl TestIssuer {
     async fn start_with_path(path: &str) -> Self {
         let state = web::Data::new(IssuerState::default());
         let data = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(serve_doc))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .unwrap();
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(serve_doc)))
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", 0))
+            .unwrap();
         let addr = server.addrs()[0];
         let server = server.run();
         let handle = server.handle();
@@ -112,10 +108,7 @@ impl TestIssuer {
     fn set_keys(&self, keys: &[Jwk]) {
         self.state.put(
             "/jwks.json",
-            serde_json::to_value(JwkSet {
-                keys: keys.to_vec(),
-            })
-            .unwrap(),
+            serde_json::to_value(JwkSet { keys: keys.to_vec() }).unwrap(),
         );
     }
 
@@ -180,10 +173,7 @@ impl Signer {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 fn claims(iss: &str) -> serde_json::Value {
@@ -211,11 +201,7 @@ async fn accepts_a_good_eddsa_token_and_builds_the_principal() {
     let signer = Signer::ed();
     let issuer = TestIssuer::standard(&[signer.jwk()]).await;
     let token = signer.sign(&claims(&issuer.issuer));
-    let p = issuer
-        .validator()
-        .validate(Some(&bearer(&token)))
-        .await
-        .unwrap();
+    let p = issuer.validator().validate(Some(&bearer(&token))).await.unwrap();
     assert_eq!(p.iss, issuer.issuer);
     assert_eq!(p.sub, "alice");
     assert_eq!(p.email.as_deref(), Some("alice@example.com"));
@@ -263,12 +249,20 @@ async fn access_tokens_must_say_at_jwt_unless_the_issuer_is_exempt() {
         assert_eq!(e.code(), "INVALID_TOKEN", "typ {typ:?}");
     }
     for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
-        assert!(v.validate(Some(&bearer(&signer.sign_typ(&c, Some(typ))))).await.is_ok(), "typ {typ}");
+        assert!(
+            v.validate(Some(&bearer(&signer.sign_typ(&c, Some(typ))))).await.is_ok(),
+            "typ {typ}"
+        );
     }
     let mut cfg = issuer.config();
     cfg.issuers_without_typ = vec![issuer.issuer.clone()];
     let exempt = Validator::new(cfg, reqwest::Client::new());
-    assert!(exempt.validate(Some(&bearer(&signer.sign_typ(&c, Some("JWT"))))).await.is_ok());
+    assert!(
+        exempt
+            .validate(Some(&bearer(&signer.sign_typ(&c, Some("JWT")))))
+            .await
+            .is_ok()
+    );
     issuer.stop().await;
 }
 
@@ -313,10 +307,7 @@ async fn missing_or_non_bearer_authorization() {
     let issuer = TestIssuer::standard(&[]).await;
     let v = issuer.validator();
     for header in [None, Some(""), Some("   "), Some("Basic YWxpY2U6c2VjcmV0")] {
-        assert_eq!(
-            v.validate(header).await.unwrap_err(),
-            AuthError::MissingAuthorization
-        );
+        assert_eq!(v.validate(header).await.unwrap_err(), AuthError::MissingAuthorization);
     }
     assert_eq!(issuer.state.total_hits(), 0);
     issuer.stop().await;
@@ -368,10 +359,7 @@ async fn none_and_hmac_algorithms_are_refused() {
     )
     .unwrap();
     let err = v.validate(Some(&bearer(&hs))).await.unwrap_err();
-    assert_eq!(
-        err,
-        AuthError::InvalidToken("unsupported token algorithm".into())
-    );
+    assert_eq!(err, AuthError::InvalidToken("unsupported token algorithm".into()));
     assert_eq!(issuer.state.total_hits(), 0);
     issuer.stop().await;
 }
@@ -409,24 +397,15 @@ async fn issuer_must_be_allowed_and_is_checked_before_any_fetch() {
     let signer = Signer::ed();
     let issuer = TestIssuer::standard(&[signer.jwk()]).await;
     let v = issuer.validator();
-    for iss in [
-        json!("https://evil.example"),
-        json!(format!("{}/", issuer.issuer)),
-    ] {
+    for iss in [json!("https://evil.example"), json!(format!("{}/", issuer.issuer))] {
         let mut c = claims(&issuer.issuer);
         c["iss"] = iss;
-        let err = v
-            .validate(Some(&bearer(&signer.sign(&c))))
-            .await
-            .unwrap_err();
+        let err = v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap_err();
         assert_eq!(err, AuthError::InvalidIssuer);
     }
     let mut c = claims(&issuer.issuer);
     c.as_object_mut().unwrap().remove("iss");
-    let err = v
-        .validate(Some(&bearer(&signer.sign(&c))))
-        .await
-        .unwrap_err();
+    let err = v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap_err();
     assert_eq!(err, AuthError::InvalidIssuer);
     assert_eq!(issuer.state.total_hits(), 0);
     issuer.stop().await;
@@ -462,9 +441,7 @@ async fn wrong_key_or_tampered_token_is_an_invalid_signature() {
     let mut expired = claims(&issuer.issuer);
     expired["exp"] = json!(now() - 3600);
     assert_eq!(
-        v.validate(Some(&bearer(&impostor.sign(&expired))))
-            .await
-            .unwrap_err(),
+        v.validate(Some(&bearer(&impostor.sign(&expired)))).await.unwrap_err(),
         AuthError::InvalidSignature
     );
     issuer.stop().await;
@@ -478,9 +455,7 @@ async fn expiry_with_leeway() {
     let mut c = claims(&issuer.issuer);
     c["exp"] = json!(now() - 120);
     assert_eq!(
-        v.validate(Some(&bearer(&signer.sign(&c))))
-            .await
-            .unwrap_err(),
+        v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap_err(),
         AuthError::TokenExpired
     );
     // Within the leeway: still accepted.
@@ -488,14 +463,8 @@ async fn expiry_with_leeway() {
     assert!(v.validate(Some(&bearer(&signer.sign(&c)))).await.is_ok());
     // No exp at all.
     c.as_object_mut().unwrap().remove("exp");
-    let err = v
-        .validate(Some(&bearer(&signer.sign(&c))))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        AuthError::InvalidToken("token has no exp claim".into())
-    );
+    let err = v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap_err();
+    assert_eq!(err, AuthError::InvalidToken("token has no exp claim".into()));
     issuer.stop().await;
 }
 
@@ -507,9 +476,7 @@ async fn not_before_in_the_future() {
     let mut c = claims(&issuer.issuer);
     c["nbf"] = json!(now() + 600);
     assert_eq!(
-        v.validate(Some(&bearer(&signer.sign(&c))))
-            .await
-            .unwrap_err(),
+        v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap_err(),
         AuthError::InvalidToken("token is not yet valid".into())
     );
     c["nbf"] = json!(now() + 5);
@@ -536,9 +503,7 @@ async fn audience_must_contain_the_resource() {
             }
         }
         assert_eq!(
-            v.validate(Some(&bearer(&signer.sign(&c))))
-                .await
-                .unwrap_err(),
+            v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap_err(),
             AuthError::InvalidAudience
         );
     }
@@ -613,11 +578,7 @@ async fn key_rotation_is_picked_up_on_unknown_kid() {
     let old = Signer::ed();
     let new = Signer::new(ED_OTHER_PEM, Algorithm::EdDSA, "ed-2");
     let issuer = TestIssuer::standard(&[old.jwk()]).await;
-    let v = Validator::with_min_refresh_interval(
-        issuer.config(),
-        reqwest::Client::new(),
-        Duration::ZERO,
-    );
+    let v = Validator::with_min_refresh_interval(issuer.config(), reqwest::Client::new(), Duration::ZERO);
     assert!(
         v.validate(Some(&bearer(&old.sign(&claims(&issuer.issuer)))))
             .await
@@ -649,8 +610,14 @@ async fn cache_ttl_expiry_serves_stale_keys_and_revalidates_in_the_background() 
     // The first call fetched inline; the stale set is refetched (discovery too) in
     // the background.
     testkit::eventually(50, Duration::from_millis(100), || async {
-        let (keys, discovery) = (issuer.state.hits("/jwks.json"), issuer.state.hits("/.well-known/openid-configuration"));
-        anyhow::ensure!(keys >= 2 && discovery >= 2, "{keys} key fetches, {discovery} discoveries");
+        let (keys, discovery) = (
+            issuer.state.hits("/jwks.json"),
+            issuer.state.hits("/.well-known/openid-configuration"),
+        );
+        anyhow::ensure!(
+            keys >= 2 && discovery >= 2,
+            "{keys} key fetches, {discovery} discoveries"
+        );
         Ok(())
     })
     .await
@@ -676,7 +643,11 @@ async fn a_hanging_issuer_stalls_no_token_whose_key_is_cached() {
         c["jti"] = json!(format!("stale-{i}"));
         let t0 = std::time::Instant::now();
         assert!(v.validate(Some(&bearer(&signer.sign(&c)))).await.is_ok());
-        assert!(t0.elapsed() < Duration::from_secs(1), "waited {:?} on a hanging issuer", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "waited {:?} on a hanging issuer",
+            t0.elapsed()
+        );
     }
     // A token naming a key we do not have waits for a fetch, at most FETCH_DEADLINE,
     // and meanwhile known keys are still served at once.
@@ -687,20 +658,30 @@ async fn a_hanging_issuer_stalls_no_token_whose_key_is_cached() {
     let t0 = std::time::Instant::now();
     c["jti"] = json!("while-fetching");
     assert!(v.validate(Some(&bearer(&signer.sign(&c)))).await.is_ok());
-    assert!(t0.elapsed() < Duration::from_secs(1), "a known key waited {:?} on an unknown-kid fetch", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a known key waited {:?} on an unknown-kid fetch",
+        t0.elapsed()
+    );
     let t0 = std::time::Instant::now();
     let err = waiting.await.unwrap().unwrap_err();
     assert!(t0.elapsed() <= super::jwks::FETCH_DEADLINE + Duration::from_secs(1));
-    assert_eq!(err, AuthError::InvalidSignature, "stale keys kept, the unknown kid is not among them");
+    assert_eq!(
+        err,
+        AuthError::InvalidSignature,
+        "stale keys kept, the unknown kid is not among them"
+    );
     // The issuer recovers with a rotated set: the background revalidation finds it.
     issuer.state.hang.store(false, Ordering::SeqCst);
     issuer.set_keys(&[signer.jwk(), new.jwk()]);
     let rotated = new.sign(&claims(&issuer.issuer));
     testkit::eventually(150, Duration::from_millis(100), || async {
-        v.validate(Some(&bearer(&rotated))).await.map_err(|e| anyhow::anyhow!("{e:?}"))
+        v.validate(Some(&bearer(&rotated)))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
     })
     .await
-        .expect("the rotated key is found once the issuer answers again");
+    .expect("the rotated key is found once the issuer answers again");
     issuer.stop().await;
 }
 
@@ -740,10 +721,7 @@ async fn issuer_down_is_unavailable_and_stale_keys_survive_an_outage() {
     assert_eq!(err.unwrap_err(), AuthError::InvalidIssuer);
     let mut c = claims(&v.config().allowed_issuers[0]);
     c["sub"] = json!("x");
-    let err = v
-        .validate(Some(&bearer(&signer.sign(&c))))
-        .await
-        .unwrap_err();
+    let err = v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap_err();
     assert_eq!(err.code(), "ISSUER_UNAVAILABLE");
 }
 
@@ -763,24 +741,10 @@ async fn discovery_falls_back_to_rfc8414_with_path_insertion() {
         .unwrap(),
     );
     let token = signer.sign(&claims(&issuer.issuer));
-    let p = issuer
-        .validator()
-        .validate(Some(&bearer(&token)))
-        .await
-        .unwrap();
+    let p = issuer.validator().validate(Some(&bearer(&token))).await.unwrap();
     assert_eq!(p.iss, issuer.issuer);
-    assert_eq!(
-        issuer
-            .state
-            .hits("/.well-known/openid-configuration/tenant/a"),
-        1
-    );
-    assert_eq!(
-        issuer
-            .state
-            .hits("/tenant/a/.well-known/openid-configuration"),
-        1
-    );
+    assert_eq!(issuer.state.hits("/.well-known/openid-configuration/tenant/a"), 1);
+    assert_eq!(issuer.state.hits("/tenant/a/.well-known/openid-configuration"), 1);
     issuer.stop().await;
 }
 
@@ -829,12 +793,7 @@ async fn reject_builds_the_full_challenge() {
     let v = issuer.validator();
     let resp = v.reject_response(&AuthError::TokenExpired);
     assert_eq!(resp.status().as_u16(), 401);
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .unwrap()
-        .to_str()
-        .unwrap();
+    let challenge = resp.headers().get("www-authenticate").unwrap().to_str().unwrap();
     assert_eq!(
         challenge,
         format!(
@@ -867,10 +826,7 @@ fn protected_resource_metadata_document() {
     };
     let doc = protected_resource_metadata(&cfg);
     assert_eq!(doc["resource"], RESOURCE);
-    assert_eq!(
-        doc["authorization_servers"],
-        json!(["https://a", "https://b"])
-    );
+    assert_eq!(doc["authorization_servers"], json!(["https://a", "https://b"]));
     assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
     assert!(doc.get("scopes_supported").is_none());
     let cfg = AuthConfig {
@@ -898,7 +854,8 @@ async fn revoked_grant_or_jti_is_refused_also_when_remembered() {
 
     // Remembered token, then its grant is revoked.
     let until = now() as u64 + 300;
-    v.revocations().insert(&proto::auth::revoked_grant_key("grant-1"), until);
+    v.revocations()
+        .insert(&proto::auth::revoked_grant_key("grant-1"), until);
     let err = v.validate(Some(&token)).await.unwrap_err();
     assert_eq!(err, AuthError::InvalidToken(REVOKED.into()));
     assert_eq!(err.code(), "INVALID_TOKEN");
@@ -906,7 +863,10 @@ async fn revoked_grant_or_jti_is_refused_also_when_remembered() {
     // A token never seen before, of the same grant: refused on the full path.
     c["jti"] = json!("jti-2");
     let fresh = bearer(&signer.sign(&c));
-    assert_eq!(v.validate(Some(&fresh)).await.unwrap_err(), AuthError::InvalidToken(REVOKED.into()));
+    assert_eq!(
+        v.validate(Some(&fresh)).await.unwrap_err(),
+        AuthError::InvalidToken(REVOKED.into())
+    );
 
     // Another grant is unaffected; revoking its jti refuses just that token.
     let mut other = claims(&issuer.issuer);
@@ -917,11 +877,15 @@ async fn revoked_grant_or_jti_is_refused_also_when_remembered() {
     let sibling = bearer(&signer.sign(&other));
     assert!(v.validate(Some(&other_token)).await.is_ok());
     v.revocations().insert(&proto::auth::revoked_token_key("jti-3"), until);
-    assert_eq!(v.validate(Some(&other_token)).await.unwrap_err(), AuthError::InvalidToken(REVOKED.into()));
+    assert_eq!(
+        v.validate(Some(&other_token)).await.unwrap_err(),
+        AuthError::InvalidToken(REVOKED.into())
+    );
     assert!(v.validate(Some(&sibling)).await.is_ok());
 
     // A revocation past its `until` (and the leeway) no longer counts.
-    v.revocations().insert(&proto::auth::revoked_grant_key("grant-1"), now() as u64 - LEEWAY - 5);
+    v.revocations()
+        .insert(&proto::auth::revoked_grant_key("grant-1"), now() as u64 - LEEWAY - 5);
     assert!(v.validate(Some(&token)).await.is_ok());
     issuer.stop().await;
 }

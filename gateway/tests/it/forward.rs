@@ -163,7 +163,10 @@ async fn oauth_paths_reach_the_upstream_with_method_path_query_body_and_headers(
         .send()
         .await?;
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await?["path"], "/.well-known/oauth-authorization-server/tenant");
+    assert_eq!(
+        resp.json::<Value>().await?["path"],
+        "/.well-known/oauth-authorization-server/tenant"
+    );
     let resp = http
         .request(reqwest::Method::OPTIONS, format!("{origin}/register"))
         .header("Origin", "https://any-client.example")
@@ -174,7 +177,10 @@ async fn oauth_paths_reach_the_upstream_with_method_path_query_body_and_headers(
     assert_eq!(up.seen("/register")[0].method, "OPTIONS");
 
     // The gateway's own documents and endpoints stay the gateway's.
-    let resp = http.get(format!("{origin}/.well-known/oauth-protected-resource/mcp")).send().await?;
+    let resp = http
+        .get(format!("{origin}/.well-known/oauth-protected-resource/mcp"))
+        .send()
+        .await?;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await?["resource"], super::RESOURCE);
     let resp = http.get(format!("{origin}/tokens")).send().await?;
@@ -218,12 +224,18 @@ async fn redirects_and_cookies_come_back_untouched_and_unfollowed() -> anyhow::R
         .collect();
     assert_eq!(
         cookies,
-        vec!["mcp_tx=t1; Path=/; HttpOnly; SameSite=Lax", "mcp_approved=a1; Path=/; HttpOnly; SameSite=Lax"]
+        vec![
+            "mcp_tx=t1; Path=/; HttpOnly; SameSite=Lax",
+            "mcp_approved=a1; Path=/; HttpOnly; SameSite=Lax"
+        ]
     );
     assert_eq!(resp.headers()["cache-control"], "no-store");
     assert!(resp.headers().get("keep-alive").is_none());
     assert!(resp.headers().get("proxy-authenticate").is_none());
-    assert_eq!(up.seen("/authorize").last().map(|s| s.query.clone()), Some("client_id=c1&state=s%2F1".into()));
+    assert_eq!(
+        up.seen("/authorize").last().map(|s| s.query.clone()),
+        Some("client_id=c1&state=s%2F1".into())
+    );
     assert!(up.seen("/followed").is_empty(), "the gateway followed the redirect");
     c.stop().await;
     up.stop().await;
@@ -268,7 +280,10 @@ async fn upstream_down_is_a_502_with_an_oauth_error() -> anyhow::Result<()> {
     assert!(resp.headers()["content-type"].to_str()?.starts_with("application/json"));
     let body: Value = resp.json().await?;
     assert_eq!(body["error"], "temporarily_unavailable");
-    assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    assert!(
+        body["error_description"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
     c.stop().await;
     Ok(())
 }
@@ -295,7 +310,11 @@ async fn foreign_hosts_and_dot_segments_are_refused() -> anyhow::Result<()> {
     let c = cluster(&up.url).await?;
     let addr = c.gateway()?.addr;
     // DNS rebinding: the Host allow-list applies to forwarded paths too.
-    let status = raw_status(addr, "GET /authorize HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await?;
+    let status = raw_status(
+        addr,
+        "GET /authorize HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
     assert_eq!(status, 403);
     // Dot segments would climb out of the forwarded prefix upstream.
     for path in [

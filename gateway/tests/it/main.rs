@@ -36,7 +36,11 @@ async fn issuer() -> anyhow::Result<Issuer> {
     actix_rt::spawn(bound.serve(async {
         let _ = rx.await;
     }));
-    Ok(Issuer { url, key_file, _stop: tx })
+    Ok(Issuer {
+        url,
+        key_file,
+        _stop: tx,
+    })
 }
 
 fn rand_suffix() -> u64 {
@@ -70,7 +74,9 @@ impl Issuer {
     /// (e.g. the `gid` claim of the auth-service's grants, a chosen `jti`).
     fn token_with(&self, sub: &str, extra: Value) -> anyhow::Result<String> {
         let key = auth_service::keys::load(&self.key_file)?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
         let mut claims = json!({
             "iss": self.url, "sub": sub, "aud": RESOURCE, "iat": now, "exp": now + 300,
             "jti": uuid::Uuid::new_v4().to_string(), "client_id": "it",
@@ -244,11 +250,20 @@ async fn session_through_the_gateway() -> anyhow::Result<()> {
     assert_eq!(resp.json::<Value>().await?["id"], 2);
 
     // An unknown session is 404 too.
-    let resp = c.post(&alice, Some("00000000000000000000000000000000"), &add(3)).send().await?;
+    let resp = c
+        .post(&alice, Some("00000000000000000000000000000000"), &add(3))
+        .send()
+        .await?;
     assert_eq!(resp.status(), 404);
 
     // DELETE ends it; afterwards the id is unknown.
-    let resp = c.http.delete(&c.url).bearer_auth(&alice).header("Mcp-Session-Id", &session).send().await?;
+    let resp = c
+        .http
+        .delete(&c.url)
+        .bearer_auth(&alice)
+        .header("Mcp-Session-Id", &session)
+        .send()
+        .await?;
     assert_eq!(resp.status(), 200);
     let mut gone = false;
     for _ in 0..50 {
@@ -308,7 +323,11 @@ async fn bad_input_gets_clear_errors() -> anyhow::Result<()> {
     let resp = c.post(&alice, Some(&session), &big).send().await?;
     assert_eq!(resp.status(), 413);
 
-    let resp = c.post(&alice, Some(&session), &add(5)).header("Origin", "https://evil.example").send().await?;
+    let resp = c
+        .post(&alice, Some(&session), &add(5))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await?;
     assert_eq!(resp.status(), 403);
 
     let resp = c.post(&alice, None, &add(6)).send().await?;
@@ -322,7 +341,11 @@ async fn bad_input_gets_clear_errors() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(resp.status(), 401);
-    assert!(resp.headers()["www-authenticate"].to_str()?.contains("resource_metadata="));
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()?
+            .contains("resource_metadata=")
+    );
     assert_eq!(resp.json::<Value>().await?["error_code"], "MISSING_AUTHORIZATION");
 
     // Still serving after all that.

@@ -15,7 +15,9 @@ async fn revoke(nats_url: &str, key: &str) -> anyhow::Result<()> {
     let client = async_nats::connect(nats_url).await?;
     let js = async_nats::jetstream::new(client);
     let store = gateway::revocations::open_bucket(&js).await?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let revocation = Revocation {
         v: AUTH_WIRE_VERSION,
         until: now + 300,
@@ -30,7 +32,10 @@ async fn assert_revoked(resp: reqwest::Response) -> anyhow::Result<()> {
     anyhow::ensure!(resp.status() == 401, "status {}", resp.status());
     let challenge = resp.headers()["www-authenticate"].to_str()?.to_owned();
     anyhow::ensure!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
-    anyhow::ensure!(challenge.contains(r#"error_description="token revoked""#), "{challenge}");
+    anyhow::ensure!(
+        challenge.contains(r#"error_description="token revoked""#),
+        "{challenge}"
+    );
     let body: Value = resp.json().await?;
     anyhow::ensure!(body["error_code"] == "INVALID_TOKEN", "{body}");
     anyhow::ensure!(body["error_description"] == "token revoked", "{body}");
@@ -66,7 +71,10 @@ async fn revoked_grant_refuses_a_remembered_token() -> anyhow::Result<()> {
 
     let metrics = c.metrics().await?;
     assert!(metrics.contains("mcp_gateway_revocations_held 1"), "{metrics}");
-    assert!(metrics.contains(r#"mcp_gateway_auth_failures_total{code="INVALID_TOKEN"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"mcp_gateway_auth_failures_total{code="INVALID_TOKEN"}"#),
+        "{metrics}"
+    );
     c.stop().await;
     Ok(())
 }
@@ -133,7 +141,10 @@ async fn empty_bucket_is_ready_and_gateway_creates_it() -> anyhow::Result<()> {
     let store = js.get_key_value(proto::auth::REVOCATION_BUCKET).await?;
     let status = store.status().await?;
     assert_eq!(status.history(), 1);
-    assert_eq!(status.max_age(), Duration::from_secs(proto::auth::REVOCATION_MAX_AGE_SECS));
+    assert_eq!(
+        status.max_age(),
+        Duration::from_secs(proto::auth::REVOCATION_MAX_AGE_SECS)
+    );
     assert_eq!(
         status.info.config.storage,
         async_nats::jetstream::stream::StorageType::File

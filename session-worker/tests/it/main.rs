@@ -77,14 +77,24 @@ impl Client {
     }
 
     /// Send a request and collect its messages up to the final one.
-    async fn call(&mut self, principal: Principal, session: &str, body: impl FnOnce(Route) -> Body) -> anyhow::Result<(Ack, Vec<Value>)> {
+    async fn call(
+        &mut self,
+        principal: Principal,
+        session: &str,
+        body: impl FnOnce(Route) -> Body,
+    ) -> anyhow::Result<(Ack, Vec<Value>)> {
         let route = Route::Reply {
             subject: self.reply_subject.clone(),
         };
         let body = body(route);
         let expects_answer = matches!(
             &body,
-            Body::Open { .. } | Body::Stateless { .. } | Body::Deliver { route: Route::Reply { .. }, .. }
+            Body::Open { .. }
+                | Body::Stateless { .. }
+                | Body::Deliver {
+                    route: Route::Reply { .. },
+                    ..
+                }
         );
         let subject = match &body {
             Body::Stateless { .. } => subjects::STATELESS.to_owned(),
@@ -134,7 +144,10 @@ fn add(id: u64, a: i64, b: i64) -> Vec<u8> {
 }
 
 fn text_of(result: &Value) -> String {
-    result["result"]["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+    result["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 async fn open_session(client: &mut Client, session: &str) -> anyhow::Result<()> {
@@ -165,11 +178,21 @@ async fn session_lifecycle_and_binding() -> anyhow::Result<()> {
     let session = "0f0e0d0c0b0a09080706050403020100";
     open_session(&mut client, session).await?;
 
-    let (_, msgs) = client.call(alice(), session, |route| Body::Deliver { message: add(1, 2, 3), route }).await?;
+    let (_, msgs) = client
+        .call(alice(), session, |route| Body::Deliver {
+            message: add(1, 2, 3),
+            route,
+        })
+        .await?;
     assert_eq!(text_of(&msgs[0]), "5");
 
     // Another subject presenting the session id is told it does not exist.
-    let (ack, _) = client.call(mallory(), session, |route| Body::Deliver { message: add(2, 1, 1), route }).await?;
+    let (ack, _) = client
+        .call(mallory(), session, |route| Body::Deliver {
+            message: add(2, 1, 1),
+            route,
+        })
+        .await?;
     assert_eq!(ack, Ack::NotFound);
 
     // Unknown methods are JSON-RPC -32601.
@@ -183,7 +206,10 @@ async fn session_lifecycle_and_binding() -> anyhow::Result<()> {
 
     // Malformed JSON is refused before reaching the session.
     let (ack, _) = client
-        .call(alice(), session, |route| Body::Deliver { message: b"{nope".to_vec(), route })
+        .call(alice(), session, |route| Body::Deliver {
+            message: b"{nope".to_vec(),
+            route,
+        })
         .await?;
     assert!(matches!(ack, Ack::Rejected { code: -32700, .. }), "{ack:?}");
 
@@ -211,11 +237,16 @@ async fn undecodable_envelope_is_rejected_by_name() -> anyhow::Result<()> {
     let client = Client::new(&nats).await?;
     let msg = tokio::time::timeout(
         Duration::from_secs(5),
-        client.nats.request(subjects::actor("abc"), bytes::Bytes::from_static(b"\xc1garbage")),
+        client
+            .nats
+            .request(subjects::actor("abc"), bytes::Bytes::from_static(b"\xc1garbage")),
     )
     .await??;
     let ack = Ack::from_bytes(&msg.payload)?;
-    assert!(matches!(&ack, Ack::Rejected { message, .. } if message.contains("malformed envelope")), "{ack:?}");
+    assert!(
+        matches!(&ack, Ack::Rejected { message, .. } if message.contains("malformed envelope")),
+        "{ack:?}"
+    );
     worker.shutdown().await;
     Ok(())
 }
@@ -233,7 +264,13 @@ async fn session_survives_its_worker() -> anyhow::Result<()> {
     // The shards come back once the second worker has leased them.
     let mut answer = None;
     for _ in 0..50 {
-        match client.call(alice(), session, |route| Body::Deliver { message: add(7, 20, 22), route }).await {
+        match client
+            .call(alice(), session, |route| Body::Deliver {
+                message: add(7, 20, 22),
+                route,
+            })
+            .await
+        {
             Ok(r) => {
                 answer = Some(r);
                 break;
@@ -287,7 +324,9 @@ async fn stateless_request_needs_no_session() -> anyhow::Result<()> {
                  "io.modelcontextprotocol/clientCapabilities":{}}}})
     .to_string()
     .into_bytes();
-    let (ack, msgs) = client.call(alice(), "", |route| Body::Stateless { message, route }).await?;
+    let (ack, msgs) = client
+        .call(alice(), "", |route| Body::Stateless { message, route })
+        .await?;
     assert_eq!(ack, Ack::Accepted);
     assert_eq!(text_of(msgs.last().expect("answer")), "42", "{msgs:?}");
     worker.shutdown().await;
@@ -319,10 +358,18 @@ async fn idle_actor_stops_and_comes_back_on_demand() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    let (ack, msgs) = client.call(alice(), session, |route| Body::Deliver { message: add(3, 1, 1), route }).await?;
+    let (ack, msgs) = client
+        .call(alice(), session, |route| Body::Deliver {
+            message: add(3, 1, 1),
+            route,
+        })
+        .await?;
     assert_eq!(ack, Ack::Accepted);
     assert_eq!(text_of(&msgs[0]), "2");
-    assert_eq!(metric(worker.admin_addr, "mcp_worker_sessions_restored_total").await?, 1.0);
+    assert_eq!(
+        metric(worker.admin_addr, "mcp_worker_sessions_restored_total").await?,
+        1.0
+    );
     worker.shutdown().await;
     Ok(())
 }
@@ -357,7 +404,10 @@ async fn rebalancing_leaves_no_shard_without_owner() -> anyhow::Result<()> {
             assert!(answered, "shard of {key} had no owner for 200 ms");
             probes += 1;
         }
-        let (x, y) = (metric(a.admin_addr, "mcp_worker_owned_shards").await?, metric(b.admin_addr, "mcp_worker_owned_shards").await?);
+        let (x, y) = (
+            metric(a.admin_addr, "mcp_worker_owned_shards").await?,
+            metric(b.admin_addr, "mcp_worker_owned_shards").await?,
+        );
         if x > 0.0 && y > 0.0 && x + y == 1024.0 {
             split = true;
             if started.elapsed() > Duration::from_secs(2) {

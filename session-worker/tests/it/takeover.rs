@@ -42,14 +42,21 @@ async fn legacy_sessions_open_only_on_their_owners_reservation() -> anyhow::Resu
     let (ack, _) = client.call(alice(), id, |_| Body::Reserve).await?;
     assert_eq!(ack, Ack::Accepted);
     let (ack, _) = client.call(mallory(), id, |_| Body::Reserve).await?;
-    assert!(matches!(ack, Ack::Rejected { .. }), "a reserved id is not reserved again: {ack:?}");
+    assert!(
+        matches!(ack, Ack::Rejected { .. }),
+        "a reserved id is not reserved again: {ack:?}"
+    );
     let (ack, _) = client.call(mallory(), id, legacy_open).await?;
     assert_eq!(ack, Ack::NotFound);
     let (ack, msgs) = client.call(alice(), id, legacy_open).await?;
     assert_eq!(ack, Ack::Accepted);
     assert_eq!(msgs[0]["result"]["protocolVersion"], "2025-06-18", "{msgs:?}");
     let (ack, _) = client.call(mallory(), id, legacy_open).await?;
-    assert_eq!(ack, Ack::NotFound, "a live session of someone else does not exist for mallory");
+    assert_eq!(
+        ack,
+        Ack::NotFound,
+        "a live session of someone else does not exist for mallory"
+    );
     let (ack, _) = client.call(alice(), id, legacy_open).await?;
     assert!(matches!(ack, Ack::Rejected { .. }), "{ack:?}");
 
@@ -88,13 +95,27 @@ async fn a_stored_session_is_never_overwritten_after_its_worker_restarts() -> an
             .await?;
         attempts.push(ack);
     }
-    assert!(matches!(attempts[0], Ack::Rejected { .. }), "streamable re-open: {:?}", attempts[0]);
+    assert!(
+        matches!(attempts[0], Ack::Rejected { .. }),
+        "streamable re-open: {:?}",
+        attempts[0]
+    );
     assert_eq!(attempts[1], Ack::NotFound, "legacy re-open");
     // The session is still alice's: it rehydrates for her, with her identity.
-    let (ack, msgs) = client.call(alice(), id, |route| Body::Deliver { message: who_am_i(5), route }).await?;
+    let (ack, msgs) = client
+        .call(alice(), id, |route| Body::Deliver {
+            message: who_am_i(5),
+            route,
+        })
+        .await?;
     assert_eq!(ack, Ack::Accepted);
     assert_eq!(report(&msgs)["sub"], "alice", "{msgs:?}");
-    let (ack, _) = client.call(mallory(), id, |route| Body::Deliver { message: who_am_i(6), route }).await?;
+    let (ack, _) = client
+        .call(mallory(), id, |route| Body::Deliver {
+            message: who_am_i(6),
+            route,
+        })
+        .await?;
     assert_eq!(ack, Ack::NotFound);
     second.shutdown().await;
     Ok(())
@@ -119,7 +140,12 @@ async fn each_request_runs_with_its_own_principal() -> anyhow::Result<()> {
         })
         .await?;
     assert_eq!(ack, Ack::Accepted);
-    let (_, msgs) = client.call(opener.clone(), id, |route| Body::Deliver { message: who_am_i(1), route }).await?;
+    let (_, msgs) = client
+        .call(opener.clone(), id, |route| Body::Deliver {
+            message: who_am_i(1),
+            route,
+        })
+        .await?;
     assert_eq!(report(&msgs)["scopes"], json!(["mcp"]));
 
     let wider = Principal {
@@ -127,7 +153,12 @@ async fn each_request_runs_with_its_own_principal() -> anyhow::Result<()> {
         permissions: vec!["image_generation".into()],
         ..opener.clone()
     };
-    let (_, msgs) = client.call(wider, id, |route| Body::Deliver { message: who_am_i(2), route }).await?;
+    let (_, msgs) = client
+        .call(wider, id, |route| Body::Deliver {
+            message: who_am_i(2),
+            route,
+        })
+        .await?;
     assert_eq!(report(&msgs)["scopes"], json!(["mcp", "extra"]), "{msgs:?}");
     assert_eq!(report(&msgs)["permissions"], json!(["image_generation"]));
 
@@ -135,7 +166,12 @@ async fn each_request_runs_with_its_own_principal() -> anyhow::Result<()> {
         scopes: vec![],
         ..opener.clone()
     };
-    let (_, msgs) = client.call(narrower, id, |route| Body::Deliver { message: who_am_i(3), route }).await?;
+    let (_, msgs) = client
+        .call(narrower, id, |route| Body::Deliver {
+            message: who_am_i(3),
+            route,
+        })
+        .await?;
     assert_eq!(report(&msgs)["scopes"], json!([]), "{msgs:?}");
 
     // The same user through another client is another owner.
@@ -143,7 +179,12 @@ async fn each_request_runs_with_its_own_principal() -> anyhow::Result<()> {
         client_id: Some("app-2".into()),
         ..opener
     };
-    let (ack, _) = client.call(other_client, id, |route| Body::Deliver { message: who_am_i(4), route }).await?;
+    let (ack, _) = client
+        .call(other_client, id, |route| Body::Deliver {
+            message: who_am_i(4),
+            route,
+        })
+        .await?;
     assert_eq!(ack, Ack::NotFound);
     worker.shutdown().await;
     Ok(())
@@ -169,9 +210,29 @@ async fn live_sessions_per_principal_are_capped_and_records_are_bounded() -> any
     }
     // A fourth, and a legacy reservation, are refused for alice; mallory is not affected.
     let (ack, _) = client.call(alice(), &ids[3], open).await?;
-    assert!(matches!(ack, Ack::Rejected { code: proto::mcp::SESSION_LIMIT, .. }), "{ack:?}");
-    let (ack, _) = client.call(alice(), "6666666666666666666666666666ffff", |_| Body::Reserve).await?;
-    assert!(matches!(ack, Ack::Rejected { code: proto::mcp::SESSION_LIMIT, .. }), "{ack:?}");
+    assert!(
+        matches!(
+            ack,
+            Ack::Rejected {
+                code: proto::mcp::SESSION_LIMIT,
+                ..
+            }
+        ),
+        "{ack:?}"
+    );
+    let (ack, _) = client
+        .call(alice(), "6666666666666666666666666666ffff", |_| Body::Reserve)
+        .await?;
+    assert!(
+        matches!(
+            ack,
+            Ack::Rejected {
+                code: proto::mcp::SESSION_LIMIT,
+                ..
+            }
+        ),
+        "{ack:?}"
+    );
     let (ack, _) = client.call(mallory(), &ids[3], open).await?;
     assert_eq!(ack, Ack::Accepted);
     // Closing one frees a place.
@@ -193,7 +254,16 @@ async fn live_sessions_per_principal_are_capped_and_records_are_bounded() -> any
             legacy_sse: false,
         })
         .await?;
-    assert!(matches!(ack, Ack::Rejected { code: proto::mcp::INVALID_REQUEST, .. }), "{ack:?}");
+    assert!(
+        matches!(
+            ack,
+            Ack::Rejected {
+                code: proto::mcp::INVALID_REQUEST,
+                ..
+            }
+        ),
+        "{ack:?}"
+    );
     worker.shutdown().await;
     Ok(())
 }

@@ -56,7 +56,10 @@ impl Responder {
                     continue;
                 };
                 let grant = req.grant_id.clone();
-                record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(req);
+                record
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(req);
                 let answer = match grant.as_str() {
                     "g-token" => VaultReply::Token {
                         access_token: upstream_jwt(),
@@ -64,7 +67,9 @@ impl Responder {
                         expires_at: Some(1_900_000_000),
                     },
                     "g-revoked" => VaultReply::Revoked,
-                    "g-unavailable" => VaultReply::Unavailable { message: "upstream said 502".into() },
+                    "g-unavailable" => VaultReply::Unavailable {
+                        message: "upstream said 502".into(),
+                    },
                     "g-silent" => continue,
                     "g-garbage" => {
                         let _ = client.publish(reply_to, bytes::Bytes::from_static(b"\xc1")).await;
@@ -72,7 +77,9 @@ impl Responder {
                     }
                     _ => VaultReply::NotFound,
                 };
-                let Ok(bytes) = rmp_serde::to_vec_named(&answer) else { continue };
+                let Ok(bytes) = rmp_serde::to_vec_named(&answer) else {
+                    continue;
+                };
                 let _ = client.publish(reply_to, bytes.into()).await;
             }
         });
@@ -80,7 +87,10 @@ impl Responder {
     }
 
     fn seen(&self) -> Vec<VaultRequest> {
-        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -141,7 +151,10 @@ async fn vault_client_needs_a_grant_and_a_responder() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let vault = client(&nats).await?;
     // Nobody listens on the vault subject.
-    assert_eq!(vault.upstream_token(&bob(Some("g-token"))).await.unwrap_err(), VaultError::NoResponders);
+    assert_eq!(
+        vault.upstream_token(&bob(Some("g-token"))).await.unwrap_err(),
+        VaultError::NoResponders
+    );
     // A principal without a grant is answered without asking anyone.
     let responder = Responder::start(&nats).await?;
     assert_eq!(vault.upstream_token(&bob(None)).await.unwrap_err(), VaultError::NoGrant);
@@ -150,7 +163,9 @@ async fn vault_client_needs_a_grant_and_a_responder() -> anyhow::Result<()> {
 }
 
 fn rpc(id: u64, method: &str, params: Value) -> Vec<u8> {
-    json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string().into_bytes()
+    json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})
+        .to_string()
+        .into_bytes()
 }
 
 fn stateless_meta() -> Value {
@@ -167,7 +182,9 @@ async fn worker_serves_who_am_i_from_the_vault_without_the_token() -> anyhow::Re
 
     // The default profile lists exactly `add` and `whoAmI`.
     let message = rpc(1, "tools/list", json!({ "_meta": stateless_meta() }));
-    let (ack, msgs) = client.call(bob(Some("g-token")), "", |route| Body::Stateless { message, route }).await?;
+    let (ack, msgs) = client
+        .call(bob(Some("g-token")), "", |route| Body::Stateless { message, route })
+        .await?;
     assert_eq!(ack, Ack::Accepted);
     let tools = &msgs.last().expect("answer")["result"]["tools"];
     let names: Vec<_> = tools
@@ -179,8 +196,14 @@ async fn worker_serves_who_am_i_from_the_vault_without_the_token() -> anyhow::Re
     assert_eq!(names, ["add", "whoAmI"], "{msgs:?}");
 
     // Stateless: the principal's grant reaches the vault, the audience comes back.
-    let message = rpc(2, "tools/call", json!({ "name": "whoAmI", "arguments": {}, "_meta": stateless_meta() }));
-    let (_, msgs) = client.call(bob(Some("g-token")), "", |route| Body::Stateless { message, route }).await?;
+    let message = rpc(
+        2,
+        "tools/call",
+        json!({ "name": "whoAmI", "arguments": {}, "_meta": stateless_meta() }),
+    );
+    let (_, msgs) = client
+        .call(bob(Some("g-token")), "", |route| Body::Stateless { message, route })
+        .await?;
     let text = text_of(msgs.last().expect("answer"));
     assert!(!text.contains(SIGNATURE), "{text}");
     assert!(!text.contains("upstream-7"), "{text}");
@@ -196,10 +219,18 @@ async fn worker_serves_who_am_i_from_the_vault_without_the_token() -> anyhow::Re
     // In a session: a revoked grant is reported as such.
     let session = "1234123412341234abcdabcdabcdabcd";
     let principal = bob(Some("g-revoked"));
-    let init = rpc(0, "initialize", json!({"protocolVersion":"2025-06-18","capabilities":{},
-        "clientInfo":{"name":"it","version":"1"}}));
+    let init = rpc(
+        0,
+        "initialize",
+        json!({"protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"it","version":"1"}}),
+    );
     let (ack, _) = client
-        .call(principal.clone(), session, |route| Body::Open { message: init, route, legacy_sse: false })
+        .call(principal.clone(), session, |route| Body::Open {
+            message: init,
+            route,
+            legacy_sse: false,
+        })
         .await?;
     assert_eq!(ack, Ack::Accepted);
     let (ack, _) = client
