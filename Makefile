@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 
-.PHONY: run token test deps build test-cargo test-e2e test-conformance test-authz test-browser bench clean-run
+.PHONY: run token test deps build lint test-cargo test-e2e test-conformance test-authz test-browser bench clean-run
 
 run:
 	bash scripts/run-local.sh
@@ -22,6 +22,10 @@ deps:
 
 build:
 	cargo build --release --workspace
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
 
 # The single stages of `make test`, for iterating on one of them (they assume `make deps build`).
 test-cargo:

@@ -2,6 +2,8 @@
 # `make test`: every suite, in order, with the time each stage took.
 #   1. deps         scripts/install-deps.sh (no-op when already installed)
 #   2. build        cargo build --release --workspace (the binaries the e2e suites run)
+#   2b. lint        cargo fmt --check; cargo clippy --workspace --all-targets --release -- -D warnings
+#                   (release profile: it shares the build's dependency artifacts)
 #   3. cargo test   cargo test --workspace --release --no-fail-fast (same profile as the build)
 #   4. e2e          pytest tests/e2e (real nats-server, release binaries, Python SDK, Inspector CLI)
 #   5. conformance  tests/conformance/run.sh <url> --token <t> against a cluster with the
@@ -40,6 +42,8 @@ trap summary EXIT
 
 stage deps bash scripts/install-deps.sh || exit 1
 stage build cargo build --release --workspace || exit 1
+stage fmt cargo fmt --all --check || true
+stage clippy cargo clippy --workspace --all-targets --release -- -D warnings || true
 stage "cargo test" cargo test --workspace --release --no-fail-fast || true
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
 stage e2e "$VENV_DIR/bin/python" -m pytest tests/e2e -q ${PYTEST_ARGS:-} || true
