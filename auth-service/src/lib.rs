@@ -19,6 +19,7 @@
 pub mod clients;
 pub mod config;
 pub mod crypto;
+pub mod errors;
 pub mod flow;
 pub mod grants;
 pub mod keys;

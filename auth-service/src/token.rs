@@ -1,27 +1,20 @@
 //! `POST /token`, `POST /revoke` (RFC 7009) and `POST /introspect` (RFC 7662).
 //!
-//! Every answer carries `Cache-Control: no-store`; errors are RFC 6749 §5.2 bodies
-//! (`invalid_client` is 401, with `WWW-Authenticate: Basic` when the client tried
-//! HTTP Basic). The grant logic itself is in [`crate::grants`].
+//! Every answer carries `Cache-Control: no-store`; errors come from the one table in
+//! [`crate::errors`] (`invalid_client` is 401, with `WWW-Authenticate: Basic` when
+//! the client tried HTTP Basic). The grant logic itself is in [`crate::grants`].
 
 use std::collections::HashMap;
 
-use actix_web::http::{StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 
 use crate::clients::{AuthMethod, ClientError, ClientRecord};
+use crate::errors::{Code, OAuthError};
 use crate::flow::{requested_scopes, resource_matches};
 use crate::grants::GrantError;
 use crate::server::OAuth;
-
-/// An RFC 6749 error answer.
-pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::PRAGMA, "no-cache"))
-        .json(json!({ "error": error, "error_description": description }))
-}
 
 fn no_store_json(body: &impl serde::Serialize) -> HttpResponse {
     HttpResponse::Ok()
@@ -30,36 +23,28 @@ fn no_store_json(body: &impl serde::Serialize) -> HttpResponse {
         .json(body)
 }
 
-fn client_error(oauth: &OAuth, endpoint: &str, e: &ClientError, basic: bool) -> HttpResponse {
-    tracing::info!(endpoint, error = e.oauth_code(), description = %e.description(), "client refused");
-    oauth.metrics.token(endpoint, e.oauth_code());
-    let mut resp = oauth_error(
-        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-        e.oauth_code(),
-        &e.description(),
-    );
-    if basic && e.status() == 401 {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Basic realm=\"token\""),
-        );
+/// Count the outcome under `label` (grant type or endpoint) and answer.
+fn answer(oauth: &OAuth, label: &str, result: Result<HttpResponse, OAuthError>) -> HttpResponse {
+    match result {
+        Ok(resp) => {
+            oauth.metrics.token(label, "ok");
+            resp
+        }
+        Err(e) => {
+            if e.code != Code::TemporarilyUnavailable {
+                tracing::info!(endpoint = label, error = e.label(), description = %e.description, "request refused");
+            }
+            oauth.metrics.token(label, e.label());
+            e.error_response()
+        }
     }
-    resp
 }
 
-fn grant_error(oauth: &OAuth, grant_type: &str, e: &GrantError) -> HttpResponse {
-    match e {
-        GrantError::Invalid(reason) => {
-            tracing::info!(grant_type, reason, "token request refused");
-            oauth.metrics.token(grant_type, "invalid_grant");
-            oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", reason)
-        }
-        other => {
-            tracing::error!(grant_type, error = %other, "token request failed");
-            oauth.metrics.token(grant_type, "temporarily_unavailable");
-            oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again")
-        }
+fn grant_error(grant_type: &str, e: &GrantError) -> OAuthError {
+    if !matches!(e, GrantError::Invalid(_)) {
+        tracing::error!(grant_type, error = %e, "token request failed");
     }
+    OAuthError::from(e)
 }
 
 /// Parse the form (repeated parameters are an error) and authenticate the client.
@@ -67,8 +52,7 @@ async fn authenticated(
     oauth: &OAuth,
     req: &HttpRequest,
     body: &[u8],
-    endpoint: &str,
-) -> Result<(HashMap<String, String>, ClientRecord), HttpResponse> {
+) -> Result<(HashMap<String, String>, ClientRecord), OAuthError> {
     let is_form = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -79,82 +63,90 @@ async fn authenticated(
                 .starts_with("application/x-www-form-urlencoded")
         });
     if !is_form {
-        oauth.metrics.token(endpoint, "invalid_request");
-        return Err(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+        return Err(OAuthError::new(
+            Code::InvalidRequest,
             "body must be application/x-www-form-urlencoded",
         ));
     }
     let mut form = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         if form.insert(k.to_string(), v.to_string()).is_some() {
-            oauth.metrics.token(endpoint, "invalid_request");
-            return Err(oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("parameter {k} appears more than once"),
+            return Err(OAuthError::new(
+                Code::InvalidRequest,
+                format!("parameter {k} appears more than once"),
             ));
         }
     }
     let basic = req.headers().contains_key(header::AUTHORIZATION);
-    let (client_id, secret, method) =
-        crate::clients::client_credentials(req, &form).map_err(|e| client_error(oauth, endpoint, &e, basic))?;
+    let client_err = |e: ClientError| OAuthError::from(&e).basic(basic);
+    let (client_id, secret, method) = crate::clients::client_credentials(req, &form).map_err(client_err)?;
     let client = oauth
         .clients
         .authenticate(&client_id, secret.as_deref(), method)
         .await
-        .map_err(|e| client_error(oauth, endpoint, &e, basic))?;
+        .map_err(client_err)?;
     if let Err(e) = oauth.clients.touch(&client).await {
         tracing::warn!(error = %e, "cannot note client use");
     }
     Ok((form, client))
 }
 
+/// Grant types `/token` knows.
+const SUPPORTED_GRANT_TYPES: [&str; 3] = ["authorization_code", "refresh_token", "client_credentials"];
+
 /// `POST /token`.
 pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) -> HttpResponse {
-    let (form, client) = match authenticated(&oauth, &req, &body, "token").await {
+    let (form, client) = match authenticated(&oauth, &req, &body).await {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(e) => return answer(&oauth, "token", Err(e)),
     };
     let grant_type = form.get("grant_type").map(String::as_str).unwrap_or_default();
+    let label = match grant_type {
+        "" => "none",
+        g if SUPPORTED_GRANT_TYPES.contains(&g) => g,
+        _ => "other",
+    };
+    let result = grant(&oauth, &form, &client, grant_type).await;
+    answer(&oauth, label, result)
+}
+
+async fn grant(
+    oauth: &OAuth,
+    form: &HashMap<String, String>,
+    client: &ClientRecord,
+    grant_type: &str,
+) -> Result<HttpResponse, OAuthError> {
     let resource = form.get("resource").map(String::as_str);
     if let Some(r) = resource
         && !resource_matches(&oauth.cfg.resource, r)
     {
-        oauth.metrics.token(grant_type, "invalid_target");
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_target",
+        return Err(OAuthError::new(
+            Code::InvalidTarget,
             "resource does not name this MCP server",
-        );
+        ));
     }
-    const SUPPORTED: [&str; 3] = ["authorization_code", "refresh_token", "client_credentials"];
-    if !grant_type.is_empty() && !SUPPORTED.contains(&grant_type) {
-        oauth.metrics.token("other", "unsupported_grant_type");
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
+    if grant_type.is_empty() {
+        return Err(OAuthError::new(Code::InvalidRequest, "grant_type is missing"));
+    }
+    if !SUPPORTED_GRANT_TYPES.contains(&grant_type) {
+        return Err(OAuthError::new(
+            Code::UnsupportedGrantType,
             "grant_type is not supported",
-        );
+        ));
     }
-    if !grant_type.is_empty() && !client.grant_types.iter().any(|g| g == grant_type) {
-        oauth.metrics.token(grant_type, "unauthorized_client");
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
+    if !client.grant_types.iter().any(|g| g == grant_type) {
+        return Err(OAuthError::new(
+            Code::UnauthorizedClient,
             "client is not registered for this grant_type",
-        );
+        ));
     }
     let result = match grant_type {
         "authorization_code" => {
             let (Some(code), Some(verifier)) = (form.get("code"), form.get("code_verifier")) else {
-                oauth.metrics.token(grant_type, "invalid_request");
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
+                return Err(OAuthError::new(
+                    Code::InvalidRequest,
                     "code and code_verifier are required",
-                );
+                ));
             };
             oauth
                 .grants
@@ -169,8 +161,7 @@ pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) 
         }
         "refresh_token" => {
             let Some(token) = form.get("refresh_token") else {
-                oauth.metrics.token(grant_type, "invalid_request");
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is required");
+                return Err(OAuthError::new(Code::InvalidRequest, "refresh_token is required"));
             };
             let scopes = form
                 .get("scope")
@@ -178,61 +169,39 @@ pub async fn token(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) 
                 .filter(|s| !s.is_empty());
             oauth.grants.refresh(token, &client.client_id, scopes, resource).await
         }
-        "client_credentials" => {
-            // Only the operator's machine clients act for themselves; a registered
-            // client never can, whatever it registered (defence in depth: registration
-            // refuses the grant type too).
+        _ => {
+            // client_credentials. Only the operator's machine clients act for
+            // themselves; a registered client never can, whatever it registered
+            // (defence in depth: registration refuses the grant type too).
             if !client.machine || client.token_endpoint_auth_method == AuthMethod::None {
-                oauth.metrics.token(grant_type, "unauthorized_client");
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "unauthorized_client",
+                return Err(OAuthError::new(
+                    Code::UnauthorizedClient,
                     "client_credentials is only for machine clients the operator configured",
-                );
+                ));
             }
-            let scopes = match requested_scopes(&oauth, &client, form.get("scope").map(String::as_str)) {
-                Ok(s) => s,
-                Err(e) => {
-                    oauth.metrics.token(grant_type, "invalid_scope");
-                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &e);
-                }
-            };
+            let scopes = requested_scopes(oauth, client, form.get("scope").map(String::as_str))
+                .map_err(|e| OAuthError::new(Code::InvalidScope, e))?;
             oauth
                 .grants
                 .client_token(&client.client_id, &scopes, &oauth.cfg.resource)
         }
-        "" => {
-            oauth.metrics.token("none", "invalid_request");
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing");
-        }
-        _ => {
-            oauth.metrics.token("other", "unsupported_grant_type");
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "grant_type is not supported",
-            );
-        }
     };
-    match result {
-        Ok(answer) => {
-            oauth.metrics.token(grant_type, "ok");
-            no_store_json(&answer)
-        }
-        Err(e) => grant_error(&oauth, grant_type, &e),
-    }
+    result
+        .map(|answer| no_store_json(&answer))
+        .map_err(|e| grant_error(grant_type, &e))
 }
 
 /// `POST /revoke` (RFC 7009): always 200 for a token that is unknown, already
 /// revoked, or not this client's (no oracle), after authenticating the client.
 pub async fn revoke(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) -> HttpResponse {
-    let (form, client) = match authenticated(&oauth, &req, &body, "revoke").await {
-        Ok(x) => x,
-        Err(resp) => return resp,
-    };
+    let result = revoke_inner(&req, &body, &oauth).await;
+    answer(&oauth, "revoke", result)
+}
+
+async fn revoke_inner(req: &HttpRequest, body: &[u8], oauth: &OAuth) -> Result<HttpResponse, OAuthError> {
+    let (form, client) = authenticated(oauth, req, body).await?;
     let Some(token) = form.get("token").filter(|t| !t.is_empty()) else {
-        oauth.metrics.token("revoke", "invalid_request");
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
+        return Err(OAuthError::new(Code::InvalidRequest, "token is required"));
     };
     let outcome = async {
         if let Some(grant) = oauth.grants.refresh_token_grant(token).await? {
@@ -250,16 +219,12 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>)
     }
     .await;
     match outcome {
-        Ok(()) => {
-            oauth.metrics.token("revoke", "ok");
-            HttpResponse::Ok()
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .finish()
-        }
+        Ok(()) => Ok(HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish()),
         Err(e) => {
             tracing::error!(error = %e, "revocation failed");
-            oauth.metrics.token("revoke", "temporarily_unavailable");
-            oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again")
+            Err(OAuthError::unavailable())
         }
     }
 }
@@ -268,65 +233,60 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>)
 /// configured (machine clients with `introspect: true`): it reveals who a token is
 /// for, so no self-registered client may call it.
 pub async fn introspect(req: HttpRequest, body: web::Bytes, oauth: web::Data<OAuth>) -> HttpResponse {
-    let (form, client) = match authenticated(&oauth, &req, &body, "introspect").await {
-        Ok(x) => x,
-        Err(resp) => return resp,
-    };
+    let result = introspect_inner(&req, &body, &oauth).await;
+    answer(&oauth, "introspect", result)
+}
+
+async fn introspect_inner(req: &HttpRequest, body: &[u8], oauth: &OAuth) -> Result<HttpResponse, OAuthError> {
+    let (form, client) = authenticated(oauth, req, body).await?;
     if !client.introspect || client.token_endpoint_auth_method == AuthMethod::None {
         tracing::info!(client_id = %client.client_id, "introspection refused: not a configured resource server");
-        oauth.metrics.token("introspect", "invalid_client");
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
+        return Err(OAuthError::new(
+            Code::InvalidClient,
             "introspection is only for the resource servers the operator configured",
-        );
+        )
+        .basic(req.headers().contains_key(header::AUTHORIZATION)));
     }
     let Some(token) = form.get("token").filter(|t| !t.is_empty()) else {
-        oauth.metrics.token("introspect", "invalid_request");
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
+        return Err(OAuthError::new(Code::InvalidRequest, "token is required"));
+    };
+    let failed = |e: GrantError| {
+        tracing::error!(error = %e, "introspection failed");
+        OAuthError::unavailable()
     };
     let inactive = || no_store_json(&json!({ "active": false }));
     if let Some(c) = oauth.grants.verify_access(token, true) {
-        return match oauth.grants.is_revoked(c.gid.as_deref(), &c.jti).await {
-            Ok(false) => {
-                oauth.metrics.token("introspect", "ok");
-                no_store_json(&json!({
-                    "active": true,
-                    "token_type": "Bearer",
-                    "client_id": c.client_id,
-                    "sub": c.sub,
-                    "aud": c.aud,
-                    "iss": c.iss,
-                    "exp": c.exp,
-                    "iat": c.iat,
-                    "jti": c.jti,
-                    "scope": c.scope.unwrap_or_default(),
-                }))
-            }
-            Ok(true) => inactive(),
-            Err(e) => {
-                tracing::error!(error = %e, "introspection failed");
-                oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again")
-            }
+        return match oauth
+            .grants
+            .is_revoked(c.gid.as_deref(), &c.jti)
+            .await
+            .map_err(failed)?
+        {
+            false => Ok(no_store_json(&json!({
+                "active": true,
+                "token_type": "Bearer",
+                "client_id": c.client_id,
+                "sub": c.sub,
+                "aud": c.aud,
+                "iss": c.iss,
+                "exp": c.exp,
+                "iat": c.iat,
+                "jti": c.jti,
+                "scope": c.scope.unwrap_or_default(),
+            }))),
+            true => Ok(inactive()),
         };
     }
-    match oauth.grants.refresh_token_grant(token).await {
-        Ok(Some(g)) => {
-            oauth.metrics.token("introspect", "ok");
-            no_store_json(&json!({
-                "active": true,
-                "token_type": "refresh_token",
-                "client_id": g.client_id,
-                "sub": g.identity.sub,
-                "aud": g.resource,
-                "iss": oauth.issuer,
-                "scope": g.scopes.join(" "),
-            }))
-        }
-        Ok(None) => inactive(),
-        Err(e) => {
-            tracing::error!(error = %e, "introspection failed");
-            oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again")
-        }
-    }
+    Ok(match oauth.grants.refresh_token_grant(token).await.map_err(failed)? {
+        Some(g) => no_store_json(&json!({
+            "active": true,
+            "token_type": "refresh_token",
+            "client_id": g.client_id,
+            "sub": g.identity.sub,
+            "aud": g.resource,
+            "iss": oauth.issuer,
+            "scope": g.scopes.join(" "),
+        })),
+        None => inactive(),
+    })
 }

@@ -260,29 +260,16 @@ impl From<StoreError> for ClientError {
 }
 
 impl ClientError {
-    /// The OAuth error code (RFC 6749 §5.2, RFC 7591 §3.2.2).
+    /// The OAuth error code (RFC 6749 §5.2, RFC 7591 §3.2.2), from the one table
+    /// in [`crate::errors`].
     pub fn oauth_code(&self) -> &'static str {
-        match self {
-            ClientError::InvalidRedirectUri(_) => "invalid_redirect_uri",
-            ClientError::InvalidClientMetadata(_) => "invalid_client_metadata",
-            ClientError::InvalidClient(_) | ClientError::MetadataDocument(_) => "invalid_client",
-            ClientError::InvalidRequest(_) | ClientError::UnsupportedMediaType(_) => "invalid_request",
-            ClientError::RateLimited { .. } | ClientError::Unavailable(_) => "temporarily_unavailable",
-        }
+        crate::errors::OAuthError::from(self).code.name()
     }
 
     /// HTTP status: 400, 401 (`invalid_client`; an authorize page shows it as 400),
-    /// 415, 429, 503.
+    /// 415, 429, 503 ([`crate::errors`]).
     pub fn status(&self) -> u16 {
-        match self {
-            ClientError::InvalidRedirectUri(_)
-            | ClientError::InvalidClientMetadata(_)
-            | ClientError::InvalidRequest(_) => 400,
-            ClientError::InvalidClient(_) | ClientError::MetadataDocument(_) => 401,
-            ClientError::UnsupportedMediaType(_) => 415,
-            ClientError::RateLimited { .. } => 429,
-            ClientError::Unavailable(_) => 503,
-        }
+        crate::errors::OAuthError::from(self).code.status().as_u16()
     }
 
     /// The `error_description` shown to the client (internals left out).
@@ -298,33 +285,17 @@ impl ClientError {
             ClientError::Unavailable(_) => "the service is temporarily unavailable".to_owned(),
         }
     }
-
-    /// `{"error": …, "error_description": …}`.
-    pub fn body(&self) -> Value {
-        json!({ "error": self.oauth_code(), "error_description": self.description() })
-    }
 }
 
 impl actix_web::ResponseError for ClientError {
     fn status_code(&self) -> actix_web::http::StatusCode {
-        actix_web::http::StatusCode::from_u16(self.status()).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST)
+        crate::errors::OAuthError::from(self).code.status()
     }
 
+    /// As [`crate::errors::OAuthError`] answers it (the one table of OAuth errors).
     fn error_response(&self) -> actix_web::HttpResponse {
-        use actix_web::http::header;
-        let mut res = actix_web::HttpResponse::build(self.status_code());
-        res.insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((header::PRAGMA, "no-cache"));
-        match self {
-            ClientError::RateLimited { retry_after_secs } => {
-                res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
-            }
-            ClientError::InvalidClient(_) => {
-                res.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"oauth\""));
-            }
-            _ => {}
-        }
-        res.json(self.body())
+        let err = crate::errors::OAuthError::from(self).basic(matches!(self, ClientError::InvalidClient(_)));
+        actix_web::ResponseError::error_response(&err)
     }
 }
 
