@@ -3,7 +3,7 @@ to a real cluster, asserting the safe outcome named in the case's docstring. A c
 the attack is refused safely; `conftest.py` prints "attack suite: N cases, M refused safely" at
 the end (every test marked `attack`, here and in the other files).
 
-Against the release build of the commit before the fixes (931c494), 23 of the 27 cases here
+Against the release build of the commit before the fixes (931c494), 24 of the 28 cases here
 fail, i.e. the attack works: every defect case of issue 8 except the two controls, the
 registered client asking for client_credentials, bob's requests on alice's *live* legacy
 session, and a hanging issuer stalling another issuer's tokens (already safe; kept as
