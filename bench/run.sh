@@ -166,6 +166,9 @@ set -a
 eval "$("$RELEASE_DIR/auth-service" gen-keys)"
 set +a
 export WORKER_TOOL_PROFILE=default
+# One bench principal opens every session and runs every call: lift the per-principal
+# caps (README "Security"), which exist against one caller hoarding a shared cluster.
+export WORKER_MAX_SESSIONS_PER_PRINCIPAL=1000000 GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL=100000
 start nats "$NATS_SERVER_BIN" -a 127.0.0.1 -p "$nats_port" -js -sd "$out_dir/nats" -n mcp-cluster-bench
 wait_port 127.0.0.1 "$nats_port" "$READY_TIMEOUT" "$(pid_of nats)" || die "nats-server did not start"
 AUTH_LISTEN="127.0.0.1:$auth_port" AUTH_ADMIN_LISTEN="127.0.0.1:$auth_admin_port" \
