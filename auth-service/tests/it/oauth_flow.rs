@@ -177,3 +177,44 @@ async fn happy_path_public_client_gets_a_verifiable_access_token() {
     })
     .await;
 }
+
+#[actix_web::test]
+async fn password_checks_over_the_cap_are_refused_at_once_and_not_counted() {
+    // Issue 8, defect 7: argon2 work in flight is capped (AUTH_MAX_PASSWORD_CHECKS).
+    bounded(async {
+        let srv = OAuthServer::start_with(|a| a.max_password_checks = 1).await;
+        let client = srv.register_public().await;
+        let pkce = Pkce::new();
+        // Ten browsers at the login page.
+        let mut sessions = Vec::new();
+        for i in 0..10 {
+            let mut browser = Browser::new();
+            let page = browser.get(&srv.authorize_url(&srv.auth_params(&client, &pkce, &format!("s{i}")))).await;
+            let to_login = srv.consent(&mut browser, &page, "approve").await;
+            let loc = to_login.location().unwrap().to_owned();
+            let login_page = browser.get(&loc).await;
+            assert_eq!(login_page.status, 200, "{}", login_page.body);
+            sessions.push((browser, login_page));
+        }
+        // All submit a wrong password at once: one check runs, the others are refused.
+        let answers = futures::future::join_all(
+            sessions.iter_mut().map(|(browser, page)| srv.submit_login(browser, page, ("alice", "wrong"))),
+        )
+        .await;
+        let busy: Vec<usize> = answers.iter().enumerate().filter(|(_, r)| r.status == 503).map(|(i, _)| i).collect();
+        for r in &answers {
+            assert!(r.status == 401 || r.status == 503, "{} {}", r.status, r.body);
+            if r.status == 503 {
+                assert_eq!(r.header("retry-after"), Some("1"));
+            }
+        }
+        assert!(!busy.is_empty(), "ten parallel argon2 checks with a cap of one: none refused");
+        // A refused attempt was not counted: that browser can still sign in (up to
+        // MAX_LOGIN_FAILURES wrong passwords are allowed, so count none of them here).
+        let (browser, page) = &mut sessions[busy[0]];
+        let done = srv.submit_login(browser, page, ALICE).await;
+        assert_eq!(done.status, 302, "{}", done.body);
+        srv.stop().await;
+    })
+    .await;
+}
