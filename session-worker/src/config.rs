@@ -63,7 +63,8 @@ pub struct Config {
     /// Upper bound in seconds for one stateless request.
     #[arg(long, env = ENV_STATELESS_TIMEOUT, default_value_t = DEFAULT_STATELESS_TIMEOUT_SECS)]
     pub stateless_timeout_secs: u64,
-    /// Live sessions one principal (issuer, subject, client) may hold, across the cluster.
+    /// Live sessions one principal (issuer, subject, client) may hold, across the
+    /// cluster; 0: no limit (nothing counted).
     #[arg(long, env = ENV_MAX_SESSIONS_PER_PRINCIPAL, default_value_t = DEFAULT_MAX_SESSIONS_PER_PRINCIPAL)]
     pub max_sessions_per_principal: usize,
     /// Largest session record kept in KV (its `initialize` request included), bytes.
@@ -90,12 +91,6 @@ impl Config {
             return Err(ConfigError {
                 setting: ENV_IDLE_TIMEOUT,
                 reason: "must be at least 1 second".into(),
-            });
-        }
-        if self.max_sessions_per_principal == 0 {
-            return Err(ConfigError {
-                setting: ENV_MAX_SESSIONS_PER_PRINCIPAL,
-                reason: "must be at least 1".into(),
             });
         }
         if self.max_record_bytes < 4096 {

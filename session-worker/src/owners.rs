@@ -1,40 +1,56 @@
 //! Live sessions per principal, across every worker: the `mcp_principal_sessions`
-//! KV bucket holds, per principal binding (issuer, subject, client), the ids of the
-//! sessions it opened. Opening one more than `WORKER_MAX_SESSIONS_PER_PRINCIPAL` is
-//! refused ([`proto::mcp::SESSION_LIMIT`], the gateway answers 429). Ids whose
-//! session record is gone (closed, expired) are pruned when the list is full, so the
-//! count is of sessions that still exist. Updates are compare-and-swap.
+//! KV bucket holds one entry per session, `<principal>.<session>` (the principal as
+//! the hex SHA-256 of its binding: issuer, subject, client). Opening a session writes
+//! its entry with `create` (no contention between opens, however many run at once),
+//! then counts the principal's entries written before it (by revision, the order of
+//! the bucket's stream); over `WORKER_MAX_SESSIONS_PER_PRINCIPAL` the entry is
+//! withdrawn and the open refused ([`proto::mcp::SESSION_LIMIT`], the gateway
+//! answers 429). Entries of sessions whose record is gone (expired, lost) are pruned
+//! when a principal is at its limit, so the count is of sessions that still exist;
+//! closing a session deletes its entry. A limit of 0 turns the count off (no entry is
+//! written).
+//!
+//! Counting only earlier entries makes a burst admit its first `max` opens in
+//! order. An open refused a moment ago may still be counted by a later one (its entry
+//! is being withdrawn): the limit is never exceeded, at worst a retry is needed.
+
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use serde::{Deserialize, Serialize};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use proto::subjects;
 
-/// The index entry of one principal.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Owned {
-    sessions: Vec<String>,
-}
+/// Longest the count of one principal's sessions may take.
+pub const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An entry younger than this is never pruned: its session record may not be
+/// written yet (the entry comes first).
+pub const PRUNE_MIN_AGE: Duration = Duration::from_secs(30);
 
 /// Why a session cannot be counted.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AdmitError {
     /// The principal already holds the maximum.
     Full(usize),
-    /// The store did not answer or kept changing.
+    /// The store did not answer.
     Unavailable,
 }
 
-/// The key of a principal's entry: hex SHA-256 of its binding (bindings hold
+/// The key prefix of a principal: hex SHA-256 of its binding (bindings hold
 /// characters KV keys cannot).
-fn key(binding: &str) -> String {
+fn principal_key(binding: &str) -> String {
     let digest = Sha256::digest(binding.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Count `session` for `binding`, unless it holds `max` sessions that still exist.
+fn entry_key(binding: &str, session: &str) -> String {
+    format!("{}.{}", principal_key(binding), subjects::token(session))
+}
+
+/// Count `session` for `binding`, unless that would make more than `max` sessions
+/// that still exist. `max == 0`: no limit, nothing written.
 pub async fn admit(
     owners: &kv::Store,
     sessions: &kv::Store,
@@ -42,69 +58,89 @@ pub async fn admit(
     session: &str,
     max: usize,
 ) -> Result<(), AdmitError> {
-    let key = key(binding);
-    for _ in 0..5 {
-        let entry = owners.entry(key.clone()).await.map_err(|e| {
+    if max == 0 {
+        return Ok(());
+    }
+    let mine = entry_key(binding, session);
+    let my_revision = match owners.create(&mine, bytes::Bytes::new()).await {
+        Ok(revision) => revision,
+        // Counted already (a retried open): count every entry.
+        Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => u64::MAX,
+        Err(err) => {
+            warn!(error = %err, "principal session index unwritable");
+            return Err(AdmitError::Unavailable);
+        }
+    };
+    let withdraw = || async {
+        if let Err(err) = owners.purge(&mine).await {
+            warn!(error = %err, "cannot withdraw a refused session from the principal index");
+        }
+    };
+    let entries = match list(owners, binding).await {
+        Ok(mut entries) => {
+            entries.retain(|(_, _, revision)| *revision <= my_revision);
+            entries
+        }
+        Err(e) => {
+            withdraw().await;
+            return Err(e);
+        }
+    };
+    if entries.len() <= max {
+        return Ok(());
+    }
+    // Over the limit: drop the entries of sessions that no longer exist, count again.
+    let mut live = 0usize;
+    for (key, created, _) in &entries {
+        let Some(id) = key.split_once('.').map(|(_, token)| token) else { continue };
+        let old = created.elapsed().is_ok_and(|age| age >= PRUNE_MIN_AGE);
+        if *key != mine && old && matches!(sessions.get(id).await, Ok(None)) {
+            let _ = owners.purge(key).await;
+            continue;
+        }
+        live += 1;
+    }
+    if live <= max {
+        return Ok(());
+    }
+    withdraw().await;
+    Err(AdmitError::Full(max))
+}
+
+/// Keys of `binding`'s entries with when each was written and its revision.
+async fn list(owners: &kv::Store, binding: &str) -> Result<Vec<(String, std::time::SystemTime, u64)>, AdmitError> {
+    let count = async {
+        let mut watch = owners.watch_with_history(format!("{}.*", principal_key(binding))).await.map_err(|e| {
             warn!(error = %e, "principal session index unreadable");
             AdmitError::Unavailable
         })?;
-        let (mut owned, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => (
-                serde_json::from_slice::<Owned>(&e.value).unwrap_or_default(),
-                Some(e.revision),
-            ),
-            Some(e) => (Owned::default(), Some(e.revision)),
-            None => (Owned::default(), None),
-        };
-        if owned.sessions.len() >= max {
-            let mut live = Vec::with_capacity(owned.sessions.len());
-            for id in owned.sessions.drain(..) {
-                match sessions.get(subjects::token(&id)).await {
-                    Ok(Some(_)) => live.push(id),
-                    Ok(None) => {}
-                    // Unknown: keep counting it.
-                    Err(_) => live.push(id),
-                }
+        let mut out = Vec::new();
+        // The history holds at least the caller's own entry; the last one has delta 0.
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| {
+                warn!(error = %e, "principal session index unreadable");
+                AdmitError::Unavailable
+            })?;
+            if entry.operation == kv::Operation::Put {
+                out.push((entry.key.clone(), std::time::SystemTime::from(entry.created), entry.revision));
             }
-            owned.sessions = live;
-            if owned.sessions.len() >= max {
-                return Err(AdmitError::Full(max));
+            if entry.delta == 0 {
+                break;
             }
         }
-        owned.sessions.push(session.to_owned());
-        let bytes = serde_json::to_vec(&owned).map_err(|_| AdmitError::Unavailable)?;
-        let written = match revision {
-            Some(rev) => owners.update(&key, bytes.into(), rev).await.is_ok(),
-            None => owners.create(&key, bytes.into()).await.is_ok(),
-        };
-        if written {
-            return Ok(());
-        }
-    }
-    Err(AdmitError::Unavailable)
+        Ok(out)
+    };
+    tokio::time::timeout(COUNT_TIMEOUT, count).await.map_err(|_| {
+        warn!("principal session count timed out");
+        AdmitError::Unavailable
+    })?
 }
 
-/// Stop counting `session` for `binding` (it was closed). Best effort: a missed
-/// removal is pruned later.
+/// Stop counting `session` for `binding` (it was closed, or never opened). Best
+/// effort: a missed removal is pruned later.
 pub async fn release(owners: &kv::Store, binding: &str, session: &str) {
-    let key = key(binding);
-    for _ in 0..5 {
-        let Ok(Some(entry)) = owners.entry(key.clone()).await else {
-            return;
-        };
-        if entry.operation != kv::Operation::Put {
-            return;
-        }
-        let mut owned = serde_json::from_slice::<Owned>(&entry.value).unwrap_or_default();
-        let before = owned.sessions.len();
-        owned.sessions.retain(|s| s != session);
-        if owned.sessions.len() == before {
-            return;
-        }
-        let Ok(bytes) = serde_json::to_vec(&owned) else { return };
-        if owners.update(&key, bytes.into(), entry.revision).await.is_ok() {
-            return;
-        }
+    if let Err(err) = owners.purge(entry_key(binding, session)).await {
+        warn!(error = %err, "cannot remove a closed session from the principal index");
     }
 }
 
@@ -114,9 +150,11 @@ mod tests {
 
     #[test]
     fn keys_are_kv_safe_and_distinct() {
-        let a = key("https://issuer#alice#app");
+        let a = principal_key("https://issuer#alice#app");
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(a, key("https://issuer#alice#other"));
+        assert_ne!(a, principal_key("https://issuer#alice#other"));
+        let e = entry_key("https://issuer#alice#app", "0123abcd");
+        assert_eq!(e, format!("{a}.0123abcd"));
     }
 }

@@ -282,7 +282,12 @@ impl Router {
                 return Err(rejected(INTERNAL_ERROR, "session store unavailable, retry"));
             }
         }
-        match self.shared.sessions.create(subjects::token(id), bytes.into()).await {
+        let created = self.shared.sessions.create(subjects::token(id), bytes.into()).await;
+        // Not stored: stop counting it (an id that exists keeps its own entry).
+        if created.as_ref().is_err_and(|e| e.kind() != kv::CreateErrorKind::AlreadyExists) {
+            crate::owners::release(&self.shared.owners, &record.owner, id).await;
+        }
+        match created {
             Ok(rev) => Ok(rev),
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
                 warn!(session_id = %id, "session id already has a record; not overwritten");

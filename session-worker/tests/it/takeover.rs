@@ -267,3 +267,54 @@ async fn live_sessions_per_principal_are_capped_and_records_are_bounded() -> any
     worker.shutdown().await;
     Ok(())
 }
+
+/// Open `n` sessions of alice at once (the answers go to the session streams).
+async fn open_at_once(client: &Client, n: usize, tag: &str) -> anyhow::Result<Vec<Ack>> {
+    let opens = (0..n).map(|i| {
+        let id = format!("{tag}{i:0>28}");
+        let env = proto::Envelope::new(
+            alice(),
+            id.clone(),
+            Body::Open {
+                message: initialize(),
+                route: Route::SessionEvents,
+                legacy_sse: false,
+            },
+        );
+        async move { client.send(proto::subjects::actor(&id), &env).await }
+    });
+    futures::future::join_all(opens).await.into_iter().collect()
+}
+
+#[actix_rt::test]
+async fn many_sessions_of_one_principal_opened_at_once_are_counted_without_contention() -> anyhow::Result<()> {
+    // One principal opening sessions in parallel (a fleet of agents sharing a
+    // client): every open is counted, none fails on the count itself, and the limit
+    // holds exactly.
+    let nats = NatsServer::start()?;
+    let mut cfg = config(&nats);
+    cfg.max_sessions_per_principal = 10;
+    let worker = session_worker::start(cfg).await?;
+    let client = Client::new(&nats).await?;
+    let acks = open_at_once(&client, 40, "cap0").await?;
+    let accepted = acks.iter().filter(|a| **a == Ack::Accepted).count();
+    for ack in &acks {
+        assert!(
+            *ack == Ack::Accepted || matches!(ack, Ack::Rejected { code: proto::mcp::SESSION_LIMIT, .. }),
+            "{ack:?}"
+        );
+    }
+    // The first opens by order get the places (a refused one may briefly still be
+    // counted, so not necessarily all ten).
+    assert!((5..=10).contains(&accepted), "{accepted} of 40 accepted with a limit of 10");
+    worker.shutdown().await;
+
+    // No limit (0): nothing counted, every open accepted.
+    let mut cfg = config(&nats);
+    cfg.max_sessions_per_principal = 0;
+    let worker = session_worker::start(cfg).await?;
+    let acks = open_at_once(&client, 40, "nolimit").await?;
+    assert!(acks.iter().all(|a| *a == Ack::Accepted), "{acks:?}");
+    worker.shutdown().await;
+    Ok(())
+}
