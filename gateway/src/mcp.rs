@@ -815,33 +815,94 @@ pub fn bounded_frames(
     source: impl futures::Stream<Item = Option<Bytes>> + Send + 'static,
     budget: usize,
 ) -> impl futures::Stream<Item = Bytes> + Send + 'static {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let held = queued.clone();
+    // A queue of its own rather than a channel: nothing is allocated while the
+    // stream is idle (most streams are), which keeps an idle stream small.
+    let queue = Arc::new(FrameQueue::default());
+    let pump = queue.clone();
     tokio::spawn(async move {
         let mut source = std::pin::pin!(source);
         loop {
             let item = tokio::select! {
-                () = tx.closed() => return,
-                item = futures::StreamExt::next(&mut source) => item,
+                () = pump.reader_gone.notified() => None,
+                item = futures::StreamExt::next(&mut source) => item.flatten(),
             };
-            let Some(Some(frame)) = item else { return };
-            let before = held.fetch_add(frame.len(), Ordering::AcqRel);
-            if before > 0 && before + frame.len() > budget {
-                warn!(queued = before, budget, "SSE client is not reading: stream ended");
-                return;
-            }
-            if tx.send(frame).is_err() {
-                return;
+            let Some(frame) = item else { break };
+            if !pump.push(frame, budget) {
+                warn!(budget, "SSE client is not reading: stream ended");
+                break;
             }
         }
+        pump.finish();
     });
-    futures::stream::unfold((rx, queued), |(mut rx, queued)| async move {
-        let frame = rx.recv().await?;
-        queued.fetch_sub(frame.len(), std::sync::atomic::Ordering::AcqRel);
-        Some((frame, (rx, queued)))
+    futures::stream::unfold(QueueReader(queue), |reader| async move {
+        let frame = reader.0.pop().await?;
+        Some((frame, reader))
     })
+}
+
+/// Frames between a stream's pump task and its HTTP response.
+#[derive(Default)]
+struct FrameQueue {
+    /// Frames and their total size.
+    state: std::sync::Mutex<(std::collections::VecDeque<Bytes>, usize, bool)>,
+    /// The pump pushed a frame or ended.
+    ready: tokio::sync::Notify,
+    /// The response was dropped.
+    reader_gone: tokio::sync::Notify,
+}
+
+impl FrameQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (std::collections::VecDeque<Bytes>, usize, bool)> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queue a frame unless the queue already holds something and would pass the
+    /// budget (then `false`: the reader is too slow).
+    fn push(&self, frame: Bytes, budget: usize) -> bool {
+        {
+            let mut state = self.lock();
+            if state.1 > 0 && state.1 + frame.len() > budget {
+                return false;
+            }
+            state.1 += frame.len();
+            state.0.push_back(frame);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// No more frames will come.
+    fn finish(&self) {
+        self.lock().2 = true;
+        self.ready.notify_one();
+    }
+
+    /// The next frame; `None` once the pump ended and the queue is empty.
+    async fn pop(&self) -> Option<Bytes> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut state = self.lock();
+                if let Some(frame) = state.0.pop_front() {
+                    state.1 -= frame.len();
+                    return Some(frame);
+                }
+                if state.2 {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The response side of a [`FrameQueue`]; dropping it stops the pump.
+struct QueueReader(Arc<FrameQueue>);
+
+impl Drop for QueueReader {
+    fn drop(&mut self) {
+        self.0.reader_gone.notify_one();
+    }
 }
 
 #[cfg(test)]
