@@ -76,8 +76,8 @@ UNAUTH_RATE_SETTING = "GATEWAY_UNAUTH_RATE"
 UNAUTH_RATE = 30
 # The auth-service's registration limit (AUTH_REGISTER_RATE's default).
 REGISTER_RATE = 20
-# The gateway's clock-skew leeway on `exp` (gateway/src/auth/mod.rs LEEWAY).
-EXP_LEEWAY = 30
+# The gateway's clock-skew leeway on `exp` (jwt-verify LEEWAY_SECS).
+EXP_LEEWAY = 60
 # The gateway's shortest interval between two fetches of one issuer's keys that the TTL
 # did not force (gateway/src/auth/jwks.rs MIN_REFRESH_INTERVAL).
 JWKS_MIN_REFRESH = 10

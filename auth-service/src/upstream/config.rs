@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use jwt_verify::IssuerRule;
 use oauth2::{ClientId, ClientSecret};
 use reqwest::Url;
 
@@ -22,7 +23,6 @@ use super::Upstream;
 use super::claims::ClaimMapping;
 use super::github::{self, GitHubProvider};
 use super::http::{TokenHttp, url_problem};
-use super::jwks::IssuerRule;
 use super::oauth::{ClientAuth, ClientCredentials};
 use super::oidc::{Dialect, Endpoints, OidcProvider, OidcSettings, Preset, Resolved};
 use super::static_users::StaticUsers;

@@ -18,20 +18,21 @@
 //!
 //! Layout: [`config`] (settings and [`UpstreamArgs::build`]), `oidc` (discovery and
 //! the presets), `github`, `static_users`, and underneath `oauth` (the `oauth2`
-//! crate: authorization URL, PKCE, code exchange, refresh), `jwks` (signing keys and
-//! token checks), `claims` (claims to [`Identity`]) and `http` (URL rules, bounded
-//! GETs, the no-redirect client for token requests).
+//! crate: authorization URL, PKCE, code exchange, refresh), `verify` (the provider's
+//! JWTs checked with the shared `jwt-verify` crate, plus OIDC's `azp` and `nonce`),
+//! `claims` (claims to [`Identity`]) and `http` (URL rules, bounded GETs, the
+//! no-redirect client for token requests).
 
 mod claims;
 pub mod config;
 mod github;
 mod http;
-mod jwks;
 mod oauth;
 mod oidc;
 mod static_users;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use serde::{Deserialize, Serialize};
 

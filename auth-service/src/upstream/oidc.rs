@@ -17,14 +17,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jwt_verify::IssuerRule;
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::claims::{self, ClaimMapping};
 use super::http::{TokenHttp, get_json, provider_url, redacted};
-use super::jwks::{Expect, IssuerRule, JwksCache};
 use super::oauth::{self, AuthRequest, ClientAuth, ClientCredentials, TokenEndpoint};
+use super::verify::{Expect, ProviderKeys};
 use super::{Completed, LoginSecrets, LoginStart, UpstreamError, UpstreamTokens};
 
 /// How long a discovery document is used before it is fetched again.
@@ -110,7 +111,7 @@ struct Inner {
     settings: OidcSettings,
     http: reqwest::Client,
     token_http: TokenHttp,
-    jwks: JwksCache,
+    jwks: ProviderKeys,
     /// The discovered endpoints and when they are to be fetched again. The lock is
     /// held while fetching: one discovery at a time.
     metadata: tokio::sync::Mutex<Option<(Arc<Resolved>, Instant)>>,
@@ -149,7 +150,7 @@ impl OidcProvider {
         };
         Self {
             inner: Arc::new(Inner {
-                jwks: JwksCache::new(http.clone()),
+                jwks: ProviderKeys::new(http.clone()),
                 settings,
                 http,
                 token_http,
@@ -162,7 +163,7 @@ impl OidcProvider {
     #[cfg(test)]
     pub(crate) fn with_jwks_min_refetch(mut self, interval: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.jwks = JwksCache::with_min_refetch(inner.http.clone(), interval);
+            inner.jwks = ProviderKeys::with_min_refetch(inner.http.clone(), interval);
         }
         self
     }
@@ -300,8 +301,8 @@ impl OidcProvider {
                     .ok_or_else(|| UpstreamError::Invalid("token response has no id_token".into()))?;
                 let expect = Expect {
                     what: "id token",
-                    issuer: r.issuer.clone(),
-                    audience: Some(self.client_id()),
+                    issuer: &r.issuer,
+                    audience: self.client_id(),
                     audience_optional: false,
                     nonce: Some(nonce),
                     require_iat: true,
@@ -358,8 +359,8 @@ impl OidcProvider {
     ) -> Result<(super::Identity, Map<String, Value>), UpstreamError> {
         let expect = Expect {
             what: "access token",
-            issuer: r.issuer.clone(),
-            audience: Some(self.client_id()),
+            issuer: &r.issuer,
+            audience: self.client_id(),
             audience_optional: true,
             nonce: None,
             require_iat: false,

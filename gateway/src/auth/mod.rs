@@ -9,39 +9,43 @@
 //! Order of checks, so each refusal has one well-defined reason:
 //! 1. `Authorization: Bearer <jwt>` present (scheme case-insensitive) — else
 //!    `MISSING_AUTHORIZATION`; a malformed value is `INVALID_TOKEN`.
-//! 2. The header parses and names EdDSA, ES256 or RS256 — never `none`, never HS*.
+//! 2. The header parses and names one of [`jwt_verify::ALGORITHMS`] (RS256, PS256,
+//!    ES256, EdDSA) — never `none`, never HS*.
 //! 3. `iss` (read before verification only to pick the keys) is exactly one of
-//!    `allowed_issuers` — else `INVALID_ISSUER`, and no network request is made.
-//! 4. The issuer's key for `kid` (JWKS cached per issuer, refetched on an unknown
-//!    `kid` at most once per [`jwks::MIN_REFRESH_INTERVAL`]) — a fetch failure with no
-//!    cached keys is `ISSUER_UNAVAILABLE` (503); the key must fit the token's `alg`.
+//!    `allowed_issuers` — else `INVALID_ISSUER`, and no network request is made; then
+//!    `typ` says `at+jwt` unless the issuer is exempt (RFC 9068).
+//! 4. The issuer's key for `kid` ([`jwt_verify::KeyCache`]: JWKS found by discovery,
+//!    cached per issuer, stale keys served while revalidated in the background,
+//!    refetched on an unknown `kid` at most once per [`jwt_verify::MIN_REFRESH_INTERVAL`])
+//!    — a fetch failure with no cached keys is `ISSUER_UNAVAILABLE` (503); the key must
+//!    fit the token's `alg`.
 //! 5. Signature (`INVALID_SIGNATURE`), then `exp` (`TOKEN_EXPIRED`, [`LEEWAY`] of clock
-//!    skew), `nbf`, `aud` contains `resource` (`INVALID_AUDIENCE`), then the required
-//!    scopes (`INSUFFICIENT_SCOPE`, 403) — after the revocation check: a token whose
-//!    grant (`gid` claim) or `jti` the auth-service revoked is `INVALID_TOKEN`
+//!    skew), `nbf` and `iat`, `aud` contains `resource` (`INVALID_AUDIENCE`), then the
+//!    required scopes (`INSUFFICIENT_SCOPE`, 403) — after the revocation check: a token
+//!    whose grant (`gid` claim) or `jti` the auth-service revoked is `INVALID_TOKEN`
 //!    "token revoked" ([`revocation`]).
+//!
+//! Fetching keys and checking signature and claims is `jwt-verify`'s, shared with the
+//! auth-service's upstream login; this module maps its [`VerifyError`] to [`AuthError`].
 //!
 //! A verified token is remembered until it expires (at most one JWKS cache
 //! period); the revocation check is made again on every use, so revoking a grant
 //! takes effect for tokens already seen as soon as the revocation arrives.
 
 mod error;
-pub mod jwks;
 pub mod revocation;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use jwt_verify::{AudienceRule, CacheConfig, IssuerRule, KeyCache, KeySource, Policy, Token, VerifyError};
 
 pub use error::AuthError;
-use jwks::{JwksCache, KeyLookup};
 pub use revocation::RevocationSet;
 
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY: u64 = 30;
-/// The only signature algorithms accepted.
-pub const ALGORITHMS: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds: `jwt-verify`'s one
+/// leeway, which revocation entries and stream deadlines follow too.
+pub const LEEWAY: u64 = jwt_verify::LEEWAY_SECS;
 /// Longest bearer token accepted, in bytes (a cheap guard before any parsing).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
@@ -75,7 +79,9 @@ pub struct Validator {
 
 struct Inner {
     cfg: AuthConfig,
-    keys: JwksCache,
+    keys: KeyCache,
+    /// `aud` must contain the resource or its origin (see [`legacy_resource`]).
+    audience: AudienceRule,
     accepted: AcceptedTokens,
     revocations: RevocationSet,
 }
@@ -148,17 +154,27 @@ impl std::fmt::Debug for Validator {
 
 impl Validator {
     pub fn new(cfg: AuthConfig, http: reqwest::Client) -> Self {
-        Self::with_min_refresh_interval(cfg, http, jwks::MIN_REFRESH_INTERVAL)
+        Self::with_min_refresh_interval(cfg, http, jwt_verify::MIN_REFRESH_INTERVAL)
     }
 
     /// As [`Validator::new`], with another floor between forced JWKS refetches
     /// (tests use zero to exercise key rotation without waiting).
     pub fn with_min_refresh_interval(cfg: AuthConfig, http: reqwest::Client, min_refresh_interval: Duration) -> Self {
-        let keys = JwksCache::new(http, cfg.jwks_cache_ttl, min_refresh_interval);
+        let keys = KeyCache::new(
+            http,
+            CacheConfig {
+                min_refresh_interval,
+                ..CacheConfig::new(cfg.jwks_cache_ttl)
+            },
+        );
+        // The resource, or the origin that names the whole server (what clients
+        // given the legacy /sse URL ask for; see `legacy_resource`).
+        let audience = AudienceRule::Required(vec![cfg.resource.clone(), origin_of(&cfg.resource).to_owned()]);
         Self {
             inner: Arc::new(Inner {
                 cfg,
                 keys,
+                audience,
                 accepted: AcceptedTokens::default(),
                 revocations: RevocationSet::default(),
             }),
@@ -254,67 +270,40 @@ impl Validator {
 
     async fn validate_inner(&self, authorization: Option<&str>) -> Result<Verified, AuthError> {
         let cfg = &self.inner.cfg;
-        let token = bearer_token(authorization)?;
+        let raw = bearer_token(authorization)?;
 
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| AuthError::InvalidToken("malformed token".into()))?;
-        let alg = header.alg;
-        if !ALGORITHMS.contains(&alg) {
-            return Err(AuthError::InvalidToken("unsupported token algorithm".into()));
-        }
+        let token = Token::parse(raw).map_err(|e| map_verify_error(&e))?;
 
         // Read `iss` unverified, only to choose whose keys to verify with.
-        let unverified: UnverifiedIssuer = jsonwebtoken::dangerous::insecure_decode_claims(token)
-            .map_err(|_| AuthError::InvalidToken("malformed token claims".into()))?;
-        let iss = unverified.iss.ok_or(AuthError::InvalidIssuer)?;
+        let iss = token
+            .unverified_issuer()
+            .map_err(|_| AuthError::InvalidToken("malformed token claims".into()))?
+            .ok_or(AuthError::InvalidIssuer)?;
         if !cfg.allowed_issuers.contains(&iss) {
             return Err(AuthError::InvalidIssuer);
         }
         // RFC 9068 §4: an access token says so in `typ`, so an ID token or another
         // JWT signed by the same issuer cannot be passed off as one.
-        if !cfg.issuers_without_typ.contains(&iss) && !is_access_token_typ(header.typ.as_deref()) {
+        if !cfg.issuers_without_typ.contains(&iss) && !is_access_token_typ(token.header().typ.as_deref()) {
             return Err(AuthError::InvalidToken("token type is not at+jwt (RFC 9068)".into()));
         }
 
-        let jwk = match self.inner.keys.key_for(&iss, header.kid.as_deref(), alg).await {
-            Ok(KeyLookup::Found(jwk)) => jwk,
-            Ok(KeyLookup::NotFound) => {
-                return Err(match header.kid {
-                    Some(_) => AuthError::InvalidSignature,
-                    None => AuthError::InvalidToken("token has no kid".into()),
-                });
-            }
-            // The details (URLs, reasons) are logged by `jwks`; clients get no internals.
-            Err(_) => {
-                return Err(AuthError::IssuerUnavailable(
-                    "cannot fetch the issuer's signing keys".into(),
-                ));
-            }
+        let issuer = IssuerRule::Exact(vec![iss.clone()]);
+        let policy = Policy {
+            issuer: &issuer,
+            audience: &self.inner.audience,
+            required_claims: &[],
         };
-        if !jwks::key_fits(&jwk, alg) {
-            return Err(AuthError::InvalidToken(
-                "token algorithm does not match the signing key".into(),
-            ));
-        }
-        let key = DecodingKey::from_jwk(&jwk)
-            .map_err(|_| AuthError::IssuerUnavailable("issuer published an unusable key".into()))?;
-
-        let mut validation = Validation::new(alg);
-        validation.leeway = LEEWAY;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = true;
-        // The resource, or the origin that names the whole server (what clients
-        // given the legacy /sse URL ask for; see `legacy_resource`).
-        validation.set_audience(&[cfg.resource.as_str(), origin_of(&cfg.resource)]);
-        validation.set_issuer(&[&iss]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-
-        let data =
-            jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| map_jwt_error(e.kind()))?;
-        let principal = principal_from_claims(&iss, &data.claims)?;
+        let claims = self
+            .inner
+            .keys
+            .verify(&token, &KeySource::Issuer(iss.clone()), &policy)
+            .await
+            .map_err(|e| map_verify_error(&e))?;
+        let claims = serde_json::Value::Object(claims);
+        let principal = principal_from_claims(&iss, &claims)?;
         let verified = Verified {
-            jti: str_claim(&data.claims, "jti"),
+            jti: str_claim(&claims, "jti"),
             principal,
         };
         self.check_revoked(&verified)?;
@@ -334,12 +323,6 @@ pub fn is_access_token_typ(typ: Option<&str>) -> bool {
         let t = t.to_ascii_lowercase();
         t == "at+jwt" || t == "application/at+jwt"
     })
-}
-
-#[derive(serde::Deserialize)]
-struct UnverifiedIssuer {
-    #[serde(default)]
-    iss: Option<String>,
 }
 
 /// The token from `Authorization: Bearer <token>`; the scheme is case-insensitive.
@@ -370,22 +353,26 @@ fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-fn map_jwt_error(kind: &ErrorKind) -> AuthError {
-    match kind {
-        ErrorKind::InvalidSignature => AuthError::InvalidSignature,
-        ErrorKind::ExpiredSignature => AuthError::TokenExpired,
-        ErrorKind::ImmatureSignature => AuthError::InvalidToken("token is not yet valid".into()),
-        ErrorKind::InvalidAudience => AuthError::InvalidAudience,
-        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::InvalidAudience,
-        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::InvalidIssuer,
-        ErrorKind::MissingRequiredClaim(claim) => AuthError::InvalidToken(format!("token has no {claim} claim")),
-        ErrorKind::InvalidClaimFormat(claim) => AuthError::InvalidToken(format!("token {claim} claim is malformed")),
-        ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
-        ErrorKind::InvalidAlgorithm => AuthError::InvalidToken("token algorithm does not match the signing key".into()),
-        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => {
-            AuthError::InvalidSignature
-        }
-        _ => AuthError::InvalidToken("malformed token".into()),
+/// `jwt-verify`'s refusal as the gateway's. Key-fetch details are logged there;
+/// clients get no internals.
+fn map_verify_error(err: &VerifyError) -> AuthError {
+    let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
+    match err {
+        VerifyError::Malformed => invalid("malformed token"),
+        VerifyError::UnsupportedAlgorithm(_) => invalid("unsupported token algorithm"),
+        VerifyError::UnknownKid | VerifyError::BadSignature => AuthError::InvalidSignature,
+        VerifyError::NoKid => invalid("token has no kid"),
+        VerifyError::KeyMismatch => invalid("token algorithm does not match the signing key"),
+        VerifyError::WeakKey => invalid("token is signed with a key too weak to trust"),
+        VerifyError::UnusableKey => AuthError::IssuerUnavailable("issuer published an unusable key".into()),
+        VerifyError::Keys(_) => AuthError::IssuerUnavailable("cannot fetch the issuer's signing keys".into()),
+        VerifyError::Expired => AuthError::TokenExpired,
+        VerifyError::NotYetValid => invalid("token is not yet valid"),
+        VerifyError::IssuedInFuture => invalid("token is issued in the future"),
+        VerifyError::WrongIssuer => AuthError::InvalidIssuer,
+        VerifyError::WrongAudience => AuthError::InvalidAudience,
+        VerifyError::MissingClaim(claim) => AuthError::InvalidToken(format!("token has no {claim} claim")),
+        VerifyError::MalformedClaim(claim) => AuthError::InvalidToken(format!("token {claim} claim is malformed")),
     }
 }
 
