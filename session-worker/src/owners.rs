@@ -92,7 +92,9 @@ pub async fn admit(
     // Over the limit: drop the entries of sessions that no longer exist, count again.
     let mut live = 0usize;
     for (key, created, _) in &entries {
-        let Some(id) = key.split_once('.').map(|(_, token)| token) else { continue };
+        let Some(id) = key.split_once('.').map(|(_, token)| token) else {
+            continue;
+        };
         let old = created.elapsed().is_ok_and(|age| age >= PRUNE_MIN_AGE);
         if *key != mine && old && matches!(sessions.get(id).await, Ok(None)) {
             let _ = owners.purge(key).await;
@@ -110,10 +112,13 @@ pub async fn admit(
 /// Keys of `binding`'s entries with when each was written and its revision.
 async fn list(owners: &kv::Store, binding: &str) -> Result<Vec<(String, std::time::SystemTime, u64)>, AdmitError> {
     let count = async {
-        let mut watch = owners.watch_with_history(format!("{}.*", principal_key(binding))).await.map_err(|e| {
-            warn!(error = %e, "principal session index unreadable");
-            AdmitError::Unavailable
-        })?;
+        let mut watch = owners
+            .watch_with_history(format!("{}.*", principal_key(binding)))
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "principal session index unreadable");
+                AdmitError::Unavailable
+            })?;
         let mut out = Vec::new();
         // The history holds at least the caller's own entry; the last one has delta 0.
         while let Some(entry) = watch.next().await {
@@ -122,7 +127,11 @@ async fn list(owners: &kv::Store, binding: &str) -> Result<Vec<(String, std::tim
                 AdmitError::Unavailable
             })?;
             if entry.operation == kv::Operation::Put {
-                out.push((entry.key.clone(), std::time::SystemTime::from(entry.created), entry.revision));
+                out.push((
+                    entry.key.clone(),
+                    std::time::SystemTime::from(entry.created),
+                    entry.revision,
+                ));
             }
             if entry.delta == 0 {
                 break;

@@ -284,7 +284,10 @@ impl Router {
         }
         let created = self.shared.sessions.create(subjects::token(id), bytes.into()).await;
         // Not stored: stop counting it (an id that exists keeps its own entry).
-        if created.as_ref().is_err_and(|e| e.kind() != kv::CreateErrorKind::AlreadyExists) {
+        if created
+            .as_ref()
+            .is_err_and(|e| e.kind() != kv::CreateErrorKind::AlreadyExists)
+        {
             crate::owners::release(&self.shared.owners, &record.owner, id).await;
         }
         match created {

@@ -189,7 +189,9 @@ async fn password_checks_over_the_cap_are_refused_at_once_and_not_counted() {
         let mut sessions = Vec::new();
         for i in 0..10 {
             let mut browser = Browser::new();
-            let page = browser.get(&srv.authorize_url(&srv.auth_params(&client, &pkce, &format!("s{i}")))).await;
+            let page = browser
+                .get(&srv.authorize_url(&srv.auth_params(&client, &pkce, &format!("s{i}"))))
+                .await;
             let to_login = srv.consent(&mut browser, &page, "approve").await;
             let loc = to_login.location().unwrap().to_owned();
             let login_page = browser.get(&loc).await;
@@ -198,17 +200,27 @@ async fn password_checks_over_the_cap_are_refused_at_once_and_not_counted() {
         }
         // All submit a wrong password at once: one check runs, the others are refused.
         let answers = futures::future::join_all(
-            sessions.iter_mut().map(|(browser, page)| srv.submit_login(browser, page, ("alice", "wrong"))),
+            sessions
+                .iter_mut()
+                .map(|(browser, page)| srv.submit_login(browser, page, ("alice", "wrong"))),
         )
         .await;
-        let busy: Vec<usize> = answers.iter().enumerate().filter(|(_, r)| r.status == 503).map(|(i, _)| i).collect();
+        let busy: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.status == 503)
+            .map(|(i, _)| i)
+            .collect();
         for r in &answers {
             assert!(r.status == 401 || r.status == 503, "{} {}", r.status, r.body);
             if r.status == 503 {
                 assert_eq!(r.header("retry-after"), Some("1"));
             }
         }
-        assert!(!busy.is_empty(), "ten parallel argon2 checks with a cap of one: none refused");
+        assert!(
+            !busy.is_empty(),
+            "ten parallel argon2 checks with a cap of one: none refused"
+        );
         // A refused attempt was not counted: that browser can still sign in (up to
         // MAX_LOGIN_FAILURES wrong passwords are allowed, so count none of them here).
         let (browser, page) = &mut sessions[busy[0]];

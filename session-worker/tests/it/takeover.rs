@@ -300,13 +300,23 @@ async fn many_sessions_of_one_principal_opened_at_once_are_counted_without_conte
     let accepted = acks.iter().filter(|a| **a == Ack::Accepted).count();
     for ack in &acks {
         assert!(
-            *ack == Ack::Accepted || matches!(ack, Ack::Rejected { code: proto::mcp::SESSION_LIMIT, .. }),
+            *ack == Ack::Accepted
+                || matches!(
+                    ack,
+                    Ack::Rejected {
+                        code: proto::mcp::SESSION_LIMIT,
+                        ..
+                    }
+                ),
             "{ack:?}"
         );
     }
     // The first opens by order get the places (a refused one may briefly still be
     // counted, so not necessarily all ten).
-    assert!((5..=10).contains(&accepted), "{accepted} of 40 accepted with a limit of 10");
+    assert!(
+        (5..=10).contains(&accepted),
+        "{accepted} of 40 accepted with a limit of 10"
+    );
     worker.shutdown().await;
 
     // No limit (0): nothing counted, every open accepted.
