@@ -44,6 +44,9 @@ pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 pub const ENV_CIMD_ALLOW_PRIVATE: &str = "AUTH_CIMD_ALLOW_PRIVATE";
 pub const ENV_REGISTER_RATE: &str = "AUTH_REGISTER_RATE";
 pub const DEFAULT_REGISTER_RATE: u32 = 20;
+/// `/authorize` and `/login` requests per minute per client address.
+pub const ENV_BROWSER_RATE: &str = "AUTH_BROWSER_RATE";
+pub const DEFAULT_BROWSER_RATE: u32 = 600;
 /// Password checks (argon2, ~20 MiB and tens of ms each) running at once.
 pub const ENV_MAX_PASSWORD_CHECKS: &str = "AUTH_MAX_PASSWORD_CHECKS";
 pub const DEFAULT_MAX_PASSWORD_CHECKS: usize = 4;
@@ -181,6 +184,9 @@ pub struct OAuthArgs {
     /// Password checks (argon2) of the static-users login running at once; more get 503.
     #[arg(long, env = ENV_MAX_PASSWORD_CHECKS, default_value_t = DEFAULT_MAX_PASSWORD_CHECKS)]
     pub max_password_checks: usize,
+    /// `/authorize` and `/login` requests per minute per client address; more get 429.
+    #[arg(long, env = ENV_BROWSER_RATE, default_value_t = DEFAULT_BROWSER_RATE)]
+    pub browser_rate: u32,
 }
 
 /// The OAuth server's checked settings.
@@ -202,6 +208,7 @@ pub struct OAuthConfig {
     pub machine_clients: crate::clients::machine::MachineClients,
     pub store_max_bytes: i64,
     pub max_password_checks: usize,
+    pub browser_rate: u32,
 }
 
 impl OAuthArgs {
@@ -272,6 +279,9 @@ impl OAuthArgs {
         if self.register_rate == 0 {
             return Err(ConfigError::new(ENV_REGISTER_RATE, "must be greater than 0"));
         }
+        if self.browser_rate == 0 {
+            return Err(ConfigError::new(ENV_BROWSER_RATE, "must be greater than 0"));
+        }
         if self.max_password_checks == 0 {
             return Err(ConfigError::new(ENV_MAX_PASSWORD_CHECKS, "must be at least 1"));
         }
@@ -304,6 +314,7 @@ impl OAuthArgs {
             machine_clients,
             store_max_bytes: self.store_max_bytes,
             max_password_checks: self.max_password_checks,
+            browser_rate: self.browser_rate,
         })
     }
 }
@@ -455,6 +466,7 @@ mod tests {
             machine_clients_file: None,
             store_max_bytes: crate::store::DEFAULT_STORE_MAX_BYTES,
             max_password_checks: DEFAULT_MAX_PASSWORD_CHECKS,
+            browser_rate: DEFAULT_BROWSER_RATE,
         }
     }
 
@@ -484,6 +496,7 @@ mod tests {
             (ENV_KEY_PUBLISH_LEAD, Box::new(|a| a.key_publish_lead = a.key_rotation)),
             (ENV_STORE_MAX_BYTES, Box::new(|a| a.store_max_bytes = 1000)),
             (ENV_MAX_PASSWORD_CHECKS, Box::new(|a| a.max_password_checks = 0)),
+            (ENV_BROWSER_RATE, Box::new(|a| a.browser_rate = 0)),
             (
                 ENV_MACHINE_CLIENTS_FILE,
                 Box::new(|a| a.machine_clients_file = Some("/nonexistent/machines.json".into())),

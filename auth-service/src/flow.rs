@@ -255,12 +255,37 @@ pub fn requested_scopes(oauth: &OAuth, client: &ClientRecord, asked: Option<&str
     }
 }
 
+/// The per-address limit on the browser endpoints (`AUTH_BROWSER_RATE`): a 429 page
+/// with `Retry-After` once an address is over it.
+fn over_browser_limit(oauth: &OAuth, req: &HttpRequest) -> Option<HttpResponse> {
+    let ip = crate::net::client_ip(req, &oauth.trusted_proxies);
+    if oauth.browser_limiter.check(ip) {
+        return None;
+    }
+    tracing::warn!(source = %ip, path = req.path(), "browser requests over the per-address limit");
+    oauth.metrics.authorize("rate_limited");
+    let mut resp = pages::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        "too many sign-in requests from this address; try again in a minute",
+    );
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(
+        &oauth.browser_limiter.retry_after().as_secs().max(1).to_string(),
+    ) {
+        resp.headers_mut().insert(actix_web::http::header::RETRY_AFTER, v);
+    }
+    Some(resp)
+}
+
 /// `GET /authorize`.
 pub async fn authorize(
     req: HttpRequest,
     query: web::Query<Vec<(String, String)>>,
     oauth: web::Data<OAuth>,
 ) -> HttpResponse {
+    if let Some(resp) = over_browser_limit(&oauth, &req) {
+        return resp;
+    }
     let params = match single_params(&query) {
         Ok(p) => p,
         Err(e) => return show_error(&oauth, StatusCode::BAD_REQUEST, "invalid_request", &e),
@@ -660,6 +685,9 @@ pub async fn login_page(req: HttpRequest, q: web::Query<TxQuery>, oauth: web::Da
     if oauth.upstream.static_users().is_none() {
         return HttpResponse::NotFound().finish();
     }
+    if let Some(resp) = over_browser_limit(&oauth, &req) {
+        return resp;
+    }
     let id = q.tx.clone().unwrap_or_default();
     let p = match load_bound(&oauth, &req, &id).await {
         Ok(p) => p,
@@ -690,6 +718,9 @@ pub async fn login_submit(
     let Some(users) = oauth.upstream.static_users() else {
         return HttpResponse::NotFound().finish();
     };
+    if let Some(resp) = over_browser_limit(&oauth, &req) {
+        return resp;
+    }
     let id = form.get("tx").cloned().unwrap_or_default();
     // Argon2 costs tens of milliseconds and ~20 MiB: only so many at once. A login
     // over the cap is refused before it counts as an attempt.

@@ -41,6 +41,9 @@ pub struct OAuth {
     /// Password checks (argon2) allowed to run at once (`AUTH_MAX_PASSWORD_CHECKS`);
     /// beyond it `/login` answers 503 at once instead of queueing CPU work.
     pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// `/authorize` and `/login` requests per minute per client address
+    /// (`AUTH_BROWSER_RATE`).
+    pub browser_limiter: crate::net::RateLimiter,
 }
 
 impl OAuth {
@@ -245,6 +248,7 @@ pub async fn bind_oauth(
         .map(|u| u.path().trim_end_matches('/').to_owned())
         .unwrap_or_default();
     let max_password_checks = oauth_cfg.max_password_checks;
+    let browser_rate = oauth_cfg.browser_rate;
     let state = web::Data::new(OAuth {
         issuer: config.issuer.clone(),
         cfg: oauth_cfg,
@@ -260,6 +264,7 @@ pub async fn bind_oauth(
         register_limiter: register_limiter.clone(),
         trusted_proxies: trusted_proxies.clone(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(max_password_checks)),
+        browser_limiter: crate::net::RateLimiter::new(browser_rate),
     });
     let clients_data = state.clients.clone();
 

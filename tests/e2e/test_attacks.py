@@ -3,7 +3,7 @@ to a real cluster, asserting the safe outcome named in the case's docstring. A c
 the attack is refused safely; `conftest.py` prints "attack suite: N cases, M refused safely" at
 the end (every test marked `attack`, here and in the other files).
 
-Against the release build of the commit before the fixes (931c494), 24 of the 28 cases here
+Against the release build of the commit before the fixes (931c494), 26 of the 30 cases here
 fail, i.e. the attack works: every defect case of issue 8 except the two controls, the
 registered client asking for client_credentials, bob's requests on alice's *live* legacy
 session, and a hanging issuer stalling another issuer's tokens (already safe; kept as
@@ -76,6 +76,8 @@ UNAUTH_RATE_SETTING = "GATEWAY_UNAUTH_RATE"
 UNAUTH_RATE = 30
 # The auth-service's registration limit (AUTH_REGISTER_RATE's default).
 REGISTER_RATE = 20
+# The auth-service's limit on /authorize and /login per address (AUTH_BROWSER_RATE), here.
+BROWSER_RATE = 20
 # The gateway's clock-skew leeway on `exp` (jwt-verify LEEWAY_SECS).
 EXP_LEEWAY = 60
 # The gateway's shortest interval between two fetches of one issuer's keys that the TTL
@@ -110,7 +112,7 @@ def limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             tmp_path_factory.mktemp("attacks-limits"),
             workers=0,
             oauth="static",
-            auth_env={"AUTH_REGISTER_RATE": str(REGISTER_RATE)},
+            auth_env={"AUTH_REGISTER_RATE": str(REGISTER_RATE), "AUTH_BROWSER_RATE": str(BROWSER_RATE)},
             # The gateway's own per-IP limit stays out of the way: this cluster tests the
             # auth-service's registration limit behind the gateway.
             gateway_env={UNAUTH_RATE_SETTING: "100000"},
@@ -612,6 +614,23 @@ def test_registration_rate_limit_ignores_client_x_forwarded_for(limits: Cluster)
                 break
     assert 429 in statuses, f"no 429 in {len(statuses)} registrations with spoofed X-Forwarded-For: {statuses}"
     assert all(s in (201, 429) for s in statuses), statuses
+
+
+@pytest.mark.parametrize("path", ["/authorize?client_id=nobody", "/login?tx=nothing"])
+def test_browser_endpoint_flood_is_rate_limited(limits: Cluster, path: str) -> None:
+    """Attacker floods /authorize or /login from one address (each a new login transaction
+    or password try), with a made-up X-Forwarded-For on every request. Safe: after
+    AUTH_BROWSER_RATE (20/min here) requests the auth-service answers 429 with Retry-After."""
+    url = f"{gateway_of(limits).base_url}{path}"
+    statuses = []
+    with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+        for i in range(BROWSER_RATE * 2 + 5):
+            r = client.get(url, headers={"X-Forwarded-For": f"203.0.113.{i + 1}"})
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1, r.headers
+                break
+    assert 429 in statuses, f"{len(statuses)} requests to {path}, none limited: {set(statuses)}"
 
 
 def test_live_sessions_per_principal_are_capped(dev: Cluster) -> None:

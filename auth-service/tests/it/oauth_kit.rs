@@ -69,6 +69,7 @@ pub fn oauth_args(nats_url: &str) -> OAuthArgs {
         machine_clients_file: None,
         store_max_bytes: auth_service::store::DEFAULT_STORE_MAX_BYTES,
         max_password_checks: config::DEFAULT_MAX_PASSWORD_CHECKS,
+        browser_rate: 100_000,
     }
 }
 
