@@ -2,11 +2,12 @@
 #   make run     local cluster (NATS, dev issuer, 2 workers, gateway on http://localhost:8788/mcp)
 #   make test    build, cargo tests, end-to-end suite, conformance suite
 #   make token   a fresh DEVELOPMENT-ONLY bearer token for the running `make run` cluster
+#   make fuzz    fuzz the untrusted-input parsers, FUZZ_SECONDS (60) per target (not in `make test`)
 
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 
-.PHONY: run token test deps build lint test-cargo test-e2e test-conformance test-authz test-browser bench clean-run
+.PHONY: run token test deps build lint test-cargo test-e2e test-conformance test-authz test-browser bench fuzz clean-run
 
 run:
 	bash scripts/run-local.sh
@@ -51,6 +52,10 @@ test-browser:
 bench:
 	@if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then bash bench/run.sh; \
 	else echo "bench/run.sh does not exist yet: no benchmark to run"; fi
+
+# cargo-fuzz targets in fuzz/ (own workspace and target dir); see scripts/fuzz.sh.
+fuzz:
+	bash scripts/fuzz.sh
 
 clean-run:
 	rm -rf .run

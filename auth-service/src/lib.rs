@@ -327,3 +327,51 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Entry points for the cargo-fuzz targets in `fuzz/`, not an API: the checks of
+/// registration bodies and client metadata documents, without a store or a network.
+#[doc(hidden)]
+pub mod fuzzing {
+    use serde_json::Value;
+
+    use crate::clients::metadata::{self, Origin};
+    use crate::clients::{ClientError, ClientRecord};
+
+    /// What `POST /register` makes of a parsed body (before storing it).
+    pub fn registration(meta: &Value, scopes: &[String]) -> Result<ClientRecord, ClientError> {
+        record(meta, Origin::Registration, scopes, String::new())
+    }
+
+    /// What a fetched client metadata document for `client_id` becomes once it passed
+    /// the document checks of `clients::cimd`.
+    pub fn metadata_document(client_id: &str, doc: &Value, scopes: &[String]) -> Result<ClientRecord, ClientError> {
+        record(doc, Origin::MetadataDocument, scopes, client_id.to_owned())
+    }
+
+    pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
+        metadata::check_redirect_uri(uri)
+    }
+
+    fn record(meta: &Value, origin: Origin, scopes: &[String], client_id: String) -> Result<ClientRecord, ClientError> {
+        let v = metadata::validate(meta, origin, scopes)?;
+        Ok(ClientRecord {
+            client_id,
+            client_secret_hash: None,
+            client_name: v.client_name,
+            redirect_uris: v.redirect_uris,
+            grant_types: v.grant_types,
+            response_types: v.response_types,
+            token_endpoint_auth_method: v.auth_method,
+            scope: v.scope,
+            client_uri: v.client_uri,
+            logo_uri: v.logo_uri,
+            software_id: v.software_id,
+            software_version: v.software_version,
+            created_at: 0,
+            last_used_at: 0,
+            metadata_document: origin == Origin::MetadataDocument,
+            machine: false,
+            introspect: false,
+        })
+    }
+}
