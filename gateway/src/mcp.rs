@@ -90,10 +90,14 @@ impl Incoming {
             return Err(McpError::new(Kind::InvalidRequest).detail("expected a JSON-RPC object"));
         };
         let id = obj.get("id").cloned();
+        // JSON-RPC 2.0 §5: an error names the request's id only when it is a valid
+        // one (string or number); otherwise the id is null, never echoed back.
+        let valid_id = matches!(&id, Some(Value::String(_)) | Some(Value::Number(_)));
+        let answer_id = id.clone().filter(|_| valid_id);
         if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             return Err(McpError::new(Kind::InvalidRequest)
                 .detail("jsonrpc must be \"2.0\"")
-                .with_id(id));
+                .with_id(answer_id));
         }
         let method = match obj.get("method") {
             None => None,
@@ -101,10 +105,9 @@ impl Incoming {
             Some(_) => {
                 return Err(McpError::new(Kind::InvalidRequest)
                     .detail("method must be a string")
-                    .with_id(id));
+                    .with_id(answer_id));
             }
         };
-        let valid_id = matches!(&id, Some(Value::String(_)) | Some(Value::Number(_)));
         let kind = match (&method, &id) {
             (Some(_), None) => MessageKind::Notification,
             (Some(_), Some(_)) if valid_id => MessageKind::Request,
@@ -114,7 +117,7 @@ impl Incoming {
             _ => {
                 return Err(McpError::new(Kind::InvalidRequest)
                     .detail("not a JSON-RPC request, notification or response")
-                    .with_id(id.filter(|_| valid_id)));
+                    .with_id(answer_id));
             }
         };
         Ok(Self {
@@ -910,6 +913,23 @@ impl Drop for QueueReader {
 mod bounded_tests {
     use super::*;
     use futures::StreamExt;
+
+    #[test]
+    fn refusals_never_echo_an_invalid_id() {
+        // Found by the jsonrpc_intake fuzz target: an object or array id came back.
+        for body in [
+            r#"{"jsonrpc":"1.0","id":{"x":1},"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":[1],"method":7}"#,
+            r#"{"jsonrpc":"2.0","id":true}"#,
+        ] {
+            let e = Incoming::parse(Bytes::from(body)).err().unwrap();
+            assert_eq!(e.id, None, "{body}");
+        }
+        let e = Incoming::parse(Bytes::from(r#"{"jsonrpc":"1.0","id":7,"method":"ping"}"#))
+            .err()
+            .unwrap();
+        assert_eq!(e.id, Some(Value::from(7)), "a valid id is named");
+    }
 
     #[tokio::test]
     async fn a_reader_keeping_up_gets_everything_in_order() {
