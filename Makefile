@@ -1,5 +1,5 @@
 # mcp-cluster developer entry points. Everything runs on loopback.
-#   make run     local cluster (NATS, dev issuer, 2 workers, gateway on http://localhost:8788/mcp)
+#   make run     local cluster (NATS, auth-service, 2 workers, gateway on http://localhost:8788/mcp)
 #   make test    build, cargo tests, end-to-end suite, conformance suite
 #   make token   a fresh DEVELOPMENT-ONLY bearer token for the running `make run` cluster
 #   make fuzz    fuzz the untrusted-input parsers, FUZZ_SECONDS (60) per target (not in `make test`)

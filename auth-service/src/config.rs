@@ -212,6 +212,31 @@ pub struct OAuthConfig {
 }
 
 impl OAuthArgs {
+    /// The defaults, on `nats_url`, with fresh random vault and cookie keys: a server
+    /// for tests or embedding whose sealed state and cookies die with it.
+    pub fn ephemeral(nats_url: &str) -> Self {
+        let random = || crate::crypto::Sealer::generate_entry("k1");
+        Self {
+            nats_url: nats_url.to_owned(),
+            resource_identifier: DEFAULT_RESOURCE_IDENTIFIER.into(),
+            vault_keys: random(),
+            cookie_encryption_key: random(),
+            scopes: DEFAULT_SCOPES.into(),
+            access_token_ttl: DEFAULT_ACCESS_TTL,
+            refresh_grace: DEFAULT_REFRESH_GRACE,
+            code_ttl: DEFAULT_CODE_TTL,
+            key_rotation: DEFAULT_KEY_ROTATION,
+            key_publish_lead: DEFAULT_KEY_PUBLISH_LEAD,
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES.into(),
+            cimd_allow_private: false,
+            register_rate: DEFAULT_REGISTER_RATE,
+            machine_clients_file: None,
+            store_max_bytes: crate::store::DEFAULT_STORE_MAX_BYTES,
+            max_password_checks: DEFAULT_MAX_PASSWORD_CHECKS,
+            browser_rate: DEFAULT_BROWSER_RATE,
+        }
+    }
+
     pub fn into_config(self) -> Result<OAuthConfig, ConfigError> {
         use std::time::Duration;
         let nats_url = self.nats_url.trim().to_owned();
@@ -322,7 +347,7 @@ impl OAuthArgs {
 /// Arguments of `mint-token` (development only).
 #[derive(Debug, Clone, Args)]
 pub struct MintArgs {
-    /// The dev issuer's private key (Ed25519 PKCS#8 PEM). Must exist.
+    /// The development signing key (Ed25519 PKCS#8 PEM) the server publishes. Must exist.
     #[arg(long, env = ENV_DEV_KEY_FILE, default_value = DEFAULT_DEV_KEY_FILE)]
     pub key_file: PathBuf,
     /// `iss` of the token.
@@ -449,25 +474,7 @@ mod tests {
     }
 
     fn oauth_args() -> OAuthArgs {
-        OAuthArgs {
-            nats_url: DEFAULT_NATS_URL.into(),
-            resource_identifier: DEFAULT_RESOURCE_IDENTIFIER.into(),
-            vault_keys: crate::crypto::Sealer::generate_entry("k1"),
-            cookie_encryption_key: "0123456789abcdef0123456789abcdef".into(),
-            scopes: DEFAULT_SCOPES.into(),
-            access_token_ttl: DEFAULT_ACCESS_TTL,
-            refresh_grace: DEFAULT_REFRESH_GRACE,
-            code_ttl: DEFAULT_CODE_TTL,
-            key_rotation: DEFAULT_KEY_ROTATION,
-            key_publish_lead: DEFAULT_KEY_PUBLISH_LEAD,
-            trusted_proxies: DEFAULT_TRUSTED_PROXIES.into(),
-            cimd_allow_private: false,
-            register_rate: DEFAULT_REGISTER_RATE,
-            machine_clients_file: None,
-            store_max_bytes: crate::store::DEFAULT_STORE_MAX_BYTES,
-            max_password_checks: DEFAULT_MAX_PASSWORD_CHECKS,
-            browser_rate: DEFAULT_BROWSER_RATE,
-        }
+        OAuthArgs::ephemeral(DEFAULT_NATS_URL)
     }
 
     #[test]

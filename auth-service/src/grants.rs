@@ -27,11 +27,11 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::claims::{ACCESS_TOKEN_TYP, AccessClaims};
 use crate::crypto::{ct_eq, random_token, sha256_b64};
-use crate::mint::AccessClaims;
 use crate::signing::{SigningError, SigningKeys};
 use crate::store::{Cas, StoreError, Stores};
 use crate::upstream::Identity;
@@ -431,17 +431,18 @@ impl Grants {
 
     fn sign(&self, claims: &AccessClaims) -> Result<String, GrantError> {
         let key = self.keys.current()?;
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.typ = Some("at+jwt".to_owned());
-        header.kid = Some(key.kid().to_owned());
-        jsonwebtoken::encode(&header, claims, key.encoding_key())
+        claims
+            .sign(&key, None)
             .map_err(|e| GrantError::Signing(SigningError::Sign(e.to_string())))
     }
 
-    /// Verify one of our access tokens (signature, issuer; expiry only if
+    /// Verify one of our access tokens (`typ`, signature, issuer; expiry only if
     /// `check_exp`). `None` when it is not ours or does not verify.
     pub fn verify_access(&self, token: &str, check_exp: bool) -> Option<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return None;
+        }
         let key = self.keys.by_kid(header.kid.as_deref()?)?;
         let decoding = DecodingKey::from_jwk(key.jwk()).ok()?;
         let mut v = Validation::new(Algorithm::EdDSA);

@@ -9,20 +9,22 @@
 //! workers ask over NATS. All state is in JetStream KV ([`store`]), so replicas are
 //! interchangeable.
 //!
-//! [`bind`] alone starts only the DEVELOPMENT issuer (discovery and the JWKS of a
-//! file key, for `mint-token`), which the gateway's tests use as a plain issuer.
+//! [`run`] starts it; [`server::bind_oauth`] binds it on a given listener (tests).
+//! A development key file (`AUTH_DEV_KEY_FILE`, [`key`]) only adds a published key
+//! that `mint-token` ([`mint`]) signs with; there is no second server.
 //!
 //! It must never log a token, a password, a secret or a private key, and never
 //! serve the private half of a key.
 #![forbid(unsafe_code)]
 
+pub mod claims;
 pub mod clients;
 pub mod config;
 pub mod crypto;
 pub mod errors;
 pub mod flow;
 pub mod grants;
-pub mod keys;
+pub mod key;
 pub mod metrics;
 pub mod mint;
 pub mod net;
@@ -40,13 +42,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix_web::dev::Service;
-use actix_web::{App, HttpResponse, HttpServer, http::header, web};
-
 pub use config::{Cli, Command, Config, ConfigError, MintArgs, OAuthConfig, ServeArgs};
-pub use keys::{DevKey, KeyError};
+pub use key::{KeyError, SigningKey};
 
-/// Worker threads of the public listener (discovery and JWKS are tiny).
+/// Worker threads of the public listener.
 pub const HTTP_WORKERS: usize = 2;
 /// How long in-flight requests may finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,7 +95,7 @@ pub async fn run(
         None
     } else {
         tracing::warn!(path = %config.dev_key_file.display(), "DEVELOPMENT key published in the JWKS: anyone holding it can mint tokens");
-        Some(keys::load_or_generate(&config.dev_key_file)?)
+        Some(key::load_or_generate(&config.dev_key_file)?)
     };
     let listener = TcpListener::bind(config.listen).map_err(|source| RunError::Bind {
         addr: config.listen,
@@ -122,61 +121,6 @@ pub struct Bound {
     admin: telemetry::Admin,
     draining: Arc<AtomicBool>,
     tasks: Option<Tasks>,
-}
-
-/// Start serving on an already-bound public `listener` (tests bind port 0 first to
-/// learn the issuer URL); the admin listener is bound from `config.admin_listen`.
-/// Must be called inside an actix system (`#[actix_web::main]`/`#[actix_web::test]`).
-pub fn bind(config: &Config, key: DevKey, listener: TcpListener) -> Result<Bound, RunError> {
-    let public_addr = listener.local_addr().map_err(RunError::Server)?;
-    let registry = prometheus::Registry::new();
-    let metrics = metrics::Metrics::register(&registry)?;
-    let draining = Arc::new(AtomicBool::new(false));
-    let ready: telemetry::Readiness = {
-        let draining = draining.clone();
-        Arc::new(move || !draining.load(Ordering::SeqCst))
-    };
-    let admin = telemetry::admin_server(config.admin_listen, registry, ready).map_err(|source| RunError::Bind {
-        addr: config.admin_listen,
-        source,
-    })?;
-
-    let state = web::Data::new(Issuer::new(&config.issuer, key));
-    let server = HttpServer::new(move || {
-        let metrics = metrics.clone();
-        App::new()
-            .app_data(state.clone())
-            .wrap_fn(move |req, srv| {
-                let fut = srv.call(req);
-                let metrics = metrics.clone();
-                async move {
-                    let res = fut.await?;
-                    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-                    metrics
-                        .http_requests
-                        .with_label_values(&[route.as_str(), res.status().as_str()])
-                        .inc();
-                    Ok(res)
-                }
-            })
-            .configure(|cfg| routes(cfg, &state))
-    })
-    .workers(HTTP_WORKERS)
-    .disable_signals()
-    .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
-    .listen(listener)
-    .map_err(|source| RunError::Bind {
-        addr: public_addr,
-        source,
-    })?
-    .run();
-    tracing::info!(
-        listen = %public_addr,
-        admin = %admin.addr,
-        issuer = %config.issuer,
-        "auth-service listening (development issuer)"
-    );
-    Ok(Bound::new(public_addr, server, admin, draining, None))
 }
 
 impl Bound {
@@ -244,82 +188,6 @@ impl Bound {
     }
 }
 
-/// What the public routes serve.
-struct Issuer {
-    issuer: String,
-    /// The issuer URL's path without a trailing slash ("" for `http://host:port`).
-    path: String,
-    jwks_uri: String,
-    jwks: serde_json::Value,
-}
-
-impl Issuer {
-    fn new(issuer: &str, key: DevKey) -> Self {
-        let base = issuer.trim_end_matches('/');
-        let path = reqwest::Url::parse(issuer)
-            .map(|u| u.path().trim_end_matches('/').to_owned())
-            .unwrap_or_default();
-        let jwks = serde_json::json!({ "keys": [key.jwk()] });
-        Self {
-            issuer: issuer.to_owned(),
-            path,
-            jwks_uri: format!("{base}/jwks.json"),
-            jwks,
-        }
-    }
-
-    /// RFC 8414 authorization server metadata (also served as OIDC discovery). Only
-    /// what exists today; the OAuth endpoints are added with the OAuth server.
-    fn metadata(&self) -> serde_json::Value {
-        serde_json::json!({
-            "issuer": self.issuer,
-            "jwks_uri": self.jwks_uri,
-        })
-    }
-}
-
-fn routes(cfg: &mut web::ServiceConfig, state: &web::Data<Issuer>) {
-    let mut metadata_paths = vec![
-        "/.well-known/openid-configuration".to_owned(),
-        "/.well-known/oauth-authorization-server".to_owned(),
-    ];
-    let mut jwks_paths = vec!["/jwks.json".to_owned()];
-    let p = &state.path;
-    // An issuer with a path (behind a path-routing ingress): the RFC 8414 inserted and
-    // the OIDC appended locations, and the jwks_uri under that path.
-    if !p.is_empty() && !p.contains(['{', '}']) {
-        metadata_paths.push(format!("/.well-known/openid-configuration{p}"));
-        metadata_paths.push(format!("/.well-known/oauth-authorization-server{p}"));
-        metadata_paths.push(format!("{p}/.well-known/openid-configuration"));
-        metadata_paths.push(format!("{p}/.well-known/oauth-authorization-server"));
-        jwks_paths.push(format!("{p}/jwks.json"));
-    }
-    for path in metadata_paths {
-        cfg.route(&path, web::get().to(metadata));
-    }
-    for path in jwks_paths {
-        cfg.route(&path, web::get().to(jwks));
-    }
-}
-
-fn cacheable_json(body: &serde_json::Value) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((
-            header::CACHE_CONTROL,
-            format!("public, max-age={METADATA_MAX_AGE_SECS}"),
-        ))
-        .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
-        .json(body)
-}
-
-async fn metadata(state: web::Data<Issuer>) -> HttpResponse {
-    cacheable_json(&state.metadata())
-}
-
-async fn jwks(state: web::Data<Issuer>) -> HttpResponse {
-    cacheable_json(&state.jwks)
-}
-
 /// Seconds since the epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -328,8 +196,8 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Entry points for the cargo-fuzz targets in `fuzz/`, not an API: the checks of
-/// registration bodies and client metadata documents, without a store or a network.
+/// Entry points for the cargo-fuzz targets in `fuzz/`, not an API: what registration
+/// makes of a body, without a store or a network.
 #[doc(hidden)]
 pub mod fuzzing {
     use serde_json::Value;
@@ -337,41 +205,14 @@ pub mod fuzzing {
     use crate::clients::metadata::{self, Origin};
     use crate::clients::{ClientError, ClientRecord};
 
-    /// What `POST /register` makes of a parsed body (before storing it).
+    /// What `POST /register` makes of a parsed body (before a secret is issued and
+    /// it is stored).
     pub fn registration(meta: &Value, scopes: &[String]) -> Result<ClientRecord, ClientError> {
-        record(meta, Origin::Registration, scopes, String::new())
-    }
-
-    /// What a fetched client metadata document for `client_id` becomes once it passed
-    /// the document checks of `clients::cimd`.
-    pub fn metadata_document(client_id: &str, doc: &Value, scopes: &[String]) -> Result<ClientRecord, ClientError> {
-        record(doc, Origin::MetadataDocument, scopes, client_id.to_owned())
+        let v = metadata::validate(meta, Origin::Registration, scopes)?;
+        Ok(ClientRecord::from_validated(String::new(), None, v, 0, false))
     }
 
     pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
         metadata::check_redirect_uri(uri)
-    }
-
-    fn record(meta: &Value, origin: Origin, scopes: &[String], client_id: String) -> Result<ClientRecord, ClientError> {
-        let v = metadata::validate(meta, origin, scopes)?;
-        Ok(ClientRecord {
-            client_id,
-            client_secret_hash: None,
-            client_name: v.client_name,
-            redirect_uris: v.redirect_uris,
-            grant_types: v.grant_types,
-            response_types: v.response_types,
-            token_endpoint_auth_method: v.auth_method,
-            scope: v.scope,
-            client_uri: v.client_uri,
-            logo_uri: v.logo_uri,
-            software_id: v.software_id,
-            software_version: v.software_version,
-            created_at: 0,
-            last_used_at: 0,
-            metadata_document: origin == Origin::MetadataDocument,
-            machine: false,
-            introspect: false,
-        })
     }
 }

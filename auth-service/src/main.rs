@@ -113,7 +113,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// DEVELOPMENT ONLY: print a token signed with the dev issuer key.
+/// DEVELOPMENT ONLY: print a token signed with the development key (AUTH_DEV_KEY_FILE).
 fn mint_token(args: &MintArgs) -> ExitCode {
     if let Err(e) = check_issuer("--issuer", &args.issuer) {
         eprintln!("auth-service mint-token: {e}");
@@ -123,7 +123,7 @@ fn mint_token(args: &MintArgs) -> ExitCode {
         eprintln!("auth-service mint-token: invalid --audience/--sub: must not be empty");
         return exit(EXIT_CONFIG);
     }
-    let key = match auth_service::keys::load(&args.key_file) {
+    let key = match auth_service::key::load(&args.key_file) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("auth-service mint-token: invalid --key-file: {e}");

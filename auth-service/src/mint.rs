@@ -1,14 +1,12 @@
-//! DEVELOPMENT ONLY: mint an RFC 9068 access token with the dev issuer key, for
-//! `make token`, scripts and tests. The real token endpoint will come with the OAuth
-//! server; this never becomes one.
+//! DEVELOPMENT ONLY: `mint-token` signs an access token with the development key
+//! (`AUTH_DEV_KEY_FILE`) for `make token`, scripts and tests, outside any grant: there
+//! is nothing to refresh or revoke. Tokens from users come from `/token` ([`crate::grants`]).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, Header};
-use serde::Serialize;
-
+use crate::claims::AccessClaims;
 use crate::config::MintArgs;
-use crate::keys::DevKey;
+use crate::key::SigningKey;
 
 /// `client_id` of every minted token.
 pub const DEV_CLIENT_ID: &str = "dev-cli";
@@ -17,38 +15,6 @@ pub const DEV_CLIENT_ID: &str = "dev-cli";
 pub enum MintError {
     #[error("cannot sign the token: {0}")]
     Sign(String),
-}
-
-/// The claims of a minted token (RFC 9068 §2.2 plus the identity claims tools use).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct AccessClaims {
-    pub iss: String,
-    pub sub: String,
-    pub aud: String,
-    pub iat: i64,
-    pub exp: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
-    pub nbf: Option<i64>,
-    pub jti: String,
-    pub client_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
-    pub scope: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub permissions: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
-    /// The grant (`proto::auth::GRANT_CLAIM`); revoking it revokes the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gid: Option<String>,
-    /// `proto::auth::SUBJECT_KIND_CLAIM`: `user` or `machine`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sub_kind: Option<String>,
 }
 
 impl AccessClaims {
@@ -75,17 +41,11 @@ impl AccessClaims {
     }
 }
 
-/// Sign `claims` with `key`: EdDSA, `typ: at+jwt`, `kid` = `kid` or the key's thumbprint.
-pub fn sign(key: &DevKey, claims: &AccessClaims, kid: Option<&str>) -> Result<String, MintError> {
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.typ = Some("at+jwt".to_owned());
-    header.kid = Some(kid.unwrap_or(key.kid()).to_owned());
-    jsonwebtoken::encode(&header, claims, key.encoding_key()).map_err(|e| MintError::Sign(e.to_string()))
-}
-
 /// Mint a token as `mint-token` does.
-pub fn mint(key: &DevKey, args: &MintArgs) -> Result<String, MintError> {
-    sign(key, &AccessClaims::from_args(args), args.kid.as_deref())
+pub fn mint(key: &SigningKey, args: &MintArgs) -> Result<String, MintError> {
+    AccessClaims::from_args(args)
+        .sign(key, args.kid.as_deref())
+        .map_err(|e| MintError::Sign(e.to_string()))
 }
 
 fn unix_now() -> i64 {
@@ -99,7 +59,7 @@ fn unix_now() -> i64 {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     use std::path::PathBuf;
 
     fn args() -> MintArgs {
@@ -120,7 +80,7 @@ mod tests {
 
     #[test]
     fn minted_token_has_the_rfc9068_shape() {
-        let key = DevKey::from_pem(crate::keys::generate_pem().as_bytes(), "x".as_ref()).unwrap();
+        let key = SigningKey::from_pem(crate::key::generate_pem().as_bytes(), "x".as_ref()).unwrap();
         let token = mint(&key, &args()).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
@@ -146,7 +106,7 @@ mod tests {
 
     #[test]
     fn negative_ttl_nbf_and_kid_override() {
-        let key = DevKey::from_pem(crate::keys::generate_pem().as_bytes(), "x".as_ref()).unwrap();
+        let key = SigningKey::from_pem(crate::key::generate_pem().as_bytes(), "x".as_ref()).unwrap();
         let mut a = args();
         a.ttl = -120;
         a.nbf_offset = Some(30);

@@ -11,7 +11,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, http::header, web};
 use crate::clients::{Clients, ClientsConfig};
 use crate::config::{Config, OAuthConfig};
 use crate::grants::Grants;
-use crate::keys::DevKey;
+use crate::key::SigningKey;
 use crate::metrics::Metrics;
 use crate::signing::SigningKeys;
 use crate::store::Stores;
@@ -177,7 +177,7 @@ pub async fn bind_oauth(
     config: &Config,
     oauth_cfg: OAuthConfig,
     upstream: Upstream,
-    dev_key: Option<DevKey>,
+    dev_key: Option<SigningKey>,
     listener: TcpListener,
 ) -> Result<Bound, RunError> {
     let public_addr = listener.local_addr().map_err(RunError::Server)?;

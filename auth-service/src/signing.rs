@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Sealer;
-use crate::keys::{self, DevKey};
+use crate::key::{self, SigningKey};
 use crate::store::{Bucket, Cas, StoreError};
 
 /// KV key of the key set.
@@ -61,7 +61,7 @@ struct KeySet {
 
 struct Loaded {
     /// Newest last.
-    keys: Vec<(DevKey, u64)>,
+    keys: Vec<(SigningKey, u64)>,
     /// Index in `keys` of the key new tokens are signed with.
     signing: usize,
     jwks: serde_json::Value,
@@ -75,7 +75,7 @@ pub struct SigningKeys {
     rotation: Duration,
     publish_lead: Duration,
     access_ttl: Duration,
-    dev_key: Option<DevKey>,
+    dev_key: Option<SigningKey>,
     loaded: Arc<RwLock<Loaded>>,
 }
 
@@ -88,7 +88,7 @@ impl SigningKeys {
         rotation: Duration,
         publish_lead: Duration,
         access_ttl: Duration,
-        dev_key: Option<DevKey>,
+        dev_key: Option<SigningKey>,
     ) -> Result<Self, SigningError> {
         let this = Self {
             bucket,
@@ -125,11 +125,12 @@ impl SigningKeys {
             }
             set.keys.drain(..retired);
             if due {
-                let pem = keys::generate_pem();
-                let key = DevKey::from_pem(pem.as_bytes(), "generated".as_ref()).map_err(|e| SigningError::Key {
-                    kid: "new".into(),
-                    reason: e.to_string(),
-                })?;
+                let pem = key::generate_pem();
+                let key =
+                    SigningKey::from_pem(pem.as_bytes(), "generated".as_ref()).map_err(|e| SigningError::Key {
+                        kid: "new".into(),
+                        reason: e.to_string(),
+                    })?;
                 let kid = key.kid().to_owned();
                 let sealed_pem = self
                     .sealer
@@ -174,7 +175,7 @@ impl SigningKeys {
                     kid: k.kid.clone(),
                     reason: e.to_string(),
                 })?;
-            let key = DevKey::from_pem(&pem, "stored".as_ref()).map_err(|e| SigningError::Key {
+            let key = SigningKey::from_pem(&pem, "stored".as_ref()).map_err(|e| SigningError::Key {
                 kid: k.kid.clone(),
                 reason: e.to_string(),
             })?;
@@ -207,7 +208,7 @@ impl SigningKeys {
 
     /// The key new tokens are signed with: the newest one published for at least
     /// `publish_lead` at the last reload.
-    pub fn current(&self) -> Result<DevKey, SigningError> {
+    pub fn current(&self) -> Result<SigningKey, SigningError> {
         let loaded = self.read();
         loaded
             .keys
@@ -218,7 +219,7 @@ impl SigningKeys {
 
     /// The published key with this `kid` (for introspection and revocation of our
     /// own access tokens).
-    pub fn by_kid(&self, kid: &str) -> Option<DevKey> {
+    pub fn by_kid(&self, kid: &str) -> Option<SigningKey> {
         let loaded = self.read();
         loaded
             .keys

@@ -68,15 +68,7 @@ async fn authenticated(
             "body must be application/x-www-form-urlencoded",
         ));
     }
-    let mut form = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(body) {
-        if form.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(OAuthError::new(
-                Code::InvalidRequest,
-                format!("parameter {k} appears more than once"),
-            ));
-        }
-    }
+    let form = parse_form(body)?;
     let basic = req.headers().contains_key(header::AUTHORIZATION);
     let client_err = |e: ClientError| OAuthError::from(&e).basic(basic);
     let (client_id, secret, method) = crate::clients::client_credentials(req, &form).map_err(client_err)?;
@@ -289,4 +281,18 @@ async fn introspect_inner(req: &HttpRequest, body: &[u8], oauth: &OAuth) -> Resu
         })),
         None => inactive(),
     })
+}
+/// A form-urlencoded body as the token, revocation and introspection endpoints read
+/// it: every parameter at most once (RFC 6749 §3.2), else `invalid_request`.
+pub fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut form = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        if form.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(OAuthError::new(
+                Code::InvalidRequest,
+                format!("parameter {k} appears more than once"),
+            ));
+        }
+    }
+    Ok(form)
 }

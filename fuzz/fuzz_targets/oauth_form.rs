@@ -1,6 +1,6 @@
 //! The auth-service's reading of `/token`, `/revoke` and `/introspect` bodies and
-//! client authentication: the form parsed as `token.rs` does (form-urlencoded,
-//! a repeated parameter is `invalid_request`), then `clients::client_credentials`
+//! client authentication: `token::parse_form` (form-urlencoded, a repeated parameter
+//! is `invalid_request`), then `clients::client_credentials`
 //! (HTTP Basic with form-urlencoded id and secret, or the form's `client_id` and
 //! `client_secret`), the `resource` check, and the OAuth error the client gets.
 //! Also the query and form extractors `/authorize`, `/consent`, `/login` and
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (Some(&data[..i]), &data[i + 1..]),
         None => (None, data),
     };
-    let form = match parse_form(body) {
+    let form = match auth_service::token::parse_form(body) {
         Ok(form) => form,
         Err(e) => {
             assert_eq!(e.code, Code::InvalidRequest);
@@ -73,20 +73,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = actix_web::web::Query::<HashMap<String, String>>::from_query(text);
     }
 });
-
-/// As `token.rs` reads the body: every parameter at most once.
-fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
-    let mut form = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(body) {
-        if form.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(OAuthError::new(
-                Code::InvalidRequest,
-                format!("parameter {k} appears more than once"),
-            ));
-        }
-    }
-    Ok(form)
-}
 
 fn check_client_error(e: &ClientError) {
     assert!(

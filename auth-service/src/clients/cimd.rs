@@ -228,21 +228,33 @@ impl Clients {
         if !is_json_content_type(&fetched.headers) {
             return Err("content type must be application/json".into());
         }
-        let doc: Value = serde_json::from_slice(&fetched.body).map_err(|_| "document is not valid JSON".to_owned())?;
-        let Some(obj) = doc.as_object() else {
-            return Err("document must be a JSON object".into());
-        };
-        if obj.get("client_id").and_then(Value::as_str) != Some(client_id) {
-            return Err("client_id in the document does not equal its url".into());
-        }
-        if obj.contains_key("client_secret") || obj.contains_key("client_secret_expires_at") {
-            return Err("a metadata document must not contain a client secret".into());
-        }
-        let validated = metadata::validate(&doc, Origin::MetadataDocument, &self.config.supported_scopes)
-            .map_err(|e| e.description())?;
-        let record = ClientRecord::from_validated(client_id.to_owned(), None, validated, now_secs(), true);
+        let record = document_record(client_id, &fetched.body, &self.config.supported_scopes, now_secs())?;
         Ok((record, cache_ttl(&fetched.headers)))
     }
+}
+
+/// The client a fetched document (the body of a 200 with a JSON content type)
+/// describes: a JSON object whose `client_id` is its URL exactly, with no client
+/// secret, and valid client metadata. The refusal is the reason shown to the user.
+pub fn document_record(client_id: &str, body: &[u8], scopes: &[String], now: u64) -> Result<ClientRecord, String> {
+    let doc: Value = serde_json::from_slice(body).map_err(|_| "document is not valid JSON".to_owned())?;
+    let Some(obj) = doc.as_object() else {
+        return Err("document must be a JSON object".into());
+    };
+    if obj.get("client_id").and_then(Value::as_str) != Some(client_id) {
+        return Err("client_id in the document does not equal its url".into());
+    }
+    if obj.contains_key("client_secret") || obj.contains_key("client_secret_expires_at") {
+        return Err("a metadata document must not contain a client secret".into());
+    }
+    let validated = metadata::validate(&doc, Origin::MetadataDocument, scopes).map_err(|e| e.description())?;
+    Ok(ClientRecord::from_validated(
+        client_id.to_owned(),
+        None,
+        validated,
+        now,
+        true,
+    ))
 }
 
 #[cfg(test)]

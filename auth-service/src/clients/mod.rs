@@ -143,7 +143,14 @@ impl std::fmt::Debug for ClientRecord {
 }
 
 impl ClientRecord {
-    fn from_validated(client_id: String, secret_hash: Option<String>, v: Validated, now: u64, document: bool) -> Self {
+    /// The record of checked metadata (`secret_hash`: SHA-256 of the issued secret).
+    pub(crate) fn from_validated(
+        client_id: String,
+        secret_hash: Option<String>,
+        v: Validated,
+        now: u64,
+        document: bool,
+    ) -> Self {
         Self {
             client_id,
             client_secret_hash: secret_hash,

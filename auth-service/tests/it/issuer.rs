@@ -1,16 +1,17 @@
-//! The development issuer, started in-process on 127.0.0.1:0: discovery, JWKS, admin
-//! endpoints, drain; tokens from `mint` verify with jsonwebtoken against the served
-//! JWKS and pass the gateway's `Validator`.
+//! The development key (`AUTH_DEV_KEY_FILE`) on the OAuth server: discovery, the
+//! JWKS publishing it next to the rotating keys, admin endpoints, drain; tokens from
+//! `mint-token` verify with jsonwebtoken against the served JWKS and pass the
+//! gateway's `Validator`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use auth_service::{Config, MintArgs};
+use auth_service::MintArgs;
 use gateway::auth::{AuthConfig, AuthError, Validator};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use tokio::sync::oneshot;
+
+use crate::oauth_kit::OAuthServer;
 
 const RESOURCE: &str = "http://localhost:8788/mcp";
 
@@ -19,38 +20,30 @@ struct Running {
     admin: String,
     key_file: PathBuf,
     dir: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<actix_web::rt::task::JoinHandle<Result<(), auth_service::RunError>>>,
+    server: OAuthServer,
 }
 
 impl Running {
     async fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("auth-service-it-{}", uuid_like()));
+        Self::start_in(dir).await
+    }
+
+    async fn start_in(dir: PathBuf) -> Self {
         let key_file = dir.join("dev-issuer-ed25519.pem");
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let issuer = format!("http://127.0.0.1:{port}");
-        let config = Config {
-            listen: listener.local_addr().unwrap(),
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            issuer: issuer.clone(),
-            dev_key_file: key_file.clone(),
-        };
-        let key = auth_service::keys::load_or_generate(&key_file).unwrap();
-        let bound = auth_service::bind(&config, key, listener).unwrap();
-        let admin = format!("http://{}", bound.admin_addr);
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = actix_web::rt::spawn(bound.serve(async {
-            let _ = rx.await;
-        }));
+        let server = OAuthServer::start_with_dev_key(&key_file).await;
         Running {
-            issuer,
-            admin,
+            issuer: server.issuer.clone(),
+            admin: server.admin.clone(),
             key_file,
             dir,
-            stop: Some(tx),
-            task: Some(task),
+            server,
         }
+    }
+
+    /// The development key's id, as `mint-token` names it.
+    fn dev_kid(&self) -> String {
+        auth_service::key::load(&self.key_file).unwrap().kid().to_owned()
     }
 
     fn mint(&self, edit: impl FnOnce(&mut MintArgs)) -> String {
@@ -68,7 +61,7 @@ impl Running {
             kid: None,
         };
         edit(&mut args);
-        let key = auth_service::keys::load(&args.key_file).unwrap();
+        let key = auth_service::key::load(&args.key_file).unwrap();
         auth_service::mint::mint(&key, &args).unwrap()
     }
 
@@ -87,13 +80,8 @@ impl Running {
         )
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
+    async fn stop(self) {
+        self.server.stop().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -127,14 +115,18 @@ async fn discovery_jwks_and_minted_tokens_verify() {
         assert_eq!(meta["issuer"], svc.issuer);
         assert_eq!(meta["jwks_uri"], format!("{}/jwks.json", svc.issuer));
     }
+    // The JWKS serves the rotating key and, next to it, the development key.
     let jwks_value = get_json(&format!("{}/jwks.json", svc.issuer)).await;
-    let key = &jwks_value["keys"][0];
-    assert_eq!(key["kty"], "OKP");
-    assert_eq!(key["crv"], "Ed25519");
-    assert!(key.get("d").is_none(), "private key must not be served");
+    let served = jwks_value["keys"].as_array().unwrap();
+    assert_eq!(served.len(), 2, "{jwks_value}");
+    for key in served {
+        assert_eq!(key["kty"], "OKP");
+        assert_eq!(key["crv"], "Ed25519");
+        assert!(key.get("d").is_none(), "private key must not be served");
+    }
     let jwks: JwkSet = serde_json::from_value(jwks_value.clone()).unwrap();
-    let jwk = &jwks.keys[0];
-    let kid = jwk.common.key_id.clone().unwrap();
+    let kid = svc.dev_kid();
+    let jwk = jwks.find(&kid).expect("the development key is published");
     assert_eq!(kid, jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256).unwrap());
 
     // A minted token verifies with plain jsonwebtoken against the served JWKS.
@@ -262,26 +254,22 @@ async fn admin_endpoints_count_requests_by_route_and_drain() {
 #[actix_web::test]
 async fn key_is_created_once_and_survives_restarts() {
     let a = Running::start().await;
-    let kid_a = get_json(&format!("{}/jwks.json", a.issuer)).await["keys"][0]["kid"].clone();
-    let key_file = a.key_file.clone();
-    // Start a second instance on the same key file: same kid.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let config = Config {
-        listen: listener.local_addr().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        issuer: issuer.clone(),
-        dev_key_file: key_file.clone(),
-    };
-    let key = auth_service::keys::load_or_generate(&key_file).unwrap();
-    let bound = auth_service::bind(&config, key, listener).unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = actix_web::rt::spawn(bound.serve(async {
-        let _ = rx.await;
-    }));
-    let kid_b = get_json(&format!("{issuer}/jwks.json")).await["keys"][0]["kid"].clone();
-    assert_eq!(kid_a, kid_b);
-    let _ = tx.send(());
-    task.await.unwrap().unwrap();
-    a.stop().await;
+    let kid_a = a.dev_kid();
+    let dir = a.dir.clone();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&a.key_file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    a.server.stop().await;
+    // A second server on the same key file (another cluster, even): same key, served.
+    let b = Running::start_in(dir).await;
+    assert_eq!(b.dev_kid(), kid_a);
+    let jwks = get_json(&format!("{}/jwks.json", b.issuer)).await;
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid_a.as_str()),
+        "{jwks}"
+    );
+    b.stop().await;
 }

@@ -15,7 +15,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use auth_service::config::{self, OAuthArgs, OAuthConfig};
+use auth_service::config::{OAuthArgs, OAuthConfig};
 use auth_service::store::Stores;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
@@ -53,23 +53,11 @@ fn static_users_file() -> PathBuf {
 /// The OAuth settings of a test server (defaults, fresh keys).
 pub fn oauth_args(nats_url: &str) -> OAuthArgs {
     OAuthArgs {
-        nats_url: nats_url.to_owned(),
         resource_identifier: RESOURCE.into(),
-        vault_keys: auth_service::crypto::Sealer::generate_entry("k1"),
         cookie_encryption_key: COOKIE_KEY.into(),
-        scopes: config::DEFAULT_SCOPES.into(),
-        access_token_ttl: config::DEFAULT_ACCESS_TTL,
-        refresh_grace: config::DEFAULT_REFRESH_GRACE,
-        code_ttl: config::DEFAULT_CODE_TTL,
-        key_rotation: config::DEFAULT_KEY_ROTATION,
-        key_publish_lead: config::DEFAULT_KEY_PUBLISH_LEAD,
-        trusted_proxies: config::DEFAULT_TRUSTED_PROXIES.into(),
-        cimd_allow_private: false,
         register_rate: 1000,
-        machine_clients_file: None,
-        store_max_bytes: auth_service::store::DEFAULT_STORE_MAX_BYTES,
-        max_password_checks: config::DEFAULT_MAX_PASSWORD_CHECKS,
         browser_rate: 100_000,
+        ..OAuthArgs::ephemeral(nats_url)
     }
 }
 
@@ -368,6 +356,8 @@ pub struct OAuthServer {
     pub issuer: String,
     /// Where requests go (`http://addr`); differs from `issuer` for an https issuer.
     pub base: String,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: String,
     pub cfg: OAuthConfig,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -387,7 +377,16 @@ impl OAuthServer {
         let mut args = oauth_args(&nats.url);
         edit(&mut args);
         let cfg = args.into_config().unwrap();
-        Self::start_on(nats, cfg, "http").await
+        Self::start_on(nats, cfg, "http", None).await
+    }
+
+    /// Start with a development key (`AUTH_DEV_KEY_FILE`, created if missing) that
+    /// `mint-token` signs with and the JWKS publishes next to the rotating keys.
+    pub async fn start_with_dev_key(key_file: &std::path::Path) -> Self {
+        let nats = testkit::NatsServer::start().unwrap();
+        let cfg = oauth_args(&nats.url).into_config().unwrap();
+        let key = auth_service::key::load_or_generate(key_file).unwrap();
+        Self::start_on(nats, cfg, "http", Some(key)).await
     }
 
     /// Start with an `https://` issuer (as behind a TLS ingress) while serving plain
@@ -395,10 +394,15 @@ impl OAuthServer {
     pub async fn start_https_issuer() -> Self {
         let nats = testkit::NatsServer::start().unwrap();
         let cfg = oauth_args(&nats.url).into_config().unwrap();
-        Self::start_on(nats, cfg, "https").await
+        Self::start_on(nats, cfg, "https", None).await
     }
 
-    async fn start_on(nats: testkit::NatsServer, cfg: OAuthConfig, issuer_scheme: &str) -> Self {
+    async fn start_on(
+        nats: testkit::NatsServer,
+        cfg: OAuthConfig,
+        issuer_scheme: &str,
+        dev_key: Option<auth_service::SigningKey>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
@@ -420,11 +424,12 @@ impl OAuthServer {
             &config,
             cfg.clone(),
             upstream,
-            None,
+            dev_key,
             listener,
         ))
         .await
         .unwrap();
+        let admin = format!("http://{}", bound.admin_addr);
         let (tx, rx) = oneshot::channel::<()>();
         let task = actix_web::rt::spawn(Box::pin(bound.serve(async {
             let _ = rx.await;
@@ -432,6 +437,7 @@ impl OAuthServer {
         Self {
             issuer,
             base,
+            admin,
             cfg,
             http: http_client(),
             stop: Some(tx),

@@ -97,7 +97,9 @@ async fn answer(req: HttpRequest, body: web::Bytes, seen: web::Data<Mutex<Vec<Se
 /// to `upstream`.
 async fn cluster(upstream: &str) -> anyhow::Result<Cluster> {
     let upstream = upstream.to_owned();
-    Cluster::start_on(NatsServer::start()?, issuer().await?, false, move |config| {
+    let nats = NatsServer::start()?;
+    let issuer = issuer(&nats).await?;
+    Cluster::start_on(nats, issuer, false, move |config| {
         config.auth_upstream = upstream;
     })
     .await

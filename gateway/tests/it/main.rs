@@ -1,5 +1,6 @@
 //! The gateway in front of a real nats-server, a real session worker and a real
-//! issuer (the auth-service development issuer), all in-process on loopback.
+//! issuer (the auth-service's OAuth server, tokens minted with its development key),
+//! all in-process on loopback.
 
 mod forward;
 mod revocation;
@@ -19,7 +20,9 @@ struct Issuer {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn issuer() -> anyhow::Result<Issuer> {
+/// The auth-service's OAuth server on `nats`, with a development key that the tests
+/// mint tokens with (as `mint-token` does) and that its JWKS publishes.
+async fn issuer(nats: &NatsServer) -> anyhow::Result<Issuer> {
     let dir = std::env::temp_dir().join(format!("gateway-it-{}-{}", std::process::id(), rand_suffix()));
     let key_file = dir.join("key.pem");
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -30,8 +33,26 @@ async fn issuer() -> anyhow::Result<Issuer> {
         issuer: url.clone(),
         dev_key_file: key_file.clone(),
     };
-    let key = auth_service::keys::load_or_generate(&key_file)?;
-    let bound = auth_service::bind(&config, key, listener)?;
+    let oauth = auth_service::config::OAuthArgs {
+        resource_identifier: RESOURCE.into(),
+        ..auth_service::config::OAuthArgs::ephemeral(&nats.url)
+    }
+    .into_config()?;
+    let upstream = auth_service::upstream::UpstreamArgs {
+        upstream: "static".into(),
+        static_users_file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/static-users.json"),
+        ..Default::default()
+    }
+    .build(reqwest::Client::new())?;
+    let key = auth_service::key::load_or_generate(&key_file)?;
+    let bound = Box::pin(auth_service::server::bind_oauth(
+        &config,
+        oauth,
+        upstream,
+        Some(key),
+        listener,
+    ))
+    .await?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     actix_rt::spawn(bound.serve(async {
         let _ = rx.await;
@@ -66,14 +87,14 @@ impl Issuer {
             nbf_offset: None,
             kid: None,
         };
-        let key = auth_service::keys::load(&args.key_file)?;
+        let key = auth_service::key::load(&args.key_file)?;
         Ok(auth_service::mint::mint(&key, &args)?)
     }
 
     /// A token for `sub` with the claims of [`Issuer::token`] plus `extra`
     /// (e.g. the `gid` claim of the auth-service's grants, a chosen `jti`).
     fn token_with(&self, sub: &str, extra: Value) -> anyhow::Result<String> {
-        let key = auth_service::keys::load(&self.key_file)?;
+        let key = auth_service::key::load(&self.key_file)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();
@@ -140,7 +161,9 @@ struct Cluster {
 
 impl Cluster {
     async fn start(with_worker: bool) -> anyhow::Result<Self> {
-        Self::start_on(NatsServer::start()?, issuer().await?, with_worker, |_| {}).await
+        let nats = NatsServer::start()?;
+        let issuer = issuer(&nats).await?;
+        Self::start_on(nats, issuer, with_worker, |_| {}).await
     }
 
     /// Start a worker (or not) and a gateway, configured by `configure`, on a

@@ -102,9 +102,8 @@ async fn revoked_jti_refuses_that_token_only() -> anyhow::Result<()> {
 #[actix_rt::test]
 async fn revocation_made_before_start_is_honoured_at_once() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
-    let issuer = issuer().await?;
-    // The bucket does not exist yet: `open_bucket` creates it as the
-    // auth-service would, and the gateway later opens the same one.
+    let issuer = issuer(&nats).await?;
+    // Revoked before any gateway runs; the gateway later opens the same bucket.
     revoke(&nats.url, &revoked_grant_key("g-early")).await?;
     let early = issuer.token_with("alice", json!({ "gid": "g-early" }))?;
     let other = issuer.token_with("alice", json!({ "gid": "g-later" }))?;

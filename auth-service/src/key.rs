@@ -1,9 +1,10 @@
-//! The DEVELOPMENT issuer's signing key: one Ed25519 key in a PKCS#8 PEM file,
-//! created with mode 0600 on first start, published as an OKP JWK whose `kid` is
-//! its RFC 7638 thumbprint.
+//! One access-token signing key: an Ed25519 key (PKCS#8 PEM) and the OKP JWK it is
+//! published as, whose `kid` is its RFC 7638 thumbprint.
 //!
-//! This is for a laptop and for tests. The production issuer will keep rotating keys
-//! in the cluster's key store; nothing here may be used for that.
+//! The rotating key set ([`crate::signing`]) is made of these, sealed in the
+//! `auth_keys` bucket. A key can also live in a file ([`load_or_generate`], created
+//! with mode 0600): `AUTH_DEV_KEY_FILE`, the DEVELOPMENT key that `mint-token` signs
+//! with and the OAuth server publishes next to its own keys. Never in production.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,20 +32,20 @@ pub enum KeyError {
 
 /// The signing key and its public JWK.
 #[derive(Clone)]
-pub struct DevKey {
+pub struct SigningKey {
     encoding: EncodingKey,
     jwk: Jwk,
 }
 
-impl std::fmt::Debug for DevKey {
+impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevKey")
+        f.debug_struct("SigningKey")
             .field("kid", &self.kid())
             .finish_non_exhaustive()
     }
 }
 
-impl DevKey {
+impl SigningKey {
     /// Parse an Ed25519 PKCS#8 PEM private key.
     pub fn from_pem(pem: &[u8], path: &Path) -> Result<Self, KeyError> {
         let not_ed = || KeyError::NotEd25519 { path: path.to_owned() };
@@ -77,18 +78,18 @@ impl DevKey {
 
 /// Load the key at `path`, or create a new one there (parent directories too) with
 /// mode 0600 if the file does not exist.
-pub fn load_or_generate(path: &Path) -> Result<DevKey, KeyError> {
+pub fn load_or_generate(path: &Path) -> Result<SigningKey, KeyError> {
     match std::fs::read(path) {
         Ok(pem) => {
             warn_if_readable_by_others(path);
-            DevKey::from_pem(&pem, path)
+            SigningKey::from_pem(&pem, path)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let pem = generate_pem();
             match write_new(path, pem.as_bytes()) {
                 Ok(()) => {
-                    tracing::info!(path = %path.display(), "created a development issuer key");
-                    DevKey::from_pem(pem.as_bytes(), path)
+                    tracing::info!(path = %path.display(), "created a development signing key");
+                    SigningKey::from_pem(pem.as_bytes(), path)
                 }
                 // Another process created it first: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -96,7 +97,7 @@ pub fn load_or_generate(path: &Path) -> Result<DevKey, KeyError> {
                         path: path.to_owned(),
                         source,
                     })?;
-                    DevKey::from_pem(&pem, path)
+                    SigningKey::from_pem(&pem, path)
                 }
                 Err(source) => Err(KeyError::Create {
                     path: path.to_owned(),
@@ -112,12 +113,12 @@ pub fn load_or_generate(path: &Path) -> Result<DevKey, KeyError> {
 }
 
 /// Load an existing key (for `mint-token`, which must not invent a key nobody serves).
-pub fn load(path: &Path) -> Result<DevKey, KeyError> {
+pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
     let pem = std::fs::read(path).map_err(|source| KeyError::Read {
         path: path.to_owned(),
         source,
     })?;
-    DevKey::from_pem(&pem, path)
+    SigningKey::from_pem(&pem, path)
 }
 
 /// A fresh Ed25519 key as PKCS#8 PEM.
@@ -159,7 +160,7 @@ fn warn_if_readable_by_others(path: &Path) {
         if let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
-            tracing::warn!(path = %path.display(), "development issuer key is readable by other users; chmod 600 it");
+            tracing::warn!(path = %path.display(), "development signing key is readable by other users; chmod 600 it");
         }
     }
 }
@@ -196,7 +197,7 @@ mod tests {
     #[test]
     fn jwk_is_okp_ed25519_with_thumbprint_kid() {
         let pem = generate_pem();
-        let key = DevKey::from_pem(pem.as_bytes(), Path::new("x")).unwrap();
+        let key = SigningKey::from_pem(pem.as_bytes(), Path::new("x")).unwrap();
         let v = serde_json::to_value(key.jwk()).unwrap();
         assert_eq!(v["kty"], "OKP");
         assert_eq!(v["crv"], "Ed25519");
@@ -220,7 +221,7 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
             base64::engine::general_purpose::STANDARD.encode(&der)
         );
-        let key = DevKey::from_pem(pem.as_bytes(), Path::new("x")).unwrap();
+        let key = SigningKey::from_pem(pem.as_bytes(), Path::new("x")).unwrap();
         assert_eq!(key.kid(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
         assert_eq!(
             serde_json::to_value(key.jwk()).unwrap()["x"],
