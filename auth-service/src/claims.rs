@@ -35,6 +35,9 @@ pub struct AccessClaims {
     pub permissions: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// The user's organization at the identity provider (WorkOS `org_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
     /// The grant (`proto::auth::GRANT_CLAIM`); revoking it revokes the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<String>,

@@ -389,6 +389,7 @@ impl Grants {
             name: None,
             permissions: Vec::new(),
             groups: Vec::new(),
+            org_id: None,
             gid: None,
             sub_kind: Some(proto::auth::SUBJECT_KIND_MACHINE.to_owned()),
         };
@@ -414,9 +415,10 @@ impl Grants {
             client_id: grant.client_id.clone(),
             scope: Some(scopes.join(" ")).filter(|s| !s.is_empty()),
             email: grant.identity.email.clone(),
-            name: None,
+            name: grant.identity.name.clone(),
             permissions: grant.identity.permissions.clone(),
             groups: grant.identity.groups.clone(),
+            org_id: grant.identity.org.clone(),
             gid: Some(grant.id.clone()),
             sub_kind: Some(proto::auth::SUBJECT_KIND_USER.to_owned()),
         };

@@ -35,6 +35,7 @@ impl AccessClaims {
             name: args.name.clone(),
             permissions: args.permissions.clone(),
             groups: Vec::new(),
+            org_id: None,
             gid: None,
             sub_kind: Some(proto::auth::SUBJECT_KIND_USER.to_owned()),
         }

@@ -687,6 +687,14 @@ async fn relay_request(
             .detail("the session ended before answering")
             .with_id(id));
     }
+    if first.last && !first.step_up.is_empty() {
+        // A tool needs scopes the token lacks: the MCP authorization spec's step-up
+        // challenge, so the client authorizes again for them.
+        st.metrics.auth_failures.with_label_values(&["INSUFFICIENT_SCOPE"]).inc();
+        return Ok(st
+            .validator
+            .reject_response(&crate::auth::AuthError::InsufficientScope(first.step_up)));
+    }
     if first.last {
         let status = match stateless {
             Some(meta_malformed) => stateless_status(&first.message, meta_malformed),

@@ -104,6 +104,11 @@ pub struct Outbound {
     /// The stream is closed without an answer (session ended, worker draining).
     #[serde(default)]
     pub aborted: bool,
+    /// On a final [`crate::mcp::INSUFFICIENT_SCOPE`] error: the scopes to ask for,
+    /// so the gateway can answer the HTTP 403 step-up challenge without parsing the
+    /// message. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_up: Vec<String>,
 }
 
 /// What a worker stores about a session so that another worker can take it over.
@@ -195,7 +200,14 @@ impl Outbound {
             message,
             last,
             aborted: false,
+            step_up: Vec::new(),
         }
+    }
+
+    /// With the scopes of a step-up challenge (see [`Outbound::step_up`]).
+    pub fn with_step_up(mut self, scopes: Vec<String>) -> Self {
+        self.step_up = scopes;
+        self
     }
 
     pub fn aborted(seq: u64) -> Self {
@@ -205,6 +217,7 @@ impl Outbound {
             message: Vec::new(),
             last: true,
             aborted: true,
+            step_up: Vec::new(),
         }
     }
 

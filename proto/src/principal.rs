@@ -32,6 +32,9 @@ pub struct Principal {
     /// `None` for tokens of other issuers.
     #[serde(default)]
     pub grant_id: Option<String>,
+    /// The organization (WorkOS `org_id`, `organization`, Entra `tid`).
+    #[serde(default)]
+    pub organization: Option<String>,
     /// A person, or a machine acting for itself (a `client_credentials` token).
     #[serde(default)]
     pub kind: SubjectKind,

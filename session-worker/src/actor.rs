@@ -27,7 +27,7 @@ use actix::prelude::*;
 use proto::{Outbound, Route, SessionRecord, subjects};
 use rmcp::model::{
     ClientJsonRpcMessage, ClientNotification, GetExtensions, GetMeta, ProgressToken, RequestId, ServerJsonRpcMessage,
-    ServerNotification, ServerResult,
+    ServerNotification, ServerResult, ToolListChangedNotification,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ pub struct Shared {
     pub listen: tools::ListenHub,
     /// The auth-service's token vault, for tools that act on the user's behalf.
     pub vault: Arc<dyn tools::vault::TokenVault>,
+    /// The tools of the default profile, with the operator's policy.
+    pub toolbox: tools::Toolbox,
     /// [`proto::subjects::PRINCIPAL_SESSIONS_BUCKET`] (see [`crate::owners`]).
     pub owners: async_nats::jetstream::kv::Store,
     /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL`.
@@ -169,6 +171,7 @@ impl SessionHandle {
             last_activity: Instant::now(),
             ct: CancellationToken::new(),
             closing: false,
+            last_caller: None,
             _live: None,
         });
         Self {
@@ -295,6 +298,9 @@ pub struct SessionActor {
     ct: CancellationToken,
     /// Set once the actor decided to stop: it takes no more messages.
     closing: bool,
+    /// The principal of the latest request: when the next one's differs in what
+    /// tools it may see, the client is told the list changed.
+    last_caller: Option<Arc<proto::Principal>>,
     _live: Option<GaugeGuard>,
 }
 
@@ -306,6 +312,7 @@ impl Actor for SessionActor {
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let transport = ChannelTransport::new(input_rx, Outlet::Actor(ctx.address().recipient()));
         let server = tools::McpServer::new(self.shared.profile, Some(self.record.principal.clone()))
+            .with_toolbox(self.shared.toolbox.clone())
             .with_listen_hub(self.shared.listen.clone())
             .with_vault(self.shared.vault.clone());
         let ct = self.ct.clone();
@@ -389,6 +396,7 @@ impl SessionActor {
         ctx: &mut Context<Self>,
     ) {
         self.last_activity = Instant::now();
+        self.follow_caller(&caller);
         if let ClientJsonRpcMessage::Request(req) = &mut message {
             req.request.extensions_mut().insert(tools::Caller(caller));
         }
@@ -456,6 +464,28 @@ impl SessionActor {
         }
     }
 
+    /// A request with another principal than the last (a refreshed token with new
+    /// claims, a narrower token): if the tools it may see differ, send
+    /// `notifications/tools/list_changed` on the session's stream.
+    fn follow_caller(&mut self, caller: &Arc<proto::Principal>) {
+        let previous = self.last_caller.replace(caller.clone());
+        let Some(previous) = previous else {
+            return;
+        };
+        if Arc::ptr_eq(&previous, caller) || *previous == **caller || self.shared.profile != tools::Profile::Default {
+            return;
+        }
+        let toolbox = &self.shared.toolbox;
+        if toolbox.listed_names(Some(&previous)) != toolbox.listed_names(Some(caller)) {
+            debug!(session_id = %self.id, "tools visible to the caller changed");
+            let changed = ServerNotification::ToolListChangedNotification(ToolListChangedNotification {
+                method: Default::default(),
+                extensions: Default::default(),
+            });
+            self.route_out(ServerJsonRpcMessage::notification(changed));
+        }
+    }
+
     fn route_out(&mut self, message: ServerJsonRpcMessage) {
         let (owner, last) = self.owner_of(&message);
         if let (Some(init_id), ServerJsonRpcMessage::Response(r)) = (&self.init_id, &message)
@@ -500,7 +530,7 @@ impl SessionActor {
             Dest::Drop => {}
             Dest::Subject(subject, seq, ack) => {
                 self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
-                let out = Outbound::new(seq, payload, last);
+                let out = Outbound::new(seq, payload, last).with_step_up(tools::step_up_scopes(&message));
                 match ack {
                     // The first answer rides on the acknowledgement.
                     Some(reply) => self.send_ack(reply, &proto::Ack::First(out)),

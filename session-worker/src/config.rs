@@ -26,6 +26,8 @@ pub const ENV_MAX_SESSIONS_PER_PRINCIPAL: &str = "WORKER_MAX_SESSIONS_PER_PRINCI
 pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 100;
 pub const ENV_MAX_RECORD_BYTES: &str = "WORKER_MAX_RECORD_BYTES";
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
+pub const ENV_ALLOWED_EMAILS: &str = "ALLOWED_EMAILS";
+pub const ENV_TOOL_POLICY_FILE: &str = "TOOL_POLICY_FILE";
 pub const ENV_SESSIONS_MAX_BYTES: &str = "WORKER_SESSIONS_MAX_BYTES";
 pub const DEFAULT_SESSIONS_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
@@ -74,6 +76,35 @@ pub struct Config {
     /// limit new sessions are refused rather than the store growing without bound.
     #[arg(long, env = ENV_SESSIONS_MAX_BYTES, default_value_t = DEFAULT_SESSIONS_MAX_BYTES)]
     pub sessions_max_bytes: i64,
+    #[command(flatten)]
+    pub tools: ToolArgs,
+}
+
+/// The settings of the shipped tools (the seeds' variable names).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ToolArgs {
+    /// Addresses (or `@domain`) allowed to use `generateImage` besides holders of
+    /// the `image_generation` permission; comma-separated.
+    #[arg(long, env = ENV_ALLOWED_EMAILS, default_value = "", value_delimiter = ',')]
+    pub allowed_emails: Vec<String>,
+    /// TOML file changing the tools' access (see `tools::policy`).
+    #[arg(long, env = ENV_TOOL_POLICY_FILE)]
+    pub tool_policy_file: Option<std::path::PathBuf>,
+}
+
+impl ToolArgs {
+    /// What the shipped tools are configured with.
+    pub fn settings(&self) -> tools::shipped::Settings {
+        tools::shipped::Settings {
+            allowed_emails: self
+                .allowed_emails
+                .iter()
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect(),
+            policy_file: self.tool_policy_file.clone().filter(|p| !p.as_os_str().is_empty()),
+        }
+    }
 }
 
 /// A setting is out of range.

@@ -73,6 +73,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 /// Connect, take leases, subscribe and serve. Must run inside an actix `System`.
 pub async fn start(config: Config) -> anyhow::Result<Worker> {
     let profile = config.validate()?;
+    let toolbox = tools::shipped::toolbox(&config.tools.settings()).context("tool settings")?;
     let worker_id = config
         .worker_id
         .clone()
@@ -140,6 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         idle_timeout: config.idle_timeout(),
         listen,
         vault: Arc::new(vault::VaultClient::new(nats.clone())),
+        toolbox,
         owners,
         max_sessions_per_principal: config.max_sessions_per_principal,
         max_record_bytes: config.max_record_bytes,

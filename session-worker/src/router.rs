@@ -500,7 +500,8 @@ impl Router {
         let ClientRequest::CallToolRequest(call) = &request.request else {
             return Ok(());
         };
-        let server = tools::McpServer::new(self.shared.profile, Some(principal.clone()));
+        let server = tools::McpServer::new(self.shared.profile, Some(principal.clone()))
+            .with_toolbox(self.shared.toolbox.clone());
         let Some(tool) = rmcp::ServerHandler::get_tool(&server, &call.params.name) else {
             return Ok(());
         };

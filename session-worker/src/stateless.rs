@@ -53,6 +53,7 @@ pub async fn serve(
     let transport = ChannelTransport::new(in_rx, Outlet::Channel(out_tx));
     let ct = CancellationToken::new();
     let server = tools::McpServer::new(shared.profile, Some(principal))
+        .with_toolbox(shared.toolbox.clone())
         .with_listen_hub(shared.listen.clone())
         .with_vault(shared.vault.clone());
     let service = rmcp::service::serve_directly_with_ct(server, transport, Some(peer_info), ct.clone());
@@ -113,7 +114,7 @@ pub async fn serve(
                 let Some(payload) = crate::actor::fit_bus(&shared.nats, "stateless", &message, payload) else {
                     continue;
                 };
-                let out = Outbound::new(seq, payload, last);
+                let out = Outbound::new(seq, payload, last).with_step_up(tools::step_up_scopes(&message));
                 match ack_to.take() {
                     // The first answer rides on the acknowledgement.
                     Some(reply) => respond(&shared.nats, reply, &Ack::First(out)).await,

@@ -1,43 +1,46 @@
 //! `add`: the sum of two numbers, as in the Cloudflare remote-MCP template.
 
-use rmcp::{
-    ErrorData,
-    model::{CallToolRequestParams, CallToolResult, ContentBlock, JsonObject, Tool},
-};
+use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use serde_json::{Value, json};
+
+use crate::toolbox::{McpTool, ToolCx, ToolFuture, schema, tool_error, tool_text};
 
 pub(crate) const NAME: &str = "add";
 
-pub(crate) fn tool() -> Tool {
-    Tool::new(NAME, "Add two numbers and return the sum.", input_schema())
+/// Every authenticated caller may add.
+pub struct Add;
+
+impl McpTool for Add {
+    fn definition(&self) -> Tool {
+        tool()
+    }
+
+    fn call<'a>(&'a self, cx: ToolCx<'a>) -> ToolFuture<'a> {
+        Box::pin(async move { Ok(sum(&cx.args)) })
+    }
 }
 
-fn input_schema() -> JsonObject {
-    let schema = json!({
+pub(crate) fn tool() -> Tool {
+    let input = schema(json!({
         "type": "object",
         "properties": {
             "a": { "type": "number", "description": "First addend" },
             "b": { "type": "number", "description": "Second addend" }
         },
         "required": ["a", "b"]
-    });
-    match schema {
-        Value::Object(map) => map,
-        _ => JsonObject::new(),
-    }
+    }));
+    Tool::new(NAME, "Add two numbers and return the sum.", input)
+        .with_annotations(ToolAnnotations::new().read_only(true).idempotent(true))
 }
 
 /// Invalid arguments are a tool error the caller can read (`isError: true`),
 /// not a protocol error.
-pub(crate) fn call(request: &CallToolRequestParams) -> Result<CallToolResult, ErrorData> {
-    let args = request.arguments.as_ref();
-    let number = |key: &str| args.and_then(|a| a.get(key)).and_then(Value::as_f64);
+pub(crate) fn sum(args: &rmcp::model::JsonObject) -> CallToolResult {
+    let number = |key: &str| args.get(key).and_then(Value::as_f64);
     let (Some(a), Some(b)) = (number("a"), number("b")) else {
-        return Ok(CallToolResult::error(vec![ContentBlock::text(
-            "add needs two numbers, `a` and `b`",
-        )]));
+        return tool_error("add needs two numbers, `a` and `b`");
     };
-    Ok(CallToolResult::success(vec![ContentBlock::text(format_number(a + b))]))
+    tool_text(format_number(a + b))
 }
 
 /// `3` rather than `3.0` for whole numbers, as JavaScript prints them.

@@ -31,6 +31,9 @@ mod conformance;
 mod listen;
 mod logging;
 mod mrtr;
+pub mod policy;
+pub mod shipped;
+pub mod toolbox;
 pub mod vault;
 mod whoami;
 
@@ -48,7 +51,11 @@ use rmcp::{
     service::{RequestContext, SubscriptionContext},
 };
 
+pub use add::Add;
 pub use listen::{Broadcast, ListChanged, ListenHub};
+pub use policy::{Access, Decision, Denial, PolicyFile};
+pub use toolbox::{McpTool, ToolCx, ToolFuture, Toolbox, step_up_scopes};
+pub use whoami::WhoAmI;
 
 /// Protocol revisions this handler speaks, oldest first. Pinned rather than
 /// taken from rmcp so that an rmcp upgrade never advertises a revision we have
@@ -126,6 +133,7 @@ pub struct McpServer {
     session: Arc<logging::SessionState>,
     listen: ListenHub,
     vault: Option<Arc<dyn vault::TokenVault>>,
+    toolbox: Toolbox,
 }
 
 impl McpServer {
@@ -137,7 +145,15 @@ impl McpServer {
             session: Arc::default(),
             listen: ListenHub::default(),
             vault: None,
+            toolbox: basic_toolbox(),
         }
+    }
+
+    /// The tools of the default profile (without it: `add` and `whoAmI`). The
+    /// conformance profile keeps its fixtures.
+    pub fn with_toolbox(mut self, toolbox: Toolbox) -> Self {
+        self.toolbox = toolbox;
+        self
     }
 
     /// Where tools get the caller's upstream token. Without one, `whoAmI` reports
@@ -175,13 +191,24 @@ impl McpServer {
             .or_else(|| self.principal())
     }
 
-    fn tools(&self) -> Vec<Tool> {
-        let mut tools = vec![add::tool()];
+    /// The tools `caller` may see.
+    fn tools(&self, caller: Option<&proto::Principal>) -> Vec<Tool> {
         match self.profile {
-            Profile::Default => tools.push(whoami::tool()),
-            Profile::Conformance => tools.extend(conformance::tools()),
+            Profile::Default => self.toolbox.listed(caller),
+            Profile::Conformance => {
+                let mut tools = vec![add::tool()];
+                tools.extend(conformance::tools());
+                tools
+            }
         }
-        tools
+    }
+}
+
+/// `add` and `whoAmI`, open to every authenticated caller.
+pub fn basic_toolbox() -> Toolbox {
+    match Toolbox::new(vec![Arc::new(Add), Arc::new(WhoAmI)], None) {
+        Ok(toolbox) => toolbox,
+        Err(_) => Toolbox::default(),
     }
 }
 
@@ -194,7 +221,10 @@ pub(crate) fn is_stateless_era(cx: &RequestContext<RoleServer>) -> bool {
 
 fn capabilities(profile: Profile) -> ServerCapabilities {
     match profile {
-        Profile::Default => ServerCapabilities::builder().enable_tools().build(),
+        Profile::Default => ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build(),
         Profile::Conformance => ServerCapabilities::builder()
             .enable_logging()
             .enable_completions()
@@ -232,15 +262,18 @@ impl ServerHandler for McpServer {
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.tools().into_iter().find(|t| t.name == name)
+        match self.profile {
+            Profile::Default => self.toolbox.get(name, self.principal()),
+            Profile::Conformance => self.tools(None).into_iter().find(|t| t.name == name),
+        }
     }
 
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tools())
+        Ok(ListToolsResult::with_all_items(self.tools(self.caller(&cx)))
             .with_ttl_ms(LIST_TTL_MS)
             .with_cache_scope(CacheScope::Private))
     }
@@ -250,15 +283,22 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if request.name == add::NAME {
-            return add::call(&request).map(Into::into);
-        }
         match self.profile {
-            Profile::Conformance => conformance::call_tool(self, request, cx).await,
-            Profile::Default if request.name == whoami::NAME => {
-                Ok(whoami::call(self.caller(&cx), self.vault.as_deref()).await.into())
+            Profile::Conformance if request.name == add::NAME => {
+                Ok(add::sum(&request.arguments.unwrap_or_default()).into())
             }
-            Profile::Default => Err(unknown_tool(&request.name)),
+            Profile::Conformance => conformance::call_tool(self, request, cx).await,
+            Profile::Default => {
+                let args = request.arguments.unwrap_or_default();
+                match self
+                    .toolbox
+                    .call(&request.name, self.caller(&cx), args, self.vault.as_deref(), &cx)
+                    .await
+                {
+                    Some(result) => result.map(Into::into),
+                    None => Err(unknown_tool(&request.name)),
+                }
+            }
         }
     }
 

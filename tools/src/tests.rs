@@ -71,11 +71,21 @@ type Client = RunningService<RoleClient, FixtureClient>;
 async fn session(profile: Profile, client: FixtureClient) -> Client {
     let (server_io, client_io) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
-        if let Ok(running) = McpServer::new(profile, None).serve(server_io).await {
+        if let Ok(running) = McpServer::new(profile, Some(user())).serve(server_io).await {
             let _ = running.waiting().await;
         }
     });
     client.serve(client_io).await.expect("initialize")
+}
+
+/// The caller of the sessions of [`session`].
+fn user() -> proto::Principal {
+    proto::Principal {
+        iss: "https://issuer.test".into(),
+        sub: "tester".into(),
+        scopes: vec!["mcp".into()],
+        ..Default::default()
+    }
 }
 
 /// A sessionful pair around a handler built by the test.
@@ -563,7 +573,7 @@ async fn who_am_i_reports_vault_errors_and_a_missing_vault() {
     );
 
     // No authenticated caller: a tool error, not a protocol error.
-    let client = session(Profile::Default, FixtureClient::default()).await;
+    let client = session_with(McpServer::new(Profile::Default, None)).await;
     let result = client.call_tool(call("whoAmI", json!({}))).await.unwrap();
     assert_eq!(result.is_error, Some(true));
 }
@@ -575,4 +585,102 @@ async fn conformance_profile_does_not_serve_who_am_i() {
     assert!(tools.iter().all(|t| t.name != "whoAmI"));
     let e = client.call_tool(call("whoAmI", json!({}))).await.unwrap_err();
     assert_eq!(error_code(e), ErrorCode::INVALID_PARAMS);
+}
+
+/// A tool only holders of `x.use` may see, needing the `x.scope` scope.
+struct Gated;
+
+impl crate::McpTool for Gated {
+    fn definition(&self) -> Tool {
+        Tool::new("gated", "needs x.use and x.scope", crate::toolbox::schema(json!({"type": "object"})))
+    }
+
+    fn access(&self) -> crate::Access {
+        crate::Access::users().permission("x.use").scope("x.scope")
+    }
+
+    fn call<'a>(&'a self, cx: crate::ToolCx<'a>) -> crate::ToolFuture<'a> {
+        Box::pin(async move { Ok(crate::toolbox::tool_text(format!("hello {}", cx.caller.sub))) })
+    }
+}
+
+fn gated_server(principal: proto::Principal) -> McpServer {
+    let toolbox = crate::Toolbox::new(vec![Arc::new(crate::Add), Arc::new(Gated)], None).unwrap();
+    McpServer::new(Profile::Default, Some(principal)).with_toolbox(toolbox)
+}
+
+#[tokio::test]
+async fn an_unauthenticated_handler_lists_and_runs_nothing() {
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        if let Ok(running) = McpServer::new(Profile::Default, None).serve(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    let client = FixtureClient::default().serve(client_io).await.unwrap();
+    assert!(client.list_all_tools().await.unwrap().is_empty());
+    let result = client.call_tool(call("add", json!({ "a": 1, "b": 2 }))).await.unwrap();
+    assert_eq!(result.is_error, Some(true));
+}
+
+#[tokio::test]
+async fn gated_tools_are_listed_and_run_only_for_entitled_callers() {
+    // Not entitled: not listed, and a call is a readable tool error.
+    let client = session_with(gated_server(user())).await;
+    let names: Vec<String> = client.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["add"]);
+    let result = client.call_tool(call("gated", json!({}))).await.unwrap();
+    assert_eq!(result.is_error, Some(true));
+    assert!(only_text(&result).contains("x.use"), "{}", only_text(&result));
+
+    // Entitled but without the scope: listed, and a call is the step-up error whose
+    // scope keeps what the token has.
+    let permitted = proto::Principal {
+        permissions: vec!["x.use".into()],
+        ..user()
+    };
+    let client = session_with(gated_server(permitted.clone())).await;
+    let names: Vec<String> = client.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["add", "gated"]);
+    let e = client.call_tool(call("gated", json!({}))).await.unwrap_err();
+    let ServiceError::McpError(data) = e else { panic!("{e:?}") };
+    assert_eq!(i64::from(data.code.0), proto::mcp::INSUFFICIENT_SCOPE);
+    let data = data.data.unwrap();
+    assert_eq!(data["scope"], "mcp x.scope");
+    assert_eq!(data["code"], "INSUFFICIENT_SCOPE");
+    let message = ServerJsonRpcMessage::error(
+        ErrorData::new(ErrorCode(proto::mcp::INSUFFICIENT_SCOPE as i32), "x", Some(data)),
+        None,
+    );
+    assert_eq!(crate::step_up_scopes(&message), ["mcp", "x.scope"]);
+
+    // With both: it runs.
+    let full = proto::Principal {
+        scopes: vec!["mcp".into(), "x.scope".into()],
+        ..permitted
+    };
+    let client = session_with(gated_server(full)).await;
+    let result = client.call_tool(call("gated", json!({}))).await.unwrap();
+    assert_eq!(only_text(&result), "hello tester");
+
+    // Machines are refused (users only) even with the permission and scope.
+    let robot = proto::Principal {
+        kind: proto::SubjectKind::Machine,
+        permissions: vec!["x.use".into()],
+        scopes: vec!["x.scope".into()],
+        ..user()
+    };
+    let client = session_with(gated_server(robot)).await;
+    let result = client.call_tool(call("gated", json!({}))).await.unwrap();
+    assert_eq!(result.is_error, Some(true));
+}
+
+#[test]
+fn a_policy_file_naming_an_unknown_tool_is_refused() {
+    let file = crate::PolicyFile::parse("[tools.gatd]\ndisabled = true\n", "p.toml").unwrap();
+    let e = crate::Toolbox::new(vec![Arc::new(Gated)], Some((&file, "p.toml"))).unwrap_err();
+    assert!(e.to_string().contains("gatd"), "{e}");
+    let file = crate::PolicyFile::parse("[tools.gated]\npermissions = []\nscopes = []\n", "p.toml").unwrap();
+    let toolbox = crate::Toolbox::new(vec![Arc::new(Gated)], Some((&file, "p.toml"))).unwrap();
+    assert_eq!(toolbox.listed_names(Some(&user())), ["gated"]);
 }

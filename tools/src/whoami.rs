@@ -1,5 +1,5 @@
 //! `whoAmI`: who the gateway says the caller is (issuer, subject, profile claims,
-//! scopes, permissions, groups, client, token expiry) and whether the token vault
+//! scopes, permissions, groups, organization, client, token expiry) and whether the token vault
 //! holds a downstream token for them: its expiry and audience, never the token.
 //!
 //! The audience is the `aud` claim when the upstream access token is a JWT. Its
@@ -11,9 +11,23 @@ use proto::Principal;
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotations};
 use serde_json::{Value, json};
 
+use crate::toolbox::{McpTool, ToolCx, ToolFuture};
 use crate::vault::{TokenVault, UpstreamToken, VaultError};
 
 pub(crate) const NAME: &str = "whoAmI";
+
+/// Every authenticated caller may ask who they are.
+pub struct WhoAmI;
+
+impl McpTool for WhoAmI {
+    fn definition(&self) -> Tool {
+        tool()
+    }
+
+    fn call<'a>(&'a self, cx: ToolCx<'a>) -> ToolFuture<'a> {
+        Box::pin(async move { Ok(call(Some(cx.caller), cx.vault).await) })
+    }
+}
 
 pub(crate) fn tool() -> Tool {
     let mut schema = JsonObject::new();
@@ -68,6 +82,7 @@ pub(crate) fn report(p: &Principal, downstream: Result<UpstreamToken, VaultError
         "scopes": p.scopes,
         "permissions": p.permissions,
         "groups": p.groups,
+        "organization": p.organization,
         "client_id": p.client_id,
         "kind": p.kind.as_str(),
         "expires_at": p.expires_at,
@@ -127,6 +142,7 @@ mod tests {
             client_id: Some("client-1".into()),
             expires_at: 1_800_000_000,
             grant_id: Some("g1".into()),
+            organization: Some("org_1".into()),
             kind: proto::SubjectKind::User,
         }
     }
@@ -147,6 +163,7 @@ mod tests {
         assert_eq!(report["permissions"], json!(["image_generation"]));
         assert_eq!(report["groups"], json!(["staff"]));
         assert_eq!(report["client_id"], "client-1");
+        assert_eq!(report["organization"], "org_1");
         assert_eq!(report["expires_at"], 1_800_000_000);
         assert_eq!(
             report["downstream"],

@@ -396,6 +396,9 @@ fn principal_from_claims(iss: &str, claims: &serde_json::Value) -> Result<proto:
         client_id: str_claim(claims, "client_id").or_else(|| str_claim(claims, "azp")),
         expires_at: claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0),
         grant_id: str_claim(claims, proto::auth::GRANT_CLAIM),
+        organization: str_claim(claims, "org_id")
+            .or_else(|| str_claim(claims, "organization"))
+            .or_else(|| str_claim(claims, "tid")),
         kind: subject_kind(claims),
     })
 }

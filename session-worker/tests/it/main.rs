@@ -30,6 +30,7 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         max_sessions_per_principal: 100,
         max_record_bytes: 64 * 1024,
         sessions_max_bytes: 64 * 1024 * 1024,
+        tools: Default::default(),
     }
 }
 

@@ -1,0 +1,270 @@
+//! The tool interface for tool authors and the registry the server serves from.
+//!
+//! A tool is a type implementing [`McpTool`]: its definition (name, description,
+//! input schema, annotations), what it needs ([`Access`]), and `call`. A
+//! [`Toolbox`] holds the tools with their access after the operator's policy file
+//! ([`crate::policy::PolicyFile`]) and decides, with [`crate::policy::decide`], on
+//! every `tools/list` and again on every `tools/call`, always for the caller of the
+//! request being served.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use proto::Principal;
+use rmcp::model::{
+    CallToolResult, ContentBlock, ErrorCode, JsonObject, ProgressNotificationParam, ProgressToken, Tool,
+};
+use rmcp::service::{Peer, RequestContext};
+use rmcp::{ErrorData, RoleServer};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::{Access, Decision, PolicyError, PolicyFile, decide};
+use crate::vault::TokenVault;
+
+/// What [`McpTool::call`] returns.
+pub type ToolFuture<'a> = Pin<Box<dyn Future<Output = Result<CallToolResult, ErrorData>> + Send + 'a>>;
+
+/// A tool. Return tool errors (bad arguments, a downstream refusal) as
+/// `CallToolResult::error`, which the model can read; `Err` is for protocol errors.
+pub trait McpTool: Send + Sync + 'static {
+    /// Name, description, input schema, annotations.
+    fn definition(&self) -> Tool;
+
+    /// What a caller needs to see and call it, before the operator's policy file.
+    fn access(&self) -> Access {
+        Access::anyone()
+    }
+
+    fn call<'a>(&'a self, cx: ToolCx<'a>) -> ToolFuture<'a>;
+}
+
+/// One call of a tool: who calls, with what, and the means to report progress and
+/// notice cancellation.
+pub struct ToolCx<'a> {
+    /// The principal of the token that came with this request.
+    pub caller: &'a Principal,
+    pub args: JsonObject,
+    /// Where the caller's upstream (downstream API) token comes from.
+    pub vault: Option<&'a dyn TokenVault>,
+    /// Cancelled when the client sends `notifications/cancelled` (or the session ends).
+    pub cancel: CancellationToken,
+    progress: Option<(Peer<RoleServer>, ProgressToken)>,
+}
+
+impl<'a> ToolCx<'a> {
+    pub(crate) fn new(
+        caller: &'a Principal,
+        args: JsonObject,
+        vault: Option<&'a dyn TokenVault>,
+        rcx: &RequestContext<RoleServer>,
+    ) -> Self {
+        Self {
+            caller,
+            args,
+            vault,
+            cancel: rcx.ct.clone(),
+            progress: rcx.meta.get_progress_token().map(|t| (rcx.peer.clone(), t)),
+        }
+    }
+
+    /// A string argument, trimmed; `None` when absent, not a string or empty.
+    pub fn str_arg(&self, key: &str) -> Option<&str> {
+        self.args
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn f64_arg(&self, key: &str) -> Option<f64> {
+        self.args.get(key).and_then(Value::as_f64)
+    }
+
+    /// Whether the client asked for progress notifications.
+    pub fn wants_progress(&self) -> bool {
+        self.progress.is_some()
+    }
+
+    /// Send `notifications/progress` if the client asked for it (with a progress
+    /// token); a lost notification is not an error.
+    pub async fn progress(&self, progress: f64, total: Option<f64>, message: &str) {
+        let Some((peer, token)) = &self.progress else {
+            return;
+        };
+        let mut param = ProgressNotificationParam::new(token.clone(), progress).with_message(message);
+        if let Some(total) = total {
+            param = param.with_total(total);
+        }
+        if let Err(error) = peer.notify_progress(param).await {
+            tracing::debug!(%error, "progress notification not delivered");
+        }
+    }
+}
+
+/// A tool error result with one text block.
+pub fn tool_error(text: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text.into())])
+}
+
+/// A successful result with one text block.
+pub fn tool_text(text: impl Into<String>) -> CallToolResult {
+    CallToolResult::success(vec![ContentBlock::text(text.into())])
+}
+
+/// A JSON object schema from a `json!` literal (anything else: an empty object).
+pub fn schema(value: Value) -> JsonObject {
+    match value {
+        Value::Object(map) => map,
+        _ => JsonObject::new(),
+    }
+}
+
+struct Entry {
+    tool: Arc<dyn McpTool>,
+    definition: Tool,
+    access: Access,
+}
+
+/// The tools a server offers, with their effective access.
+#[derive(Clone, Default)]
+pub struct Toolbox {
+    entries: Arc<Vec<Entry>>,
+}
+
+impl std::fmt::Debug for Toolbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.entries.iter().map(|e| e.definition.name.as_ref())).finish()
+    }
+}
+
+impl Toolbox {
+    /// `tools` with their own access, changed by `policy` (whose tool names must all
+    /// be among `tools`).
+    pub fn new(tools: Vec<Arc<dyn McpTool>>, policy: Option<(&PolicyFile, &str)>) -> Result<Self, PolicyError> {
+        let mut entries: Vec<Entry> = tools
+            .into_iter()
+            .map(|tool| Entry {
+                definition: tool.definition(),
+                access: tool.access(),
+                tool,
+            })
+            .collect();
+        if let Some((file, path)) = policy {
+            file.check_names(entries.iter().map(|e| e.definition.name.as_ref()), path)?;
+            for entry in &mut entries {
+                if let Some(change) = file.tools.get(entry.definition.name.as_ref()) {
+                    change.apply(&mut entry.access);
+                }
+            }
+        }
+        Ok(Self {
+            entries: Arc::new(entries),
+        })
+    }
+
+    fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.definition.name == name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entry(name).is_some()
+    }
+
+    /// The effective access of a tool (after the policy file).
+    pub fn access(&self, name: &str) -> Option<&Access> {
+        self.entry(name).map(|e| &e.access)
+    }
+
+    /// The definitions `caller` may see: granted tools, including those that only
+    /// lack a scope (the client can step up for them).
+    pub fn listed(&self, caller: Option<&Principal>) -> Vec<Tool> {
+        self.entries
+            .iter()
+            .filter(|e| decide(&e.access, caller).listed())
+            .map(|e| e.definition.clone())
+            .collect()
+    }
+
+    /// The names `caller` may see, in order (what a list-changed check compares).
+    pub fn listed_names(&self, caller: Option<&Principal>) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| decide(&e.access, caller).listed())
+            .map(|e| e.definition.name.to_string())
+            .collect()
+    }
+
+    /// The definition of `name` if `caller` may see it.
+    pub fn get(&self, name: &str, caller: Option<&Principal>) -> Option<Tool> {
+        self.entry(name)
+            .filter(|e| decide(&e.access, caller).listed())
+            .map(|e| e.definition.clone())
+    }
+
+    /// Decide again for this request's caller, then run the tool. `None` when there
+    /// is no such tool. A missing scope is the step-up error ([`insufficient_scope`]);
+    /// any other refusal a tool error.
+    pub async fn call(
+        &self,
+        name: &str,
+        caller: Option<&Principal>,
+        args: JsonObject,
+        vault: Option<&dyn TokenVault>,
+        rcx: &RequestContext<RoleServer>,
+    ) -> Option<Result<CallToolResult, ErrorData>> {
+        let entry = self.entry(name)?;
+        let caller = match (decide(&entry.access, caller), caller) {
+            (Decision::Allow, Some(caller)) => caller,
+            (Decision::MissingScopes(missing), Some(caller)) => {
+                tracing::info!(tool = name, sub = %caller.sub, missing = ?missing, "tool call needs more scopes");
+                return Some(Err(insufficient_scope(caller, &missing)));
+            }
+            (Decision::Deny(denial), _) => {
+                tracing::info!(tool = name, sub = caller.map(|c| c.sub.as_str()), reason = %denial, "tool call refused");
+                return Some(Ok(tool_error(denial.to_string())));
+            }
+            (_, None) => return Some(Ok(tool_error(crate::policy::Denial::Unauthenticated.to_string()))),
+        };
+        Some(entry.tool.call(ToolCx::new(caller, args, vault, rcx)).await)
+    }
+}
+
+/// The JSON-RPC error of a call that needs scopes the token lacks. `data.scope` is
+/// what the client should ask for: the scopes it has plus the missing ones (asking
+/// for the missing ones alone would lose the others). The worker turns it into the
+/// HTTP 403 step-up challenge where the transport allows ([`step_up_scopes`]).
+pub fn insufficient_scope(caller: &Principal, missing: &[String]) -> ErrorData {
+    let mut scope: Vec<&str> = caller.scopes.iter().map(String::as_str).collect();
+    for m in missing {
+        if !scope.contains(&m.as_str()) {
+            scope.push(m);
+        }
+    }
+    ErrorData::new(
+        ErrorCode(proto::mcp::INSUFFICIENT_SCOPE as i32),
+        format!("insufficient scope: this tool needs {}", missing.join(" ")),
+        Some(json!({
+            "code": "INSUFFICIENT_SCOPE",
+            "error": "insufficient_scope",
+            "scope": scope.join(" "),
+            "missing": missing,
+        })),
+    )
+}
+
+/// The scopes of an [`insufficient_scope`] error message (empty for anything else).
+pub fn step_up_scopes(message: &rmcp::model::ServerJsonRpcMessage) -> Vec<String> {
+    match message {
+        rmcp::model::ServerJsonRpcMessage::Error(e) if i64::from(e.error.code.0) == proto::mcp::INSUFFICIENT_SCOPE => e
+            .error
+            .data
+            .as_ref()
+            .and_then(|d| d.get("scope"))
+            .and_then(Value::as_str)
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
