@@ -90,6 +90,26 @@ pub struct ToolArgs {
     /// TOML file changing the tools' access (see `tools::policy`).
     #[arg(long, env = ENV_TOOL_POLICY_FILE)]
     pub tool_policy_file: Option<std::path::PathBuf>,
+    /// An OpenAI-compatible API base URL (`…/v1`) for `generateImage`; unset: the
+    /// built-in renderer draws the prompt.
+    #[arg(long, env = "IMAGE_API_URL")]
+    pub image_api_url: Option<String>,
+    #[arg(long, env = "IMAGE_API_KEY", hide_env_values = true)]
+    pub image_api_key: Option<String>,
+    #[arg(long, env = "IMAGE_MODEL", default_value = "gpt-image-1")]
+    pub image_model: String,
+    /// Seconds a picture may take.
+    #[arg(long, env = "IMAGE_TIMEOUT", default_value_t = 60)]
+    pub image_timeout_secs: u64,
+    /// Directory of Markdown checklists (`list_checklists`, `get_checklist`).
+    #[arg(long, env = "CHECKLIST_DIR")]
+    pub checklist_dir: Option<std::path::PathBuf>,
+    /// Directory of Markdown processes (`list_processes`, `get_process`, `search_processes`).
+    #[arg(long, env = "PROCESS_DIR")]
+    pub process_dir: Option<std::path::PathBuf>,
+    /// Base URL of the downstream Todo API the todo tools call with the user's token.
+    #[arg(long, env = "API_URL")]
+    pub api_url: Option<String>,
 }
 
 impl ToolArgs {
@@ -103,6 +123,15 @@ impl ToolArgs {
                 .filter(|e| !e.is_empty())
                 .collect(),
             policy_file: self.tool_policy_file.clone().filter(|p| !p.as_os_str().is_empty()),
+            image_api: self.image_api_url.clone().filter(|u| !u.trim().is_empty()).map(|url| tools::shipped::ImageApi {
+                url,
+                key: self.image_api_key.clone().filter(|k| !k.is_empty()),
+                model: self.image_model.clone(),
+            }),
+            image_timeout: std::time::Duration::from_secs(self.image_timeout_secs.max(1)),
+            checklist_dir: self.checklist_dir.clone().filter(|p| !p.as_os_str().is_empty()),
+            process_dir: self.process_dir.clone().filter(|p| !p.as_os_str().is_empty()),
+            api_url: self.api_url.clone().filter(|u| !u.trim().is_empty()),
         }
     }
 }

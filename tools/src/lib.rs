@@ -28,10 +28,14 @@
 
 mod add;
 mod conformance;
+mod docs;
+pub mod documents;
+pub mod image;
 mod listen;
 mod logging;
 mod mrtr;
 pub mod policy;
+mod render;
 pub mod shipped;
 pub mod toolbox;
 pub mod vault;

@@ -137,16 +137,9 @@ pub fn decide(access: &Access, caller: Option<&Principal>) -> Decision {
         return Decision::Deny(Denial::MachineCaller);
     }
     if !access.entitles(caller) {
-        return Decision::Deny(Denial::NotEntitled {
-            needs: needs(access),
-        });
+        return Decision::Deny(Denial::NotEntitled { needs: needs(access) });
     }
-    let missing: Vec<String> = access
-        .scopes
-        .iter()
-        .filter(|s| !caller.has_scope(s))
-        .cloned()
-        .collect();
+    let missing: Vec<String> = access.scopes.iter().filter(|s| !caller.has_scope(s)).cloned().collect();
     if missing.is_empty() {
         Decision::Allow
     } else {
@@ -305,11 +298,7 @@ mod tests {
         };
         let allow = Decision::Allow;
         let missing = |s: &[&str]| Decision::MissingScopes(s.iter().map(|s| (*s).to_owned()).collect());
-        let not_entitled = |a: &Access| {
-            Decision::Deny(Denial::NotEntitled {
-                needs: needs(a),
-            })
-        };
+        let not_entitled = |a: &Access| Decision::Deny(Denial::NotEntitled { needs: needs(a) });
 
         let alice = user(Some("alice@example.com"), &["mcp"], &["image_generation"], &[]);
         let boss = user(Some("BOSS@Example.com"), &["mcp"], &[], &[]);
@@ -324,27 +313,52 @@ mod tests {
         let cases: Vec<(&str, &Access, Option<&Principal>, Decision)> = vec![
             ("anyone: a user", &anyone, Some(&bob), allow.clone()),
             ("anyone: a machine", &anyone, Some(&robot), allow.clone()),
-            (
-                "anyone: nobody",
-                &anyone,
-                None,
-                Decision::Deny(Denial::Unauthenticated),
-            ),
+            ("anyone: nobody", &anyone, None, Decision::Deny(Denial::Unauthenticated)),
             ("permission grants", &image, Some(&alice), allow.clone()),
             ("e-mail grants, any case", &image, Some(&boss), allow.clone()),
             ("@domain grants", &image, Some(&trusted), allow.clone()),
             ("other domain refused", &image, Some(&lookalike), not_entitled(&image)),
             ("neither refused", &image, Some(&bob), not_entitled(&image)),
-            ("users only refuses machines", &image, Some(&robot), Decision::Deny(Denial::MachineCaller)),
+            (
+                "users only refuses machines",
+                &image,
+                Some(&robot),
+                Decision::Deny(Denial::MachineCaller),
+            ),
             ("scope present", &checklist, Some(&bob), allow.clone()),
-            ("scope missing: step up", &checklist, Some(&alice), missing(&["checklist.read"])),
-            ("scope for machines too, users only", &checklist, Some(&robot), Decision::Deny(Denial::MachineCaller)),
+            (
+                "scope missing: step up",
+                &checklist,
+                Some(&alice),
+                missing(&["checklist.read"]),
+            ),
+            (
+                "scope for machines too, users only",
+                &checklist,
+                Some(&robot),
+                Decision::Deny(Denial::MachineCaller),
+            ),
             ("permission and scope", &both, Some(&no_email), allow.clone()),
-            ("scope without permission: refused, not step-up", &both, Some(&alice), not_entitled(&both)),
-            ("permission present, scope missing", &both, Some(&permitted), missing(&["process.search"])),
+            (
+                "scope without permission: refused, not step-up",
+                &both,
+                Some(&alice),
+                not_entitled(&both),
+            ),
+            (
+                "permission present, scope missing",
+                &both,
+                Some(&permitted),
+                missing(&["process.search"]),
+            ),
             ("group grants", &ops, Some(&bob), allow.clone()),
             ("no group", &ops, Some(&alice), not_entitled(&ops)),
-            ("disabled beats everything", &off, Some(&alice), Decision::Deny(Denial::Disabled)),
+            (
+                "disabled beats everything",
+                &off,
+                Some(&alice),
+                Decision::Deny(Denial::Disabled),
+            ),
         ];
         for (name, access, caller, expected) in cases {
             assert_eq!(decide(access, caller), expected, "{name}");
@@ -360,12 +374,17 @@ mod tests {
 
     #[test]
     fn refusal_text_never_names_allow_listed_addresses() {
-        let a = Access::users().permission("image_generation").emails(["secret.person@example.com"]);
+        let a = Access::users()
+            .permission("image_generation")
+            .emails(["secret.person@example.com"]);
         let Decision::Deny(d) = decide(&a, Some(&user(Some("x@y.z"), &[], &[], &[]))) else {
             panic!("refused")
         };
         let text = d.to_string();
-        assert!(text.contains("image_generation") && text.contains("allow-listed"), "{text}");
+        assert!(
+            text.contains("image_generation") && text.contains("allow-listed"),
+            "{text}"
+        );
         assert!(!text.contains("secret.person"), "{text}");
     }
 
@@ -405,20 +424,31 @@ mod tests {
         assert!(add.users_only);
         let mut delete = Access::users();
         file.tools["deleteTodo"].apply(&mut delete);
-        assert_eq!(decide(&delete, Some(&user(None, &[], &[], &[]))), Decision::Deny(Denial::Disabled));
+        assert_eq!(
+            decide(&delete, Some(&user(None, &[], &[], &[]))),
+            Decision::Deny(Denial::Disabled)
+        );
     }
 
     #[test]
     fn policy_file_errors_are_clear() {
         let e = PolicyFile::parse("[tools.add]\nscope = [\"x\"]\n", "p.toml").unwrap_err();
-        assert!(e.to_string().contains("p.toml") && e.to_string().contains("scope"), "{e}");
+        assert!(
+            e.to_string().contains("p.toml") && e.to_string().contains("scope"),
+            "{e}"
+        );
         let e = PolicyFile::parse("[tools.add]\ndisabled = \"yes\"\n", "p.toml").unwrap_err();
         assert!(e.to_string().contains("p.toml"), "{e}");
         let file = PolicyFile::parse("[tools.genrateImage]\ndisabled = true\n", "p.toml").unwrap();
         let known = ["add", "generateImage"];
         let e = file.check_names(known.iter().copied(), "p.toml").unwrap_err();
         assert!(e.to_string().contains("genrateImage"), "{e}");
-        assert!(PolicyFile::parse("", "p.toml").unwrap().check_names(known.iter().copied(), "p").is_ok());
+        assert!(
+            PolicyFile::parse("", "p.toml")
+                .unwrap()
+                .check_names(known.iter().copied(), "p")
+                .is_ok()
+        );
         let missing = PolicyFile::load(Path::new("/nonexistent/policy.toml")).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/policy.toml"), "{missing}");
     }

@@ -592,7 +592,11 @@ struct Gated;
 
 impl crate::McpTool for Gated {
     fn definition(&self) -> Tool {
-        Tool::new("gated", "needs x.use and x.scope", crate::toolbox::schema(json!({"type": "object"})))
+        Tool::new(
+            "gated",
+            "needs x.use and x.scope",
+            crate::toolbox::schema(json!({"type": "object"})),
+        )
     }
 
     fn access(&self) -> crate::Access {
@@ -627,7 +631,13 @@ async fn an_unauthenticated_handler_lists_and_runs_nothing() {
 async fn gated_tools_are_listed_and_run_only_for_entitled_callers() {
     // Not entitled: not listed, and a call is a readable tool error.
     let client = session_with(gated_server(user())).await;
-    let names: Vec<String> = client.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
     assert_eq!(names, ["add"]);
     let result = client.call_tool(call("gated", json!({}))).await.unwrap();
     assert_eq!(result.is_error, Some(true));
@@ -640,10 +650,18 @@ async fn gated_tools_are_listed_and_run_only_for_entitled_callers() {
         ..user()
     };
     let client = session_with(gated_server(permitted.clone())).await;
-    let names: Vec<String> = client.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
     assert_eq!(names, ["add", "gated"]);
     let e = client.call_tool(call("gated", json!({}))).await.unwrap_err();
-    let ServiceError::McpError(data) = e else { panic!("{e:?}") };
+    let ServiceError::McpError(data) = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(i64::from(data.code.0), proto::mcp::INSUFFICIENT_SCOPE);
     let data = data.data.unwrap();
     assert_eq!(data["scope"], "mcp x.scope");
@@ -683,4 +701,172 @@ fn a_policy_file_naming_an_unknown_tool_is_refused() {
     let file = crate::PolicyFile::parse("[tools.gated]\npermissions = []\nscopes = []\n", "p.toml").unwrap();
     let toolbox = crate::Toolbox::new(vec![Arc::new(Gated)], Some((&file, "p.toml"))).unwrap();
     assert_eq!(toolbox.listed_names(Some(&user())), ["gated"]);
+}
+
+fn shipped_server(principal: proto::Principal) -> McpServer {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local");
+    let settings = crate::shipped::Settings {
+        allowed_emails: vec!["boss@example.com".into()],
+        checklist_dir: Some(root.join("checklists")),
+        process_dir: Some(root.join("processes")),
+        ..Default::default()
+    };
+    McpServer::new(Profile::Default, Some(principal)).with_toolbox(crate::shipped::toolbox(&settings).unwrap())
+}
+
+async fn listed(client: &Client) -> Vec<String> {
+    client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+fn png_of(result: &CallToolResult) -> (u32, u32, Vec<u8>) {
+    use base64::Engine as _;
+    let image = result
+        .content
+        .iter()
+        .find_map(|c| c.as_image())
+        .unwrap_or_else(|| panic!("no image in {result:?}"));
+    assert_eq!(image.mime_type, "image/png");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(&image.data).unwrap();
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+#[tokio::test]
+async fn generate_image_is_for_the_permission_or_the_allow_list_and_draws_the_prompt() {
+    // Neither the permission nor an allow-listed address: not listed, refused.
+    let client = session_with(shipped_server(user())).await;
+    assert!(!listed(&client).await.contains(&"generateImage".to_owned()));
+    let result = client
+        .call_tool(call("generateImage", json!({ "prompt": "a fox" })))
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(true));
+
+    // The allow-listed address, any case.
+    let boss = proto::Principal {
+        email: Some("Boss@Example.com".into()),
+        ..user()
+    };
+    let client = session_with(shipped_server(boss)).await;
+    assert!(listed(&client).await.contains(&"generateImage".to_owned()));
+
+    // The permission: a real PNG of the asked size that depends on the prompt.
+    let artist = proto::Principal {
+        permissions: vec!["image_generation".into()],
+        ..user()
+    };
+    let client = session_with(shipped_server(artist)).await;
+    let fox = client
+        .call_tool(call(
+            "generateImage",
+            json!({ "prompt": "a red fox", "size": "256x256" }),
+        ))
+        .await
+        .unwrap();
+    assert_ne!(fox.is_error, Some(true), "{fox:?}");
+    let (w, h, fox_pixels) = png_of(&fox);
+    assert_eq!((w, h), (256, 256));
+    let owl = client
+        .call_tool(call(
+            "generateImage",
+            json!({ "prompt": "a grey owl", "size": "256x256" }),
+        ))
+        .await
+        .unwrap();
+    assert_ne!(png_of(&owl).2, fox_pixels);
+    let (w, _, _) = png_of(
+        &client
+            .call_tool(call("generateImage", json!({ "prompt": "x" })))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(w, 512, "default size");
+
+    // Limits are tool errors.
+    for args in [
+        json!({ "prompt": "x".repeat(crate::image::MAX_PROMPT_CHARS + 1) }),
+        json!({ "prompt": "x", "size": "4096x4096" }),
+        json!({ "prompt": "   " }),
+    ] {
+        let result = client.call_tool(call("generateImage", args)).await.unwrap();
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+    }
+}
+
+#[tokio::test]
+async fn document_tools_need_their_scopes_and_read_the_directories_safely() {
+    // Without the scopes: listed (the client can step up), refused with the step-up error.
+    let client = session_with(shipped_server(user())).await;
+    let names = listed(&client).await;
+    for tool in [
+        "list_checklists",
+        "get_checklist",
+        "list_processes",
+        "get_process",
+        "search_processes",
+    ] {
+        assert!(names.contains(&tool.to_owned()), "{tool} in {names:?}");
+    }
+    let e = client
+        .call_tool(call("get_checklist", json!({ "name": "release" })))
+        .await
+        .unwrap_err();
+    let ServiceError::McpError(data) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(data.data.unwrap()["scope"], "mcp checklist.read");
+
+    let reader = proto::Principal {
+        scopes: [
+            "mcp",
+            "checklist.list",
+            "checklist.read",
+            "process.read",
+            "process.search",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ..user()
+    };
+    let client = session_with(shipped_server(reader)).await;
+    let list: Value = serde_json::from_str(only_text(
+        &client.call_tool(call("list_checklists", json!({}))).await.unwrap(),
+    ))
+    .unwrap();
+    assert!(list["count"].as_u64().unwrap() >= 3, "{list}");
+    let release = client
+        .call_tool(call("get_checklist", json!({ "name": "release" })))
+        .await
+        .unwrap();
+    assert!(only_text(&release).starts_with("# "), "{}", only_text(&release));
+    let hits: Value = serde_json::from_str(only_text(
+        &client
+            .call_tool(call("search_processes", json!({ "query": "review" })))
+            .await
+            .unwrap(),
+    ))
+    .unwrap();
+    assert!(hits["count"].as_u64().unwrap() >= 1, "{hits}");
+    for bad in ["../static-users.json", "../../Cargo", "/etc/passwd", ".hidden", "nope"] {
+        let result = client
+            .call_tool(call("get_process", json!({ "name": bad })))
+            .await
+            .unwrap();
+        assert_eq!(result.is_error, Some(true), "{bad}");
+        assert!(
+            !only_text(&result).contains("/work"),
+            "no server paths: {}",
+            only_text(&result)
+        );
+    }
 }

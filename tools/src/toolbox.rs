@@ -135,7 +135,9 @@ pub struct Toolbox {
 
 impl std::fmt::Debug for Toolbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.entries.iter().map(|e| e.definition.name.as_ref())).finish()
+        f.debug_list()
+            .entries(self.entries.iter().map(|e| e.definition.name.as_ref()))
+            .finish()
     }
 }
 
