@@ -227,19 +227,25 @@ fn origin_of(url: &str) -> &str {
     }
 }
 
-/// Scopes of a request: all supported ones (or the client's registered ones) when
-/// none is asked; otherwise each must be supported and registered.
+/// Scopes of a request. None asked: the client's registered scopes (or all
+/// supported ones). Asked: each must be supported (`AUTH_SCOPES`); an operator's
+/// machine client is also held to its configured scopes, while a registered client's
+/// `scope` is only its default, so that it can authorize again for a scope a tool
+/// needs (the MCP step-up: a 403 `insufficient_scope` names it).
 pub fn requested_scopes(oauth: &OAuth, client: &ClientRecord, asked: Option<&str>) -> Result<Vec<String>, String> {
-    let allowed: Vec<String> = match client.scope.as_deref() {
-        Some(s) if !s.trim().is_empty() => s
-            .split_whitespace()
+    let registered: Option<Vec<String>> = client.scope.as_deref().filter(|s| !s.trim().is_empty()).map(|s| {
+        s.split_whitespace()
             .filter(|x| oauth.cfg.scopes.iter().any(|y| y == x))
             .map(str::to_owned)
-            .collect(),
-        _ => oauth.cfg.scopes.clone(),
+            .collect()
+    });
+    let default = registered.clone().unwrap_or_else(|| oauth.cfg.scopes.clone());
+    let allowed: &[String] = match (&registered, client.machine) {
+        (Some(registered), true) => registered,
+        _ => &oauth.cfg.scopes,
     };
     match asked.map(str::split_whitespace) {
-        None => Ok(allowed),
+        None => Ok(default),
         Some(words) => {
             let mut out: Vec<String> = Vec::new();
             for w in words {
@@ -250,7 +256,7 @@ pub fn requested_scopes(oauth: &OAuth, client: &ClientRecord, asked: Option<&str
                     out.push(w.to_owned());
                 }
             }
-            if out.is_empty() { Ok(allowed) } else { Ok(out) }
+            if out.is_empty() { Ok(default) } else { Ok(out) }
         }
     }
 }

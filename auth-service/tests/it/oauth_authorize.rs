@@ -2,6 +2,8 @@
 //! redirected), the consent form's checks, the static-users login page and the
 //! remembered approval cookie.
 
+use serde_json::json;
+
 use crate::oauth_kit::{ALICE, BOB, Browser, OAuthServer, Pkce, Resp, TestClient, bounded, hidden, set, unset};
 
 const STATE: &str = "s-42";
@@ -157,6 +159,33 @@ async fn authorize_with_another_resource_redirects_invalid_target() {
 #[actix_web::test]
 async fn authorize_with_unknown_scope_redirects_invalid_scope() {
     bounded(redirected(|p| set(p, "scope", "mcp admin"), "invalid_scope")).await;
+}
+
+#[actix_web::test]
+async fn a_registered_client_may_authorize_again_for_a_supported_scope_it_did_not_register() {
+    // The MCP step-up: the client registered "mcp", a tool's 403 names "mcp extra".
+    bounded(async {
+        let srv = OAuthServer::start_with(|a| a.scopes = "mcp extra".into()).await;
+        let client = srv
+            .register_client(json!({
+                "client_name": "IT step-up client",
+                "redirect_uris": ["http://127.0.0.1:33418/callback"],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none",
+                "scope": "mcp",
+            }))
+            .await;
+        let mut b = Browser::new();
+        let r = authorize(&srv, &mut b, &client, |p| set(p, "scope", "mcp extra")).await;
+        assert!(r.location().is_none_or(|l| !l.contains("error=")), "{:?}", r.location());
+        // A scope the server does not support is still refused.
+        let mut b = Browser::new();
+        let r = authorize(&srv, &mut b, &client, |p| set(p, "scope", "mcp admin")).await;
+        r.assert_redirect_error(&client.redirect_uri, "invalid_scope", STATE, &srv.issuer);
+        srv.stop().await;
+    })
+    .await;
 }
 
 #[actix_web::test]

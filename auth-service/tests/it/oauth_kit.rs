@@ -491,7 +491,7 @@ impl OAuthServer {
         Resp::read(self.http.post(self.url("/register")).json(meta).send().await.unwrap()).await
     }
 
-    async fn register_client(&self, meta: Value) -> TestClient {
+    pub async fn register_client(&self, meta: Value) -> TestClient {
         let r = self.register(&meta).await;
         assert_eq!(r.status, 201, "{}", r.body);
         let body = r.json();
