@@ -690,7 +690,10 @@ async fn relay_request(
     if first.last && !first.step_up.is_empty() {
         // A tool needs scopes the token lacks: the MCP authorization spec's step-up
         // challenge, so the client authorizes again for them.
-        st.metrics.auth_failures.with_label_values(&["INSUFFICIENT_SCOPE"]).inc();
+        st.metrics
+            .auth_failures
+            .with_label_values(&["INSUFFICIENT_SCOPE"])
+            .inc();
         return Ok(st
             .validator
             .reject_response(&crate::auth::AuthError::InsufficientScope(first.step_up)));

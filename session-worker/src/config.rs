@@ -123,10 +123,12 @@ impl ToolArgs {
                 .filter(|e| !e.is_empty())
                 .collect(),
             policy_file: self.tool_policy_file.clone().filter(|p| !p.as_os_str().is_empty()),
-            image_api: self.image_api_url.clone().filter(|u| !u.trim().is_empty()).map(|url| tools::shipped::ImageApi {
-                url,
-                key: self.image_api_key.clone().filter(|k| !k.is_empty()),
-                model: self.image_model.clone(),
+            image_api: self.image_api_url.clone().filter(|u| !u.trim().is_empty()).map(|url| {
+                tools::shipped::ImageApi {
+                    url,
+                    key: self.image_api_key.clone().filter(|k| !k.is_empty()),
+                    model: self.image_model.clone(),
+                }
             }),
             image_timeout: std::time::Duration::from_secs(self.image_timeout_secs.max(1)),
             checklist_dir: self.checklist_dir.clone().filter(|p| !p.as_os_str().is_empty()),

@@ -1,0 +1,15 @@
+//! todo-api binary: parse config, set up logging, run until SIGTERM/SIGINT, drain.
+
+fn main() {
+    let config: todo_api::Config = telemetry::parse_config("todo-api");
+    if let Err(err) = config.validate() {
+        eprintln!("todo-api: {err}");
+        std::process::exit(telemetry::EXIT_CONFIG);
+    }
+    telemetry::init_logging();
+    telemetry::run_system("todo-api", async move {
+        todo_api::run(config, telemetry::shutdown_signal())
+            .await
+            .map_err(|e| format!("{e:#}"))
+    });
+}
