@@ -50,6 +50,9 @@ pub const DEFAULT_BROWSER_RATE: u32 = 600;
 /// Password checks (argon2, ~20 MiB and tens of ms each) running at once.
 pub const ENV_MAX_PASSWORD_CHECKS: &str = "AUTH_MAX_PASSWORD_CHECKS";
 pub const DEFAULT_MAX_PASSWORD_CHECKS: usize = 4;
+pub const ENV_DOWNSTREAM_AUDIENCE: &str = "API_IDENTIFIER";
+pub const ENV_DOWNSTREAM_SCOPES: &str = "AUTH_DOWNSTREAM_SCOPES";
+pub const DEFAULT_DOWNSTREAM_SCOPES: &str = "todo:read todo:write";
 /// Size limit of each growing KV bucket (clients, grants, vault), bytes.
 pub const ENV_STORE_MAX_BYTES: &str = "AUTH_STORE_MAX_BYTES";
 /// JSON file of the operator's machine clients (see `crate::clients::machine`).
@@ -187,6 +190,13 @@ pub struct OAuthArgs {
     /// `/authorize` and `/login` requests per minute per client address; more get 429.
     #[arg(long, env = ENV_BROWSER_RATE, default_value_t = DEFAULT_BROWSER_RATE)]
     pub browser_rate: u32,
+    /// The downstream API's audience (the seeds' `API_IDENTIFIER`). With the
+    /// static-users provider the vault issues tokens for it itself.
+    #[arg(long = "downstream-audience", env = ENV_DOWNSTREAM_AUDIENCE)]
+    pub downstream_audience: Option<String>,
+    /// Scopes of those downstream tokens.
+    #[arg(long, env = ENV_DOWNSTREAM_SCOPES, default_value = DEFAULT_DOWNSTREAM_SCOPES)]
+    pub downstream_scopes: String,
 }
 
 /// The OAuth server's checked settings.
@@ -209,6 +219,8 @@ pub struct OAuthConfig {
     pub store_max_bytes: i64,
     pub max_password_checks: usize,
     pub browser_rate: u32,
+    /// Downstream tokens the vault issues for static users (`API_IDENTIFIER`).
+    pub downstream: Option<crate::vault::Downstream>,
 }
 
 impl OAuthArgs {
@@ -234,6 +246,8 @@ impl OAuthArgs {
             store_max_bytes: crate::store::DEFAULT_STORE_MAX_BYTES,
             max_password_checks: DEFAULT_MAX_PASSWORD_CHECKS,
             browser_rate: DEFAULT_BROWSER_RATE,
+            downstream_audience: None,
+            downstream_scopes: DEFAULT_DOWNSTREAM_SCOPES.into(),
         }
     }
 
@@ -322,6 +336,29 @@ impl OAuthArgs {
             Some(path) => crate::clients::machine::MachineClients::load(path, &scopes)
                 .map_err(|e| ConfigError::new(ENV_MACHINE_CLIENTS_FILE, e))?,
         };
+        let downstream = match self
+            .downstream_audience
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            None => None,
+            Some(audience) => {
+                match reqwest::Url::parse(audience) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.fragment().is_none() => {}
+                    _ => {
+                        return Err(ConfigError::new(
+                            ENV_DOWNSTREAM_AUDIENCE,
+                            "must be an http(s) URL without a fragment",
+                        ));
+                    }
+                }
+                Some(crate::vault::Downstream {
+                    audience: audience.to_owned(),
+                    scopes: self.downstream_scopes.split_whitespace().map(str::to_owned).collect(),
+                })
+            }
+        };
         Ok(OAuthConfig {
             nats_url,
             resource,
@@ -340,6 +377,7 @@ impl OAuthArgs {
             store_max_bytes: self.store_max_bytes,
             max_password_checks: self.max_password_checks,
             browser_rate: self.browser_rate,
+            downstream,
         })
     }
 }

@@ -431,6 +431,39 @@ impl Grants {
         })
     }
 
+    /// A token for a downstream API (`audience`) on `grant`'s user's behalf, signed
+    /// like our access tokens: what the vault gives tools when the static-users
+    /// provider has no upstream token. Not tied to the grant's refresh (`gid`
+    /// absent); short-lived; the expiry is returned.
+    pub fn downstream_token(
+        &self,
+        grant: &Grant,
+        audience: &str,
+        scopes: &[String],
+    ) -> Result<(String, u64), GrantError> {
+        let now = crate::unix_now();
+        let exp = now + self.access_ttl.as_secs();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: grant.identity.sub.clone(),
+            aud: audience.to_owned(),
+            iat: now as i64,
+            exp: exp as i64,
+            nbf: None,
+            jti: random_token(),
+            client_id: grant.client_id.clone(),
+            scope: Some(scopes.join(" ")).filter(|s| !s.is_empty()),
+            email: grant.identity.email.clone(),
+            name: grant.identity.name.clone(),
+            permissions: grant.identity.permissions.clone(),
+            groups: grant.identity.groups.clone(),
+            org_id: grant.identity.org.clone(),
+            gid: None,
+            sub_kind: Some(proto::auth::SUBJECT_KIND_USER.to_owned()),
+        };
+        Ok((self.sign(&claims)?, exp))
+    }
+
     fn sign(&self, claims: &AccessClaims) -> Result<String, GrantError> {
         let key = self.keys.current()?;
         claims

@@ -242,7 +242,8 @@ pub async fn bind_oauth(
         grants.clone(),
         config.issuer.clone(),
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_downstream(oauth_cfg.downstream.clone());
     let secure_cookies = config.issuer.starts_with("https://");
     let issuer_path = reqwest::Url::parse(&config.issuer)
         .map(|u| u.path().trim_end_matches('/').to_owned())

@@ -69,6 +69,15 @@ pub struct Vault {
     issuer: String,
     holder: String,
     metrics: Option<crate::metrics::Metrics>,
+    downstream: Option<Downstream>,
+}
+
+/// With the static-users provider there is no upstream token: the vault issues one
+/// itself, for the downstream API (`API_IDENTIFIER`, `AUTH_DOWNSTREAM_SCOPES`).
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    pub audience: String,
+    pub scopes: Vec<String>,
 }
 
 impl Vault {
@@ -81,7 +90,14 @@ impl Vault {
             issuer,
             holder: uuid::Uuid::new_v4().to_string(),
             metrics: None,
+            downstream: None,
         }
+    }
+
+    /// Issue downstream tokens for static users (see [`Downstream`]).
+    pub fn with_downstream(mut self, downstream: Option<Downstream>) -> Self {
+        self.downstream = downstream;
+        self
     }
 
     /// Count the answers in `auth_vault_requests_total`.
@@ -148,10 +164,21 @@ impl Vault {
         if req.iss != self.issuer {
             return Ok(VaultReply::NotFound);
         }
-        match self.stores.grants.get::<Grant>(&req.grant_id).await? {
+        let grant = match self.stores.grants.get::<Grant>(&req.grant_id).await? {
             Some((g, _)) if g.revoked.is_some() => return Ok(VaultReply::Revoked),
-            Some((g, _)) if g.identity.sub == req.sub => {}
+            Some((g, _)) if g.identity.sub == req.sub => g,
             _ => return Ok(VaultReply::NotFound),
+        };
+        if let (Upstream::Static(_), Some(downstream)) = (self.upstream.as_ref(), &self.downstream) {
+            let (access_token, expires_at) = self
+                .grants
+                .downstream_token(&grant, &downstream.audience, &downstream.scopes)
+                .map_err(|e| VaultError::Corrupt(e.to_string()))?;
+            return Ok(VaultReply::Token {
+                access_token,
+                token_type: "Bearer".into(),
+                expires_at: Some(expires_at),
+            });
         }
         let deadline = tokio::time::Instant::now() + WAIT_FOR_REFRESH;
         loop {
@@ -166,9 +193,10 @@ impl Vault {
             let Some(tokens) = secrets.tokens.clone() else {
                 return Ok(VaultReply::NotFound);
             };
-            let fresh = tokens
-                .expires_at
-                .is_none_or(|exp| exp > crate::unix_now() + REFRESH_AHEAD.as_secs());
+            let fresh = !req.refresh
+                && tokens
+                    .expires_at
+                    .is_none_or(|exp| exp > crate::unix_now() + REFRESH_AHEAD.as_secs());
             if fresh || tokens.refresh_token.is_none() {
                 return Ok(reply(tokens));
             }

@@ -90,6 +90,10 @@ pub struct VaultRequest {
     pub grant_id: String,
     pub iss: String,
     pub sub: String,
+    /// The token the vault gave was refused downstream (HTTP 401): refresh it even
+    /// if it does not look expired (once; the tool then gives up).
+    #[serde(default)]
+    pub refresh: bool,
 }
 
 /// The vault's answer. Never logged.

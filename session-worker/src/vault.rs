@@ -40,8 +40,9 @@ impl VaultClient {
         self
     }
 
-    /// The current upstream access token of `principal`'s grant.
-    pub async fn upstream_token(&self, principal: &Principal) -> Result<UpstreamToken, VaultError> {
+    /// The current upstream access token of `principal`'s grant; with `refresh`, a
+    /// refreshed one (the current one was refused downstream).
+    pub async fn upstream_token(&self, principal: &Principal, refresh: bool) -> Result<UpstreamToken, VaultError> {
         let Some(grant_id) = principal.grant_id.as_deref() else {
             return Err(VaultError::NoGrant);
         };
@@ -50,6 +51,7 @@ impl VaultClient {
             grant_id: grant_id.to_owned(),
             iss: principal.iss.clone(),
             sub: principal.sub.clone(),
+            refresh,
         };
         let payload = rmp_serde::to_vec_named(&request)
             .map_err(|e| VaultError::Unavailable(format!("cannot encode vault request: {e}")))?;
@@ -82,6 +84,10 @@ fn request_error(e: async_nats::RequestError) -> VaultError {
 
 impl TokenVault for VaultClient {
     fn upstream_token<'a>(&'a self, principal: &'a Principal) -> VaultFuture<'a> {
-        Box::pin(VaultClient::upstream_token(self, principal))
+        Box::pin(VaultClient::upstream_token(self, principal, false))
+    }
+
+    fn refreshed_token<'a>(&'a self, principal: &'a Principal) -> VaultFuture<'a> {
+        Box::pin(VaultClient::upstream_token(self, principal, true))
     }
 }

@@ -18,6 +18,11 @@ pub type VaultFuture<'a> = Pin<Box<dyn Future<Output = Result<UpstreamToken, Vau
 pub trait TokenVault: Send + Sync {
     /// The current upstream access token of the user behind `principal`'s grant.
     fn upstream_token<'a>(&'a self, principal: &'a Principal) -> VaultFuture<'a>;
+
+    /// A refreshed token, after the current one was refused downstream (HTTP 401).
+    fn refreshed_token<'a>(&'a self, principal: &'a Principal) -> VaultFuture<'a> {
+        self.upstream_token(principal)
+    }
 }
 
 /// The user's current access token at the upstream identity provider.

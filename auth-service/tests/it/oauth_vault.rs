@@ -19,6 +19,7 @@ async fn ask(nc: &async_nats::Client, grant_id: &str, iss: &str, sub: &str) -> V
         grant_id: grant_id.into(),
         iss: iss.into(),
         sub: sub.into(),
+        refresh: false,
     };
     let payload = rmp_serde::to_vec_named(&req).unwrap();
     let msg = testkit::eventually(50, Duration::from_millis(100), || {
@@ -154,6 +155,45 @@ async fn vault_has_nothing_for_a_static_users_grant() {
         let t: Tokens = srv.tokens(&client, ALICE).await;
         let (nc, _) = srv.stores().await;
         assert_eq!(ask(&nc, &t.gid(), &srv.issuer, "alice").await, VaultReply::NotFound);
+        srv.stop().await;
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn static_users_get_downstream_tokens_the_vault_issues_for_api_identifier() {
+    bounded(async {
+        const API: &str = "http://127.0.0.1:8791/todos";
+        let srv = OAuthServer::start_with(|a| a.downstream_audience = Some(API.into())).await;
+        let client = srv.register_public().await;
+        let t = srv.tokens(&client, ALICE).await;
+        let gid = t.gid();
+        let (nc, _) = srv.stores().await;
+        let reply = ask(&nc, &gid, &srv.issuer, "alice").await;
+        let VaultReply::Token {
+            access_token,
+            expires_at,
+            ..
+        } = reply
+        else {
+            panic!("expected a token, got {reply:?}");
+        };
+        let header = jsonwebtoken::decode_header(&access_token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        let claims = crate::oauth_kit::jwt_claims(&access_token);
+        assert_eq!(claims["iss"], srv.issuer.as_str());
+        assert_eq!(claims["aud"], API);
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["scope"], "todo:read todo:write");
+        assert!(claims.get("gid").is_none(), "not a token of the MCP resource: {claims}");
+        assert_eq!(claims["exp"].as_u64(), expires_at);
+        // Not for another subject, and not once the grant is revoked.
+        assert_eq!(ask(&nc, &gid, &srv.issuer, "bob").await, VaultReply::NotFound);
+        let r = srv
+            .client_post("/revoke", &client, &[("token", t.refresh.as_deref().unwrap())])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(ask(&nc, &gid, &srv.issuer, "alice").await, VaultReply::Revoked);
         srv.stop().await;
     })
     .await;

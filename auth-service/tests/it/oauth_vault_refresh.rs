@@ -369,6 +369,7 @@ impl Fixture {
             grant_id: self.gid.clone(),
             iss: ISSUER.into(),
             sub: SUB.into(),
+            refresh: false,
         }
     }
 
@@ -525,6 +526,28 @@ async fn fresh_token_needs_no_refresh() {
         }
         assert_eq!(fx.idp.state.refreshes(), 0);
         assert!(!fx.lock_exists().await, "no lock taken for a fresh token");
+        Box::pin(fx.stop()).await;
+    }))
+    .await;
+}
+
+#[actix_web::test]
+async fn a_token_refused_downstream_is_refreshed_when_asked_even_if_fresh() {
+    bounded(Box::pin(async {
+        let fx = Box::pin(Fixture::start()).await;
+        let (_nc, vault) = Box::pin(fx.replica()).await;
+        Box::pin(fx.store_tokens(&vault, far_ahead())).await;
+        let forced = VaultRequest {
+            refresh: true,
+            ..fx.request()
+        };
+        let reply = answer(&vault, &forced).await;
+        assert_ne!(access_token(&reply), "at-0", "{reply:?}");
+        assert_eq!(fx.idp.state.refreshes(), 1);
+        // The refreshed token is what a plain request now gets, without refreshing again.
+        let again = answer(&vault, &fx.request()).await;
+        assert_eq!(access_token(&again), access_token(&reply));
+        assert_eq!(fx.idp.state.refreshes(), 1);
         Box::pin(fx.stop()).await;
     }))
     .await;

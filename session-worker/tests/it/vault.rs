@@ -109,7 +109,7 @@ async fn vault_client_sends_what_the_gateway_verified_and_gets_the_token() -> an
     let nats = NatsServer::start()?;
     let responder = Responder::start(&nats).await?;
     let vault = client(&nats).await?;
-    let token = vault.upstream_token(&bob(Some("g-token"))).await?;
+    let token = vault.upstream_token(&bob(Some("g-token")), false).await?;
     assert_eq!(token.access_token, upstream_jwt());
     assert_eq!(token.token_type, "Bearer");
     assert_eq!(token.expires_at, Some(1_900_000_000));
@@ -121,6 +121,7 @@ async fn vault_client_sends_what_the_gateway_verified_and_gets_the_token() -> an
             grant_id: "g-token".into(),
             iss: "http://issuer.test".into(),
             sub: "bob".into(),
+            refresh: false,
         }]
     );
     Ok(())
@@ -133,7 +134,7 @@ async fn vault_client_maps_every_reply_kind() -> anyhow::Result<()> {
     let vault = client(&nats).await?;
     let ask = |gid: &'static str| {
         let vault = vault.clone();
-        async move { vault.upstream_token(&bob(Some(gid))).await }
+        async move { vault.upstream_token(&bob(Some(gid)), false).await }
     };
     assert_eq!(ask("g-unknown").await.unwrap_err(), VaultError::NotFound);
     assert_eq!(ask("g-revoked").await.unwrap_err(), VaultError::Revoked);
@@ -152,12 +153,15 @@ async fn vault_client_needs_a_grant_and_a_responder() -> anyhow::Result<()> {
     let vault = client(&nats).await?;
     // Nobody listens on the vault subject.
     assert_eq!(
-        vault.upstream_token(&bob(Some("g-token"))).await.unwrap_err(),
+        vault.upstream_token(&bob(Some("g-token")), false).await.unwrap_err(),
         VaultError::NoResponders
     );
     // A principal without a grant is answered without asking anyone.
     let responder = Responder::start(&nats).await?;
-    assert_eq!(vault.upstream_token(&bob(None)).await.unwrap_err(), VaultError::NoGrant);
+    assert_eq!(
+        vault.upstream_token(&bob(None), false).await.unwrap_err(),
+        VaultError::NoGrant
+    );
     assert!(responder.seen().is_empty());
     Ok(())
 }
