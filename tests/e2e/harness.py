@@ -437,6 +437,45 @@ def dev_key_kid(key_file: Path) -> str:
 
 
 @dataclass
+class TodoApi:
+    """`todo-api` (examples/todo-api): the downstream API the todo tools call, trusting
+    tokens of `issuers` for the audience `api_identifier`."""
+
+    workdir: Path
+    nats_url: str
+    issuers: list[str]
+    port: int = field(default_factory=free_port)
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_identifier(self) -> str:
+        return f"{self.url}/todos"
+
+    def start(self) -> "TodoApi":
+        env = dict(os.environ)
+        env.update(
+            NATS_URL=self.nats_url,
+            TODO_API_LISTEN=f"127.0.0.1:{self.port}",
+            TODO_API_ISSUERS=",".join(self.issuers),
+            API_IDENTIFIER=self.api_identifier,
+        )
+        self.proc = Proc(
+            "todo-api", [str(require_binary(RELEASE_DIR / "todo-api"))], env,
+            self.workdir / "logs" / "todo-api.log",
+        ).start()
+        wait_http_ok(self.proc, f"{self.url}/healthz")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+@dataclass
 class Worker:
     workdir: Path
     worker_id: str
@@ -607,8 +646,11 @@ class Cluster:
         oidc_access_token_ttl: int | None = None,
         gateway_env: dict[str, str] | None = None,
         worker_env: dict[str, str] | None = None,
+        todo_api: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.with_todo_api = todo_api
+        self.todo_api: TodoApi | None = None
         self.n_workers = workers
         self.profile = profile
         self.max_body_bytes = max_body_bytes
@@ -670,9 +712,13 @@ class Cluster:
                     self.oidc = OidcProvider(
                         self.workdir, [f"{origin}/callback"], access_token_ttl=self.oidc_access_token_ttl,
                     ).start()
-                self.auth = AuthService(
-                    self.workdir, issuer_url=origin, dev_key=False, env=self._oauth_auth_env(),
-                )
+                auth_env = self._oauth_auth_env()
+                if self.with_todo_api:
+                    issuers = [origin] + ([self.oidc.issuer] if self.oidc else [])
+                    self.todo_api = TodoApi(self.workdir, self.nats.url, issuers).start()
+                    auth_env.setdefault("API_IDENTIFIER", self.todo_api.api_identifier)
+                    self.worker_env.setdefault("API_URL", self.todo_api.url)
+                self.auth = AuthService(self.workdir, issuer_url=origin, dev_key=False, env=auth_env)
                 self.gateway = Gateway(
                     self.workdir, self.nats.url, [origin], port=gw_port, public_host="localhost",
                     max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
@@ -697,7 +743,7 @@ class Cluster:
 
     def procs(self) -> list[Proc]:
         out: list[Proc] = []
-        for part in [self.nats, self.oidc, self.auth, *self.workers, self.gateway]:
+        for part in [self.nats, self.oidc, self.todo_api, self.auth, *self.workers, self.gateway]:
             p = getattr(part, "proc", None)
             if p is not None:
                 out.append(p)
@@ -741,7 +787,7 @@ class Cluster:
         return sign_jwt(self.auth.key_file, body, head)
 
     def stop(self) -> None:
-        for part in [self.gateway, *reversed(self.workers), self.auth, self.oidc, self.nats]:
+        for part in [self.gateway, *reversed(self.workers), self.auth, self.todo_api, self.oidc, self.nats]:
             if part is not None:
                 try:
                     part.stop()

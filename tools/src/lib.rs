@@ -36,6 +36,7 @@ mod logging;
 mod mrtr;
 pub mod policy;
 mod render;
+pub mod todo;
 pub mod shipped;
 pub mod toolbox;
 pub mod vault;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::policy::{PolicyError, PolicyFile};
 use crate::toolbox::{McpTool, Toolbox};
-use crate::{Add, WhoAmI, documents, image};
+use crate::{Add, WhoAmI, documents, image, todo};
 
 /// What the shipped tools are configured with.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +87,13 @@ pub fn toolbox(settings: &Settings) -> Result<Toolbox, SetupError> {
         )),
         Arc::new(WhoAmI),
     ];
+    if let Some(api) = &settings.api_url {
+        tools.extend(
+            todo::Op::ALL
+                .into_iter()
+                .map(|op| Arc::new(todo::TodoTool::new(op, api, http.clone())) as Arc<dyn McpTool>),
+        );
+    }
     for (kind, dir) in [
         (documents::Kind::Checklist, &settings.checklist_dir),
         (documents::Kind::Process, &settings.process_dir),

@@ -1,0 +1,217 @@
+"""The shipped tools end to end, through the full OAuth flow with the Python `mcp` SDK: who
+sees and may call which tool (WorkOS-style permission, e-mail allow-list, scopes), the PNG of
+`generateImage`, the todo tools against the real Todo API (examples/todo-api) with a downstream
+token the client never sees, the checklist/process tools, and the scope step-up (HTTP 403
+`insufficient_scope`, the SDK authorizes again, the call then succeeds).
+
+Contract: README "Tools"; issue: the seeds' tools and per-tool policy.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from mcp.client.client import Client
+
+from harness import Cluster
+from test_oauth_flow import SdkClient, gw, text_of, user
+
+DOC_SCOPES = "checklist.list checklist.read process.read process.search"
+DEPLOY_LOCAL = __import__("pathlib").Path(__file__).resolve().parents[2] / "deploy" / "local"
+
+
+@pytest.fixture(scope="module")
+def tools_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from conftest import _running
+
+    yield from _running(
+        Cluster(
+            tmp_path_factory.mktemp("tools"),
+            workers=2,
+            oauth="static",
+            todo_api=True,
+            auth_env={"AUTH_SCOPES": f"mcp {DOC_SCOPES}"},
+            # The protected resource asks for "mcp" only: the document tools' scopes come by step-up.
+            gateway_env={"REQUIRED_SCOPES": "mcp"},
+            worker_env={
+                "CHECKLIST_DIR": str(DEPLOY_LOCAL / "checklists"),
+                "PROCESS_DIR": str(DEPLOY_LOCAL / "processes"),
+                "ALLOWED_EMAILS": "carol@example.com",
+            },
+        )
+    )
+
+
+def png_pixels(data: bytes) -> tuple[int, int, bytes]:
+    """Width, height and the inflated image data of a PNG (signature and chunk CRCs checked)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
+    pos, idat, size = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    assert size is not None, "no IHDR"
+    return size[0], size[1], zlib.decompress(idat)
+
+
+def image_of(result: Any) -> bytes:
+    import base64
+
+    images = [b for b in result.content if getattr(b, "type", None) == "image"]
+    assert len(images) == 1, result
+    assert images[0].mime_type == "image/png"
+    return base64.b64decode(images[0].data)
+
+
+async def names(client: Client) -> list[str]:
+    return [t.name for t in (await client.list_tools()).tools]
+
+
+def test_each_user_sees_and_calls_exactly_its_tools(tools_cluster: Cluster) -> None:
+    async def alice_flow(client: Client) -> tuple[list[str], Any, Any]:
+        listed = await names(client)
+        fox = await client.call_tool("generateImage", {"prompt": "a red fox in the snow", "size": "256x256"})
+        owl = await client.call_tool("generateImage", {"prompt": "a grey owl at night", "size": "256x256"})
+        return listed, fox, owl
+
+    alice = SdkClient(tools_cluster, **user(tools_cluster, "alice"))
+    listed, fox, owl = alice.run(alice_flow)
+    for tool in ["add", "generateImage", "whoAmI", "listTodos", "addTodo", "completeTodo", "deleteTodo",
+                 "list_checklists", "get_checklist", "list_processes", "get_process", "search_processes"]:
+        assert tool in listed, (tool, listed)
+    assert not fox.is_error and not owl.is_error, (fox, owl)
+    w, h, fox_pixels = png_pixels(image_of(fox))
+    assert (w, h) == (256, 256)
+    _, _, owl_pixels = png_pixels(image_of(owl))
+    assert fox_pixels != owl_pixels, "the picture depends on the prompt"
+
+    async def bob_flow(client: Client) -> tuple[list[str], Any, str]:
+        listed = await names(client)
+        refused = await client.call_tool("generateImage", {"prompt": "a red fox"})
+        me = text_of(await client.call_tool("whoAmI", {}))
+        return listed, refused, me
+
+    bob = SdkClient(tools_cluster, **user(tools_cluster, "bob"))
+    listed, refused, me = bob.run(bob_flow)
+    assert "generateImage" not in listed, listed
+    assert "add" in listed and "listTodos" in listed, listed
+    assert refused.is_error and "image_generation" in text_of(refused), refused
+    assert '"sub": "bob"' in me, me
+    # whoAmI shows the downstream token's audience and expiry, never the token.
+    assert tools_cluster.todo_api is not None
+    assert tools_cluster.todo_api.api_identifier in me, me
+    assert "eyJ" not in me, "no JWT in the answer"
+
+
+def test_todos_round_trip_through_the_todo_api_and_stay_apart(tools_cluster: Cluster) -> None:
+    async def alice_flow(client: Client) -> tuple[Any, Any, str, Any, Any]:
+        added = await client.call_tool("addTodo", {"title": "water the plants"})
+        listed = await client.call_tool("listTodos", {})
+        todo_id = next(t["id"] for t in __import__("json").loads(text_of(listed)) if t["title"] == "water the plants")
+        completed = await client.call_tool("completeTodo", {"id": todo_id})
+        after = await client.call_tool("listTodos", {})
+        return added, after, todo_id, completed, listed
+
+    alice = SdkClient(tools_cluster, **user(tools_cluster, "alice"))
+    added, after, todo_id, completed, _ = alice.run(alice_flow)
+    assert not added.is_error and "water the plants" in text_of(added), added
+    assert not completed.is_error, completed
+    todos = __import__("json").loads(text_of(after))
+    assert [t["completed"] for t in todos if t["id"] == todo_id] == [True], todos
+
+    async def bob_flow(client: Client) -> tuple[Any, Any, Any]:
+        listed = await client.call_tool("listTodos", {})
+        complete = await client.call_tool("completeTodo", {"id": todo_id})
+        delete = await client.call_tool("deleteTodo", {"id": todo_id})
+        return listed, complete, delete
+
+    bob = SdkClient(tools_cluster, **user(tools_cluster, "bob"))
+    listed, complete, delete = bob.run(bob_flow)
+    assert todo_id not in text_of(listed), "bob cannot see alice's todos"
+    assert complete.is_error and "no such todo" in text_of(complete), complete
+    assert delete.is_error and "no such todo" in text_of(delete), delete
+
+    async def alice_delete(client: Client) -> tuple[Any, Any]:
+        deleted = await client.call_tool("deleteTodo", {"id": todo_id})
+        return deleted, await client.call_tool("listTodos", {})
+
+    deleted, listed = SdkClient(tools_cluster, **user(tools_cluster, "alice")).run(alice_delete)
+    assert not deleted.is_error, deleted
+    assert todo_id not in text_of(listed)
+
+    # The Todo API itself refuses the MCP access token (wrong audience): only the vault's works.
+    assert tools_cluster.todo_api is not None
+    r = httpx.get(f"{tools_cluster.todo_api.url}/todos", headers={"Authorization": "Bearer x.y.z"}, timeout=10)
+    assert r.status_code == 401, r.text
+
+
+def test_a_missing_scope_is_a_403_step_up_and_the_sdk_authorizes_again(tools_cluster: Cluster) -> None:
+    async def flow(client: Client) -> tuple[Any, Any]:
+        checklist = await client.call_tool("get_checklist", {"name": "release"})
+        hits = await client.call_tool("search_processes", {"query": "review"})
+        return checklist, hits
+
+    sdk = SdkClient(tools_cluster, **user(tools_cluster, "alice"))
+    checklist, hits = sdk.run(flow)
+    assert not checklist.is_error and text_of(checklist).startswith("# "), checklist
+    assert not hits.is_error and '"count"' in text_of(hits), hits
+
+    paths = sdk.wire.paths()
+    step_ups = [p for p in paths if p[1] == "/mcp" and p[2] == 403]
+    assert step_ups, paths
+    # Two authorizations: the first for "mcp" only, the second adding what the 403 named.
+    assert len(sdk.callbacks) >= 2, sdk.authorize_urls
+    first, second = sdk.authorize_urls[0], sdk.authorize_urls[1]
+    assert "checklist.read" not in first, first
+    assert "checklist.read" in second and "mcp" in second, second
+
+
+def test_the_step_up_challenge_on_the_wire(tools_cluster: Cluster) -> None:
+    """The 403 a client without the scope gets: WWW-Authenticate with error, scope (what it has
+    plus what it lacks) and resource_metadata; the SSO seed's INSUFFICIENT_SCOPE code in the body."""
+    seen: dict[str, Any] = {}
+
+    async def flow(client: Client) -> None:
+        await client.call_tool("add", {"a": 1, "b": 1})
+
+    sdk = SdkClient(tools_cluster, **user(tools_cluster, "bob"))
+    sdk.run(flow)
+    assert sdk.storage.tokens is not None
+    token = sdk.storage.tokens.access_token
+    g = gw(tools_cluster)
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-06-18",
+    }
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}
+    r = httpx.post(g.mcp_url, json=init, headers=headers, timeout=15)
+    assert r.status_code == 200, r.text
+    headers["Mcp-Session-Id"] = r.headers["mcp-session-id"]
+    httpx.post(g.mcp_url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=15)
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "list_checklists", "arguments": {}}}
+    r = httpx.post(g.mcp_url, json=call, headers=headers, timeout=15)
+    seen["status"] = r.status_code
+    assert r.status_code == 403, r.text
+    challenge = r.headers["www-authenticate"]
+    assert 'error="insufficient_scope"' in challenge, challenge
+    assert 'scope="mcp checklist.list"' in challenge, challenge
+    assert "resource_metadata=" in challenge, challenge
+    assert r.json()["error_code"] == "INSUFFICIENT_SCOPE", r.text
