@@ -17,6 +17,7 @@ WORKER1_ADMIN_PORT="${WORKER1_ADMIN_PORT:-9790}"
 WORKER2_ADMIN_PORT="${WORKER2_ADMIN_PORT:-9792}"
 GATEWAY_PORT="${GATEWAY_PORT:-8788}"
 GATEWAY_ADMIN_PORT="${GATEWAY_ADMIN_PORT:-9788}"
+TODO_API_PORT="${TODO_API_PORT:-8791}"
 READY_TIMEOUT="${READY_TIMEOUT:-60}"   # seconds each component gets to become ready
 STOP_TIMEOUT="${STOP_TIMEOUT:-20}"     # seconds each component gets to drain after SIGTERM
 
@@ -25,12 +26,12 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "cargo build --release --workspace"
   cargo build --release --workspace
 fi
-for b in gateway session-worker auth-service; do
+for b in gateway session-worker auth-service todo-api; do
   [[ -x "$RELEASE_DIR/$b" ]] || die "$RELEASE_DIR/$b missing after the build"
 done
 
 for p in "$NATS_PORT" "$AUTH_PORT" "$AUTH_ADMIN_PORT" "$WORKER1_ADMIN_PORT" "$WORKER2_ADMIN_PORT" \
-  "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT"; do
+  "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT" "$TODO_API_PORT"; do
   port_free "$p" || die "port 127.0.0.1:$p is in use (another 'make run'?); set the *_PORT variables to move"
 done
 
@@ -42,6 +43,14 @@ export AUTH_ISSUER_URL="$ORIGIN"
 export RESOURCE_IDENTIFIER="$ORIGIN/mcp"
 export AUTH_UPSTREAM="${AUTH_UPSTREAM:-static}"
 export AUTH_STATIC_USERS_FILE="${AUTH_STATIC_USERS_FILE:-$REPO_ROOT/deploy/local/static-users.json}"
+# Scopes clients may ask for: "mcp" plus those of the checklist and process tools (stepped up to).
+export AUTH_SCOPES="${AUTH_SCOPES:-mcp checklist.list checklist.read process.read process.search}"
+# The downstream Todo API (examples/todo-api): the todo tools call it with a token the vault
+# issues for the signed-in user (static users) — the seeds' API_IDENTIFIER / API_URL.
+export API_IDENTIFIER="${API_IDENTIFIER:-http://127.0.0.1:$TODO_API_PORT/todos}"
+export API_URL="${API_URL:-http://127.0.0.1:$TODO_API_PORT}"
+export CHECKLIST_DIR="${CHECKLIST_DIR:-$REPO_ROOT/deploy/local/checklists}"
+export PROCESS_DIR="${PROCESS_DIR:-$REPO_ROOT/deploy/local/processes}"
 # DEVELOPMENT ONLY: a file key also published in the JWKS, so `make token` can mint tokens.
 export AUTH_DEV_KEY_FILE="$RUN_DIR/dev-issuer-ed25519.pem"
 # The vault and cookie keys are made once and kept beside the NATS store they protect
@@ -108,6 +117,10 @@ AUTH_LISTEN="127.0.0.1:$AUTH_PORT" AUTH_ADMIN_LISTEN="127.0.0.1:$AUTH_ADMIN_PORT
   start auth-service "$RELEASE_DIR/auth-service"
 ready auth-service "http://127.0.0.1:$AUTH_ADMIN_PORT/readyz"
 
+TODO_API_LISTEN="127.0.0.1:$TODO_API_PORT" TODO_API_ISSUERS="$ORIGIN" \
+  start todo-api "$RELEASE_DIR/todo-api"
+ready todo-api "http://127.0.0.1:$TODO_API_PORT/healthz"
+
 WORKER_ID=worker-1 WORKER_ADMIN_LISTEN="127.0.0.1:$WORKER1_ADMIN_PORT" \
   start worker-1 "$RELEASE_DIR/session-worker"
 WORKER_ID=worker-2 WORKER_ADMIN_LISTEN="127.0.0.1:$WORKER2_ADMIN_PORT" \
@@ -130,7 +143,12 @@ cat <<EOF
 
   mcp-cluster is running: $url
   (NATS $NATS_URL, auth-service :$AUTH_PORT behind the gateway, workers :$WORKER1_ADMIN_PORT :$WORKER2_ADMIN_PORT,
-   logs in .run/logs/)
+   Todo API :$TODO_API_PORT, logs in .run/logs/)
+
+  Tools: add, whoAmI, generateImage (alice has the image_generation permission, bob has not),
+  listTodos/addTodo/completeTodo/deleteTodo (the Todo API, with a token the client never sees),
+  list_checklists/get_checklist/list_processes/get_process/search_processes (their scopes are
+  asked for on first use: the client authorizes again).
 
   Connect with OAuth (the client registers itself, you approve it and sign in):
     sample users (deploy/local/static-users.json):  alice / alice-dev-password   bob / bob-dev-password
@@ -155,17 +173,32 @@ cat <<EOF
   Press Ctrl-C to stop.
 EOF
 
-# Run until Ctrl-C or until one component dies (then stop the rest and say which).
-set +e
-wait -n "${pids[@]}"
-rc=$?
-set -e
-if ((!stopping)); then
+# Run until Ctrl-C. A component that dies is reported and the rest keep running — kill a
+# worker (kill -9 <pid>) and its sessions are served by the other: the cluster's failover.
+for i in "${!names[@]}"; do log "${names[$i]}: pid ${pids[$i]}"; done
+reported=()
+declare -A status=()
+while true; do
+  live=()
   for i in "${!pids[@]}"; do
-    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
-      log "${names[$i]} exited (status $rc); last lines of its log:"
-      tail -n 20 "$RUN_DIR/logs/${names[$i]}.log" >&2 || true
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      live+=("${pids[$i]}")
+    elif [[ " ${reported[*]} " != *" $i "* ]]; then
+      reported+=("$i")
+      log "${names[$i]} exited (status ${status[${pids[$i]}]:-?}); the rest of the cluster keeps running. Last lines of its log:"
+      tail -n 10 "$RUN_DIR/logs/${names[$i]}.log" >&2 || true
     fi
   done
-  exit 1
-fi
+  ((stopping)) && break
+  if ((${#live[@]} == 0)); then
+    log "every component has exited"
+    exit 1
+  fi
+  set +e
+  died=""
+  wait -n -p died "${live[@]}"
+  rc=$?
+  set -e
+  [[ -n "${died:-}" ]] && status[$died]=$rc
+  ((stopping)) && break
+done
