@@ -183,3 +183,120 @@ impl McpTool for DocTool {
         Box::pin(async move { Ok(self.run(&cx).await) })
     }
 }
+
+/// The same documents as MCP resources: `checklist://{name}` and `process://{name}`,
+/// readable with the scope that reads them through the tools.
+#[derive(Clone, Default)]
+pub struct Library {
+    dirs: Vec<(Kind, DocDir)>,
+}
+
+impl Library {
+    pub fn new(checklists: Option<&std::path::Path>, processes: Option<&std::path::Path>) -> Result<Self, String> {
+        let mut dirs = Vec::new();
+        for (kind, dir) in [(Kind::Checklist, checklists), (Kind::Process, processes)] {
+            if let Some(dir) = dir {
+                dirs.push((
+                    kind,
+                    DocDir::open(dir).map_err(|e| format!("{} directory: {e}", kind.noun()))?,
+                ));
+            }
+        }
+        Ok(Self { dirs })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    fn scope(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Checklist => "checklist.read",
+            Kind::Process => "process.read",
+        }
+    }
+
+    fn access(kind: Kind) -> Access {
+        Access::anyone().scope(Self::scope(kind))
+    }
+
+    /// The URI templates, one per directory.
+    pub fn templates(&self) -> Vec<rmcp::model::ResourceTemplate> {
+        self.dirs
+            .iter()
+            .map(|(kind, _)| {
+                rmcp::model::ResourceTemplate::new(
+                    format!("{}://{{name}}", kind.noun()),
+                    format!("{} by name", kind.noun()),
+                )
+                .with_description(format!(
+                    "A {} (Markdown); needs the {} scope",
+                    kind.noun(),
+                    Self::scope(*kind)
+                ))
+                .with_mime_type("text/markdown")
+            })
+            .collect()
+    }
+
+    /// Every document `caller` may read (a missing scope hides its directory).
+    pub async fn list(&self, caller: Option<&proto::Principal>) -> Vec<rmcp::model::Resource> {
+        let mut out = Vec::new();
+        for (kind, dir) in &self.dirs {
+            if crate::policy::decide(&Self::access(*kind), caller) != crate::policy::Decision::Allow {
+                continue;
+            }
+            let dir = dir.clone();
+            let docs = tokio::task::spawn_blocking(move || dir.list()).await;
+            if let Ok(Ok(docs)) = docs {
+                out.extend(docs.into_iter().map(|d| {
+                    rmcp::model::Resource::new(format!("{}://{}", kind.noun(), d.name), d.title)
+                        .with_mime_type("text/markdown")
+                }));
+            }
+        }
+        out
+    }
+
+    /// Read `uri`; `None` when no directory serves its scheme. A missing scope is the
+    /// step-up error, a refused name "resource not found".
+    pub async fn read(
+        &self,
+        uri: &str,
+        caller: Option<&proto::Principal>,
+    ) -> Option<Result<rmcp::model::ResourceContents, rmcp::ErrorData>> {
+        let (scheme, name) = uri.split_once("://")?;
+        let (kind, dir) = self.dirs.iter().find(|(k, _)| k.noun() == scheme)?;
+        match (crate::policy::decide(&Self::access(*kind), caller), caller) {
+            (crate::policy::Decision::Allow, _) => {}
+            (crate::policy::Decision::MissingScopes(missing), Some(caller)) => {
+                return Some(Err(crate::toolbox::insufficient_scope(caller, &missing)));
+            }
+            (crate::policy::Decision::Deny(denial), _) => {
+                return Some(Err(rmcp::ErrorData::invalid_request(denial.to_string(), None)));
+            }
+            (crate::policy::Decision::MissingScopes(_), None) => {
+                return Some(Err(rmcp::ErrorData::invalid_request(
+                    crate::policy::Denial::Unauthenticated.to_string(),
+                    None,
+                )));
+            }
+        }
+        let dir = dir.clone();
+        let name = name.to_owned();
+        let read = tokio::task::spawn_blocking(move || dir.get(&name)).await;
+        Some(match read {
+            Ok(Ok(doc)) => Ok(rmcp::model::ResourceContents::TextResourceContents {
+                uri: uri.into(),
+                mime_type: Some("text/markdown".into()),
+                text: doc.text,
+                meta: None,
+            }),
+            Ok(Err(e)) => Err(rmcp::ErrorData::resource_not_found(
+                format!("{}: {e}", kind.noun()),
+                Some(json!({ "uri": uri })),
+            )),
+            Err(e) => Err(rmcp::ErrorData::internal_error(format!("reading failed: {e}"), None)),
+        })
+    }
+}

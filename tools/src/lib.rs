@@ -36,8 +36,8 @@ mod logging;
 mod mrtr;
 pub mod policy;
 mod render;
-pub mod todo;
 pub mod shipped;
+pub mod todo;
 pub mod toolbox;
 pub mod vault;
 mod whoami;
@@ -224,8 +224,13 @@ pub(crate) fn is_stateless_era(cx: &RequestContext<RoleServer>) -> bool {
         .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
 }
 
-fn capabilities(profile: Profile) -> ServerCapabilities {
+fn capabilities(profile: Profile, resources: bool) -> ServerCapabilities {
     match profile {
+        Profile::Default if resources => ServerCapabilities::builder()
+            .enable_resources()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build(),
         Profile::Default => ServerCapabilities::builder()
             .enable_tools()
             .enable_tool_list_changed()
@@ -245,7 +250,7 @@ fn capabilities(profile: Profile) -> ServerCapabilities {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        let info = ServerConfig::new(capabilities(self.profile))
+        let info = ServerConfig::new(capabilities(self.profile, self.toolbox.library().is_some()))
             .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")));
         match self.profile {
             Profile::Default => info,
@@ -310,8 +315,15 @@ impl ServerHandler for McpServer {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        if let (Profile::Default, Some(library)) = (self.profile, self.toolbox.library()) {
+            return Ok(
+                ListResourcesResult::with_all_items(library.list(self.caller(&cx)).await)
+                    .with_ttl_ms(LIST_TTL_MS)
+                    .with_cache_scope(CacheScope::Private),
+            );
+        }
         self.require_conformance::<rmcp::model::ListResourcesRequestMethod>()?;
         Ok(conformance::list_resources())
     }
@@ -321,6 +333,11 @@ impl ServerHandler for McpServer {
         _request: Option<PaginatedRequestParams>,
         _cx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        if let (Profile::Default, Some(library)) = (self.profile, self.toolbox.library()) {
+            return Ok(ListResourceTemplatesResult::with_all_items(library.templates())
+                .with_ttl_ms(LIST_TTL_MS)
+                .with_cache_scope(CacheScope::Public));
+        }
         self.require_conformance::<rmcp::model::ListResourceTemplatesRequestMethod>()?;
         Ok(conformance::list_resource_templates())
     }
@@ -328,8 +345,20 @@ impl ServerHandler for McpServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        if let (Profile::Default, Some(library)) = (self.profile, self.toolbox.library()) {
+            let uri = request.uri.to_string();
+            return match library.read(&uri, self.caller(&cx)).await {
+                Some(contents) => Ok(rmcp::model::ReadResourceResult::new(vec![contents?])
+                    .with_cache_scope(CacheScope::Private)
+                    .into()),
+                None => Err(ErrorData::resource_not_found(
+                    "Resource not found",
+                    Some(serde_json::json!({ "uri": uri })),
+                )),
+            };
+        }
         self.require_conformance::<rmcp::model::ReadResourceRequestMethod>()?;
         conformance::read_resource(&request.uri)
     }
@@ -355,7 +384,8 @@ impl ServerHandler for McpServer {
     }
 
     fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
-        (self.profile == Profile::Conformance).then(|| requested.supported_by(&capabilities(self.profile)))
+        (self.profile == Profile::Conformance)
+            .then(|| requested.supported_by(&capabilities(self.profile, self.toolbox.library().is_some())))
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {

@@ -106,5 +106,7 @@ pub fn toolbox(settings: &Settings) -> Result<Toolbox, SetupError> {
         Some(path) => Some((PolicyFile::load(path)?, path.display().to_string())),
         None => None,
     };
-    Ok(Toolbox::new(tools, policy.as_ref().map(|(f, p)| (f, p.as_str())))?)
+    let library = documents::Library::new(settings.checklist_dir.as_deref(), settings.process_dir.as_deref())
+        .map_err(SetupError::Documents)?;
+    Ok(Toolbox::new(tools, policy.as_ref().map(|(f, p)| (f, p.as_str())))?.with_library(library))
 }

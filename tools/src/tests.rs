@@ -870,3 +870,43 @@ async fn document_tools_need_their_scopes_and_read_the_directories_safely() {
         );
     }
 }
+
+#[tokio::test]
+async fn documents_are_resources_read_with_their_scope() {
+    let reader = proto::Principal {
+        scopes: vec!["mcp".into(), "checklist.read".into()],
+        ..user()
+    };
+    let client = session_with(shipped_server(reader)).await;
+    assert!(client.peer_info().unwrap().capabilities.resources.is_some());
+    let templates = client.list_resource_templates(None).await.unwrap().resource_templates;
+    let uris: Vec<_> = templates.iter().map(|t| t.uri_template.as_str()).collect();
+    assert_eq!(uris, ["checklist://{name}", "process://{name}"]);
+    // Only the checklists are listed: process.read is missing.
+    let listed = client.list_resources(None).await.unwrap().resources;
+    assert!(!listed.is_empty());
+    assert!(listed.iter().all(|r| r.uri.starts_with("checklist://")), "{listed:?}");
+    let read = client
+        .read_resource(ReadResourceRequestParams::new("checklist://release"))
+        .await
+        .unwrap();
+    let ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+        panic!("{read:?}")
+    };
+    assert!(text.starts_with("# "));
+    // Without the scope: the step-up error; a bad name: not found.
+    let e = client
+        .read_resource(ReadResourceRequestParams::new("process://deploy"))
+        .await
+        .unwrap_err();
+    let ServiceError::McpError(data) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(i64::from(data.code.0), proto::mcp::INSUFFICIENT_SCOPE);
+    for uri in ["checklist://../static-users", "checklist://nope", "other://x"] {
+        assert!(
+            client.read_resource(ReadResourceRequestParams::new(uri)).await.is_err(),
+            "{uri}"
+        );
+    }
+}

@@ -196,9 +196,10 @@ fn vault_refusal(e: &VaultError) -> CallToolResult {
         VaultError::NoGrant | VaultError::NotFound => tool_error(
             "this server holds no Todo API token for your sign-in: sign in through this server's authorization",
         ),
-        VaultError::Unavailable(_) | VaultError::TimedOut | VaultError::NoResponders => {
-            tool_error(format!("the token vault is unavailable ({}); try again later", e.short()))
-        }
+        VaultError::Unavailable(_) | VaultError::TimedOut | VaultError::NoResponders => tool_error(format!(
+            "the token vault is unavailable ({}); try again later",
+            e.short()
+        )),
     }
 }
 
@@ -226,7 +227,10 @@ impl McpTool for TodoTool {
                     "properties": { "id": { "type": "string", "description": "The todo's id, as listed" } },
                     "required": ["id"]
                 }),
-                ToolAnnotations::new().read_only(false).idempotent(true).destructive(false),
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .idempotent(true)
+                    .destructive(false),
             ),
             Op::Delete => (
                 "Delete one of your todos.",

@@ -127,10 +127,12 @@ struct Entry {
     access: Access,
 }
 
-/// The tools a server offers, with their effective access.
+/// The tools a server offers, with their effective access, and the documents it
+/// offers as resources.
 #[derive(Clone, Default)]
 pub struct Toolbox {
     entries: Arc<Vec<Entry>>,
+    library: Option<crate::documents::Library>,
 }
 
 impl std::fmt::Debug for Toolbox {
@@ -163,7 +165,18 @@ impl Toolbox {
         }
         Ok(Self {
             entries: Arc::new(entries),
+            library: None,
         })
+    }
+
+    /// Also serve `library` as resources.
+    pub fn with_library(mut self, library: crate::documents::Library) -> Self {
+        self.library = Some(library).filter(|l| !l.is_empty());
+        self
+    }
+
+    pub fn library(&self) -> Option<&crate::documents::Library> {
+        self.library.as_ref()
     }
 
     fn entry(&self, name: &str) -> Option<&Entry> {
