@@ -452,3 +452,8 @@ pub(crate) fn unknown_tool(name: &str) -> ErrorData {
 
 #[cfg(test)]
 mod tests;
+
+/// The Rust blocks of the README ("Writing a tool") compile and run as doc-tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

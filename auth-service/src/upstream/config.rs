@@ -338,6 +338,23 @@ impl UpstreamArgs {
     /// fetches happen when the first login needs them. `http` serves discovery,
     /// JWKS, userinfo and GitHub's API; token requests (which carry the client
     /// secret) go through a client of our own that never follows redirects.
+    /// `API_IDENTIFIER` as the RFC 8707 `resource` of the upstream authorization
+    /// request (PingOne and generic OIDC), so the access token is for that API.
+    fn resource_param(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let Some(resource) = present(&self.pingone_api_identifier) else {
+            return Ok(Vec::new());
+        };
+        let url = Url::parse(resource)
+            .map_err(|e| ConfigError::new(ENV_PINGONE_API_IDENTIFIER, format!("'{resource}' is not a url ({e})")))?;
+        if url.fragment().is_some() {
+            return Err(ConfigError::new(
+                ENV_PINGONE_API_IDENTIFIER,
+                "must not have a fragment (RFC 8707)",
+            ));
+        }
+        Ok(vec![("resource".to_owned(), resource.to_owned())])
+    }
+
     pub fn build(self, http: reqwest::Client) -> Result<Upstream, ConfigError> {
         let kind = self.upstream.trim().to_ascii_lowercase();
         if !KINDS.contains(&kind.as_str()) {
@@ -398,7 +415,7 @@ impl UpstreamArgs {
                     )?,
                     endpoints: Endpoints::Discovery { issuer },
                     scopes: scopes(&self.oidc_scopes)?,
-                    extra_auth_params: Vec::new(),
+                    extra_auth_params: self.resource_param()?,
                     mapping: generic_mapping()?,
                     auth: None,
                 }
@@ -408,19 +425,7 @@ impl UpstreamArgs {
                     ENV_PINGONE_ISSUER,
                     required(ENV_PINGONE_ISSUER, &self.pingone_issuer, kind)?,
                 )?;
-                let mut extra = Vec::new();
-                if let Some(resource) = present(&self.pingone_api_identifier) {
-                    let url = Url::parse(resource).map_err(|e| {
-                        ConfigError::new(ENV_PINGONE_API_IDENTIFIER, format!("'{resource}' is not a url ({e})"))
-                    })?;
-                    if url.fragment().is_some() {
-                        return Err(ConfigError::new(
-                            ENV_PINGONE_API_IDENTIFIER,
-                            "must not have a fragment (RFC 8707)",
-                        ));
-                    }
-                    extra.push(("resource".to_owned(), resource.to_owned()));
-                }
+                let extra = self.resource_param()?;
                 OidcSettings {
                     preset: Preset::PingOne,
                     dialect: Dialect::Oidc,
@@ -430,7 +435,7 @@ impl UpstreamArgs {
                         (ENV_PINGONE_CLIENT_SECRET, &self.pingone_client_secret),
                     )?,
                     endpoints: Endpoints::Discovery { issuer },
-                    scopes: default_scopes()?,
+                    scopes: scopes(&self.oidc_scopes)?,
                     extra_auth_params: extra,
                     mapping: generic_mapping()?,
                     auth: None,

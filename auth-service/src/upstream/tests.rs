@@ -945,3 +945,21 @@ async fn static_provider_has_no_redirect() {
     ));
     assert!(matches!(up.refresh("r").await, Err(UpstreamError::Unsupported)));
 }
+
+#[actix_web::test]
+async fn generic_oidc_sends_api_identifier_as_resource_and_its_scopes() {
+    let idp = TestIdp::start().await;
+    let up = build(UpstreamArgs {
+        pingone_api_identifier: Some("https://todo.example.com".into()),
+        oidc_scopes: "openid profile todo:read".into(),
+        ..oidc_args(&idp)
+    });
+    let start = up.begin("st", CALLBACK).await.unwrap();
+    let q = query(&start.redirect_to);
+    assert_eq!(q["resource"], "https://todo.example.com");
+    assert_eq!(q["scope"], "openid profile todo:read");
+    // Without it, no resource parameter.
+    let plain = build(oidc_args(&idp)).begin("st", CALLBACK).await.unwrap();
+    assert!(!query(&plain.redirect_to).contains_key("resource"));
+    idp.stop().await;
+}

@@ -391,7 +391,12 @@ fn principal_from_claims(iss: &str, claims: &serde_json::Value) -> Result<proto:
         email: str_claim(claims, "email"),
         name: str_claim(claims, "name"),
         scopes,
-        permissions: claims.get("permissions").map(string_list).unwrap_or_default(),
+        // WorkOS and our issuer say `permissions`; Entra (and others) app roles `roles`.
+        permissions: claims
+            .get("permissions")
+            .or_else(|| claims.get("roles"))
+            .map(string_list)
+            .unwrap_or_default(),
         groups: claims.get("groups").map(string_list).unwrap_or_default(),
         client_id: str_claim(claims, "client_id").or_else(|| str_claim(claims, "azp")),
         expires_at: claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0),

@@ -223,6 +223,7 @@ async fn accepts_es256_and_rs256_with_scp_azp_and_audience_arrays() {
     let c = json!({
         "iss": issuer.issuer, "sub": "bob", "aud": ["https://other", RESOURCE],
         "exp": now() + 60, "scp": ["a", "b"], "azp": "cursor",
+        "roles": ["Checklist.Admin"], "tid": "tenant-1",
     });
     for signer in [&es, &rs] {
         let p = v.validate(Some(&bearer(&signer.sign(&c)))).await.unwrap();
@@ -230,6 +231,9 @@ async fn accepts_es256_and_rs256_with_scp_azp_and_audience_arrays() {
         assert_eq!(p.scopes, vec!["a", "b"]);
         assert_eq!(p.client_id.as_deref(), Some("cursor"));
         assert!(p.email.is_none());
+        // Entra: app roles are the permissions, the tenant the organization.
+        assert_eq!(p.permissions, vec!["Checklist.Admin"]);
+        assert_eq!(p.organization.as_deref(), Some("tenant-1"));
     }
     // Both keys came from one JWKS fetch.
     assert_eq!(issuer.state.hits("/jwks.json"), 1);
