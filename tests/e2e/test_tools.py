@@ -215,3 +215,80 @@ def test_the_step_up_challenge_on_the_wire(tools_cluster: Cluster) -> None:
     assert 'scope="mcp checklist.list"' in challenge, challenge
     assert "resource_metadata=" in challenge, challenge
     assert r.json()["error_code"] == "INSUFFICIENT_SCOPE", r.text
+
+
+# --- every transport, with the development issuer's tokens -------------------------------------
+
+TRANSPORTS = ["sessionful", "stateless", "legacy-sse"]
+
+
+def _client_for(cluster: Cluster, transport: str, token: str) -> Any:
+    import httpx2
+    from mcp.client.sse import sse_client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from mcp_http import STATELESS_VERSION
+
+    assert cluster.gateway is not None
+    if transport == "legacy-sse":
+        return Client(
+            sse_client(cluster.gateway.sse_url, headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                       sse_read_timeout=60),
+            mode="legacy",
+        )
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0, read=60.0))
+    mode = STATELESS_VERSION if transport == "stateless" else "legacy"
+    return Client(streamable_http_client(cluster.gateway.mcp_url, http_client=http), mode=mode)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_gating_holds_on_every_transport(cluster: Cluster, transport: str) -> None:
+    import anyio
+
+    artist = cluster.mint("alice", permission="image_generation")
+    plain = cluster.mint("bob")
+
+    async def flow(token: str) -> tuple[list[str], Any]:
+        with anyio.fail_after(60):
+            async with _client_for(cluster, transport, token) as client:
+                listed = await names(client)
+                result = await client.call_tool("generateImage", {"prompt": "a lighthouse", "size": "256x256"})
+                return listed, result
+
+    listed, result = anyio.run(flow, artist)
+    assert "generateImage" in listed, listed
+    assert not result.is_error and png_pixels(image_of(result))[:2] == (256, 256), result
+    listed, result = anyio.run(flow, plain)
+    assert "generateImage" not in listed and "add" in listed, listed
+    assert result.is_error, result
+
+
+def test_a_session_follows_its_callers_token_and_hears_list_changed(cluster: Cluster) -> None:
+    """The same session (same iss, sub, client) used first with a token without the permission,
+    then with one that has it: the list follows and notifications/tools/list_changed arrives on
+    the session's GET stream."""
+    from mcp_http import SESSIONFUL_VERSION, SseReader, headers, messages, open_session, rpc
+
+    assert cluster.gateway is not None
+    url = cluster.gateway.mcp_url
+    before = cluster.mint("carol")
+    after = cluster.mint("carol", permission="image_generation")
+
+    def listed(http: httpx.Client, token: str, sid: str, id: int) -> list[str]:
+        r = http.post(url, json=rpc("tools/list", {}, id=id),
+                      headers=headers(token, session=sid, version=SESSIONFUL_VERSION))
+        assert r.status_code == 200, r.text
+        (answer,) = [m for m in messages(r) if m.get("id") == id]
+        return [t["name"] for t in answer["result"]["tools"]]
+
+    with httpx.Client(timeout=15) as http:
+        sid = open_session(http, url, before)
+        with SseReader(url, before, headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": SESSIONFUL_VERSION}) as stream:
+            assert stream.status == 200
+            assert "generateImage" not in listed(http, before, sid, 2)
+            assert "generateImage" in listed(http, after, sid, 3)
+            event = stream.message(timeout=10)
+            assert event.get("method") == "notifications/tools/list_changed", event
+            # Back to the narrower token: the list narrows again, and says so.
+            assert "generateImage" not in listed(http, before, sid, 4)
+            assert stream.message(timeout=10).get("method") == "notifications/tools/list_changed"
