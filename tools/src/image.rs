@@ -260,6 +260,32 @@ mod tests {
         assert_eq!(parse_size("512"), None);
     }
 
+    fn text(r: &CallToolResult) -> String {
+        r.content[0].as_text().map(|t| t.text.clone()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn cancellation_and_the_time_limit_stop_the_work() {
+        let caller = proto::Principal::default();
+        let tool = GenerateImage::new(Backend::BuiltIn, Vec::new(), DEFAULT_TIMEOUT);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        cancel.cancel();
+        let args = json!({ "prompt": "never drawn", "size": "1024x1024" });
+        let r = tool.generate(ToolCx::detached(&caller, args.clone(), cancel)).await;
+        assert_eq!((r.is_error, text(&r).as_str()), (Some(true), "cancelled"));
+
+        let hurried = GenerateImage::new(Backend::BuiltIn, Vec::new(), Duration::from_nanos(1));
+        let r = hurried
+            .generate(ToolCx::detached(
+                &caller,
+                args,
+                tokio_util::sync::CancellationToken::new(),
+            ))
+            .await;
+        assert_eq!(r.is_error, Some(true));
+        assert!(text(&r).contains("took longer"), "{}", text(&r));
+    }
+
     #[test]
     fn access_is_the_permission_or_the_allow_list_for_users() {
         let tool = GenerateImage::new(Backend::BuiltIn, vec!["boss@example.com".into()], DEFAULT_TIMEOUT);

@@ -211,10 +211,7 @@ impl McpServer {
 
 /// `add` and `whoAmI`, open to every authenticated caller.
 pub fn basic_toolbox() -> Toolbox {
-    match Toolbox::new(vec![Arc::new(Add), Arc::new(WhoAmI)], None) {
-        Ok(toolbox) => toolbox,
-        Err(_) => Toolbox::default(),
-    }
+    Toolbox::new(vec![Arc::new(Add), Arc::new(WhoAmI)], None).unwrap_or_default()
 }
 
 /// The protocol revision a request runs under: its own `_meta` on 2026-07-28,

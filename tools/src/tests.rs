@@ -20,6 +20,7 @@ use crate::{McpServer, Profile, vault};
 #[derive(Clone, Default)]
 struct FixtureClient {
     logs: Arc<Mutex<Vec<LoggingMessageNotificationParam>>>,
+    progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
     protocol: Option<ProtocolVersion>,
 }
 
@@ -63,6 +64,10 @@ impl ClientHandler for FixtureClient {
     async fn on_logging_message(&self, params: LoggingMessageNotificationParam, _cx: NotificationContext<RoleClient>) {
         self.logs.lock().unwrap().push(params);
     }
+
+    async fn on_progress(&self, params: ProgressNotificationParam, _cx: NotificationContext<RoleClient>) {
+        self.progress.lock().unwrap().push(params);
+    }
 }
 
 type Client = RunningService<RoleClient, FixtureClient>;
@@ -90,13 +95,17 @@ fn user() -> proto::Principal {
 
 /// A sessionful pair around a handler built by the test.
 async fn session_with(server: McpServer) -> Client {
+    session_with_client(server, FixtureClient::default()).await
+}
+
+async fn session_with_client(server: McpServer, client: FixtureClient) -> Client {
     let (server_io, client_io) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
         if let Ok(running) = server.serve(server_io).await {
             let _ = running.waiting().await;
         }
     });
-    FixtureClient::default().serve(client_io).await.expect("initialize")
+    client.serve(client_io).await.expect("initialize")
 }
 
 /// A 2026-07-28 pair with no handshake, as a stateless HTTP request is served.
@@ -908,5 +917,147 @@ async fn documents_are_resources_read_with_their_scope() {
             client.read_resource(ReadResourceRequestParams::new(uri)).await.is_err(),
             "{uri}"
         );
+    }
+}
+
+#[tokio::test]
+async fn generate_image_reports_progress_while_it_draws() {
+    let artist = proto::Principal {
+        permissions: vec!["image_generation".into()],
+        ..user()
+    };
+    let fixture = FixtureClient::default();
+    let progress = fixture.progress.clone();
+    let client = session_with_client(shipped_server(artist), fixture).await;
+    let token = ProgressToken(NumberOrString::Number(7));
+    let mut params = call(
+        "generateImage",
+        json!({ "prompt": "progress please", "size": "256x256" }),
+    );
+    params.meta = Some(RequestMetaObject::with_progress_token(token.clone()));
+    let result = client.call_tool(params).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    // Notifications may trail the response by a moment on the pipe.
+    for _ in 0..100 {
+        if progress.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let seen = progress.lock().unwrap().clone();
+    assert!(seen.len() >= 2, "{seen:?}");
+    // rmcp's client puts its own token on the request: all carry that one.
+    let token = seen[0].progress_token.clone();
+    assert!(
+        seen.iter().all(|p| p.progress_token == token && p.total == Some(256.0)),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().unwrap().progress, 256.0);
+    assert!(seen.windows(2).all(|w| w[0].progress <= w[1].progress), "{seen:?}");
+}
+
+/// A one-shot HTTP server on loopback answering every request with `status` and `body`;
+/// returns its base URL and what it was asked.
+async fn images_api(status: u16, body: String) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then the body by Content-Length.
+            loop {
+                let n = sock.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            log.lock().unwrap().push(String::from_utf8_lossy(&buf).to_string());
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+        }
+    });
+    (url, seen)
+}
+
+fn api_server(url: &str) -> McpServer {
+    let settings = crate::shipped::Settings {
+        image_api: Some(crate::shipped::ImageApi {
+            url: url.to_owned(),
+            key: Some("sk-test-key".into()),
+            model: "test-model".into(),
+        }),
+        ..Default::default()
+    };
+    let artist = proto::Principal {
+        permissions: vec!["image_generation".into()],
+        ..user()
+    };
+    McpServer::new(Profile::Default, Some(artist)).with_toolbox(crate::shipped::toolbox(&settings).unwrap())
+}
+
+#[tokio::test]
+async fn generate_image_uses_an_openai_compatible_api_when_configured() {
+    use base64::Engine as _;
+    let png = crate::render::render_png("from the api", 64, 64, &|| false, &mut |_, _| {}).unwrap();
+    let body = json!({ "data": [{ "b64_json": base64::engine::general_purpose::STANDARD.encode(&png) }] });
+    let (url, seen) = images_api(200, body.to_string()).await;
+    let client = session_with(api_server(&url)).await;
+    let result = client
+        .call_tool(call("generateImage", json!({ "prompt": "a cat" })))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let (w, h, _) = png_of(&result);
+    assert_eq!((w, h), (64, 64));
+    let request = seen.lock().unwrap()[0].clone();
+    assert!(request.starts_with("POST /v1/images/generations "), "{request}");
+    assert!(
+        request
+            .to_ascii_lowercase()
+            .contains("authorization: bearer sk-test-key"),
+        "{request}"
+    );
+    assert!(
+        request.contains("\"model\":\"test-model\"") && request.contains("\"prompt\":\"a cat\""),
+        "{request}"
+    );
+
+    // Failures are tool errors that never echo the key.
+    for (status, body) in [
+        (500, "{}".to_owned()),
+        (200, json!({ "data": [{ "b64_json": "bm90IGEgcG5n" }] }).to_string()),
+        (200, "not json".to_owned()),
+    ] {
+        let (url, _) = images_api(status, body).await;
+        let client = session_with(api_server(&url)).await;
+        let result = client
+            .call_tool(call("generateImage", json!({ "prompt": "a cat" })))
+            .await
+            .unwrap();
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        assert!(!only_text(&result).contains("sk-test-key"));
     }
 }

@@ -69,6 +69,18 @@ impl<'a> ToolCx<'a> {
         }
     }
 
+    /// A call outside any MCP request (tests of a tool's own behaviour).
+    #[cfg(test)]
+    pub(crate) fn detached(caller: &'a Principal, args: Value, cancel: CancellationToken) -> Self {
+        Self {
+            caller,
+            args: schema(args),
+            vault: None,
+            cancel,
+            progress: None,
+        }
+    }
+
     /// A string argument, trimmed; `None` when absent, not a string or empty.
     pub fn str_arg(&self, key: &str) -> Option<&str> {
         self.args
