@@ -12,6 +12,7 @@ pub const LOGINS_TOTAL: &str = "auth_logins_total";
 pub const TOKEN_REQUESTS_TOTAL: &str = "auth_token_requests_total";
 pub const UPSTREAM_SECONDS: &str = "auth_upstream_request_duration_seconds";
 pub const VAULT_REQUESTS_TOTAL: &str = "auth_vault_requests_total";
+pub const VAULT_REFRESHES_TOTAL: &str = "auth_vault_refreshes_total";
 
 /// The service's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -28,6 +29,8 @@ pub struct Metrics {
     pub upstream: Histogram,
     /// Vault requests by answer kind.
     pub vault: IntCounterVec,
+    /// Upstream refreshes the vault made, by outcome (`ok`, `invalid_grant`, `unavailable`).
+    pub vault_refreshes: IntCounterVec,
 }
 
 /// Known label values, so a client cannot create series with arbitrary strings.
@@ -87,6 +90,11 @@ impl Metrics {
             &["grant_type", "outcome"],
         )?;
         let vault = counter(VAULT_REQUESTS_TOTAL, "Token-vault requests by answer.", &["answer"])?;
+        let vault_refreshes = counter(
+            VAULT_REFRESHES_TOTAL,
+            "Upstream token refreshes made by the vault, by outcome.",
+            &["outcome"],
+        )?;
         let upstream = Histogram::with_opts(
             HistogramOpts::new(UPSTREAM_SECONDS, "Latency of identity provider code exchanges.")
                 .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -99,6 +107,7 @@ impl Metrics {
             token_requests,
             upstream,
             vault,
+            vault_refreshes,
         })
     }
 

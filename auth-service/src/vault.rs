@@ -252,7 +252,16 @@ impl Vault {
         let Some(refresh_token) = old.refresh_token.as_deref() else {
             return Ok(reply(old));
         };
-        match self.upstream.refresh(refresh_token).await {
+        let outcome = self.upstream.refresh(refresh_token).await;
+        if let Some(m) = &self.metrics {
+            let label = match &outcome {
+                Ok(_) => "ok",
+                Err(UpstreamError::InvalidGrant) => "invalid_grant",
+                Err(_) => "unavailable",
+            };
+            m.vault_refreshes.with_label_values(&[label]).inc();
+        }
+        match outcome {
             Ok(mut tokens) => {
                 if tokens.refresh_token.is_none() {
                     tokens.refresh_token = old.refresh_token.clone();

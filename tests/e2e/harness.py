@@ -303,6 +303,16 @@ class AuthService:
             retry_until(self.key_file.exists, READY_TIMEOUT, f"{self.key_file} exists")
         return self
 
+    def series(self, prefix: str) -> dict[str, float]:
+        """Samples of /metrics whose series (name and labels) starts with `prefix`."""
+        text = httpx.get(f"{self.admin_url}/metrics", timeout=5.0).text
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
@@ -331,6 +341,8 @@ class OidcProvider:
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     access_token_ttl: int | None = None
     token_auth_method: str | None = None
+    # A resource server (the Todo API's identifier): JWT access tokens for it.
+    resource: str | None = None
     name: str = "oidc-provider"
     port: int = field(default_factory=free_port)
     proc: Proc | None = None
@@ -352,6 +364,8 @@ class OidcProvider:
             env["OIDC_ACCESS_TOKEN_TTL"] = str(self.access_token_ttl)
         if self.token_auth_method is not None:
             env["OIDC_TOKEN_AUTH_METHOD"] = self.token_auth_method
+        if self.resource is not None:
+            env["OIDC_RESOURCE"] = self.resource
         self.proc = Proc(
             self.name, [str(node_binary()), str(OIDC_FIXTURE_DIR / "server.mjs"), str(self.port)], env,
             self.workdir / "logs" / f"{self.name}.log",
@@ -708,16 +722,21 @@ class Cluster:
                 # The gateway's origin is the issuer: pick its port first.
                 gw_port = free_port()
                 origin = f"http://localhost:{gw_port}"
+                todo = TodoApi(self.workdir, self.nats.url, [origin]) if self.with_todo_api else None
                 if self.oauth == "oidc":
                     self.oidc = OidcProvider(
                         self.workdir, [f"{origin}/callback"], access_token_ttl=self.oidc_access_token_ttl,
+                        resource=todo.api_identifier if todo else None,
                     ).start()
                 auth_env = self._oauth_auth_env()
-                if self.with_todo_api:
-                    issuers = [origin] + ([self.oidc.issuer] if self.oidc else [])
-                    self.todo_api = TodoApi(self.workdir, self.nats.url, issuers).start()
-                    auth_env.setdefault("API_IDENTIFIER", self.todo_api.api_identifier)
-                    self.worker_env.setdefault("API_URL", self.todo_api.url)
+                if todo is not None:
+                    if self.oidc is not None:
+                        # The upstream's access tokens are for the Todo API (resource indicator).
+                        todo.issuers.append(self.oidc.issuer)
+                        auth_env.setdefault("OIDC_SCOPES", "openid email profile offline_access todo:read todo:write")
+                    self.todo_api = todo.start()
+                    auth_env.setdefault("API_IDENTIFIER", todo.api_identifier)
+                    self.worker_env.setdefault("API_URL", todo.url)
                 self.auth = AuthService(self.workdir, issuer_url=origin, dev_key=False, env=auth_env)
                 self.gateway = Gateway(
                     self.workdir, self.nats.url, [origin], port=gw_port, public_host="localhost",

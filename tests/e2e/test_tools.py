@@ -292,3 +292,65 @@ def test_a_session_follows_its_callers_token_and_hears_list_changed(cluster: Clu
             # Back to the narrower token: the list narrows again, and says so.
             assert "generateImage" not in listed(http, before, sid, 4)
             assert stream.message(timeout=10).get("method") == "notifications/tools/list_changed"
+
+
+# --- the real upstream OpenID provider ---------------------------------------------------------
+
+# The provider's access tokens (JWTs for the Todo API) live 63 s: fresh (more than the vault's
+# 60 s refresh-ahead) right after sign-in, due for a refresh a few seconds later.
+UPSTREAM_TTL = 63
+
+
+@pytest.fixture(scope="module")
+def oidc_tools_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from conftest import _running
+
+    yield from _running(
+        Cluster(
+            tmp_path_factory.mktemp("tools-oidc"),
+            workers=2,
+            oauth="oidc",
+            todo_api=True,
+            oidc_access_token_ttl=UPSTREAM_TTL,
+        )
+    )
+
+
+def test_upstream_users_tools_and_todos_with_the_providers_token(oidc_tools_cluster: Cluster) -> None:
+    """Users signed in at oidc-provider: permissions from its claims decide generateImage; the
+    todo tools call the Todo API with the provider's JWT access token for it (resource
+    indicator), which the vault refreshes once when it is about to expire."""
+    import json
+
+    cluster = oidc_tools_cluster
+    assert cluster.auth is not None and cluster.todo_api is not None
+    refreshes = lambda: sum(cluster.auth.series("auth_vault_refreshes_total").values())  # noqa: E731
+
+    async def alice_flow(client: Client) -> tuple[list[str], Any, Any, Any, Any]:
+        listed = await names(client)
+        me = await client.call_tool("whoAmI", {})
+        added = await client.call_tool("addTodo", {"title": "renew the certificate"})
+        before = refreshes()
+        # Let the provider's token come within the vault's refresh-ahead window.
+        await __import__("anyio").sleep(4)
+        todos = await client.call_tool("listTodos", {})
+        return listed, me, added, todos, before
+
+    alice = SdkClient(cluster, **user(cluster, "alice"))
+    listed, me, added, todos, before = alice.run(alice_flow)
+    assert "generateImage" in listed, listed
+    report = json.loads(text_of(me))
+    assert report["downstream"]["audience"] == cluster.todo_api.api_identifier, report
+    assert not added.is_error, added
+    assert not todos.is_error and "renew the certificate" in text_of(todos), todos
+    # The second call needed a refreshed provider token: the vault refreshed it, once.
+    assert refreshes() == before + 1, (before, cluster.auth.series("auth_vault_refreshes_total"))
+    assert cluster.auth.series('auth_vault_refreshes_total{outcome="ok"}'), "refreshed successfully"
+
+    async def bob_flow(client: Client) -> tuple[list[str], Any]:
+        return await names(client), await client.call_tool("listTodos", {})
+
+    bob = SdkClient(cluster, **user(cluster, "bob"))
+    listed, todos = bob.run(bob_flow)
+    assert "generateImage" not in listed, listed
+    assert not todos.is_error and "renew the certificate" not in text_of(todos), todos
