@@ -959,6 +959,12 @@ async fn generate_image_reports_progress_while_it_draws() {
 /// A one-shot HTTP server on loopback answering every request with `status` and `body`;
 /// returns its base URL and what it was asked.
 async fn images_api(status: u16, body: String) -> (String, Arc<Mutex<Vec<String>>>) {
+    scripted_api(vec![(status, body)]).await
+}
+
+/// A loopback HTTP server answering its requests with `script` in order (the last answer
+/// repeats); returns its base URL (`…/v1`) and the requests it got.
+async fn scripted_api(script: Vec<(u16, String)>) -> (String, Arc<Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
@@ -991,7 +997,11 @@ async fn images_api(status: u16, body: String) -> (String, Arc<Mutex<Vec<String>
                     }
                 }
             }
-            log.lock().unwrap().push(String::from_utf8_lossy(&buf).to_string());
+            let (status, body) = {
+                let mut log = log.lock().unwrap();
+                log.push(String::from_utf8_lossy(&buf).to_string());
+                script[(log.len() - 1).min(script.len() - 1)].clone()
+            };
             let reply = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -1060,4 +1070,166 @@ async fn generate_image_uses_an_openai_compatible_api_when_configured() {
         assert_eq!(result.is_error, Some(true), "{result:?}");
         assert!(!only_text(&result).contains("sk-test-key"));
     }
+}
+
+/// A vault whose tokens are numbered: `upstream_token` gives the current one,
+/// `refreshed_token` the next (or `refresh` when set).
+struct CountingVault {
+    current: Mutex<u32>,
+    refresh: Option<vault::VaultError>,
+}
+
+impl CountingVault {
+    fn token(n: u32) -> vault::UpstreamToken {
+        vault::UpstreamToken {
+            access_token: format!("downstream-token-{n}"),
+            token_type: "Bearer".into(),
+            expires_at: None,
+        }
+    }
+}
+
+impl vault::TokenVault for CountingVault {
+    fn upstream_token<'a>(&'a self, _principal: &'a proto::Principal) -> vault::VaultFuture<'a> {
+        let n = *self.current.lock().unwrap();
+        Box::pin(async move { Ok(Self::token(n)) })
+    }
+
+    fn refreshed_token<'a>(&'a self, _principal: &'a proto::Principal) -> vault::VaultFuture<'a> {
+        let answer = match &self.refresh {
+            Some(e) => Err(e.clone()),
+            None => {
+                let mut n = self.current.lock().unwrap();
+                *n += 1;
+                Ok(Self::token(*n))
+            }
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+fn todo_server(api: &str, vault: Arc<dyn vault::TokenVault>) -> McpServer {
+    let settings = crate::shipped::Settings {
+        api_url: Some(api.trim_end_matches("/v1").to_owned()),
+        ..Default::default()
+    };
+    McpServer::new(Profile::Default, Some(user()))
+        .with_toolbox(crate::shipped::toolbox(&settings).unwrap())
+        .with_vault(vault)
+}
+
+#[tokio::test]
+async fn todo_tools_refresh_once_on_a_401_and_retry() {
+    let todos = json!({ "todos": [{ "id": "a1", "title": "t", "completed": false }] }).to_string();
+    let (api, seen) = scripted_api(vec![(401, "{}".into()), (200, todos)]).await;
+    let vault = Arc::new(CountingVault {
+        current: Mutex::new(0),
+        refresh: None,
+    });
+    let client = session_with(todo_server(&api, vault)).await;
+    let result = client.call_tool(call("listTodos", json!({}))).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    assert!(only_text(&result).contains("\"a1\""), "{}", only_text(&result));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one retry");
+    assert!(
+        seen[0].starts_with("GET /todos ") && seen[0].contains("Bearer downstream-token-0"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].contains("Bearer downstream-token-1"),
+        "the retry carries the refreshed token"
+    );
+    // No token of any kind in the answer.
+    assert!(!only_text(&result).contains("downstream-token"));
+}
+
+#[tokio::test]
+async fn todo_tools_turn_every_failure_into_a_readable_tool_error() {
+    let error = |e: &str| json!({ "error": e, "error_description": format!("{e} said the api") }).to_string();
+    let cases: Vec<(Vec<(u16, String)>, Option<vault::VaultError>, &str, Value, &str)> = vec![
+        (vec![(401, "{}".into())], None, "listTodos", json!({}), "sign in again"),
+        (
+            vec![(401, "{}".into())],
+            Some(vault::VaultError::Revoked),
+            "listTodos",
+            json!({}),
+            "authorize this client again",
+        ),
+        (
+            vec![(403, error("insufficient_scope"))],
+            None,
+            "addTodo",
+            json!({ "title": "x" }),
+            "lacks a permission",
+        ),
+        (
+            vec![(404, error("not_found"))],
+            None,
+            "completeTodo",
+            json!({ "id": "abc" }),
+            "no such todo",
+        ),
+        (
+            vec![(409, error("too_many_todos"))],
+            None,
+            "addTodo",
+            json!({ "title": "x" }),
+            "too_many_todos said the api",
+        ),
+        (
+            vec![(503, "{}".into())],
+            None,
+            "deleteTodo",
+            json!({ "id": "abc" }),
+            "HTTP 503",
+        ),
+        (vec![(200, "{}".into())], None, "addTodo", json!({}), "needs a `title`"),
+        (
+            vec![(200, "{}".into())],
+            None,
+            "deleteTodo",
+            json!({ "id": "../admin" }),
+            "not a todo id",
+        ),
+    ];
+    for (script, refresh, tool, args, expect) in cases {
+        let (api, _) = scripted_api(script).await;
+        let vault = Arc::new(CountingVault {
+            current: Mutex::new(0),
+            refresh,
+        });
+        let client = session_with(todo_server(&api, vault)).await;
+        let result = client.call_tool(call(tool, args)).await.unwrap();
+        assert_eq!(result.is_error, Some(true), "{tool}: {result:?}");
+        assert!(
+            only_text(&result).contains(expect),
+            "{tool}: {} lacks {expect:?}",
+            only_text(&result)
+        );
+    }
+    // No vault answer for this caller, and an API that is not there.
+    let client = session_with(todo_server(
+        "http://127.0.0.1:1",
+        Arc::new(FakeVault(Err(vault::VaultError::NotFound))),
+    ))
+    .await;
+    let result = client.call_tool(call("listTodos", json!({}))).await.unwrap();
+    assert!(
+        only_text(&result).contains("sign in through this server"),
+        "{}",
+        only_text(&result)
+    );
+    let vault = Arc::new(CountingVault {
+        current: Mutex::new(0),
+        refresh: None,
+    });
+    let client = session_with(todo_server("http://127.0.0.1:1", vault)).await;
+    let result = client.call_tool(call("listTodos", json!({}))).await.unwrap();
+    assert!(
+        only_text(&result).contains("cannot be reached"),
+        "{}",
+        only_text(&result)
+    );
 }
