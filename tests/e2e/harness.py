@@ -366,6 +366,9 @@ class OidcProvider:
             env["OIDC_TOKEN_AUTH_METHOD"] = self.token_auth_method
         if self.resource is not None:
             env["OIDC_RESOURCE"] = self.resource
+        # A restart appends to the same log: look for READY after what is there already.
+        log_path = self.workdir / "logs" / f"{self.name}.log"
+        skip = log_path.stat().st_size if log_path.exists() else 0
         self.proc = Proc(
             self.name, [str(node_binary()), str(OIDC_FIXTURE_DIR / "server.mjs"), str(self.port)], env,
             self.workdir / "logs" / f"{self.name}.log",
@@ -373,7 +376,7 @@ class OidcProvider:
 
         def ready() -> bool:
             self.proc.check_alive()  # type: ignore[union-attr]
-            m = _OIDC_READY.search(self.proc.log_text())  # type: ignore[union-attr]
+            m = _OIDC_READY.search(self.proc.log_text()[skip:])  # type: ignore[union-attr]
             return bool(m) and m.group(1) == self.issuer
 
         try:

@@ -354,3 +354,43 @@ def test_upstream_users_tools_and_todos_with_the_providers_token(oidc_tools_clus
     listed, todos = bob.run(bob_flow)
     assert "generateImage" not in listed, listed
     assert not todos.is_error and "renew the certificate" not in text_of(todos), todos
+
+
+def test_an_upstream_refusal_ends_the_sign_in_and_the_client_must_authorize_again(
+    oidc_tools_cluster: Cluster,
+) -> None:
+    """The provider forgets every grant (restarted: its store is in memory), so the vault's next
+    refresh gets invalid_grant: the tool says to sign in again, the grant is revoked, and the
+    client's next request with its token gets 401."""
+    import anyio
+
+    cluster = oidc_tools_cluster
+    assert cluster.oidc is not None and cluster.auth is not None and cluster.gateway is not None
+
+    async def sign_in(client: Client) -> Any:
+        return await client.call_tool("listTodos", {})
+
+    sdk = SdkClient(cluster, **user(cluster, "alice"))
+    assert not sdk.run(sign_in).is_error
+    assert sdk.storage.tokens is not None
+    token = sdk.storage.tokens.access_token
+
+    cluster.oidc.stop()
+    cluster.oidc.start()  # same port and issuer, no grants
+    anyio.run(anyio.sleep, 4)  # the provider's token is now due for a refresh
+
+    from mcp_http import stateless_headers, stateless_msg
+
+    msg = stateless_msg("tools/call", {"name": "listTodos", "arguments": {}})
+    r = httpx.post(cluster.gateway.mcp_url, json=msg, headers=stateless_headers(token, msg), timeout=30)
+    assert r.status_code == 200, r.text
+    assert "authorize this client again" in r.text, r.text
+    assert cluster.auth.series('auth_vault_refreshes_total{outcome="invalid_grant"}'), "the refusal was seen"
+
+    def refused() -> bool:
+        again = httpx.post(cluster.gateway.mcp_url, json=msg, headers=stateless_headers(token, msg), timeout=30)
+        return again.status_code == 401
+
+    from harness import retry_until
+
+    retry_until(refused, 15, "the gateway refuses the token of the revoked grant", interval=0.2)
