@@ -403,25 +403,7 @@ impl Grants {
     }
 
     fn respond(&self, grant: &Grant, scopes: &[String], refresh: Option<String>) -> Result<TokenResponse, GrantError> {
-        let now = crate::unix_now();
-        let claims = AccessClaims {
-            iss: self.issuer.clone(),
-            sub: grant.identity.sub.clone(),
-            aud: grant.resource.clone(),
-            iat: now as i64,
-            exp: (now + self.access_ttl.as_secs()) as i64,
-            nbf: None,
-            jti: random_token(),
-            client_id: grant.client_id.clone(),
-            scope: Some(scopes.join(" ")).filter(|s| !s.is_empty()),
-            email: grant.identity.email.clone(),
-            name: grant.identity.name.clone(),
-            permissions: grant.identity.permissions.clone(),
-            groups: grant.identity.groups.clone(),
-            org_id: grant.identity.org.clone(),
-            gid: Some(grant.id.clone()),
-            sub_kind: Some(proto::auth::SUBJECT_KIND_USER.to_owned()),
-        };
+        let claims = self.user_claims(grant, &grant.resource, scopes, Some(grant.id.clone()));
         Ok(TokenResponse {
             access_token: self.sign(&claims)?,
             token_type: "Bearer",
@@ -441,14 +423,19 @@ impl Grants {
         audience: &str,
         scopes: &[String],
     ) -> Result<(String, u64), GrantError> {
+        let claims = self.user_claims(grant, audience, scopes, None);
+        Ok((self.sign(&claims)?, claims.exp.max(0) as u64))
+    }
+
+    /// The claims of a token for `grant`'s user, issued now for `audience`.
+    fn user_claims(&self, grant: &Grant, audience: &str, scopes: &[String], gid: Option<String>) -> AccessClaims {
         let now = crate::unix_now();
-        let exp = now + self.access_ttl.as_secs();
-        let claims = AccessClaims {
+        AccessClaims {
             iss: self.issuer.clone(),
             sub: grant.identity.sub.clone(),
             aud: audience.to_owned(),
             iat: now as i64,
-            exp: exp as i64,
+            exp: (now + self.access_ttl.as_secs()) as i64,
             nbf: None,
             jti: random_token(),
             client_id: grant.client_id.clone(),
@@ -458,10 +445,9 @@ impl Grants {
             permissions: grant.identity.permissions.clone(),
             groups: grant.identity.groups.clone(),
             org_id: grant.identity.org.clone(),
-            gid: None,
+            gid,
             sub_kind: Some(proto::auth::SUBJECT_KIND_USER.to_owned()),
-        };
-        Ok((self.sign(&claims)?, exp))
+        }
     }
 
     fn sign(&self, claims: &AccessClaims) -> Result<String, GrantError> {
