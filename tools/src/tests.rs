@@ -1148,7 +1148,9 @@ async fn todo_tools_refresh_once_on_a_401_and_retry() {
 #[tokio::test]
 async fn todo_tools_turn_every_failure_into_a_readable_tool_error() {
     let error = |e: &str| json!({ "error": e, "error_description": format!("{e} said the api") }).to_string();
-    let cases: Vec<(Vec<(u16, String)>, Option<vault::VaultError>, &str, Value, &str)> = vec![
+    /// The API's answers, the vault's answer to a refresh, the tool, its arguments, the text.
+    type Case<'a> = (Vec<(u16, String)>, Option<vault::VaultError>, &'a str, Value, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![(401, "{}".into())], None, "listTodos", json!({}), "sign in again"),
         (
             vec![(401, "{}".into())],
