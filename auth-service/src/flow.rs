@@ -85,8 +85,25 @@ pub struct Pending {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Approved {
     sub: String,
-    clients: Vec<String>,
+    clients: Vec<ApprovedClient>,
     exp: u64,
+}
+
+/// A client the user approved, and for which scopes: a request for any other scope
+/// (a step-up) shows the consent page again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ApprovedClient {
+    id: String,
+    scopes: Vec<String>,
+}
+
+impl Approved {
+    /// Whether this approval covers `client_id` asking for `scopes`.
+    fn covers(&self, client_id: &str, scopes: &[String]) -> bool {
+        self.clients
+            .iter()
+            .any(|c| c.id == client_id && scopes.iter().all(|s| c.scopes.contains(s)))
+    }
 }
 
 const APPROVED_PURPOSE: &str = "approved-clients";
@@ -124,13 +141,22 @@ impl OAuth {
         (a.exp > crate::unix_now()).then_some(a)
     }
 
-    fn approved_cookie<'c>(&self, previous: Option<Approved>, sub: &str, client_id: &str) -> Cookie<'c> {
+    fn approved_cookie<'c>(
+        &self,
+        previous: Option<Approved>,
+        sub: &str,
+        client_id: &str,
+        scopes: &[String],
+    ) -> Cookie<'c> {
         let mut clients = match previous {
             Some(a) if a.sub == sub => a.clients,
             _ => Vec::new(),
         };
-        clients.retain(|c| c != client_id);
-        clients.push(client_id.to_owned());
+        clients.retain(|c| c.id != client_id);
+        clients.push(ApprovedClient {
+            id: client_id.to_owned(),
+            scopes: scopes.to_vec(),
+        });
         if clients.len() > MAX_APPROVED_CLIENTS {
             clients.drain(..clients.len() - MAX_APPROVED_CLIENTS);
         }
@@ -424,7 +450,7 @@ pub async fn authorize(
     let (browser, set_browser) = oauth.browser_id(&req);
     let remembered = oauth
         .approved(&req)
-        .filter(|a| a.clients.iter().any(|c| c == &client.client_id));
+        .filter(|a| a.covers(&client.client_id, &request.scopes));
     let pending = Pending {
         browser: sha256_b64(&browser),
         csrf: random_token(),
@@ -1032,7 +1058,7 @@ async fn issue(
     }
     params.push(("iss", &oauth.issuer));
     let mut resp = redirect_to(&r.redirect_uri, &params);
-    let _ = resp.add_cookie(&oauth.approved_cookie(oauth.approved(req), &sub, &r.client_id));
+    let _ = resp.add_cookie(&oauth.approved_cookie(oauth.approved(req), &sub, &r.client_id, &r.scopes));
     resp
 }
 

@@ -449,6 +449,27 @@ async fn an_approved_client_skips_the_consent_page() {
 }
 
 #[actix_web::test]
+async fn an_approval_covers_only_the_scopes_approved_so_a_step_up_asks_again() {
+    bounded(async {
+        let srv = OAuthServer::start_with(|a| a.scopes = "mcp extra".into()).await;
+        let client = srv.register_public().await;
+        let mut b = Browser::new();
+        let done = srv.browser_flow(&mut b, &client, &Pkce::new(), STATE, ALICE).await;
+        assert_eq!(done.status, 302, "{}", done.body);
+
+        // More scopes than approved (a tool's step-up): the consent page again.
+        let r = authorize(&srv, &mut b, &client, |p| set(p, "scope", "mcp extra")).await;
+        assert_eq!(r.status, 200, "consent asked for the added scope: {:?}", r.location());
+        assert!(r.body.contains("extra"), "the page names the scope: {}", r.body);
+        // What was approved is still remembered.
+        let r = authorize(&srv, &mut b, &client, |_| {}).await;
+        assert_eq!(r.status, 302, "consent is skipped: {}", r.body);
+        srv.stop().await;
+    })
+    .await;
+}
+
+#[actix_web::test]
 async fn an_approval_remembered_for_another_user_asks_again_after_login() {
     bounded(async {
         let srv = OAuthServer::start().await;
