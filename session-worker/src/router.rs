@@ -619,10 +619,17 @@ impl Subscriptions {
                         },
                     }
                 }
-                let _ = sub.unsubscribe().await;
-                while let Ok(Some(msg)) = tokio::time::timeout(std::time::Duration::from_millis(200), sub.next()).await
-                {
-                    router.handle_actor_message(msg).await;
+                // Drain, not unsubscribe: unsubscribing closes the receiver at once and
+                // drops what the server sent before it saw the UNSUB, leaving those
+                // requests unanswered until the gateway's ack timeout. Draining keeps
+                // delivering them, then ends the stream (bounded by SHARD_DRAIN).
+                // A window remains: async-nats ends a drain once its read buffer runs
+                // empty, not at the server's PONG, so under load a request can still be
+                // lost at a release; closing that is the shard handover of issue 10.
+                if sub.drain().await.is_ok() {
+                    while let Some(msg) = sub.next().await {
+                        router.handle_actor_message(msg).await;
+                    }
                 }
             });
             self.tasks.insert(*n, (task, stop));
