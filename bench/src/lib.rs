@@ -12,3 +12,14 @@
 pub mod client;
 pub mod rss;
 pub mod stats;
+
+/// The caller the in-process baselines serve, as the cluster's worker serves the
+/// principal a gateway verified: the tools decide on it in both, so the ratios compare
+/// like with like.
+pub fn inproc_caller() -> proto::Principal {
+    proto::Principal {
+        iss: "http://bench.invalid".into(),
+        sub: "bench".into(),
+        ..Default::default()
+    }
+}

@@ -126,7 +126,7 @@ async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) ->
     let hub = ListenHub::default();
     let profile = config.profile;
     let service = StreamableHttpService::new(
-        move || Ok(McpServer::new(profile, None).with_listen_hub(hub.clone())),
+        move || Ok(McpServer::new(profile, Some(bench::inproc_caller())).with_listen_hub(hub.clone())),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))

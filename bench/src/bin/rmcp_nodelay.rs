@@ -106,7 +106,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let hub = ListenHub::default();
     let service: McpService = StreamableHttpService::new(
-        move || Ok(McpServer::new(Profile::Default, None).with_listen_hub(hub.clone())),
+        move || Ok(McpServer::new(Profile::Default, Some(bench::inproc_caller())).with_listen_hub(hub.clone())),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
