@@ -29,6 +29,15 @@ pub const WORKER_BUCKET: &str = "mcp_workers";
 pub const SESSION_BUCKET: &str = "mcp_sessions";
 /// JetStream KV bucket of the live session ids of each principal (for the cap).
 pub const PRINCIPAL_SESSIONS_BUCKET: &str = "mcp_principal_sessions";
+/// JetStream KV bucket of MCP tasks (`<task id>` → `tools::tasks::TaskRecord`, JSON).
+pub const TASK_BUCKET: &str = "mcp_tasks";
+/// "The record of task `<id>` changed" (`mcp.task.<id>`), for the worker running it.
+pub const TASK_SIGNAL_PREFIX: &str = "mcp.task";
+
+/// The signal subject of a task.
+pub fn task_signal(id: &str) -> String {
+    format!("{TASK_SIGNAL_PREFIX}.{}", token(id))
+}
 
 /// A subject-safe token for an arbitrary key: kept as is when it only uses
 /// `[A-Za-z0-9_-]`, hex-encoded with an `x` prefix otherwise.

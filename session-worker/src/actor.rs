@@ -61,6 +61,8 @@ pub struct Shared {
     pub toolbox: tools::Toolbox,
     /// [`proto::subjects::PRINCIPAL_SESSIONS_BUCKET`] (see [`crate::owners`]).
     pub owners: async_nats::jetstream::kv::Store,
+    /// The MCP tasks this worker runs, over [`crate::tasks::KvTaskStore`].
+    pub tasks: tools::tasks::Tasks,
     /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL`.
     pub max_sessions_per_principal: usize,
     /// `WORKER_MAX_RECORD_BYTES`.
@@ -314,7 +316,8 @@ impl Actor for SessionActor {
         let server = tools::McpServer::new(self.shared.profile, Some(self.record.principal.clone()))
             .with_toolbox(self.shared.toolbox.clone())
             .with_listen_hub(self.shared.listen.clone())
-            .with_vault(self.shared.vault.clone());
+            .with_vault(self.shared.vault.clone())
+            .with_tasks(self.shared.tasks.clone());
         let ct = self.ct.clone();
         let me = ctx.address();
         let id = self.id.clone();

@@ -30,6 +30,18 @@ pub const ENV_ALLOWED_EMAILS: &str = "ALLOWED_EMAILS";
 pub const ENV_TOOL_POLICY_FILE: &str = "TOOL_POLICY_FILE";
 pub const ENV_SESSIONS_MAX_BYTES: &str = "WORKER_SESSIONS_MAX_BYTES";
 pub const DEFAULT_SESSIONS_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+pub const ENV_TASK_TTL: &str = "WORKER_TASK_TTL";
+pub const DEFAULT_TASK_TTL_SECS: u64 = 3600;
+pub const ENV_TASK_POLL_INTERVAL_MS: &str = "WORKER_TASK_POLL_INTERVAL_MS";
+pub const DEFAULT_TASK_POLL_INTERVAL_MS: u64 = 500;
+pub const ENV_TASKS_MAX_RUNNING: &str = "WORKER_TASKS_MAX_RUNNING";
+pub const DEFAULT_TASKS_MAX_RUNNING: usize = 256;
+pub const ENV_TASKS_MAX_RUNNING_PER_PRINCIPAL: &str = "WORKER_TASKS_MAX_RUNNING_PER_PRINCIPAL";
+pub const DEFAULT_TASKS_MAX_RUNNING_PER_PRINCIPAL: usize = 16;
+pub const ENV_TASKS_MAX_BYTES: &str = "WORKER_TASKS_MAX_BYTES";
+pub const DEFAULT_TASKS_MAX_BYTES: i64 = 256 * 1024 * 1024;
+pub const ENV_TASK_MAX_RECORD_BYTES: &str = "WORKER_TASK_MAX_RECORD_BYTES";
+pub const DEFAULT_TASK_MAX_RECORD_BYTES: usize = 768 * 1024;
 
 /// session-worker settings (`--help` lists every default).
 #[derive(Debug, Clone, clap::Parser)]
@@ -76,6 +88,26 @@ pub struct Config {
     /// limit new sessions are refused rather than the store growing without bound.
     #[arg(long, env = ENV_SESSIONS_MAX_BYTES, default_value_t = DEFAULT_SESSIONS_MAX_BYTES)]
     pub sessions_max_bytes: i64,
+    /// Seconds an MCP task (the tasks extension) and its result are kept after it
+    /// was created (`ttlMs`).
+    #[arg(long, env = ENV_TASK_TTL, default_value_t = DEFAULT_TASK_TTL_SECS)]
+    pub task_ttl_secs: u64,
+    /// Polling interval suggested to clients for `tasks/get` (`pollIntervalMs`).
+    #[arg(long, env = ENV_TASK_POLL_INTERVAL_MS, default_value_t = DEFAULT_TASK_POLL_INTERVAL_MS)]
+    pub task_poll_interval_ms: u64,
+    /// Tasks one worker runs at once; beyond it new tasks are refused (-32603).
+    #[arg(long, env = ENV_TASKS_MAX_RUNNING, default_value_t = DEFAULT_TASKS_MAX_RUNNING)]
+    pub tasks_max_running: usize,
+    /// Tasks one principal may have running on one worker at once (-32600 beyond).
+    #[arg(long, env = ENV_TASKS_MAX_RUNNING_PER_PRINCIPAL, default_value_t = DEFAULT_TASKS_MAX_RUNNING_PER_PRINCIPAL)]
+    pub tasks_max_running_per_principal: usize,
+    /// Most bytes the task bucket may hold.
+    #[arg(long, env = ENV_TASKS_MAX_BYTES, default_value_t = DEFAULT_TASKS_MAX_BYTES)]
+    pub tasks_max_bytes: i64,
+    /// Largest task record (its result included), bytes; a larger result ends the
+    /// task as failed.
+    #[arg(long, env = ENV_TASK_MAX_RECORD_BYTES, default_value_t = DEFAULT_TASK_MAX_RECORD_BYTES)]
+    pub task_max_record_bytes: usize,
     #[command(flatten)]
     pub tools: ToolArgs,
 }
@@ -147,6 +179,16 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// The settings of the worker's tasks runtime.
+    pub fn task_settings(&self) -> tools::tasks::TaskSettings {
+        tools::tasks::TaskSettings {
+            ttl: Duration::from_secs(self.task_ttl_secs),
+            poll_interval: Duration::from_millis(self.task_poll_interval_ms),
+            max_running: self.tasks_max_running,
+            max_running_per_owner: self.tasks_max_running_per_principal,
+        }
+    }
+
     /// Check what clap cannot.
     pub fn validate(&self) -> Result<tools::Profile, ConfigError> {
         if self.idle_timeout_secs == 0 {
@@ -166,6 +208,37 @@ impl Config {
                 setting: ENV_SESSIONS_MAX_BYTES,
                 reason: "must be at least 1048576".into(),
             });
+        }
+        for (ok, setting, reason) in [
+            (self.task_ttl_secs >= 1, ENV_TASK_TTL, "must be at least 1 second"),
+            (
+                self.task_poll_interval_ms >= 1,
+                ENV_TASK_POLL_INTERVAL_MS,
+                "must be at least 1",
+            ),
+            (self.tasks_max_running >= 1, ENV_TASKS_MAX_RUNNING, "must be at least 1"),
+            (
+                self.tasks_max_running_per_principal >= 1,
+                ENV_TASKS_MAX_RUNNING_PER_PRINCIPAL,
+                "must be at least 1",
+            ),
+            (
+                self.tasks_max_bytes >= 1024 * 1024,
+                ENV_TASKS_MAX_BYTES,
+                "must be at least 1048576",
+            ),
+            (
+                self.task_max_record_bytes >= 4096,
+                ENV_TASK_MAX_RECORD_BYTES,
+                "must be at least 4096",
+            ),
+        ] {
+            if !ok {
+                return Err(ConfigError {
+                    setting,
+                    reason: reason.into(),
+                });
+            }
         }
         if self.lease_ttl_secs < 3 {
             return Err(ConfigError {

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod owners;
 pub mod router;
 pub mod stateless;
+pub mod tasks;
 pub mod transport;
 pub mod vault;
 
@@ -102,6 +103,22 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         (config.sessions_max_bytes / 4).max(1024 * 1024),
     )
     .await?;
+    let task_bucket = leases::bucket(
+        &js,
+        proto::subjects::TASK_BUCKET,
+        Duration::from_secs(config.task_ttl_secs) + tasks::BUCKET_SLACK,
+        jetstream::stream::StorageType::File,
+        config.tasks_max_bytes,
+    )
+    .await?;
+    let task_runtime = tools::tasks::Tasks::new(
+        Arc::new(tasks::KvTaskStore::new(
+            task_bucket,
+            nats.clone(),
+            config.task_max_record_bytes,
+        )),
+        config.task_settings(),
+    );
     let mut leases = Leases::open(&js, &worker_id, config.lease_ttl()).await?;
 
     let threads = if config.arbiters == 0 {
@@ -145,6 +162,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         owners,
         max_sessions_per_principal: config.max_sessions_per_principal,
         max_record_bytes: config.max_record_bytes,
+        tasks: task_runtime,
     });
     let router = Router::new(
         shared.clone(),
@@ -252,6 +270,8 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         while Instant::now() < deadline && (!shared.registry.is_empty() || metrics.stateless_inflight.get() > 0) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Tasks still running here end as failed, saying why, rather than going stale.
+        let _ = tokio::time::timeout(drain_timeout, shared.tasks.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.nats.flush()).await;
         admin_handle.stop(true).await;
         let _ = admin_task.await;

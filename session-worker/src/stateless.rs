@@ -55,7 +55,8 @@ pub async fn serve(
     let server = tools::McpServer::new(shared.profile, Some(principal))
         .with_toolbox(shared.toolbox.clone())
         .with_listen_hub(shared.listen.clone())
-        .with_vault(shared.vault.clone());
+        .with_vault(shared.vault.clone())
+        .with_tasks(shared.tasks.clone());
     let service = rmcp::service::serve_directly_with_ct(server, transport, Some(peer_info), ct.clone());
     let waiter = tokio::spawn(async move {
         let _ = service.waiting().await;

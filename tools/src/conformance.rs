@@ -157,6 +157,7 @@ pub(crate) fn tools() -> Vec<Tool> {
             "required": ["value"]
         })),
     ));
+    tools.extend(crate::task_fixtures::tools());
     tools.extend(
         mrtr::TOOLS
             .iter()
@@ -171,6 +172,9 @@ pub(crate) async fn call_tool(
     cx: RequestContext<RoleServer>,
 ) -> Result<CallToolResponse, ErrorData> {
     if let Some(result) = mrtr::call_fixture(&request, cx.client_capabilities()) {
+        return result;
+    }
+    if let Some(result) = crate::task_fixtures::call(server, &request, &cx).await {
         return result;
     }
     let args = request.arguments.clone().unwrap_or_default();

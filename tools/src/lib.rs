@@ -37,6 +37,8 @@ mod mrtr;
 pub mod policy;
 mod render;
 pub mod shipped;
+mod task_fixtures;
+pub mod tasks;
 pub mod todo;
 pub mod toolbox;
 pub mod vault;
@@ -47,11 +49,12 @@ use std::{borrow::Cow, str::FromStr, sync::Arc};
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
-        CacheScope, CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
-        GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams, InitializeResult,
-        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-        ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
-        SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+        CacheScope, CallToolRequestParams, CallToolResponse, CancelTaskParams, CompleteRequestParams, CompleteResult,
+        GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskResult, Implementation,
+        InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+        ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter, Tool,
+        UnsubscribeRequestParams, UpdateTaskParams,
     },
     service::{RequestContext, SubscriptionContext},
 };
@@ -139,6 +142,7 @@ pub struct McpServer {
     listen: ListenHub,
     vault: Option<Arc<dyn vault::TokenVault>>,
     toolbox: Toolbox,
+    tasks: Option<tasks::Tasks>,
 }
 
 impl McpServer {
@@ -151,7 +155,15 @@ impl McpServer {
             listen: ListenHub::default(),
             vault: None,
             toolbox: basic_toolbox(),
+            tasks: None,
         }
+    }
+
+    /// Serve the tasks extension (`io.modelcontextprotocol/tasks`) from `tasks`:
+    /// tools that support it run as tasks when a request declares the extension.
+    pub fn with_tasks(mut self, tasks: tasks::Tasks) -> Self {
+        self.tasks = Some(tasks);
+        self
     }
 
     /// The tools of the default profile (without it: `add` and `whoAmI`). The
@@ -221,7 +233,18 @@ pub(crate) fn is_stateless_era(cx: &RequestContext<RoleServer>) -> bool {
         .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
 }
 
-fn capabilities(profile: Profile, resources: bool) -> ServerCapabilities {
+fn capabilities(profile: Profile, resources: bool, tasks: bool) -> ServerCapabilities {
+    let mut caps = base_capabilities(profile, resources);
+    if tasks {
+        caps.extensions.get_or_insert_with(Default::default).insert(
+            rmcp::model::TASKS_EXTENSION_ID.to_owned(),
+            rmcp::model::JsonObject::new(),
+        );
+    }
+    caps
+}
+
+fn base_capabilities(profile: Profile, resources: bool) -> ServerCapabilities {
     match profile {
         Profile::Default if resources => ServerCapabilities::builder()
             .enable_resources()
@@ -247,7 +270,7 @@ fn capabilities(profile: Profile, resources: bool) -> ServerCapabilities {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        let info = ServerConfig::new(capabilities(self.profile, self.toolbox.library().is_some()))
+        let info = ServerConfig::new(self.capabilities())
             .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")));
         match self.profile {
             Profile::Default => info,
@@ -299,10 +322,17 @@ impl ServerHandler for McpServer {
                 let args = request.arguments.unwrap_or_default();
                 match self
                     .toolbox
-                    .call(&request.name, self.caller(&cx), args, self.vault.as_deref(), &cx)
+                    .call(
+                        &request.name,
+                        self.caller(&cx),
+                        args,
+                        self.vault.as_ref(),
+                        &cx,
+                        self.tasks.as_ref(),
+                    )
                     .await
                 {
-                    Some(result) => result.map(Into::into),
+                    Some(result) => result,
                     None => Err(unknown_tool(&request.name)),
                 }
             }
@@ -381,8 +411,7 @@ impl ServerHandler for McpServer {
     }
 
     fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
-        (self.profile == Profile::Conformance)
-            .then(|| requested.supported_by(&capabilities(self.profile, self.toolbox.library().is_some())))
+        (self.profile == Profile::Conformance).then(|| requested.supported_by(&self.capabilities()))
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
@@ -427,9 +456,42 @@ impl ServerHandler for McpServer {
         self.session.set_log_level(request.level);
         Ok(())
     }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let (tasks, owner) = self.tasks_for::<rmcp::model::GetTaskMethod>(&cx)?;
+        tasks.get(&owner, &request.task_id).await
+    }
+
+    async fn update_task(&self, request: UpdateTaskParams, cx: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        let (tasks, owner) = self.tasks_for::<rmcp::model::UpdateTaskMethod>(&cx)?;
+        tasks.update(&owner, &request.task_id, request.input_responses).await
+    }
+
+    async fn cancel_task(&self, request: CancelTaskParams, cx: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        let (tasks, owner) = self.tasks_for::<rmcp::model::CancelTaskMethod>(&cx)?;
+        tasks.cancel(&owner, &request.task_id).await
+    }
 }
 
 impl McpServer {
+    fn capabilities(&self) -> ServerCapabilities {
+        capabilities(self.profile, self.toolbox.library().is_some(), self.tasks.is_some())
+    }
+
+    /// The tasks runtime and the owner string of the request's caller; `-32601`
+    /// without a runtime (the extension is then not advertised either).
+    fn tasks_for<'a, M: rmcp::model::ConstString>(
+        &'a self,
+        cx: &RequestContext<RoleServer>,
+    ) -> Result<(&'a tasks::Tasks, String), ErrorData> {
+        let tasks = self.tasks.as_ref().ok_or_else(ErrorData::method_not_found::<M>)?;
+        Ok((tasks, tasks::owner_of(self.caller(cx))))
+    }
+
     /// Methods whose capability only the conformance profile advertises answer
     /// `-32601` elsewhere, so capabilities and handlers always agree.
     fn require_conformance<M: rmcp::model::ConstString>(&self) -> Result<(), ErrorData> {

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use proto::Principal;
 use rmcp::model::{
-    CallToolResult, ContentBlock, ErrorCode, JsonObject, ProgressNotificationParam, ProgressToken, Tool,
+    CallToolResponse, CallToolResult, ContentBlock, CreateTaskResult, ErrorCode, JsonObject, ProgressNotificationParam,
+    ProgressToken, Tool,
 };
 use rmcp::service::{Peer, RequestContext};
 use rmcp::{ErrorData, RoleServer};
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::{Access, Decision, PolicyError, PolicyFile, decide};
+use crate::tasks::{Job, TaskHandle, TaskSupport, Tasks, extension_required, owner_of};
 use crate::vault::TokenVault;
 
 /// What [`McpTool::call`] returns.
@@ -37,6 +39,14 @@ pub trait McpTool: Send + Sync + 'static {
         Access::anyone()
     }
 
+    /// Whether it may run as an MCP task (the tasks extension) when the client
+    /// allows: worth it for work that takes long. The runtime does the rest:
+    /// `call` is the same either way, and [`ToolCx::progress`] becomes the task's
+    /// status message.
+    fn task_support(&self) -> TaskSupport {
+        TaskSupport::Forbidden
+    }
+
     fn call<'a>(&'a self, cx: ToolCx<'a>) -> ToolFuture<'a>;
 }
 
@@ -48,9 +58,19 @@ pub struct ToolCx<'a> {
     pub args: JsonObject,
     /// Where the caller's upstream (downstream API) token comes from.
     pub vault: Option<&'a dyn TokenVault>,
-    /// Cancelled when the client sends `notifications/cancelled` (or the session ends).
+    /// Cancelled when the client sends `notifications/cancelled` (or the session
+    /// ends), or for a task, `tasks/cancel`.
     pub cancel: CancellationToken,
-    progress: Option<(Peer<RoleServer>, ProgressToken)>,
+    progress: Progress,
+}
+
+/// Where [`ToolCx::progress`] goes.
+enum Progress {
+    None,
+    /// `notifications/progress` to the client that sent this progress token.
+    Notify(Peer<RoleServer>, ProgressToken),
+    /// The status message of the task the call runs as.
+    Task(TaskHandle),
 }
 
 impl<'a> ToolCx<'a> {
@@ -65,7 +85,26 @@ impl<'a> ToolCx<'a> {
             args,
             vault,
             cancel: rcx.ct.clone(),
-            progress: rcx.meta.get_progress_token().map(|t| (rcx.peer.clone(), t)),
+            progress: match rcx.meta.get_progress_token() {
+                Some(token) => Progress::Notify(rcx.peer.clone(), token),
+                None => Progress::None,
+            },
+        }
+    }
+
+    /// A call running as the task of `handle`.
+    pub(crate) fn for_task(
+        caller: &'a Principal,
+        args: JsonObject,
+        vault: Option<&'a dyn TokenVault>,
+        handle: TaskHandle,
+    ) -> Self {
+        Self {
+            caller,
+            args,
+            vault,
+            cancel: handle.cancellation(),
+            progress: Progress::Task(handle),
         }
     }
 
@@ -77,7 +116,7 @@ impl<'a> ToolCx<'a> {
             args: schema(args),
             vault: None,
             cancel,
-            progress: None,
+            progress: Progress::None,
         }
     }
 
@@ -94,16 +133,27 @@ impl<'a> ToolCx<'a> {
         self.args.get(key).and_then(Value::as_f64)
     }
 
-    /// Whether the client asked for progress notifications.
+    /// Whether the client asked for progress notifications (or the call runs as a
+    /// task, whose status message shows the progress).
     pub fn wants_progress(&self) -> bool {
-        self.progress.is_some()
+        !matches!(self.progress, Progress::None)
     }
 
     /// Send `notifications/progress` if the client asked for it (with a progress
-    /// token); a lost notification is not an error.
+    /// token), or set the task's status message; a lost notification is not an
+    /// error.
     pub async fn progress(&self, progress: f64, total: Option<f64>, message: &str) {
-        let Some((peer, token)) = &self.progress else {
-            return;
+        let (peer, token) = match &self.progress {
+            Progress::None => return,
+            Progress::Task(handle) => {
+                let text = match total {
+                    Some(total) if total > 0.0 => format!("{message} ({:.0}%)", 100.0 * progress / total),
+                    _ => message.to_owned(),
+                };
+                handle.set_message(&text).await;
+                return;
+            }
+            Progress::Notify(peer, token) => (peer, token),
         };
         let mut param = ProgressNotificationParam::new(token.clone(), progress).with_message(message);
         if let Some(total) = total {
@@ -137,6 +187,7 @@ struct Entry {
     tool: Arc<dyn McpTool>,
     definition: Tool,
     access: Access,
+    task_support: TaskSupport,
 }
 
 /// The tools a server offers, with their effective access, and the documents it
@@ -162,8 +213,9 @@ impl Toolbox {
         let mut entries: Vec<Entry> = tools
             .into_iter()
             .map(|tool| Entry {
-                definition: tool.definition(),
+                definition: tool.task_support().mark(tool.definition()),
                 access: tool.access(),
+                task_support: tool.task_support(),
                 tool,
             })
             .collect();
@@ -230,17 +282,19 @@ impl Toolbox {
             .map(|e| e.definition.clone())
     }
 
-    /// Decide again for this request's caller, then run the tool. `None` when there
-    /// is no such tool. A missing scope is the step-up error ([`insufficient_scope`]);
-    /// any other refusal a tool error.
+    /// Decide again for this request's caller, then run the tool: as a task when the
+    /// tool supports it, `tasks` is given and the request declared the tasks
+    /// extension. `None` when there is no such tool. A missing scope is the
+    /// step-up error ([`insufficient_scope`]); any other refusal a tool error.
     pub async fn call(
         &self,
         name: &str,
         caller: Option<&Principal>,
         args: JsonObject,
-        vault: Option<&dyn TokenVault>,
+        vault: Option<&Arc<dyn TokenVault>>,
         rcx: &RequestContext<RoleServer>,
-    ) -> Option<Result<CallToolResult, ErrorData>> {
+        tasks: Option<&Tasks>,
+    ) -> Option<Result<CallToolResponse, ErrorData>> {
         let entry = self.entry(name)?;
         let caller = match (decide(&entry.access, caller), caller) {
             (Decision::Allow, Some(caller)) => caller,
@@ -250,11 +304,37 @@ impl Toolbox {
             }
             (Decision::Deny(denial), _) => {
                 tracing::info!(tool = name, sub = caller.map(|c| c.sub.as_str()), reason = %denial, "tool call refused");
-                return Some(Ok(tool_error(denial.to_string())));
+                return Some(Ok(tool_error(denial.to_string()).into()));
             }
-            (_, None) => return Some(Ok(tool_error(crate::policy::Denial::Unauthenticated.to_string()))),
+            (_, None) => return Some(Ok(tool_error(crate::policy::Denial::Unauthenticated.to_string()).into())),
         };
-        Some(entry.tool.call(ToolCx::new(caller, args, vault, rcx)).await)
+        let as_task = crate::tasks::wants_task(rcx);
+        match (entry.task_support, tasks) {
+            (TaskSupport::Optional | TaskSupport::Required, Some(tasks)) if as_task => {
+                let owner = owner_of(Some(caller));
+                let (tool, caller, vault) = (entry.tool.clone(), caller.clone(), vault.cloned());
+                let job: Job = Box::new(move |handle| {
+                    Box::pin(async move {
+                        let cx = ToolCx::for_task(&caller, args, vault.as_deref(), handle);
+                        tool.call(cx).await
+                    })
+                });
+                Some(
+                    tasks
+                        .start(owner, job)
+                        .await
+                        .map(|task| CallToolResponse::Task(CreateTaskResult::new(task))),
+                )
+            }
+            (TaskSupport::Required, _) => Some(Err(extension_required())),
+            _ => Some(
+                entry
+                    .tool
+                    .call(ToolCx::new(caller, args, vault.map(|v| v.as_ref()), rcx))
+                    .await
+                    .map(Into::into),
+            ),
+        }
     }
 }
 

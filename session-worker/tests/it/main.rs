@@ -30,6 +30,12 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         max_sessions_per_principal: 100,
         max_record_bytes: 64 * 1024,
         sessions_max_bytes: 64 * 1024 * 1024,
+        task_ttl_secs: 600,
+        task_poll_interval_ms: 200,
+        tasks_max_running: 32,
+        tasks_max_running_per_principal: 4,
+        tasks_max_bytes: 16 * 1024 * 1024,
+        task_max_record_bytes: 64 * 1024,
         tools: Default::default(),
     }
 }
