@@ -114,7 +114,12 @@ def stateless_msg(method: str, params: dict[str, Any] | None = None, id: int = 1
 def stateless_headers(token: str | None, msg: dict[str, Any]) -> dict[str, str]:
     """Headers of a 2026-07-28 request, with the Mcp-Method / Mcp-Name routing headers."""
     extra = {"Mcp-Method": msg["method"]}
-    name = (msg.get("params") or {}).get("name") if msg["method"] in ("tools/call", "prompts/get") else None
+    params = msg.get("params") or {}
+    name = None
+    if msg["method"] in ("tools/call", "prompts/get"):
+        name = params.get("name")
+    elif msg["method"] in ("tasks/get", "tasks/update", "tasks/cancel"):
+        name = params.get("taskId")
     if name is not None:
         extra["Mcp-Name"] = name
     return headers(token, version=STATELESS_VERSION, extra=extra)

@@ -88,6 +88,12 @@ impl McpTool for GenerateImage {
             .emails(self.allowed_emails.iter().cloned())
     }
 
+    /// A picture from an API can take a minute: a client that speaks the tasks
+    /// extension gets a task to poll rather than a request held open.
+    fn task_support(&self) -> crate::tasks::TaskSupport {
+        crate::tasks::TaskSupport::Optional
+    }
+
     fn call<'a>(&'a self, cx: ToolCx<'a>) -> ToolFuture<'a> {
         Box::pin(async move { Ok(self.generate(cx).await) })
     }

@@ -845,3 +845,369 @@ impl TaskStore for MemoryStore {
 pub fn wants_task(cx: &rmcp::service::RequestContext<rmcp::RoleServer>) -> bool {
     cx.client_capabilities().is_some_and(|c| c.supports_tasks())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use rmcp::model::{ContentBlock, ErrorCode};
+
+    fn settings() -> TaskSettings {
+        TaskSettings {
+            ttl: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(100),
+            max_running: 8,
+            max_running_per_owner: 3,
+        }
+    }
+
+    fn job<F>(f: impl FnOnce(TaskHandle) -> F + Send + 'static) -> Job
+    where
+        F: Future<Output = Result<CallToolResult, ErrorData>> + Send + 'static,
+    {
+        Box::new(move |h| Box::pin(f(h)))
+    }
+
+    fn ok(text: &str) -> Result<CallToolResult, ErrorData> {
+        Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
+    }
+
+    /// Poll until `pred` holds for the task's wire form (bounded).
+    async fn until(tasks: &Tasks, owner: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            let v = serde_json::to_value(tasks.get(owner, id).await.unwrap()).unwrap();
+            if pred(&v) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("task {id} never reached the expected state");
+    }
+
+    fn elicit(field: &str) -> rmcp::model::InputRequest {
+        crate::mrtr::elicit(
+            "?",
+            json!({ "type": "object", "properties": { field: { "type": "string" } } }),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_task_is_stored_before_start_returns_and_completes_with_its_result() {
+        let tasks = Tasks::in_memory(settings());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tasks
+            .start(
+                "iss alice".into(),
+                job(|_| async move {
+                    let _ = rx.await;
+                    ok("done")
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(task.status, TaskStatus::Working);
+        assert_eq!(task.ttl_ms, Some(60_000));
+        assert_eq!(task.poll_interval_ms, Some(100));
+        let v = serde_json::to_value(tasks.get("iss alice", &task.task_id).await.unwrap()).unwrap();
+        assert_eq!(v["status"], "working");
+        assert_eq!(v["resultType"], "complete");
+        assert!(v.get("result").is_none());
+        tx.send(()).unwrap();
+        let v = until(&tasks, "iss alice", &task.task_id, |v| v["status"] == "completed").await;
+        assert_eq!(v["result"]["content"][0]["text"], "done");
+        assert!(v.get("error").is_none());
+        assert_eq!(tasks.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn another_principal_and_made_up_ids_find_nothing() {
+        let tasks = Tasks::in_memory(settings());
+        let task = tasks
+            .start("iss alice".into(), job(|_| async { ok("x") }))
+            .await
+            .unwrap();
+        for (owner, id) in [
+            ("iss mallory", task.task_id.as_str()),
+            ("iss alice", "no-such-task"),
+            ("iss alice", "a.b.>"),
+            ("iss alice", ""),
+        ] {
+            let e = tasks.get(owner, id).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::INVALID_PARAMS, "{owner} {id}");
+            assert_eq!(
+                tasks.cancel(owner, id).await.unwrap_err().code,
+                ErrorCode::INVALID_PARAMS
+            );
+            assert_eq!(
+                tasks.update(owner, id, InputResponses::new()).await.unwrap_err().code,
+                ErrorCode::INVALID_PARAMS
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_is_immediate_stops_the_work_and_is_idempotent() {
+        let tasks = Tasks::in_memory(settings());
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tasks
+            .start(
+                "o".into(),
+                job(|h| async move {
+                    h.cancellation().cancelled().await;
+                    let _ = stopped_tx.send(());
+                    ok("never stored")
+                }),
+            )
+            .await
+            .unwrap();
+        tasks.cancel("o", &task.task_id).await.unwrap();
+        let v = serde_json::to_value(tasks.get("o", &task.task_id).await.unwrap()).unwrap();
+        assert_eq!(v["status"], "cancelled");
+        // The work saw the cancellation or was dropped (its sender with it): stopped either way.
+        let _ = tokio::time::timeout(Duration::from_secs(5), stopped_rx)
+            .await
+            .expect("the work goes on after tasks/cancel");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The work's own ending does not overwrite the terminal status.
+        let v = serde_json::to_value(tasks.get("o", &task.task_id).await.unwrap()).unwrap();
+        assert_eq!(v["status"], "cancelled");
+        assert!(v.get("result").is_none());
+        tasks.cancel("o", &task.task_id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn input_requests_are_answered_one_at_a_time_and_unknown_keys_are_ignored() {
+        let tasks = Tasks::in_memory(settings());
+        let task = tasks
+            .start(
+                "o".into(),
+                job(|mut h| async move {
+                    let answers = h
+                        .ask(InputRequests::from([
+                            ("a".to_owned(), elicit("x")),
+                            ("b".to_owned(), elicit("y")),
+                        ]))
+                        .await?;
+                    ok(&format!(
+                        "{} {}",
+                        answers["a"]["content"]["x"], answers["b"]["content"]["y"]
+                    ))
+                }),
+            )
+            .await
+            .unwrap();
+        let id = task.task_id.as_str();
+        let v = until(&tasks, "o", id, |v| v["status"] == "input_required").await;
+        assert_eq!(v["inputRequests"].as_object().unwrap().len(), 2);
+        assert_eq!(v["inputRequests"]["a"]["method"], "elicitation/create");
+        tasks
+            .update(
+                "o",
+                id,
+                InputResponses::from([("nope".to_owned(), json!({ "ignored": true }))]),
+            )
+            .await
+            .unwrap();
+        let answer = |k: &str, v: &str| json!({ "action": "accept", "content": { k: v } });
+        tasks
+            .update("o", id, InputResponses::from([("a".to_owned(), answer("x", "1"))]))
+            .await
+            .unwrap();
+        // Gone before update returned: no waiting.
+        let v = serde_json::to_value(tasks.get("o", id).await.unwrap()).unwrap();
+        assert_eq!(v["status"], "input_required");
+        assert!(v["inputRequests"].get("a").is_none());
+        assert!(v["inputRequests"].get("b").is_some());
+        tasks
+            .update("o", id, InputResponses::from([("b".to_owned(), answer("y", "2"))]))
+            .await
+            .unwrap();
+        let v = until(&tasks, "o", id, |v| v["status"] == "completed").await;
+        assert_eq!(v["result"]["content"][0]["text"], r#""1" "2""#);
+    }
+
+    #[tokio::test]
+    async fn errors_fail_the_task_and_tool_errors_complete_it() {
+        let tasks = Tasks::in_memory(settings());
+        let failed = tasks
+            .start(
+                "o".into(),
+                job(|_| async { Err(ErrorData::internal_error("boom", None)) }),
+            )
+            .await
+            .unwrap();
+        let panicked = tasks
+            .start(
+                "o".into(),
+                job(|_| async {
+                    if true {
+                        panic!("the work panics");
+                    }
+                    ok("")
+                }),
+            )
+            .await
+            .unwrap();
+        let tool_error = tasks
+            .start(
+                "o".into(),
+                job(|_| async { Ok(CallToolResult::error(vec![ContentBlock::text("no")])) }),
+            )
+            .await
+            .unwrap();
+        let v = until(&tasks, "o", &failed.task_id, |v| v["status"] == "failed").await;
+        assert_eq!(v["error"]["code"], -32603);
+        assert_eq!(v["error"]["message"], "boom");
+        assert!(v.get("result").is_none());
+        let v = until(&tasks, "o", &panicked.task_id, |v| v["status"] == "failed").await;
+        assert_eq!(v["error"]["code"], -32603);
+        let v = until(&tasks, "o", &tool_error.task_id, |v| v["status"] == "completed").await;
+        assert_eq!(v["result"]["isError"], true);
+    }
+
+    #[tokio::test]
+    async fn running_tasks_are_capped_per_owner() {
+        let tasks = Tasks::in_memory(settings());
+        let forever = || {
+            job(|h| async move {
+                h.cancellation().cancelled().await;
+                ok("")
+            })
+        };
+        for _ in 0..3 {
+            tasks.start("o".into(), forever()).await.unwrap();
+        }
+        let e = tasks.start("o".into(), forever()).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::INVALID_REQUEST);
+        assert!(e.message.contains("too many running tasks"));
+        tasks.start("other".into(), forever()).await.unwrap();
+        tasks.shutdown().await;
+        assert_eq!(tasks.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn shutdown_fails_running_tasks_with_a_reason() {
+        let tasks = Tasks::in_memory(settings());
+        let task = tasks
+            .start(
+                "o".into(),
+                job(|h| async move {
+                    h.cancellation().cancelled().await;
+                    ok("")
+                }),
+            )
+            .await
+            .unwrap();
+        tasks.shutdown().await;
+        let v = serde_json::to_value(tasks.get("o", &task.task_id).await.unwrap()).unwrap();
+        assert_eq!(v["status"], "failed");
+        assert!(v["error"]["message"].as_str().unwrap().contains("shut down"));
+    }
+
+    fn record(id: &str, status: TaskStatus, created_ms: u64, alive_ms: u64, ttl_ms: u64) -> TaskRecord {
+        TaskRecord {
+            id: id.into(),
+            owner: "o".into(),
+            status,
+            message: None,
+            created_at: timestamp(),
+            updated_at: timestamp(),
+            created_ms,
+            alive_ms,
+            ttl_ms,
+            poll_ms: 100,
+            pending: JsonObject::new(),
+            answers: JsonObject::new(),
+            result: None,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_runner_went_silent_reads_as_failed_and_old_tasks_expire() {
+        let store = Arc::new(MemoryStore::default());
+        let tasks = Tasks::new(store.clone(), settings());
+        let now = now_ms();
+        let silent = now - STALE_AFTER.as_millis() as u64 - 1_000;
+        store
+            .create(&record("orphan", TaskStatus::Working, silent, silent, 600_000))
+            .await
+            .unwrap();
+        store
+            .create(&record("old", TaskStatus::Completed, now - 2_000, now - 2_000, 1_000))
+            .await
+            .unwrap();
+        store
+            .create(&record("fresh", TaskStatus::Working, now, now, 600_000))
+            .await
+            .unwrap();
+        let v = serde_json::to_value(tasks.get("o", "orphan").await.unwrap()).unwrap();
+        assert_eq!(v["status"], "failed");
+        assert!(v["error"]["message"].as_str().unwrap().contains("stopped"));
+        assert_eq!(tasks.get("o", "old").await.unwrap_err().code, ErrorCode::INVALID_PARAMS);
+        assert!(
+            store.load("old").await.unwrap().is_none(),
+            "expired records are deleted"
+        );
+        let v = serde_json::to_value(tasks.get("o", "fresh").await.unwrap()).unwrap();
+        assert_eq!(v["status"], "working");
+    }
+
+    /// A store that refuses records over a size, as the KV store does.
+    struct Small(MemoryStore);
+
+    impl TaskStore for Small {
+        fn create<'a>(&'a self, r: &'a TaskRecord) -> StoreFuture<'a, u64> {
+            self.0.create(r)
+        }
+        fn load<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<(TaskRecord, u64)>> {
+            self.0.load(id)
+        }
+        fn replace<'a>(&'a self, r: &'a TaskRecord, rev: u64) -> StoreFuture<'a, Option<u64>> {
+            let n = serde_json::to_vec(r).unwrap().len();
+            if n > 2048 {
+                return Box::pin(async move { Err(StoreError::TooLarge(n)) });
+            }
+            self.0.replace(r, rev)
+        }
+        fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+            self.0.delete(id)
+        }
+        fn signal<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+            self.0.signal(id)
+        }
+        fn signals<'a>(&'a self, id: &'a str) -> StoreFuture<'a, mpsc::Receiver<()>> {
+            self.0.signals(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_too_large_to_keep_fails_the_task() {
+        let tasks = Tasks::new(Arc::new(Small(MemoryStore::default())), settings());
+        let task = tasks
+            .start("o".into(), job(|_| async { ok(&"x".repeat(10_000)) }))
+            .await
+            .unwrap();
+        let v = until(&tasks, "o", &task.task_id, |v| v["status"] != "working").await;
+        assert_eq!(v["status"], "failed");
+        assert!(v["error"]["message"].as_str().unwrap().contains("too large"));
+    }
+
+    #[test]
+    fn task_support_is_marked_on_the_definition() {
+        let tool = rmcp::model::Tool::new("t", "d", JsonObject::new());
+        let marked = TaskSupport::Optional.mark(tool.clone());
+        let v = serde_json::to_value(&marked).unwrap();
+        assert_eq!(v["_meta"]["io.modelcontextprotocol/tasks"]["taskSupport"], "optional");
+        assert!(
+            serde_json::to_value(TaskSupport::Forbidden.mark(tool))
+                .unwrap()
+                .get("_meta")
+                .is_none()
+        );
+        let e = serde_json::to_value(extension_required()).unwrap();
+        assert_eq!(e["code"], -32021);
+        assert!(e["data"]["requiredCapabilities"]["extensions"]["io.modelcontextprotocol/tasks"].is_object());
+    }
+}

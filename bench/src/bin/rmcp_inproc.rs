@@ -125,8 +125,14 @@ async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) ->
     let cancel = CancellationToken::new();
     let hub = ListenHub::default();
     let profile = config.profile;
+    // One process: the tasks live in its memory.
+    let tasks = tools::tasks::Tasks::in_memory(tools::tasks::TaskSettings::default());
     let service = StreamableHttpService::new(
-        move || Ok(McpServer::new(profile, Some(bench::inproc_caller())).with_listen_hub(hub.clone())),
+        move || {
+            Ok(McpServer::new(profile, Some(bench::inproc_caller()))
+                .with_listen_hub(hub.clone())
+                .with_tasks(tasks.clone()))
+        },
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))

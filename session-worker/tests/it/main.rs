@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use testkit::{NatsServer, eventually};
 
 mod takeover;
+mod tasks;
 mod vault;
 
 fn config(nats: &NatsServer) -> session_worker::Config {
