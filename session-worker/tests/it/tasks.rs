@@ -3,6 +3,8 @@
 //! signals reaching a listener, and two runtimes on one bucket (one runs the
 //! task, the other answers `tasks/get` and `tasks/cancel`, as two workers do).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
