@@ -239,6 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                     }
                 }
                 _ = interval.tick() => {
+                    metrics.tasks_running.set(shared.tasks.running() as i64);
                     match leases.tick().await {
                         Ok(owned) => {
                             if let Err(err) = subs.apply(&owned).await {

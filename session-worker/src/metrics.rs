@@ -15,6 +15,8 @@ pub struct Metrics {
     pub stateless_inflight: IntGauge,
     /// Server→client messages published, by route.
     pub outbound: IntCounterVec,
+    /// MCP tasks running in this worker (sampled every lease round).
+    pub tasks_running: IntGauge,
 }
 
 impl Metrics {
@@ -37,6 +39,7 @@ impl Metrics {
                 Opts::new("mcp_worker_outbound_messages_total", "server to client messages"),
                 &["route"],
             )?,
+            tasks_running: IntGauge::new("mcp_worker_tasks_running", "MCP tasks running in this worker")?,
         };
         registry.register(Box::new(m.actors.clone()))?;
         registry.register(Box::new(m.sessions_opened.clone()))?;
@@ -46,6 +49,7 @@ impl Metrics {
         registry.register(Box::new(m.owned_shards.clone()))?;
         registry.register(Box::new(m.stateless_inflight.clone()))?;
         registry.register(Box::new(m.outbound.clone()))?;
+        registry.register(Box::new(m.tasks_running.clone()))?;
         Ok(m)
     }
 }

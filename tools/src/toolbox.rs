@@ -308,9 +308,13 @@ impl Toolbox {
             }
             (_, None) => return Some(Ok(tool_error(crate::policy::Denial::Unauthenticated.to_string()).into())),
         };
-        let as_task = crate::tasks::wants_task(rcx);
-        match (entry.task_support, tasks) {
-            (TaskSupport::Optional | TaskSupport::Required, Some(tasks)) if as_task => {
+        // Only a tool that can run as a task looks at the request's capabilities (not free).
+        let runtime = match entry.task_support {
+            TaskSupport::Forbidden => None,
+            _ => tasks.filter(|_| crate::tasks::wants_task(rcx)),
+        };
+        match (entry.task_support, runtime) {
+            (TaskSupport::Optional | TaskSupport::Required, Some(tasks)) => {
                 let owner = owner_of(Some(caller));
                 let (tool, caller, vault) = (entry.tool.clone(), caller.clone(), vault.cloned());
                 let job: Job = Box::new(move |handle| {
