@@ -63,6 +63,8 @@ pub struct Shared {
     pub owners: async_nats::jetstream::kv::Store,
     /// The MCP tasks this worker runs, over [`crate::tasks::KvTaskStore`].
     pub tasks: tools::tasks::Tasks,
+    /// Whether heartbeats allow serving the shards now ([`crate::liveness`]).
+    pub fence: Arc<crate::liveness::Fence>,
     /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL`.
     pub max_sessions_per_principal: usize,
     /// `WORKER_MAX_RECORD_BYTES`.

@@ -30,6 +30,10 @@ pub const ENV_ALLOWED_EMAILS: &str = "ALLOWED_EMAILS";
 pub const ENV_TOOL_POLICY_FILE: &str = "TOOL_POLICY_FILE";
 pub const ENV_SESSIONS_MAX_BYTES: &str = "WORKER_SESSIONS_MAX_BYTES";
 pub const DEFAULT_SESSIONS_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+pub const ENV_HEARTBEAT_MS: &str = "WORKER_HEARTBEAT_MS";
+pub const DEFAULT_HEARTBEAT_MS: u64 = 200;
+pub const ENV_DEAD_AFTER_MS: &str = "WORKER_DEAD_AFTER_MS";
+pub const DEFAULT_DEAD_AFTER_MS: u64 = 1000;
 pub const ENV_TASK_TTL: &str = "WORKER_TASK_TTL";
 pub const DEFAULT_TASK_TTL_SECS: u64 = 3600;
 pub const ENV_TASK_POLL_INTERVAL_MS: &str = "WORKER_TASK_POLL_INTERVAL_MS";
@@ -88,6 +92,13 @@ pub struct Config {
     /// limit new sessions are refused rather than the store growing without bound.
     #[arg(long, env = ENV_SESSIONS_MAX_BYTES, default_value_t = DEFAULT_SESSIONS_MAX_BYTES)]
     pub sessions_max_bytes: i64,
+    /// Milliseconds between this worker's heartbeats (see `liveness`).
+    #[arg(long, env = ENV_HEARTBEAT_MS, default_value_t = DEFAULT_HEARTBEAT_MS)]
+    pub heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which a worker is dead and its shards
+    /// are taken over; a worker stops serving 0.6 of it after its last good heartbeat.
+    #[arg(long, env = ENV_DEAD_AFTER_MS, default_value_t = DEFAULT_DEAD_AFTER_MS)]
+    pub dead_after_ms: u64,
     /// Seconds an MCP task (the tasks extension) and its result are kept after it
     /// was created (`ttlMs`).
     #[arg(long, env = ENV_TASK_TTL, default_value_t = DEFAULT_TASK_TTL_SECS)]
@@ -179,6 +190,14 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// Heartbeat and death-detection timing.
+    pub fn liveness(&self) -> crate::liveness::Timing {
+        crate::liveness::Timing {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            dead_after: Duration::from_millis(self.dead_after_ms),
+        }
+    }
+
     /// The settings of the worker's tasks runtime.
     pub fn task_settings(&self) -> tools::tasks::TaskSettings {
         tools::tasks::TaskSettings {
@@ -210,6 +229,17 @@ impl Config {
             });
         }
         for (ok, setting, reason) in [
+            (self.heartbeat_ms >= 10, ENV_HEARTBEAT_MS, "must be at least 10"),
+            (
+                self.dead_after_ms >= 3 * self.heartbeat_ms,
+                ENV_DEAD_AFTER_MS,
+                "must be at least three heartbeats",
+            ),
+            (
+                self.dead_after_ms < self.lease_ttl_secs.saturating_mul(1000),
+                ENV_DEAD_AFTER_MS,
+                "must be shorter than WORKER_LEASE_TTL",
+            ),
             (self.task_ttl_secs >= 1, ENV_TASK_TTL, "must be at least 1 second"),
             (
                 self.task_poll_interval_ms >= 1,

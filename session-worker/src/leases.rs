@@ -30,8 +30,6 @@ pub enum LeaseError {
     Bucket { bucket: &'static str, reason: String },
     #[error("cannot list {bucket}: {reason}")]
     List { bucket: &'static str, reason: String },
-    #[error("cannot heartbeat: {0}")]
-    Heartbeat(String),
 }
 
 pub struct Leases {
@@ -100,12 +98,14 @@ impl Leases {
         self.owned.keys().copied().collect()
     }
 
-    /// One round: heartbeat, renew, release extras, claim free shards.
+    /// The bucket of live workers, whose keys [`crate::liveness`] keeps fresh.
+    pub fn workers(&self) -> kv::Store {
+        self.workers.clone()
+    }
+
+    /// One round: renew, release extras, claim free shards. (Heartbeats are
+    /// [`crate::liveness`]'s.)
     pub async fn tick(&mut self) -> Result<BTreeSet<u16>, LeaseError> {
-        self.workers
-            .put(subjects::token(&self.worker_id), now_bytes())
-            .await
-            .map_err(|e| LeaseError::Heartbeat(e.to_string()))?;
         let live: Vec<String> = keys(&self.workers, subjects::WORKER_BUCKET).await?;
         let workers = live.len().max(1);
         let target = usize::from(SHARD_COUNT).div_ceil(workers);
@@ -265,6 +265,48 @@ impl Leases {
             .await
     }
 
+    /// Take the leases still naming `dead` (a worker presumed dead), each with
+    /// compare-and-set at the revision read, so of several survivors one wins each
+    /// shard and a lease the owner renewed meanwhile stays its own. Past our share
+    /// on purpose: a shard without an owner fails requests; the lease rounds even
+    /// the split. Returns whether we won any.
+    pub async fn take_from(&mut self, dead: &str) -> bool {
+        let Ok(keys) = keys(&self.leases, subjects::LEASE_BUCKET).await else {
+            return false;
+        };
+        let value = bytes::Bytes::from(self.worker_id.clone());
+        let leases = &self.leases;
+        let won: Vec<(u16, u64)> = futures::stream::iter(keys)
+            .map(|key| {
+                let value = value.clone();
+                async move {
+                    let n = key.strip_prefix("shard.")?.parse::<u16>().ok().filter(|n| *n < SHARD_COUNT)?;
+                    let entry = leases.entry(&key).await.ok()??;
+                    if entry.operation != kv::Operation::Put || entry.value != dead.as_bytes() {
+                        return None;
+                    }
+                    leases.update(&key, value, entry.revision).await.ok().map(|rev| (n, rev))
+                }
+            })
+            .buffer_unordered(KV_CONCURRENCY)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        if won.is_empty() {
+            return false;
+        }
+        info!(peer = dead, taken = won.len(), "took over a dead worker's shards");
+        self.owned.extend(won);
+        true
+    }
+
+    /// Drop every lease without touching the bucket (we were declared dead: others
+    /// may hold them now; whatever is still ours expires or is claimed again).
+    pub fn forget_all(&mut self) {
+        self.owned.clear();
+        self.releasing.clear();
+    }
+
     /// Give every lease back (graceful shutdown) so others take over at once.
     pub async fn release_all(&mut self) {
         let mut owned: Vec<(u16, u64)> = self.owned.drain().collect();
@@ -292,12 +334,4 @@ async fn keys(store: &kv::Store, bucket: &'static str) -> Result<Vec<String>, Le
         .try_collect()
         .await
         .map_err(|e| list(&e))
-}
-
-fn now_bytes() -> bytes::Bytes {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    bytes::Bytes::from(secs.to_string())
 }

@@ -18,6 +18,7 @@ pub mod actor;
 pub mod config;
 pub mod headers;
 pub mod leases;
+pub mod liveness;
 pub mod metrics;
 pub mod owners;
 pub mod router;
@@ -120,6 +121,10 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         config.task_settings(),
     );
     let mut leases = Leases::open(&js, &worker_id, config.lease_ttl()).await?;
+    let timing = config.liveness();
+    let fence = Arc::new(liveness::Fence::new(timing.fence()));
+    let (live_tx, mut live_rx) = tokio::sync::mpsc::channel(64);
+    let liveness_task = liveness::start(leases.workers(), &worker_id, timing, fence.clone(), live_tx).await?;
 
     let threads = if config.arbiters == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -163,6 +168,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         max_sessions_per_principal: config.max_sessions_per_principal,
         max_record_bytes: config.max_record_bytes,
         tasks: task_runtime,
+        fence: fence.clone(),
     });
     let router = Router::new(
         shared.clone(),
@@ -218,6 +224,32 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         loop {
             tokio::select! {
                 _ = &mut stop_rx => break,
+                Some(event) = live_rx.recv() => {
+                    let serve = match event {
+                        liveness::Event::Fenced => false,
+                        liveness::Event::Restored => true,
+                        liveness::Event::Evicted => {
+                            leases.forget_all();
+                            false
+                        }
+                        liveness::Event::Dead(peer) => {
+                            if !leases.take_from(&peer).await {
+                                continue;
+                            }
+                            fence.serving()
+                        }
+                    };
+                    if serve {
+                        if let Err(err) = subs.apply(&leases.owned()).await {
+                            warn!(error = %err, "cannot subscribe to shards");
+                        }
+                        let _ = shared.nats.flush().await;
+                    } else {
+                        subs.clear().await;
+                    }
+                    metrics.owned_shards.set(subs.owned() as i64);
+                    ready.store(subs.owned() > 0, Ordering::Relaxed);
+                }
                 Some(Ok(entry)) = lease_changes.next() => {
                     // Another worker released shards: take them now rather than at
                     // our next round, so none is long without an owner. Releases
@@ -229,7 +261,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                             _ => break,
                         }
                     }
-                    if leases.take_released(Leases::released(&entries)).await {
+                    if leases.take_released(Leases::released(&entries)).await && fence.serving() {
                         if let Err(err) = subs.apply(&leases.owned()).await {
                             warn!(error = %err, "cannot subscribe to shards");
                         }
@@ -242,7 +274,10 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                     metrics.tasks_running.set(shared.tasks.running() as i64);
                     match leases.tick().await {
                         Ok(owned) => {
-                            if let Err(err) = subs.apply(&owned).await {
+                            // Fenced: hold the leases (renewed if still ours), serve none.
+                            if !fence.serving() {
+                                subs.clear().await;
+                            } else if let Err(err) = subs.apply(&owned).await {
                                 warn!(error = %err, "cannot subscribe to shards");
                             }
                             let _ = shared.nats.flush().await;
@@ -260,6 +295,9 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         ready.store(false, Ordering::Relaxed);
         stateless_task.abort();
         changes_task.abort();
+        // Our key goes with the leases (release_all), not by a last heartbeat.
+        liveness_task.abort();
+        drop(live_rx);
         subs.clear().await;
         // Bounded: with NATS gone the KV deletes would each wait for a timeout.
         let _ = tokio::time::timeout(drain_timeout, leases.release_all()).await;

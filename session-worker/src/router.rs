@@ -56,6 +56,14 @@ impl Router {
 
     /// Handle one message from a shard subject.
     pub async fn handle_actor_message(self: &Arc<Self>, msg: async_nats::Message) {
+        // Fenced (heartbeats failing, or stalled past them): another worker may own
+        // this shard by now. Unanswered, the gateway's request goes to whoever
+        // answers, or times out; answering could run a request twice.
+        if !self.shared.fence.serving() {
+            self.shared.metrics.envelopes.with_label_values(&["any", "fenced"]).inc();
+            debug!(subject = %msg.subject, "fenced: envelope dropped");
+            return;
+        }
         let Some(reply) = msg.reply.clone() else {
             warn!(subject = %msg.subject, "envelope without reply subject ignored");
             return;

@@ -31,6 +31,8 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         max_sessions_per_principal: 100,
         max_record_bytes: 64 * 1024,
         sessions_max_bytes: 64 * 1024 * 1024,
+        heartbeat_ms: 200,
+        dead_after_ms: 1000,
         task_ttl_secs: 600,
         task_poll_interval_ms: 200,
         tasks_max_running: 32,

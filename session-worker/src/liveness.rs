@@ -1,0 +1,217 @@
+//! Fast failover: worker heartbeats, death detection and fencing.
+//!
+//! Shard leases (see [`crate::leases`]) live for `WORKER_LEASE_TTL` (10 s) and are
+//! renewed every third of it; waiting for a crashed worker's leases to expire would
+//! leave its sessions unserved for up to that long. Instead every worker writes its
+//! key in [`proto::subjects::WORKER_BUCKET`] every `WORKER_HEARTBEAT_MS` (compare-
+//! and-set on the key's revision) and watches the others' keys:
+//!
+//! - a peer not heard of for `WORKER_DEAD_AFTER_MS` is dead: its key is deleted (at
+//!   the revision last seen, so a late heartbeat of a live peer wins) and the
+//!   survivor whose delete landed takes its leases with compare-and-set at each
+//!   lease's revision (the lease rounds even the split afterwards);
+//! - **fencing**: a worker serves its shards only while its last *successful*
+//!   heartbeat was *sent* less than [`Fence::limit`] (0.6 × dead-after) ago. The
+//!   peers' clocks start when they *receive* that heartbeat, which is later, so the
+//!   worker stops serving (requests are dropped unanswered, subscriptions closed)
+//!   before any peer can take its shards. A worker that finds its key deleted
+//!   (declared dead while stalled, e.g. `SIGSTOP` or a partition) forgets all its
+//!   leases and starts over.
+//!
+//! JetStream is the only source of truth: every decision is a compare-and-set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use proto::subjects;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// When this worker may serve: set by successful heartbeats.
+#[derive(Debug)]
+pub struct Fence {
+    start: Instant,
+    /// Milliseconds since `start` at which the last successful heartbeat was sent.
+    last_ok_ms: AtomicU64,
+    limit: Duration,
+}
+
+impl Fence {
+    /// A fence that serves for `limit` after each successful heartbeat.
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            last_ok_ms: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Whether the worker may serve its shards now.
+    pub fn serving(&self) -> bool {
+        self.now_ms().saturating_sub(self.last_ok_ms.load(Ordering::Relaxed)) < self.limit.as_millis() as u64
+    }
+
+    fn renewed(&self, sent_ms: u64) {
+        self.last_ok_ms.fetch_max(sent_ms, Ordering::Relaxed);
+    }
+
+    /// Never serve again until the next successful heartbeat.
+    fn revoke(&self) {
+        self.last_ok_ms.store(0, Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
+/// What the liveness task tells the worker's main loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Heartbeats failed for longer than the fence: stop serving (keep the leases;
+    /// those nobody took are renewed when heartbeats work again).
+    Fenced,
+    /// Heartbeats work again after a fence.
+    Restored,
+    /// Our key was deleted: others declared us dead and may hold our shards. Forget
+    /// every lease and start over.
+    Evicted,
+    /// This peer (worker id) is dead: take its shards.
+    Dead(String),
+}
+
+/// Settings of [`start`].
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+}
+
+impl Timing {
+    /// How long after its last successful heartbeat a worker still serves.
+    pub fn fence(&self) -> Duration {
+        self.dead_after * 6 / 10
+    }
+}
+
+/// Write the first heartbeat, then keep beating and watching the peers. The task
+/// ends when `events` is closed.
+pub async fn start(
+    workers: kv::Store,
+    worker_id: &str,
+    timing: Timing,
+    fence: Arc<Fence>,
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let key = subjects::token(worker_id);
+    let value = bytes::Bytes::from(worker_id.to_owned());
+    let sent = fence.now_ms();
+    let rev = workers.put(&key, value.clone()).await?;
+    fence.renewed(sent);
+    let mut watch = workers.watch_all().await?;
+    let me = worker_id.to_owned();
+    Ok(tokio::spawn(async move {
+        let mut rev = Some(rev);
+        let mut fenced = false;
+        // key → (worker id, revision, when last heard of)
+        let mut peers: HashMap<String, (String, u64, Instant)> = HashMap::new();
+        let mut beat = tokio::time::interval(timing.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {}
+                entry = watch.next() => {
+                    match entry {
+                        Some(Ok(e)) if e.key != key => match e.operation {
+                            kv::Operation::Put => {
+                                let id = String::from_utf8_lossy(&e.value).into_owned();
+                                peers.insert(e.key.clone(), (id, e.revision, Instant::now()));
+                            }
+                            _ => {
+                                peers.remove(&e.key);
+                            }
+                        },
+                        Some(_) => {}
+                        None => {
+                            // The watch ended (NATS reconnect): open it again.
+                            match workers.watch_all().await {
+                                Ok(w) => watch = w,
+                                Err(err) => warn!(error = %err, "cannot watch workers"),
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+            if events.is_closed() {
+                break;
+            }
+            // Our heartbeat.
+            let sent = fence.now_ms();
+            let outcome = match rev {
+                Some(r) => workers.update(&key, value.clone(), r).await.map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                        None
+                    } else {
+                        Some(e.to_string())
+                    }
+                }),
+                None => workers.put(&key, value.clone()).await.map_err(|e| Some(e.to_string())),
+            };
+            match outcome {
+                Ok(r) => {
+                    rev = Some(r);
+                    fence.renewed(sent);
+                    if fenced {
+                        fenced = false;
+                        info!("heartbeats work again: serving");
+                        let _ = events.send(Event::Restored).await;
+                    }
+                }
+                Err(None) => {
+                    warn!(worker_id = %me, "declared dead by the other workers: giving up every shard");
+                    fence.revoke();
+                    rev = None;
+                    fenced = true;
+                    let _ = events.send(Event::Evicted).await;
+                }
+                Err(Some(err)) => {
+                    debug!(error = %err, "heartbeat failed");
+                    if !fenced && !fence.serving() {
+                        fenced = true;
+                        warn!(error = %err, "heartbeats failing: fenced, not serving");
+                        let _ = events.send(Event::Fenced).await;
+                    }
+                }
+            }
+            // The peers.
+            let dead: Vec<String> = peers
+                .iter()
+                .filter(|(_, (_, _, seen))| seen.elapsed() > timing.dead_after)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in dead {
+                if let Some((id, r, seen)) = peers.remove(&k) {
+                    info!(peer = %id, silent_ms = seen.elapsed().as_millis() as u64, "worker presumed dead");
+                    // At the revision last seen: a live peer's newer heartbeat wins, and
+                    // of several survivors only the one whose delete lands takes over.
+                    match workers.delete_expect_revision(&k, Some(r)).await {
+                        Ok(()) => {
+                            let _ = events.send(Event::Dead(id)).await;
+                        }
+                        Err(err) => debug!(peer = %id, error = %err, "not ours to declare dead"),
+                    }
+                }
+            }
+        }
+    }))
+}
