@@ -29,6 +29,8 @@ pub enum Kind {
     MethodNotAllowed,
     NoWorker,
     WorkerTimeout,
+    /// The worker that took the request was declared dead before answering.
+    WorkerGone,
     Draining,
     Internal,
 }
@@ -87,6 +89,11 @@ pub fn describe(kind: Kind) -> (StatusCode, i64, &'static str) {
             StatusCode::GATEWAY_TIMEOUT,
             SERVER_ERROR,
             "Session worker did not answer in time",
+        ),
+        WorkerGone => (
+            StatusCode::BAD_GATEWAY,
+            SERVER_ERROR,
+            "The session worker serving this request stopped before answering; it may or may not have run",
         ),
         Draining => (
             StatusCode::SERVICE_UNAVAILABLE,

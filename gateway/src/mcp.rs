@@ -32,7 +32,7 @@ use crate::auth::Validator;
 use crate::errors::{Kind, McpError, jsonrpc_error};
 use crate::guard::OriginPolicy;
 use crate::metrics::{Metrics, StreamGuard, method_label};
-use crate::relay::{Relay, RelayError, ReplyStream};
+use crate::relay::{Next, Relay, RelayError, ReplyStream};
 use crate::sse;
 
 pub use proto::mcp::{
@@ -662,9 +662,11 @@ async fn relay_request(
             }),
         )
     };
-    let ack = st
+    // Listen for deaths before sending, so one right after the acknowledgement counts.
+    let mut deaths = st.relay.deaths();
+    let (ack, worker) = st
         .relay
-        .send(subject, &env, trace)
+        .send_from(subject, &env, trace)
         .await
         .map_err(|e| relay_error(e).with_id(id.clone()))?;
     let deadline = tokio::time::Instant::now() + st.request_timeout;
@@ -675,10 +677,14 @@ async fn relay_request(
             if let Some(e) = ack_error(other, id.clone()) {
                 return Err(e);
             }
-            match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(first)) => first,
-                Ok(None) => return Err(McpError::new(Kind::Internal).with_id(id)),
-                Err(_) => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
+            match stream.next_from(worker.as_deref(), &mut deaths, deadline).await {
+                Next::Message(first) => first,
+                Next::Closed => return Err(McpError::new(Kind::Internal).with_id(id)),
+                Next::TimedOut => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
+                Next::WorkerGone => {
+                    warn!(worker = worker.as_deref().unwrap_or(""), "worker died before answering a request");
+                    return Err(McpError::new(Kind::WorkerGone).with_id(id));
+                }
             }
         }
     };
@@ -709,7 +715,7 @@ async fn relay_request(
         }
         return Ok(resp.content_type("application/json").body(first.message));
     }
-    let frames = reply_frames(first, stream, id, deadline);
+    let frames = reply_frames(first, stream, id, deadline, worker, deaths);
     Ok(sse::response(
         frames,
         st.keepalive,
@@ -727,24 +733,30 @@ fn reply_frames(
     stream: ReplyStream,
     id: Option<Value>,
     deadline: tokio::time::Instant,
+    worker: Option<String>,
+    deaths: tokio::sync::broadcast::Receiver<String>,
 ) -> impl futures::Stream<Item = Bytes> + Send + 'static {
     let first_frame = sse::message_event(&first.message, None);
-    let rest = futures::stream::unfold(Some((stream, id)), move |state| async move {
-        let (mut stream, id) = state?;
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(out)) if out.aborted => {
-                let err = jsonrpc_error(id.as_ref(), -32000, "the session ended before answering");
+    let rest = futures::stream::unfold(Some((stream, id, deaths)), move |state| {
+        let worker = worker.clone();
+        async move {
+            let (mut stream, id, mut deaths) = state?;
+            let end = |message: &str| {
+                let err = jsonrpc_error(id.as_ref(), -32000, message);
                 Some((sse::message_event(err.to_string().as_bytes(), None), None))
-            }
-            Ok(Some(out)) => {
-                let frame = sse::message_event(&out.message, None);
-                let next = if out.last { None } else { Some((stream, id)) };
-                Some((frame, next))
-            }
-            Ok(None) => None,
-            Err(_) => {
-                let err = jsonrpc_error(id.as_ref(), -32000, "request timed out");
-                Some((sse::message_event(err.to_string().as_bytes(), None), None))
+            };
+            match stream.next_from(worker.as_deref(), &mut deaths, deadline).await {
+                Next::Message(out) if out.aborted => end("the session ended before answering"),
+                Next::Message(out) => {
+                    let frame = sse::message_event(&out.message, None);
+                    let next = if out.last { None } else { Some((stream, id, deaths)) };
+                    Some((frame, next))
+                }
+                Next::Closed => None,
+                Next::TimedOut => end("request timed out"),
+                Next::WorkerGone => end(
+                    "the session worker serving this request stopped before answering; it may or may not have run",
+                ),
             }
         }
     });

@@ -15,7 +15,7 @@ use async_nats::{HeaderMap, RequestErrorKind};
 use futures::StreamExt;
 use proto::trace::TraceParent;
 use proto::{Ack, Envelope, Outbound, subjects};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -52,6 +52,18 @@ pub struct Relay {
     ack_timeout: Duration,
     no_responders_retry: Duration,
     metrics: Metrics,
+    /// Keys of workers declared dead (deleted from [`subjects::WORKER_BUCKET`]).
+    deaths: broadcast::Sender<String>,
+}
+
+/// What ended the wait for a request's next message.
+#[derive(Debug)]
+pub enum Next {
+    Message(Outbound),
+    /// The worker serving the request was declared dead.
+    WorkerGone,
+    TimedOut,
+    Closed,
 }
 
 /// The messages answering one request, until the last one.
@@ -65,6 +77,30 @@ pub struct ReplyStream {
 impl ReplyStream {
     pub async fn next(&mut self) -> Option<Outbound> {
         self.rx.recv().await
+    }
+
+    /// The next message, unless the deadline passes or the worker that acknowledged
+    /// the request (`worker`, its key) is declared dead first.
+    pub async fn next_from(
+        &mut self,
+        worker: Option<&str>,
+        deaths: &mut broadcast::Receiver<String>,
+        deadline: tokio::time::Instant,
+    ) -> Next {
+        let timeout = tokio::time::sleep_until(deadline);
+        tokio::pin!(timeout);
+        loop {
+            tokio::select! {
+                biased;
+                m = self.rx.recv() => return m.map_or(Next::Closed, Next::Message),
+                _ = &mut timeout => return Next::TimedOut,
+                dead = deaths.recv(), if worker.is_some() => match dead {
+                    Ok(key) if Some(key.as_str()) == worker => return Next::WorkerGone,
+                    Err(broadcast::error::RecvError::Closed) => return self.rx.recv().await.map_or(Next::Closed, Next::Message),
+                    _ => {}
+                },
+            }
+        }
     }
 }
 
@@ -85,6 +121,7 @@ impl Relay {
         metrics: Metrics,
     ) -> Result<(Arc<Self>, JoinHandle<()>), async_nats::SubscribeError> {
         let mut sub = nats.subscribe(subjects::reply_filter(&gateway_id)).await?;
+        let (deaths, _) = broadcast::channel(256);
         let relay = Arc::new(Self {
             nats,
             gateway_id,
@@ -93,7 +130,9 @@ impl Relay {
             ack_timeout,
             no_responders_retry,
             metrics,
+            deaths,
         });
+        tokio::spawn(watch_deaths(Arc::downgrade(&relay)));
         let weak = Arc::downgrade(&relay);
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
@@ -141,8 +180,23 @@ impl Relay {
         }
     }
 
+    /// Workers declared dead from now on (their keys).
+    pub fn deaths(&self) -> broadcast::Receiver<String> {
+        self.deaths.subscribe()
+    }
+
     /// Send an envelope and wait for the worker's acknowledgement.
     pub async fn send(&self, subject: String, env: &Envelope, trace: &TraceParent) -> Result<Ack, RelayError> {
+        self.send_from(subject, env, trace).await.map(|(ack, _)| ack)
+    }
+
+    /// [`Relay::send`], also returning which worker acknowledged (its key).
+    pub async fn send_from(
+        &self,
+        subject: String,
+        env: &Envelope,
+        trace: &TraceParent,
+    ) -> Result<(Ack, Option<String>), RelayError> {
         let payload: bytes::Bytes = env.to_bytes().map_err(|e| RelayError::Encode(e.to_string()))?.into();
         let max = self.nats.server_info().max_payload;
         if max > 0 && payload.len() > max {
@@ -179,7 +233,14 @@ impl Relay {
                         .nats_rtt
                         .with_label_values(&[kind])
                         .observe(started.elapsed().as_secs_f64());
-                    return Ack::from_bytes(&msg.payload).map_err(|e| RelayError::Decode(e.to_string()));
+                    let worker = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(subjects::WORKER_HEADER))
+                        .map(|v| v.as_str().to_owned());
+                    return Ack::from_bytes(&msg.payload)
+                        .map(|ack| (ack, worker))
+                        .map_err(|e| RelayError::Decode(e.to_string()));
                 }
                 Ok(Err(err)) => match err.kind() {
                     RequestErrorKind::NoResponders => {
@@ -211,5 +272,37 @@ impl Relay {
             .map_err(|_| RelayError::TimedOut(self.ack_timeout))?
             .map_err(|e| RelayError::Nats(e.to_string()))?;
         Ok(sub)
+    }
+}
+
+/// Follow [`subjects::WORKER_BUCKET`]: a deleted key is a worker declared dead (or
+/// one that finished draining); tell the requests it was serving. The bucket is
+/// the workers'; until it exists, look again every second.
+/// Ends once the relay is dropped (checked at every entry: heartbeats come often).
+async fn watch_deaths(relay: std::sync::Weak<Relay>) {
+    let Some(js) = relay.upgrade().map(|r| async_nats::jetstream::new(r.nats.clone())) else {
+        return;
+    };
+    loop {
+        if let Ok(kv) = js.get_key_value(subjects::WORKER_BUCKET).await
+            && let Ok(mut watch) = kv.watch_all().await
+        {
+            while let Some(entry) = watch.next().await {
+                let Some(relay) = relay.upgrade() else { return };
+                if let Ok(e) = entry
+                    && matches!(
+                        e.operation,
+                        async_nats::jetstream::kv::Operation::Delete | async_nats::jetstream::kv::Operation::Purge
+                    )
+                {
+                    debug!(worker = %e.key, "worker gone");
+                    let _ = relay.deaths.send(e.key);
+                }
+            }
+        }
+        if relay.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

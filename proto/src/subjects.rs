@@ -29,6 +29,11 @@ pub const WORKER_BUCKET: &str = "mcp_workers";
 pub const SESSION_BUCKET: &str = "mcp_sessions";
 /// JetStream KV bucket of the live session ids of each principal (for the cap).
 pub const PRINCIPAL_SESSIONS_BUCKET: &str = "mcp_principal_sessions";
+/// NATS header on a worker's acknowledgement: the worker's key in
+/// [`WORKER_BUCKET`] (`token(worker id)`), so a gateway can tell when the worker
+/// serving its request is declared dead (the key is deleted).
+pub const WORKER_HEADER: &str = "Mcp-Worker";
+
 /// JetStream KV bucket of MCP tasks (`<task id>` → `tools::tasks::TaskRecord`, JSON).
 pub const TASK_BUCKET: &str = "mcp_tasks";
 /// "The record of task `<id>` changed" (`mcp.task.<id>`), for the worker running it.

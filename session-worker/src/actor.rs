@@ -44,6 +44,15 @@ pub const ACK_DELAY: Duration = Duration::from_millis(20);
 /// How often an actor checks whether it has been idle too long, at most.
 const IDLE_CHECK_MAX: Duration = Duration::from_secs(30);
 
+impl Shared {
+    /// Headers of an acknowledgement: which worker took the envelope.
+    pub fn ack_headers(&self) -> async_nats::HeaderMap {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(subjects::WORKER_HEADER, self.worker_key.as_str());
+        h
+    }
+}
+
 /// What every actor shares: connections, settings, metrics, the registry.
 pub struct Shared {
     pub nats: async_nats::Client,
@@ -65,6 +74,9 @@ pub struct Shared {
     pub tasks: tools::tasks::Tasks,
     /// Whether heartbeats allow serving the shards now ([`crate::liveness`]).
     pub fence: Arc<crate::liveness::Fence>,
+    /// This worker's key in [`subjects::WORKER_BUCKET`], sent with every
+    /// acknowledgement ([`subjects::WORKER_HEADER`]).
+    pub worker_key: String,
     /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL`.
     pub max_sessions_per_principal: usize,
     /// `WORKER_MAX_RECORD_BYTES`.
@@ -282,6 +294,8 @@ enum Dest {
 
 enum PubOp {
     Publish { subject: String, payload: Vec<u8> },
+    /// An acknowledgement: published with [`Shared::ack_headers`].
+    Ack { subject: String, payload: Vec<u8> },
     Persist { payload: Vec<u8> },
 }
 
@@ -598,7 +612,7 @@ impl SessionActor {
         match ack.to_bytes() {
             Ok(payload) => {
                 if let Some(p) = &self.publisher {
-                    let _ = p.send(PubOp::Publish {
+                    let _ = p.send(PubOp::Ack {
                         subject: reply,
                         payload,
                     });
@@ -705,6 +719,15 @@ fn spawn_publisher(shared: Arc<Shared>, id: String, mut revision: Option<u64>) -
                 PubOp::Publish { subject, payload } => {
                     if let Err(err) = shared.nats.publish(subject, payload.into()).await {
                         warn!(session_id = %id, error = %err, "publish failed");
+                    }
+                }
+                PubOp::Ack { subject, payload } => {
+                    if let Err(err) = shared
+                        .nats
+                        .publish_with_headers(subject, shared.ack_headers(), payload.into())
+                        .await
+                    {
+                        warn!(session_id = %id, error = %err, "ack publish failed");
                     }
                 }
                 PubOp::Persist { payload } => {

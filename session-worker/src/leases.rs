@@ -307,7 +307,8 @@ impl Leases {
         self.releasing.clear();
     }
 
-    /// Give every lease back (graceful shutdown) so others take over at once.
+    /// Give every lease back (graceful shutdown) so others take over at once; the
+    /// worker key stays until [`Leases::leave`].
     pub async fn release_all(&mut self) {
         let mut owned: Vec<(u16, u64)> = self.owned.drain().collect();
         owned.append(&mut self.releasing);
@@ -317,6 +318,12 @@ impl Leases {
                 let _ = leases.delete_expect_revision(subjects::lease_key(n), Some(rev)).await;
             })
             .await;
+    }
+
+    /// Remove our key from the live workers, last thing in a drain: gateways take
+    /// the deletion for "this worker will not answer", so it comes only after the
+    /// in-flight requests were answered.
+    pub async fn leave(&self) {
         let _ = self.workers.delete(subjects::token(&self.worker_id)).await;
     }
 }

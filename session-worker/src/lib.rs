@@ -169,6 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         max_record_bytes: config.max_record_bytes,
         tasks: task_runtime,
         fence: fence.clone(),
+        worker_key: proto::subjects::token(&worker_id),
     });
     let router = Router::new(
         shared.clone(),
@@ -295,9 +296,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         ready.store(false, Ordering::Relaxed);
         stateless_task.abort();
         changes_task.abort();
-        // Our key goes with the leases (release_all), not by a last heartbeat.
-        liveness_task.abort();
-        drop(live_rx);
+        // Heartbeats go on until the in-flight requests are answered (below).
         subs.clear().await;
         // Bounded: with NATS gone the KV deletes would each wait for a timeout.
         let _ = tokio::time::timeout(drain_timeout, leases.release_all()).await;
@@ -311,6 +310,9 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         }
         // Tasks still running here end as failed, saying why, rather than going stale.
         let _ = tokio::time::timeout(drain_timeout, shared.tasks.shutdown()).await;
+        liveness_task.abort();
+        drop(live_rx);
+        let _ = tokio::time::timeout(Duration::from_secs(2), leases.leave()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.nats.flush()).await;
         admin_handle.stop(true).await;
         let _ = admin_task.await;

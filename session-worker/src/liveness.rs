@@ -155,6 +155,7 @@ pub async fn start(
             if events.is_closed() {
                 break;
             }
+            // (During a drain nobody reads the events: beating goes on regardless.)
             // Our heartbeat.
             let sent = fence.now_ms();
             let outcome = match rev {
@@ -174,7 +175,7 @@ pub async fn start(
                     if fenced {
                         fenced = false;
                         info!("heartbeats work again: serving");
-                        let _ = events.send(Event::Restored).await;
+                        send(&events, Event::Restored);
                     }
                 }
                 Err(None) => {
@@ -182,14 +183,14 @@ pub async fn start(
                     fence.revoke();
                     rev = None;
                     fenced = true;
-                    let _ = events.send(Event::Evicted).await;
+                    send(&events, Event::Evicted);
                 }
                 Err(Some(err)) => {
                     debug!(error = %err, "heartbeat failed");
                     if !fenced && !fence.serving() {
                         fenced = true;
                         warn!(error = %err, "heartbeats failing: fenced, not serving");
-                        let _ = events.send(Event::Fenced).await;
+                        send(&events, Event::Fenced);
                     }
                 }
             }
@@ -206,7 +207,7 @@ pub async fn start(
                     // of several survivors only the one whose delete lands takes over.
                     match workers.delete_expect_revision(&k, Some(r)).await {
                         Ok(()) => {
-                            let _ = events.send(Event::Dead(id)).await;
+                            send(&events, Event::Dead(id));
                         }
                         Err(err) => debug!(peer = %id, error = %err, "not ours to declare dead"),
                     }
@@ -214,4 +215,12 @@ pub async fn start(
             }
         }
     }))
+}
+
+/// Never wait on the main loop: a heartbeat late because the loop is busy (or gone,
+/// in a drain) would get this worker declared dead.
+fn send(events: &mpsc::Sender<Event>, event: Event) {
+    if let Err(err) = events.try_send(event) {
+        warn!(error = %err, "liveness event not delivered");
+    }
 }

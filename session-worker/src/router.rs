@@ -99,7 +99,7 @@ impl Router {
         self.shared.metrics.envelopes.with_label_values(&[kind, outcome]).inc();
         // `None`: the actor acknowledges, with the first answer when it is quick.
         if let Some(ack) = ack {
-            respond(&self.shared.nats, reply, &ack).await;
+            respond(&self.shared, reply, &ack).await;
         }
     }
 
@@ -446,13 +446,13 @@ impl Router {
             Ok(env) => env,
             Err(err) => {
                 warn!(error = %err, "undecodable stateless envelope");
-                respond(&self.shared.nats, reply, &rejected(INVALID_REQUEST, &err.to_string())).await;
+                respond(&self.shared, reply, &rejected(INVALID_REQUEST, &err.to_string())).await;
                 return;
             }
         };
         let Body::Stateless { message, route } = env.body else {
             respond(
-                &self.shared.nats,
+                &self.shared,
                 reply,
                 &rejected(INVALID_REQUEST, "expected a stateless request"),
             )
@@ -462,13 +462,13 @@ impl Router {
         let message = match parse(&message) {
             Ok(m) => m,
             Err(ack) => {
-                respond(&self.shared.nats, reply, &ack).await;
+                respond(&self.shared, reply, &ack).await;
                 return;
             }
         };
         if let Err(mismatch) = self.check_param_headers(&env.principal, &env.headers, &message) {
             respond(
-                &self.shared.nats,
+                &self.shared,
                 reply,
                 &rejected(HEADER_MISMATCH, &mismatch.to_string()),
             )
@@ -476,7 +476,7 @@ impl Router {
             return;
         }
         let Ok(permit) = self.stateless_slots.clone().try_acquire_owned() else {
-            respond(&self.shared.nats, reply, &rejected(-32000, "worker is at capacity")).await;
+            respond(&self.shared, reply, &rejected(-32000, "worker is at capacity")).await;
             return;
         };
         self.shared
@@ -545,10 +545,16 @@ fn rejected(code: i64, message: &str) -> Ack {
     }
 }
 
-pub(crate) async fn respond(nats: &async_nats::Client, reply: async_nats::Subject, ack: &Ack) {
+/// Acknowledge an envelope, naming this worker ([`subjects::WORKER_HEADER`]) so the
+/// gateway notices if it dies before answering.
+pub(crate) async fn respond(shared: &Shared, reply: async_nats::Subject, ack: &Ack) {
     match ack.to_bytes() {
         Ok(bytes) => {
-            if let Err(err) = nats.publish(reply, bytes.into()).await {
+            if let Err(err) = shared
+                .nats
+                .publish_with_headers(reply, shared.ack_headers(), bytes.into())
+                .await
+            {
                 warn!(error = %err, "cannot send ack");
             }
         }

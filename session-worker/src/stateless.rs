@@ -35,7 +35,7 @@ pub async fn serve(
     let ClientJsonRpcMessage::Request(request) = &message else {
         // Notifications and responses have nothing to answer without a session.
         if let Some(reply) = ack_to.take() {
-            respond(&shared.nats, reply, &Ack::Accepted).await;
+            respond(&shared, reply, &Ack::Accepted).await;
         }
         return;
     };
@@ -65,7 +65,7 @@ pub async fn serve(
     if in_tx.send(message).is_err() {
         ct.cancel();
         if let Some(reply) = ack_to.take() {
-            respond(&shared.nats, reply, &Ack::First(Outbound::aborted(1))).await;
+            respond(&shared, reply, &Ack::First(Outbound::aborted(1))).await;
         }
         return;
     }
@@ -84,7 +84,7 @@ pub async fn serve(
             m = out_rx.recv() => m,
             _ = &mut ack_wait, if ack_to.is_some() => {
                 if let Some(reply) = ack_to.take() {
-                    respond(&shared.nats, reply, &Ack::Accepted).await;
+                    respond(&shared, reply, &Ack::Accepted).await;
                 }
                 continue;
             }
@@ -96,7 +96,7 @@ pub async fn serve(
         seq += 1;
         let Some(message) = next else {
             match ack_to.take() {
-                Some(reply) => respond(&shared.nats, reply, &Ack::First(Outbound::aborted(seq))).await,
+                Some(reply) => respond(&shared, reply, &Ack::First(Outbound::aborted(seq))).await,
                 None => {
                     if let Some(subject) = &subject {
                         publish(&shared, subject, Outbound::aborted(seq)).await;
@@ -118,7 +118,7 @@ pub async fn serve(
                 let out = Outbound::new(seq, payload, last).with_step_up(tools::step_up_scopes(&message));
                 match ack_to.take() {
                     // The first answer rides on the acknowledgement.
-                    Some(reply) => respond(&shared.nats, reply, &Ack::First(out)).await,
+                    Some(reply) => respond(&shared, reply, &Ack::First(out)).await,
                     None => {
                         if let Some(subject) = &subject {
                             publish(&shared, subject, out).await;

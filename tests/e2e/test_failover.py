@@ -110,3 +110,50 @@ def test_a_stalled_worker_is_fenced_when_it_resumes(pair: Cluster) -> None:
         # And the cluster goes on: every session answers, on whichever worker owns it now.
         assert all(ping(client, url, token, s, id=5) for s in sessions)
         assert survivor.proc is not None and survivor.proc.alive()
+
+
+@pytest.fixture()
+def fixture_pair(tmp_path: Path) -> Iterator[Cluster]:
+    from conftest import _running
+
+    yield from _running(Cluster(tmp_path, workers=2, profile="conformance"))
+
+
+def test_a_request_in_flight_on_a_killed_worker_is_answered_at_once(fixture_pair: Cluster) -> None:
+    """A 30 s tool call is running when its worker is killed: the gateway learns of the death
+    (the worker's key is deleted by the survivor) and answers the request with an error within
+    seconds, instead of holding it for GATEWAY_REQUEST_TIMEOUT (300 s)."""
+    import threading
+
+    cluster = fixture_pair
+    assert cluster.gateway is not None
+    url = cluster.gateway.mcp_url
+    token = cluster.mint("alice")
+    victim = cluster.workers[0]
+    answer: dict[str, object] = {}
+    with httpx.Client(timeout=60) as client:
+        sessions = [open_session(client, url, token) for _ in range(8)]
+        mine = owned_by(victim, sessions)
+        assert mine, "no session on the victim"
+
+        def slow_call() -> None:
+            call = rpc("tools/call", {"name": "slow_compute", "arguments": {"seconds": 30, "label": "doomed"}}, 7)
+            r = client.post(url, json=call, headers=headers(token, session=mine[0], version=SESSIONFUL_VERSION))
+            answer["status"] = r.status_code
+            answer["body"] = r.text
+            answer["at"] = time.monotonic()
+
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        time.sleep(1.0)  # the call is running on the victim
+        assert victim.proc is not None
+        victim.proc.kill()
+        killed = time.monotonic()
+        caller.join(timeout=30)
+        assert not caller.is_alive(), "the request was still held 30 s after its worker died"
+        took = float(answer["at"]) - killed  # type: ignore[arg-type]
+        print(f"\nin-flight request answered {took:.2f}s after its worker was killed: {answer['status']}")
+        assert answer["status"] == 502, answer
+        assert "stopped before answering" in str(answer["body"]), answer
+        # The session itself goes on, on the survivor.
+        assert ping(client, url, token, mine[0], id=8)
