@@ -98,11 +98,6 @@ impl Leases {
         self.owned.keys().copied().collect()
     }
 
-    /// The bucket of live workers, whose keys [`crate::liveness`] keeps fresh.
-    pub fn workers(&self) -> kv::Store {
-        self.workers.clone()
-    }
-
     /// One round: renew, release extras, claim free shards. (Heartbeats are
     /// [`crate::liveness`]'s.)
     pub async fn tick(&mut self) -> Result<BTreeSet<u16>, LeaseError> {

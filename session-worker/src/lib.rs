@@ -124,7 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
     let timing = config.liveness();
     let fence = Arc::new(liveness::Fence::new(timing.fence()));
     let (live_tx, mut live_rx) = tokio::sync::mpsc::channel(64);
-    let liveness_task = liveness::start(leases.workers(), &worker_id, timing, fence.clone(), live_tx).await?;
+    let liveness = liveness::start(&config.nats_url, &worker_id, timing, fence.clone(), live_tx).await?;
 
     let threads = if config.arbiters == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -310,7 +310,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         }
         // Tasks still running here end as failed, saying why, rather than going stale.
         let _ = tokio::time::timeout(drain_timeout, shared.tasks.shutdown()).await;
-        liveness_task.abort();
+        liveness.stop();
         drop(live_rx);
         let _ = tokio::time::timeout(Duration::from_secs(2), leases.leave()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.nats.flush()).await;

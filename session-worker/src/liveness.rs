@@ -29,7 +29,6 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use proto::subjects;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 /// When this worker may serve: set by successful heartbeats.
@@ -103,23 +102,92 @@ impl Timing {
     }
 }
 
-/// Write the first heartbeat, then keep beating and watching the peers. The task
-/// ends when `events` is closed.
+/// The heartbeat thread; [`Liveness::stop`] ends it.
+pub struct Liveness {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Liveness {
+    /// Stop beating (the key stays until deleted or expired).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Start heartbeating on a thread of its own, with its own NATS connection, so a
+/// busy worker (its runtime and connection full of requests) is not declared dead;
+/// returns once the first heartbeat is written.
 pub async fn start(
-    workers: kv::Store,
+    nats_url: &str,
     worker_id: &str,
     timing: Timing,
     fence: Arc<Fence>,
     events: mpsc::Sender<Event>,
-) -> anyhow::Result<JoinHandle<()>> {
-    let key = subjects::token(worker_id);
-    let value = bytes::Bytes::from(worker_id.to_owned());
+) -> anyhow::Result<Liveness> {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let (url, id) = (nats_url.to_owned(), worker_id.to_owned());
+    std::thread::Builder::new()
+        .name("liveness".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    let _ = first_tx.send(Err(err.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let workers = async {
+                    let nats = async_nats::ConnectOptions::new()
+                        .name(format!("session-worker {id} liveness"))
+                        .connect(url.as_str())
+                        .await?;
+                    let kv = async_nats::jetstream::new(nats).get_key_value(subjects::WORKER_BUCKET).await?;
+                    anyhow::Ok(kv)
+                };
+                let workers = match workers.await {
+                    Ok(kv) => kv,
+                    Err(err) => {
+                        let _ = first_tx.send(Err(err));
+                        return;
+                    }
+                };
+                run(workers, id, timing, fence, events, stopped, first_tx).await;
+            });
+        })?;
+    first_rx.await.map_err(|_| anyhow::anyhow!("the liveness thread ended"))??;
+    Ok(Liveness { stop })
+}
+
+async fn run(
+    workers: kv::Store,
+    me: String,
+    timing: Timing,
+    fence: Arc<Fence>,
+    events: mpsc::Sender<Event>,
+    stop: tokio_util::sync::CancellationToken,
+    first: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+) {
+    let key = subjects::token(&me);
+    let value = bytes::Bytes::from(me.clone());
     let sent = fence.now_ms();
-    let rev = workers.put(&key, value.clone()).await?;
+    let first_beat = async {
+        let rev = workers.put(&key, value.clone()).await?;
+        let watch = workers.watch_all().await?;
+        anyhow::Ok((rev, watch))
+    };
+    let (rev, mut watch) = match first_beat.await {
+        Ok(x) => x,
+        Err(err) => {
+            let _ = first.send(Err(err));
+            return;
+        }
+    };
     fence.renewed(sent);
-    let mut watch = workers.watch_all().await?;
-    let me = worker_id.to_owned();
-    Ok(tokio::spawn(async move {
+    let _ = first.send(Ok(()));
+    {
         let mut rev = Some(rev);
         let mut fenced = false;
         // key → (worker id, revision, when last heard of)
@@ -128,6 +196,7 @@ pub async fn start(
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = stop.cancelled() => break,
                 _ = beat.tick() => {}
                 entry = watch.next() => {
                     match entry {
@@ -214,7 +283,7 @@ pub async fn start(
                 }
             }
         }
-    }))
+    }
 }
 
 /// Never wait on the main loop: a heartbeat late because the loop is busy (or gone,
