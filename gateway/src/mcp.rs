@@ -651,7 +651,7 @@ async fn relay_request(
     } else {
         subjects::actor(&key)
     };
-    let env = Envelope {
+    let mut env = Envelope {
         trace: Some(trace.header_value()),
         headers: forwarded,
         ..Envelope::new(
@@ -664,26 +664,53 @@ async fn relay_request(
     };
     // Listen for deaths before sending, so one right after the acknowledgement counts.
     let mut deaths = st.relay.deaths();
-    let (ack, worker) = st
+    // A session's request whose worker died is sent again, flagged: the new owner
+    // answers from the request's record, or runs it if its first run never finished
+    // (see session_worker::records). Stateless requests are not retried.
+    let retryable = matches!(env.body, Body::Deliver { .. });
+    let mut retries = 0;
+    let (mut ack, mut worker) = st
         .relay
-        .send_from(subject, &env, trace)
+        .send_from(subject.clone(), &env, trace)
         .await
         .map_err(|e| relay_error(e).with_id(id.clone()))?;
     let deadline = tokio::time::Instant::now() + st.request_timeout;
-    let first = match ack {
-        // A quick answer comes with the acknowledgement.
-        Ack::First(first) => first,
-        other => {
-            if let Some(e) = ack_error(other, id.clone()) {
-                return Err(e);
-            }
-            match stream.next_from(worker.as_deref(), &mut deaths, deadline).await {
-                Next::Message(first) => first,
-                Next::Closed => return Err(McpError::new(Kind::Internal).with_id(id)),
-                Next::TimedOut => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
-                Next::WorkerGone => {
-                    warn!(worker = worker.as_deref().unwrap_or(""), "worker died before answering a request");
-                    return Err(McpError::new(Kind::WorkerGone).with_id(id));
+    let first = loop {
+        match ack {
+            // A quick answer comes with the acknowledgement.
+            Ack::First(first) => break first,
+            other => {
+                if let Some(e) = ack_error(other, id.clone()) {
+                    return Err(e);
+                }
+                match stream.next_from(worker.as_deref(), &mut deaths, deadline).await {
+                    Next::Message(first) => break first,
+                    Next::Closed => return Err(McpError::new(Kind::Internal).with_id(id)),
+                    Next::TimedOut => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
+                    Next::WorkerGone => {
+                        warn!(
+                            worker = worker.as_deref().unwrap_or(""),
+                            retries, "worker died before answering a request"
+                        );
+                        st.metrics
+                            .worker_gone
+                            .with_label_values(&[if retryable && retries < MAX_RETRIES {
+                                "retried"
+                            } else {
+                                "failed"
+                            }])
+                            .inc();
+                        if !retryable || retries >= MAX_RETRIES {
+                            return Err(McpError::new(Kind::WorkerGone).with_id(id));
+                        }
+                        retries += 1;
+                        env.retry = true;
+                        (ack, worker) = st
+                            .relay
+                            .send_from(subject.clone(), &env, trace)
+                            .await
+                            .map_err(|e| relay_error(e).with_id(id.clone()))?;
+                    }
                 }
             }
         }
@@ -727,6 +754,9 @@ async fn relay_request(
     ))
 }
 
+/// Times a session's request is sent again after its worker died.
+const MAX_RETRIES: u32 = 3;
+
 /// The SSE frames of one request's answer, ending after its final message.
 fn reply_frames(
     first: Outbound,
@@ -754,9 +784,9 @@ fn reply_frames(
                 }
                 Next::Closed => None,
                 Next::TimedOut => end("request timed out"),
-                Next::WorkerGone => end(
-                    "the session worker serving this request stopped before answering; it may or may not have run",
-                ),
+                Next::WorkerGone => {
+                    end("the session worker serving this request stopped before answering; it may or may not have run")
+                }
             }
         }
     });

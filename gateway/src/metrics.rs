@@ -43,6 +43,8 @@ pub struct Metrics {
     pub sessions_opened: IntGauge,
     /// Revoked grants and tokens this gateway currently refuses.
     pub revocations_held: IntGauge,
+    /// Requests whose worker was declared dead before answering, by what followed.
+    pub worker_gone: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,6 +92,13 @@ impl Metrics {
                 "mcp_gateway_revocations_held",
                 "revoked grants and access tokens known to this gateway and not yet expired",
             )?,
+            worker_gone: IntCounterVec::new(
+                Opts::new(
+                    "mcp_gateway_worker_gone_total",
+                    "requests whose worker died before answering, by outcome (retried, failed)",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -98,6 +107,7 @@ impl Metrics {
         registry.register(Box::new(m.auth_failures.clone()))?;
         registry.register(Box::new(m.sessions_opened.clone()))?;
         registry.register(Box::new(m.revocations_held.clone()))?;
+        registry.register(Box::new(m.worker_gone.clone()))?;
         Ok(m)
     }
 }

@@ -29,6 +29,11 @@ pub struct Envelope {
     /// `mcp-param-*` headers, checked against the tool's input schema.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
+    /// The gateway sends this envelope again because the worker that took it was
+    /// declared dead before answering: answer from the request's record if it has
+    /// one (see `session_worker::records`).
+    #[serde(default)]
+    pub retry: bool,
 }
 
 /// Where the worker sends the server→client messages that answer a request.
@@ -169,6 +174,7 @@ impl Envelope {
             key: key.into(),
             body,
             headers: Vec::new(),
+            retry: false,
         }
     }
 

@@ -34,6 +34,9 @@ pub const PRINCIPAL_SESSIONS_BUCKET: &str = "mcp_principal_sessions";
 /// serving its request is declared dead (the key is deleted).
 pub const WORKER_HEADER: &str = "Mcp-Worker";
 
+/// JetStream KV bucket of request records (`<session>.<request id>` → the final
+/// JSON-RPC answer), for retries after a worker died.
+pub const RESPONSE_BUCKET: &str = "mcp_responses";
 /// JetStream KV bucket of MCP tasks (`<task id>` → `tools::tasks::TaskRecord`, JSON).
 pub const TASK_BUCKET: &str = "mcp_tasks";
 /// "The record of task `<id>` changed" (`mcp.task.<id>`), for the worker running it.

@@ -77,6 +77,8 @@ pub struct Shared {
     /// This worker's key in [`subjects::WORKER_BUCKET`], sent with every
     /// acknowledgement ([`subjects::WORKER_HEADER`]).
     pub worker_key: String,
+    /// [`subjects::RESPONSE_BUCKET`] when request records are on ([`crate::records`]).
+    pub responses: Option<async_nats::jetstream::kv::Store>,
     /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL`.
     pub max_sessions_per_principal: usize,
     /// `WORKER_MAX_RECORD_BYTES`.
@@ -282,6 +284,8 @@ enum Target {
         subject: String,
         seq: u64,
         ack: Option<String>,
+        /// The key of the request's record, when its answer is recorded.
+        record: Option<String>,
     },
     Events,
 }
@@ -293,10 +297,28 @@ enum Dest {
 }
 
 enum PubOp {
-    Publish { subject: String, payload: Vec<u8> },
+    Publish {
+        subject: String,
+        payload: Vec<u8>,
+    },
+    /// A final answer to record (`create`) before it is published; if a record is
+    /// there already, that one is published instead.
+    Final {
+        key: String,
+        message: Vec<u8>,
+        seq: u64,
+        step_up: Vec<String>,
+        subject: String,
+        ack: Option<String>,
+    },
     /// An acknowledgement: published with [`Shared::ack_headers`].
-    Ack { subject: String, payload: Vec<u8> },
-    Persist { payload: Vec<u8> },
+    Ack {
+        subject: String,
+        payload: Vec<u8>,
+    },
+    Persist {
+        payload: Vec<u8>,
+    },
 }
 
 pub struct SessionActor {
@@ -432,6 +454,7 @@ impl SessionActor {
                             subject,
                             seq: 0,
                             ack: ack_to,
+                            record: crate::records::wanted(&self.shared, &self.id, &message),
                         }
                     }
                     Route::SessionEvents => Target::Events,
@@ -526,14 +549,23 @@ impl SessionActor {
         let Some(payload) = fit_bus(&self.shared.nats, &self.id, &message, payload) else {
             return;
         };
+        let mut record = None;
         let dest = match &owner {
             Some(id) if last => match self.routes.remove(id) {
-                Some(Target::Reply { subject, seq, ack }) => Dest::Subject(subject, seq + 1, ack),
+                Some(Target::Reply {
+                    subject,
+                    seq,
+                    ack,
+                    record: key,
+                }) => {
+                    record = key;
+                    Dest::Subject(subject, seq + 1, ack)
+                }
                 Some(Target::Drop) => Dest::Drop,
                 Some(Target::Events) | None => Dest::Events,
             },
             Some(id) => match self.routes.get_mut(id) {
-                Some(Target::Reply { subject, seq, ack }) => {
+                Some(Target::Reply { subject, seq, ack, .. }) => {
                     *seq += 1;
                     Dest::Subject(subject.clone(), *seq, ack.take())
                 }
@@ -547,6 +579,19 @@ impl SessionActor {
         }
         match dest {
             Dest::Drop => {}
+            Dest::Subject(subject, seq, ack) if record.is_some() => {
+                self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
+                if let (Some(p), Some(key)) = (&self.publisher, record) {
+                    let _ = p.send(PubOp::Final {
+                        key,
+                        step_up: tools::step_up_scopes(&message),
+                        message: payload,
+                        seq,
+                        subject,
+                        ack,
+                    });
+                }
+            }
             Dest::Subject(subject, seq, ack) => {
                 self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
                 let out = Outbound::new(seq, payload, last).with_step_up(tools::step_up_scopes(&message));
@@ -589,7 +634,7 @@ impl SessionActor {
     }
 
     fn abort(&mut self, target: Target) {
-        if let Target::Reply { subject, seq, ack } = target {
+        if let Target::Reply { subject, seq, ack, .. } = target {
             match ack {
                 Some(reply) => self.send_ack(reply, &proto::Ack::First(Outbound::aborted(seq + 1))),
                 None => self.send(subject, Outbound::aborted(seq + 1)),
@@ -707,6 +752,34 @@ pub(crate) fn fit_bus(
     serde_json::to_vec(&error).ok()
 }
 
+/// Record `message` as the final answer under `key`, unless an answer is recorded
+/// already (another execution of the same request finished first): then that one
+/// is the answer. A record that cannot be written does not hold the answer back.
+async fn record_final(shared: &Shared, session: &str, key: &str, message: Vec<u8>) -> Vec<u8> {
+    let Some(kv) = &shared.responses else {
+        return message;
+    };
+    match kv.create(key, message.clone().into()).await {
+        Ok(_) => message,
+        Err(err) if err.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+            match kv.get(key).await {
+                Ok(Some(recorded)) => {
+                    debug!(
+                        session_id = session,
+                        "request answered by an earlier execution's record"
+                    );
+                    recorded.to_vec()
+                }
+                _ => message,
+            }
+        }
+        Err(err) => {
+            warn!(session_id = session, error = %err, "cannot record the answer; answering anyway");
+            message
+        }
+    }
+}
+
 /// One task per session publishes in order: a record write completes before
 /// the reply that follows it is sent. Record writes are compare-and-swap at the
 /// revision this actor last wrote (`revision`), so a record someone else wrote in
@@ -718,6 +791,34 @@ fn spawn_publisher(shared: Arc<Shared>, id: String, mut revision: Option<u64>) -
             match op {
                 PubOp::Publish { subject, payload } => {
                     if let Err(err) = shared.nats.publish(subject, payload.into()).await {
+                        warn!(session_id = %id, error = %err, "publish failed");
+                    }
+                }
+                PubOp::Final {
+                    key,
+                    message,
+                    seq,
+                    step_up,
+                    subject,
+                    ack,
+                } => {
+                    let message = record_final(&shared, &id, &key, message).await;
+                    let out = Outbound::new(seq, message, true).with_step_up(step_up);
+                    let sent = match ack {
+                        Some(reply) => match proto::Ack::First(out).to_bytes() {
+                            Ok(b) => shared
+                                .nats
+                                .publish_with_headers(reply, shared.ack_headers(), b.into())
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        None => match out.to_bytes() {
+                            Ok(b) => shared.nats.publish(subject, b.into()).await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    };
+                    if let Err(err) = sent {
                         warn!(session_id = %id, error = %err, "publish failed");
                     }
                 }

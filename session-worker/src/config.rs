@@ -34,6 +34,11 @@ pub const ENV_HEARTBEAT_MS: &str = "WORKER_HEARTBEAT_MS";
 pub const DEFAULT_HEARTBEAT_MS: u64 = 200;
 pub const ENV_DEAD_AFTER_MS: &str = "WORKER_DEAD_AFTER_MS";
 pub const DEFAULT_DEAD_AFTER_MS: u64 = 1000;
+pub const ENV_REQUEST_RECORDS: &str = "WORKER_REQUEST_RECORDS";
+pub const ENV_RECORD_TTL: &str = "WORKER_RECORD_TTL";
+pub const DEFAULT_RECORD_TTL_SECS: u64 = 600;
+pub const ENV_RECORDS_MAX_BYTES: &str = "WORKER_RECORDS_MAX_BYTES";
+pub const DEFAULT_RECORDS_MAX_BYTES: i64 = 256 * 1024 * 1024;
 pub const ENV_TASK_TTL: &str = "WORKER_TASK_TTL";
 pub const DEFAULT_TASK_TTL_SECS: u64 = 3600;
 pub const ENV_TASK_POLL_INTERVAL_MS: &str = "WORKER_TASK_POLL_INTERVAL_MS";
@@ -99,6 +104,16 @@ pub struct Config {
     /// are taken over; a worker stops serving 0.6 of it after its last good heartbeat.
     #[arg(long, env = ENV_DEAD_AFTER_MS, default_value_t = DEFAULT_DEAD_AFTER_MS)]
     pub dead_after_ms: u64,
+    /// Record the answers of state-changing tool calls so a retry after a worker
+    /// died is answered, not run twice (see `records`).
+    #[arg(long, env = ENV_REQUEST_RECORDS, default_value_t = true, action = clap::ArgAction::Set)]
+    pub request_records: bool,
+    /// Seconds a request record is kept.
+    #[arg(long, env = ENV_RECORD_TTL, default_value_t = DEFAULT_RECORD_TTL_SECS)]
+    pub record_ttl_secs: u64,
+    /// Most bytes the request-record bucket may hold.
+    #[arg(long, env = ENV_RECORDS_MAX_BYTES, default_value_t = DEFAULT_RECORDS_MAX_BYTES)]
+    pub records_max_bytes: i64,
     /// Seconds an MCP task (the tasks extension) and its result are kept after it
     /// was created (`ttlMs`).
     #[arg(long, env = ENV_TASK_TTL, default_value_t = DEFAULT_TASK_TTL_SECS)]

@@ -275,12 +275,20 @@ impl Leases {
             .map(|key| {
                 let value = value.clone();
                 async move {
-                    let n = key.strip_prefix("shard.")?.parse::<u16>().ok().filter(|n| *n < SHARD_COUNT)?;
+                    let n = key
+                        .strip_prefix("shard.")?
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| *n < SHARD_COUNT)?;
                     let entry = leases.entry(&key).await.ok()??;
                     if entry.operation != kv::Operation::Put || entry.value != dead.as_bytes() {
                         return None;
                     }
-                    leases.update(&key, value, entry.revision).await.ok().map(|rev| (n, rev))
+                    leases
+                        .update(&key, value, entry.revision)
+                        .await
+                        .ok()
+                        .map(|rev| (n, rev))
                 }
             })
             .buffer_unordered(KV_CONCURRENCY)

@@ -21,6 +21,7 @@ pub mod leases;
 pub mod liveness;
 pub mod metrics;
 pub mod owners;
+pub mod records;
 pub mod router;
 pub mod stateless;
 pub mod tasks;
@@ -120,6 +121,20 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         )),
         config.task_settings(),
     );
+    let responses = if config.request_records {
+        Some(
+            leases::bucket(
+                &js,
+                proto::subjects::RESPONSE_BUCKET,
+                Duration::from_secs(config.record_ttl_secs),
+                jetstream::stream::StorageType::File,
+                config.records_max_bytes,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let mut leases = Leases::open(&js, &worker_id, config.lease_ttl()).await?;
     let timing = config.liveness();
     let fence = Arc::new(liveness::Fence::new(timing.fence()));
@@ -170,6 +185,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         tasks: task_runtime,
         fence: fence.clone(),
         worker_key: proto::subjects::token(&worker_id),
+        responses,
     });
     let router = Router::new(
         shared.clone(),

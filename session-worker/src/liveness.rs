@@ -128,36 +128,38 @@ pub async fn start(
     let stop = tokio_util::sync::CancellationToken::new();
     let stopped = stop.clone();
     let (url, id) = (nats_url.to_owned(), worker_id.to_owned());
-    std::thread::Builder::new()
-        .name("liveness".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
+    std::thread::Builder::new().name("liveness".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(err) => {
+                let _ = first_tx.send(Err(err.into()));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let workers = async {
+                let nats = async_nats::ConnectOptions::new()
+                    .name(format!("session-worker {id} liveness"))
+                    .connect(url.as_str())
+                    .await?;
+                let kv = async_nats::jetstream::new(nats)
+                    .get_key_value(subjects::WORKER_BUCKET)
+                    .await?;
+                anyhow::Ok(kv)
+            };
+            let workers = match workers.await {
+                Ok(kv) => kv,
                 Err(err) => {
-                    let _ = first_tx.send(Err(err.into()));
+                    let _ = first_tx.send(Err(err));
                     return;
                 }
             };
-            runtime.block_on(async move {
-                let workers = async {
-                    let nats = async_nats::ConnectOptions::new()
-                        .name(format!("session-worker {id} liveness"))
-                        .connect(url.as_str())
-                        .await?;
-                    let kv = async_nats::jetstream::new(nats).get_key_value(subjects::WORKER_BUCKET).await?;
-                    anyhow::Ok(kv)
-                };
-                let workers = match workers.await {
-                    Ok(kv) => kv,
-                    Err(err) => {
-                        let _ = first_tx.send(Err(err));
-                        return;
-                    }
-                };
-                run(workers, id, timing, fence, events, stopped, first_tx).await;
-            });
-        })?;
-    first_rx.await.map_err(|_| anyhow::anyhow!("the liveness thread ended"))??;
+            run(workers, id, timing, fence, events, stopped, first_tx).await;
+        });
+    })?;
+    first_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the liveness thread ended"))??;
     Ok(Liveness { stop })
 }
 

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, Route, SessionRecord, shard, subjects};
+use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, Outbound, Route, SessionRecord, shard, subjects};
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -60,7 +60,11 @@ impl Router {
         // this shard by now. Unanswered, the gateway's request goes to whoever
         // answers, or times out; answering could run a request twice.
         if !self.shared.fence.serving() {
-            self.shared.metrics.envelopes.with_label_values(&["any", "fenced"]).inc();
+            self.shared
+                .metrics
+                .envelopes
+                .with_label_values(&["any", "fenced"])
+                .inc();
             debug!(subject = %msg.subject, "fenced: envelope dropped");
             return;
         }
@@ -208,6 +212,27 @@ impl Router {
                 };
                 let ack_to = (actor_acks(&route) && matches!(message, ClientJsonRpcMessage::Request(_)))
                     .then(|| reply.to_owned());
+                if env.retry {
+                    // Only the session's own caller may read its records.
+                    if self.session(&env.key, &env.principal).await.is_none() {
+                        return ("deliver", Some(Ack::NotFound));
+                    }
+                    if let Some(answer) = crate::records::lookup(&self.shared, &env.key, &message).await {
+                        info!(session_id = %env.key, "retried request answered from its record");
+                        return ("retry", Some(Ack::First(Outbound::new(1, answer, true))));
+                    }
+                    if self.shared.responses.is_none() && crate::records::changes_state(&self.shared, &message) {
+                        return (
+                            "retry",
+                            Some(rejected(
+                                -32000,
+                                "the worker serving this request stopped before answering; \
+                                 not run again (request records are off)",
+                            )),
+                        );
+                    }
+                    debug!(session_id = %env.key, "retried request runs again (its first run did not finish)");
+                }
                 let caller = Arc::new(env.principal);
                 // An actor that is just stopping refuses the message (and drops
                 // it); the second attempt, parsed again from the raw bytes, goes
@@ -467,12 +492,7 @@ impl Router {
             }
         };
         if let Err(mismatch) = self.check_param_headers(&env.principal, &env.headers, &message) {
-            respond(
-                &self.shared,
-                reply,
-                &rejected(HEADER_MISMATCH, &mismatch.to_string()),
-            )
-            .await;
+            respond(&self.shared, reply, &rejected(HEADER_MISMATCH, &mismatch.to_string())).await;
             return;
         }
         let Ok(permit) = self.stateless_slots.clone().try_acquire_owned() else {

@@ -251,6 +251,13 @@ impl Toolbox {
         self.entry(name).is_some()
     }
 
+    /// Whether running `name` twice does no harm: annotated read-only or idempotent.
+    pub fn is_idempotent(&self, name: &str) -> bool {
+        self.entry(name)
+            .and_then(|e| e.definition.annotations.as_ref())
+            .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
+    }
+
     /// The effective access of a tool (after the policy file).
     pub fn access(&self, name: &str) -> Option<&Access> {
         self.entry(name).map(|e| &e.access)

@@ -8,6 +8,7 @@ use proto::{Ack, Body, Envelope, Outbound, Principal, Route, subjects};
 use serde_json::{Value, json};
 use testkit::{NatsServer, eventually};
 
+mod records;
 mod takeover;
 mod tasks;
 mod vault;
@@ -32,6 +33,9 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         max_record_bytes: 64 * 1024,
         sessions_max_bytes: 64 * 1024 * 1024,
         heartbeat_ms: 200,
+        request_records: true,
+        record_ttl_secs: 600,
+        records_max_bytes: 16 * 1024 * 1024,
         dead_after_ms: 1000,
         task_ttl_secs: 600,
         task_poll_interval_ms: 200,
