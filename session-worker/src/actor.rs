@@ -77,6 +77,8 @@ pub struct Shared {
     /// This worker's key in [`subjects::WORKER_BUCKET`], sent with every
     /// acknowledgement ([`subjects::WORKER_HEADER`]).
     pub worker_key: String,
+    /// `WORKER_SESSION_TTL`: records are rewritten every tenth of it while in use.
+    pub session_ttl: Duration,
     /// [`subjects::RESPONSE_BUCKET`] when request records are on ([`crate::records`]).
     pub responses: Option<async_nats::jetstream::kv::Store>,
     /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL`.
@@ -186,6 +188,7 @@ impl SessionHandle {
             events_seq: 0,
             init_id: None,
             persisted: false,
+            last_persist: Instant::now(),
             last_activity: Instant::now(),
             ct: CancellationToken::new(),
             closing: false,
@@ -257,8 +260,9 @@ pub enum Start {
         ack_to: Option<String>,
         revision: u64,
     },
-    /// Rehydration: replay the stored `initialize`, drop its answer.
-    Restore,
+    /// Rehydration: replay the stored `initialize`, drop its answer. `revision`:
+    /// of the record read.
+    Restore { revision: u64 },
 }
 
 #[derive(Message)]
@@ -334,6 +338,8 @@ pub struct SessionActor {
     events_seq: u64,
     init_id: Option<RequestId>,
     persisted: bool,
+    /// When the record was last written (or handed to the publisher to write).
+    last_persist: Instant,
     last_activity: Instant,
     ct: CancellationToken,
     /// Set once the actor decided to stop: it takes no more messages.
@@ -370,8 +376,8 @@ impl Actor for SessionActor {
         });
         self.input = Some(input_tx);
         let revision = match &self.start {
-            Some(Start::Open { revision, .. }) => Some(*revision),
-            _ => None,
+            Some(Start::Open { revision, .. }) | Some(Start::Restore { revision }) => Some(*revision),
+            None => None,
         };
         self.publisher = Some(spawn_publisher(self.shared.clone(), self.id.clone(), revision));
 
@@ -401,8 +407,9 @@ impl Actor for SessionActor {
                 let caller = Arc::new(self.record.principal.clone());
                 self.accept(*initialize, route, ack_to, caller, ctx);
             }
-            Some(Start::Restore) => {
-                self.persisted = true;
+            Some(Start::Restore { .. }) => {
+                // Written again on rehydration: the session's TTL counts from its use.
+                self.persist();
                 match serde_json::from_slice::<ClientJsonRpcMessage>(&self.record.initialize) {
                     Ok(initialize) => {
                         let caller = Arc::new(self.record.principal.clone());
@@ -437,6 +444,11 @@ impl SessionActor {
         ctx: &mut Context<Self>,
     ) {
         self.last_activity = Instant::now();
+        // A session in use keeps its record fresh: the store's TTL counts from the
+        // last write, so rewrite it every tenth of the TTL while there is traffic.
+        if self.persisted && self.last_persist.elapsed() >= self.shared.session_ttl / 10 {
+            self.persist();
+        }
         self.follow_caller(&caller);
         if let ClientJsonRpcMessage::Request(req) = &mut message {
             req.request.extensions_mut().insert(tools::Caller(caller));
@@ -623,6 +635,7 @@ impl SessionActor {
 
     fn persist(&mut self) {
         self.persisted = true;
+        self.last_persist = Instant::now();
         match self.record.to_bytes() {
             Ok(payload) => {
                 if let Some(p) = &self.publisher {

@@ -185,6 +185,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         tasks: task_runtime,
         fence: fence.clone(),
         worker_key: proto::subjects::token(&worker_id),
+        session_ttl: Duration::from_secs(config.session_ttl_secs),
         responses,
     });
     let router = Router::new(

@@ -431,9 +431,11 @@ impl Router {
         {
             return handle.owned_by(principal).then_some(handle);
         }
-        let bytes = match self.shared.sessions.get(subjects::token(id)).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return None,
+        let (bytes, revision) = match self.shared.sessions.entry(subjects::token(id)).await {
+            Ok(Some(entry)) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
+                (entry.value, entry.revision)
+            }
+            Ok(_) => return None,
             Err(err) => {
                 warn!(session_id = %id, error = %err, "session store read failed");
                 return None;
@@ -454,7 +456,7 @@ impl Router {
             self.shared.clone(),
             id.to_owned(),
             record,
-            Start::Restore,
+            Start::Restore { revision },
         );
         let handle = self.shared.registry.insert_if_absent(id, handle);
         self.shared.metrics.sessions_restored.inc();

@@ -73,3 +73,44 @@ async fn retried_requests_are_answered_from_their_record() -> anyhow::Result<()>
     worker.shutdown().await;
     Ok(())
 }
+
+/// The session's TTL counts from its last use, not from its creation: a session
+/// used every 1.5 s (its actor stopping in between, so each call rehydrates it from
+/// the store) outlives a 3 s TTL several times over, and expires once left alone.
+#[actix_rt::test]
+async fn a_session_in_use_outlives_its_ttl() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let mut cfg = config(&nats);
+    cfg.session_ttl_secs = 3;
+    cfg.idle_timeout_secs = 1;
+    let worker = session_worker::start(cfg).await?;
+    let mut client = Client::new(&nats).await?;
+    let session = "77e1177e1177e1177e1177e1177e1170";
+    open_session(&mut client, session).await?;
+    for i in 0..6u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let (ack, msgs) = client
+            .call(alice(), session, |route| Body::Deliver {
+                message: add(10 + i, 1, 1),
+                route,
+            })
+            .await?;
+        assert_ne!(
+            ack,
+            Ack::NotFound,
+            "call {i} at {:.1}s: session gone",
+            1.5 * (i + 1) as f64
+        );
+        assert_eq!(text_of(&msgs[0]), "2");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let (ack, _) = client
+        .call(alice(), session, |route| Body::Deliver {
+            message: add(99, 1, 1),
+            route,
+        })
+        .await?;
+    assert_eq!(ack, Ack::NotFound, "an unused session outlived its TTL");
+    worker.shutdown().await;
+    Ok(())
+}
