@@ -127,7 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                 &js,
                 proto::subjects::RESPONSE_BUCKET,
                 Duration::from_secs(config.record_ttl_secs),
-                jetstream::stream::StorageType::File,
+                jetstream::stream::StorageType::Memory,
                 config.records_max_bytes,
             )
             .await?,
