@@ -28,6 +28,7 @@
 
 mod add;
 mod conformance;
+pub mod count;
 mod docs;
 pub mod documents;
 pub mod image;
@@ -60,7 +61,9 @@ use rmcp::{
 };
 
 pub use add::Add;
+pub use count::Count;
 pub use listen::{Broadcast, ListChanged, ListenHub};
+pub use logging::SessionState;
 pub use policy::{Access, Decision, Denial, PolicyFile};
 pub use toolbox::{McpTool, ToolCx, ToolFuture, Toolbox, step_up_scopes};
 pub use whoami::WhoAmI;
@@ -157,6 +160,13 @@ impl McpServer {
             toolbox: basic_toolbox(),
             tasks: None,
         }
+    }
+
+    /// Keep the session's state in `state` (restored from the session's record),
+    /// so its owner can save it when it changes.
+    pub fn with_session_state(mut self, state: Arc<SessionState>) -> Self {
+        self.session = state;
+        self
     }
 
     /// Serve the tasks extension (`io.modelcontextprotocol/tasks`) from `tasks`:
@@ -303,7 +313,12 @@ impl ServerHandler for McpServer {
         _request: Option<PaginatedRequestParams>,
         cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tools(self.caller(&cx)))
+        let mut tools = self.tools(self.caller(&cx));
+        if is_stateless_era(&cx) {
+            // Tools that keep state in the session cannot run without one.
+            tools.retain(|t| !self.toolbox.uses_session_state(&t.name));
+        }
+        Ok(ListToolsResult::with_all_items(tools)
             .with_ttl_ms(LIST_TTL_MS)
             .with_cache_scope(CacheScope::Private))
     }
@@ -326,9 +341,13 @@ impl ServerHandler for McpServer {
                         &request.name,
                         self.caller(&cx),
                         args,
-                        self.vault.as_ref(),
                         &cx,
-                        self.tasks.as_ref(),
+                        toolbox::CallWith {
+                            vault: self.vault.as_ref(),
+                            tasks: self.tasks.as_ref(),
+                            // Stateless requests have no session to keep state in.
+                            session: (!is_stateless_era(&cx)).then_some(self.session.as_ref()),
+                        },
                     )
                     .await
                 {

@@ -1,12 +1,20 @@
-//! Per-session state the handler keeps: the `logging/setLevel` threshold and the
-//! legacy `resources/subscribe` set. Both live inside [`crate::McpServer`], so a
-//! session actor that owns the server owns them too.
+//! Per-session state the handler keeps: the `logging/setLevel` threshold, the
+//! legacy `resources/subscribe` set and the tools' own session state. It lives
+//! inside [`crate::McpServer`]; a session actor that owns the server saves it
+//! with the session ([`SessionState::snapshot`]) whenever it changed
+//! ([`SessionState::version`]), so a rehydrated session has it back.
 #![allow(deprecated)] // logging is deprecated by SEP-2577 but every revision we serve has it
 
 use std::{
-    collections::BTreeSet,
-    sync::{Mutex, MutexGuard, PoisonError},
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use rmcp::{
     RoleServer,
@@ -17,10 +25,26 @@ use rmcp::{
 /// Logger name in `notifications/message`.
 pub(crate) const LOGGER: &str = "mcp-cluster";
 
+/// What one session keeps between requests.
 #[derive(Default)]
-pub(crate) struct SessionState {
+pub struct SessionState {
     log_level: Mutex<Option<LoggingLevel>>,
     resource_subscriptions: Mutex<BTreeSet<String>>,
+    /// Tools' state, by tool name.
+    values: Mutex<BTreeMap<String, Value>>,
+    /// Bumped by every change.
+    version: AtomicU64,
+}
+
+/// [`SessionState`] as it is stored (JSON).
+#[derive(Serialize, Deserialize, Default)]
+struct Stored {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_level: Option<LoggingLevel>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    subscriptions: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    values: BTreeMap<String, Value>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -28,8 +52,62 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SessionState {
+    /// The state saved by [`SessionState::snapshot`]; empty input is a new session.
+    pub fn restore(stored: &[u8]) -> Result<Self, serde_json::Error> {
+        if stored.is_empty() {
+            return Ok(Self::default());
+        }
+        let stored: Stored = serde_json::from_slice(stored)?;
+        Ok(Self {
+            log_level: Mutex::new(stored.log_level),
+            resource_subscriptions: Mutex::new(stored.subscriptions),
+            values: Mutex::new(stored.values),
+            version: AtomicU64::new(0),
+        })
+    }
+
+    /// The state to store, and the [`SessionState::version`] it reflects.
+    pub fn snapshot(&self) -> (Vec<u8>, u64) {
+        let (log_level, subscriptions, values) = (
+            lock(&self.log_level),
+            lock(&self.resource_subscriptions),
+            lock(&self.values),
+        );
+        let version = self.version();
+        let stored = Stored {
+            log_level: *log_level,
+            subscriptions: subscriptions.clone(),
+            values: values.clone(),
+        };
+        (serde_json::to_vec(&stored).unwrap_or_default(), version)
+    }
+
+    /// Changes so far (starts at 0).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Change the value tool `key` keeps in the session with `f`; returns the new one.
+    pub fn update(&self, key: &str, f: impl FnOnce(Option<&Value>) -> Value) -> Value {
+        let mut values = lock(&self.values);
+        let new = f(values.get(key));
+        values.insert(key.to_owned(), new.clone());
+        self.changed();
+        new
+    }
+
+    /// The value tool `key` keeps in the session.
+    pub fn value(&self, key: &str) -> Option<Value> {
+        lock(&self.values).get(key).cloned()
+    }
+
     pub(crate) fn set_log_level(&self, level: LoggingLevel) {
         *lock(&self.log_level) = Some(level);
+        self.changed();
     }
 
     fn log_level(&self) -> Option<LoggingLevel> {
@@ -37,15 +115,18 @@ impl SessionState {
     }
 
     pub(crate) fn subscribe(&self, uri: String) {
-        lock(&self.resource_subscriptions).insert(uri);
+        if lock(&self.resource_subscriptions).insert(uri) {
+            self.changed();
+        }
     }
 
     pub(crate) fn unsubscribe(&self, uri: &str) {
-        lock(&self.resource_subscriptions).remove(uri);
+        if lock(&self.resource_subscriptions).remove(uri) {
+            self.changed();
+        }
     }
 
-    #[cfg(test)]
-    pub(crate) fn subscriptions(&self) -> Vec<String> {
+    pub fn subscriptions(&self) -> Vec<String> {
         lock(&self.resource_subscriptions).iter().cloned().collect()
     }
 }
@@ -69,7 +150,7 @@ fn severity(level: LoggingLevel) -> u8 {
 /// 2026-07-28 requests choose per request with `_meta` `logLevel`, and get none
 /// without it. Sessions use the `logging/setLevel` threshold, and every message
 /// until the client sets one.
-fn threshold(session: &SessionState, cx: &RequestContext<RoleServer>) -> Option<LoggingLevel> {
+pub(crate) fn threshold(session: &SessionState, cx: &RequestContext<RoleServer>) -> Option<LoggingLevel> {
     if let Some(level) = cx.meta.log_level() {
         return Some(level);
     }
@@ -87,14 +168,23 @@ pub(crate) async fn log(
     level: LoggingLevel,
     data: serde_json::Value,
 ) {
-    let Some(threshold) = threshold(session, cx) else {
-        return;
-    };
+    if let Some(threshold) = threshold(session, cx) {
+        send(&cx.peer, threshold, level, data).await;
+    }
+}
+
+/// Send `notifications/message` on `peer` if `level` reaches `threshold`.
+pub(crate) async fn send(
+    peer: &rmcp::service::Peer<RoleServer>,
+    threshold: LoggingLevel,
+    level: LoggingLevel,
+    data: serde_json::Value,
+) {
     if severity(level) < severity(threshold) {
         return;
     }
     let param = LoggingMessageNotificationParam::new(level, data).with_logger(LOGGER);
-    if let Err(error) = cx.peer.notify_logging_message(param).await {
+    if let Err(error) = peer.notify_logging_message(param).await {
         tracing::debug!(%error, "log notification not delivered");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::policy::{PolicyError, PolicyFile};
 use crate::toolbox::{McpTool, Toolbox};
-use crate::{Add, WhoAmI, documents, image, todo};
+use crate::{Add, Count, WhoAmI, documents, image, todo};
 
 /// What the shipped tools are configured with.
 #[derive(Debug, Clone, Default)]
@@ -86,6 +86,7 @@ pub fn toolbox(settings: &Settings) -> Result<Toolbox, SetupError> {
             timeout,
         )),
         Arc::new(WhoAmI),
+        Arc::new(Count),
     ];
     if let Some(api) = &settings.api_url {
         tools.extend(

@@ -47,6 +47,13 @@ pub trait McpTool: Send + Sync + 'static {
         TaskSupport::Forbidden
     }
 
+    /// Whether it keeps state in the session ([`ToolCx::session`]). A session runs
+    /// such calls one at a time and saves the state together with each call's
+    /// answer, so a call retried after a failover is answered, never run twice.
+    fn uses_session_state(&self) -> bool {
+        false
+    }
+
     fn call<'a>(&'a self, cx: ToolCx<'a>) -> ToolFuture<'a>;
 }
 
@@ -61,7 +68,11 @@ pub struct ToolCx<'a> {
     /// Cancelled when the client sends `notifications/cancelled` (or the session
     /// ends), or for a task, `tasks/cancel`.
     pub cancel: CancellationToken,
+    /// The session's state, in a session (none for stateless requests and tasks).
+    pub session: Option<&'a crate::SessionState>,
     progress: Progress,
+    /// `notifications/message` for this request, at its threshold.
+    logger: Option<(Peer<RoleServer>, rmcp::model::LoggingLevel)>,
 }
 
 /// Where [`ToolCx::progress`] goes.
@@ -78,6 +89,7 @@ impl<'a> ToolCx<'a> {
         caller: &'a Principal,
         args: JsonObject,
         vault: Option<&'a dyn TokenVault>,
+        session: Option<&'a crate::SessionState>,
         rcx: &RequestContext<RoleServer>,
     ) -> Self {
         Self {
@@ -85,10 +97,22 @@ impl<'a> ToolCx<'a> {
             args,
             vault,
             cancel: rcx.ct.clone(),
+            session,
             progress: match rcx.meta.get_progress_token() {
                 Some(token) => Progress::Notify(rcx.peer.clone(), token),
                 None => Progress::None,
             },
+            logger: session
+                .and_then(|s| crate::logging::threshold(s, rcx))
+                .map(|level| (rcx.peer.clone(), level)),
+        }
+    }
+
+    /// Send `notifications/message` to the client, when the request's (or the
+    /// session's) log level lets it through. Delivery failures are logged here.
+    pub async fn log(&self, level: rmcp::model::LoggingLevel, data: Value) {
+        if let Some((peer, threshold)) = &self.logger {
+            crate::logging::send(peer, *threshold, level, data).await;
         }
     }
 
@@ -104,7 +128,9 @@ impl<'a> ToolCx<'a> {
             args,
             vault,
             cancel: handle.cancellation(),
+            session: None,
             progress: Progress::Task(handle),
+            logger: None,
         }
     }
 
@@ -116,7 +142,9 @@ impl<'a> ToolCx<'a> {
             args: schema(args),
             vault: None,
             cancel,
+            session: None,
             progress: Progress::None,
+            logger: None,
         }
     }
 
@@ -206,6 +234,15 @@ impl std::fmt::Debug for Toolbox {
     }
 }
 
+/// What a call may use besides its arguments: the token vault, the task runtime and
+/// the session's state (none for a stateless request).
+#[derive(Clone, Copy, Default)]
+pub struct CallWith<'a> {
+    pub vault: Option<&'a Arc<dyn TokenVault>>,
+    pub tasks: Option<&'a Tasks>,
+    pub session: Option<&'a crate::SessionState>,
+}
+
 impl Toolbox {
     /// `tools` with their own access, changed by `policy` (whose tool names must all
     /// be among `tools`).
@@ -258,6 +295,11 @@ impl Toolbox {
             .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
     }
 
+    /// Whether `name` keeps state in the session ([`McpTool::uses_session_state`]).
+    pub fn uses_session_state(&self, name: &str) -> bool {
+        self.entry(name).is_some_and(|e| e.tool.uses_session_state())
+    }
+
     /// The effective access of a tool (after the policy file).
     pub fn access(&self, name: &str) -> Option<&Access> {
         self.entry(name).map(|e| &e.access)
@@ -298,10 +340,10 @@ impl Toolbox {
         name: &str,
         caller: Option<&Principal>,
         args: JsonObject,
-        vault: Option<&Arc<dyn TokenVault>>,
         rcx: &RequestContext<RoleServer>,
-        tasks: Option<&Tasks>,
+        with: CallWith<'_>,
     ) -> Option<Result<CallToolResponse, ErrorData>> {
+        let CallWith { vault, tasks, session } = with;
         let entry = self.entry(name)?;
         let caller = match (decide(&entry.access, caller), caller) {
             (Decision::Allow, Some(caller)) => caller,
@@ -341,7 +383,7 @@ impl Toolbox {
             _ => Some(
                 entry
                     .tool
-                    .call(ToolCx::new(caller, args, vault.map(|v| v.as_ref()), rcx))
+                    .call(ToolCx::new(caller, args, vault.map(|v| v.as_ref()), session, rcx))
                     .await
                     .map(Into::into),
             ),
