@@ -73,6 +73,9 @@ pub enum Body {
     Reserve,
     /// End the session (HTTP DELETE).
     Close,
+    /// End a legacy HTTP+SSE session whose stream ended at `since_ms` (Unix
+    /// milliseconds), unless a stream was attached to it again since (resumed).
+    Release { since_ms: u64 },
     /// Serve one request of the stateless (2026-07-28) revision, no session.
     Stateless {
         #[serde(with = "serde_bytes")]
@@ -131,6 +134,23 @@ pub struct SessionRecord {
     pub legacy_sse: bool,
     /// Seconds since the epoch.
     pub created_at: u64,
+    /// The handler's state for this session (log level, resource subscriptions,
+    /// tools' state: `tools::SessionState::snapshot`, JSON); empty when new.
+    #[serde(default, with = "serde_bytes")]
+    pub state: Vec<u8>,
+    /// The answers of the latest calls that changed `state`, saved with it: a call
+    /// retried after a failover is answered from here.
+    #[serde(default)]
+    pub answers: Vec<SavedAnswer>,
+}
+
+/// A request's final answer, kept in its session's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedAnswer {
+    /// The request id, as JSON.
+    pub id: String,
+    #[serde(with = "serde_bytes")]
+    pub message: Vec<u8>,
 }
 
 impl SessionRecord {
@@ -346,6 +366,8 @@ mod tests {
     #[test]
     fn session_record_round_trips() {
         let rec = SessionRecord {
+            state: Vec::new(),
+            answers: Vec::new(),
             v: ENVELOPE_VERSION,
             owner: principal().identity(),
             principal: principal(),

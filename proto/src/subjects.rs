@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | `mcp.shard.<n>.<key>` | gateway (request) | the worker owning shard `n` |
 //! | `mcp.stateless` | gateway (request) | any worker, queue group [`STATELESS_QUEUE`] |
-//! | `mcp.events.<session>` | worker | gateways holding that session's GET or legacy SSE stream |
+//! | `mcp.events.<session>` | worker | the JetStream stream [`EVENTS_STREAM`], which stores it |
+//! | `mcp.live.<session>` | JetStream (republished from `mcp.events.<session>`, with its sequence) | gateways holding that session's GET or legacy SSE stream |
 //! | `mcp.reply.<gateway>.<stream>` | worker | the gateway that opened that HTTP response |
 //! | `mcp.broadcast.list_changed` | worker | every worker (listen streams) |
 //!
@@ -16,6 +17,14 @@ pub const SHARD_PREFIX: &str = "mcp.shard";
 pub const STATELESS: &str = "mcp.stateless";
 pub const STATELESS_QUEUE: &str = "mcp-workers";
 pub const EVENTS_PREFIX: &str = "mcp.events";
+pub const LIVE_PREFIX: &str = "mcp.live";
+/// JetStream stream keeping every session's server→client events (`mcp.events.>`)
+/// for a while, so a stream that broke resumes from its `Last-Event-ID` on any
+/// gateway. It republishes each stored event on `mcp.live.<session>` with the
+/// header [`EVENT_SEQUENCE_HEADER`]: that sequence is the event's SSE id.
+pub const EVENTS_STREAM: &str = "MCP_EVENTS";
+/// Header of a republished event: its sequence in [`EVENTS_STREAM`].
+pub const EVENT_SEQUENCE_HEADER: &str = "Nats-Sequence";
 pub const REPLY_PREFIX: &str = "mcp.reply";
 /// Cluster-wide "a list changed" notices (`tools` / `prompts`), for the
 /// `subscriptions/listen` streams every worker holds.
@@ -76,6 +85,11 @@ pub fn shard_filter(n: u16) -> String {
 /// Server→client messages of a session that belong to no request.
 pub fn events(session: &str) -> String {
     format!("{EVENTS_PREFIX}.{}", token(session))
+}
+
+/// Where gateways follow a session's events live, once stored (see [`EVENTS_STREAM`]).
+pub fn live(session: &str) -> String {
+    format!("{LIVE_PREFIX}.{}", token(session))
 }
 
 /// Where a gateway receives the messages of one of its open HTTP responses.

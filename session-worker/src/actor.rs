@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use proto::{Outbound, Route, SessionRecord, subjects};
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientNotification, GetExtensions, GetMeta, ProgressToken, RequestId, ServerJsonRpcMessage,
-    ServerNotification, ServerResult, ToolListChangedNotification,
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, GetExtensions, GetMeta, ProgressToken, RequestId,
+    ServerJsonRpcMessage, ServerNotification, ServerResult, ToolListChangedNotification,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -158,6 +158,8 @@ pub struct SessionHandle {
     owner: String,
     owner_client: Option<String>,
     generation: u64,
+    /// When a stream was last attached (Unix ms; the actor's start at first).
+    attached_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SessionHandle {
@@ -175,7 +177,18 @@ impl SessionHandle {
         let owner = record.owner.clone();
         let owner_client = record.principal.client_id.clone();
         let actor_id = id.clone();
+        let state = match tools::SessionState::restore(&record.state) {
+            Ok(state) => state,
+            Err(err) => {
+                warn!(session_id = %id, error = %err, "stored session state is unreadable; starting without it");
+                tools::SessionState::default()
+            }
+        };
         let addr = SessionActor::start_in_arbiter(arbiter, move |_ctx| SessionActor {
+            state: Arc::new(state),
+            saved_version: 0,
+            stateful: None,
+            stateful_queue: std::collections::VecDeque::new(),
             id: actor_id,
             generation,
             record,
@@ -200,7 +213,18 @@ impl SessionHandle {
             owner,
             owner_client,
             generation,
+            attached_ms: Arc::new(std::sync::atomic::AtomicU64::new(unix_ms())),
         }
+    }
+
+    /// A stream (GET, legacy SSE) was attached to the session just now.
+    pub fn mark_attached(&self) {
+        self.attached_ms.store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When a stream was last attached, or the actor started (Unix ms).
+    pub fn attached_ms(&self) -> u64 {
+        self.attached_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether `principal` may use this session (see [`SessionRecord::owned_by`]).
@@ -248,6 +272,12 @@ impl SessionHandle {
     pub fn is_alive(&self) -> bool {
         self.addr.connected()
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How an actor begins.
@@ -320,9 +350,42 @@ enum PubOp {
         subject: String,
         payload: Vec<u8>,
     },
+    /// Write the session record; then, only if it was written, `then`.
     Persist {
         payload: Vec<u8>,
+        then: Option<Box<PubOp>>,
     },
+}
+
+/// How many answers of calls with session state a record keeps.
+const SAVED_ANSWERS: usize = 16;
+
+/// `value` encoded into the op `make` builds (`None`, logged, if it cannot be).
+fn encode_op<T: ToBytes>(session: &str, value: &T, make: impl FnOnce(Vec<u8>) -> PubOp) -> Option<PubOp> {
+    match value.to_bytes() {
+        Ok(payload) => Some(make(payload)),
+        Err(err) => {
+            warn!(session_id = session, error = %err, "cannot encode outbound");
+            None
+        }
+    }
+}
+
+/// What [`encode_op`] encodes.
+trait ToBytes {
+    fn to_bytes(&self) -> Result<Vec<u8>, proto::EncodeError>;
+}
+
+impl ToBytes for Outbound {
+    fn to_bytes(&self) -> Result<Vec<u8>, proto::EncodeError> {
+        Outbound::to_bytes(self)
+    }
+}
+
+impl ToBytes for proto::Ack {
+    fn to_bytes(&self) -> Result<Vec<u8>, proto::EncodeError> {
+        proto::Ack::to_bytes(self)
+    }
 }
 
 pub struct SessionActor {
@@ -336,6 +399,15 @@ pub struct SessionActor {
     routes: HashMap<RequestId, Target>,
     progress: HashMap<ProgressToken, RequestId>,
     events_seq: u64,
+    /// The handler's session state, restored from the record.
+    state: Arc<tools::SessionState>,
+    /// The [`tools::SessionState::version`] last saved.
+    saved_version: u64,
+    /// The call of a tool with session state now running: such calls run one at a
+    /// time, each saved with its answer (`McpTool::uses_session_state`).
+    stateful: Option<RequestId>,
+    /// Calls of tools with session state waiting for `stateful` to finish.
+    stateful_queue: std::collections::VecDeque<(RequestId, ClientJsonRpcMessage)>,
     init_id: Option<RequestId>,
     persisted: bool,
     /// When the record was last written (or handed to the publisher to write).
@@ -361,7 +433,8 @@ impl Actor for SessionActor {
             .with_toolbox(self.shared.toolbox.clone())
             .with_listen_hub(self.shared.listen.clone())
             .with_vault(self.shared.vault.clone())
-            .with_tasks(self.shared.tasks.clone());
+            .with_tasks(self.shared.tasks.clone())
+            .with_session_state(self.state.clone());
         let ct = self.ct.clone();
         let me = ctx.address();
         let id = self.id.clone();
@@ -466,7 +539,9 @@ impl SessionActor {
                             subject,
                             seq: 0,
                             ack: ack_to,
-                            record: crate::records::wanted(&self.shared, &self.id, &message),
+                            // A call with session state is saved with the session instead.
+                            record: crate::records::wanted(&self.shared, &self.id, &message)
+                                .filter(|_| !self.is_stateful(&message)),
                         }
                     }
                     Route::SessionEvents => Target::Events,
@@ -489,10 +564,44 @@ impl SessionActor {
             }
             _ => {}
         }
+        if let ClientJsonRpcMessage::Request(req) = &message
+            && self.is_stateful(&message)
+        {
+            if self.stateful.is_some() {
+                self.stateful_queue.push_back((req.id.clone(), message));
+                return;
+            }
+            self.stateful = Some(req.id.clone());
+        }
+        self.hand_over(message);
+    }
+
+    fn hand_over(&self, message: ClientJsonRpcMessage) {
         if let Some(input) = &self.input
             && input.send(message).is_err()
         {
             warn!(session_id = %self.id, "rmcp server is gone; message dropped");
+        }
+    }
+
+    /// Whether `message` calls a tool that keeps state in the session.
+    fn is_stateful(&self, message: &ClientJsonRpcMessage) -> bool {
+        matches!(message, ClientJsonRpcMessage::Request(req)
+            if matches!(&req.request, ClientRequest::CallToolRequest(call)
+                if self.shared.profile == tools::Profile::Default
+                    && self.shared.toolbox.uses_session_state(&call.params.name)))
+    }
+
+    /// The running call with session state finished: the next waiting one runs
+    /// (one the client cancelled meanwhile is skipped).
+    fn next_stateful(&mut self) {
+        self.stateful = None;
+        while let Some((id, message)) = self.stateful_queue.pop_front() {
+            if self.routes.contains_key(&id) {
+                self.stateful = Some(id);
+                self.hand_over(message);
+                return;
+            }
         }
     }
 
@@ -589,37 +698,81 @@ impl SessionActor {
         if last && let Some(id) = &owner {
             self.progress.retain(|_, rid| rid != id);
         }
-        match dest {
-            Dest::Drop => {}
+        // The answer of a call with session state is saved with the state first.
+        let commit = match (&owner, &self.stateful) {
+            (Some(id), Some(running)) if last && id == running => Some(id.clone()),
+            _ => None,
+        };
+        let saved_answer = commit.as_ref().map(|id| proto::SavedAnswer {
+            id: serde_json::to_string(id).unwrap_or_default(),
+            message: payload.clone(),
+        });
+        let op = match dest {
+            Dest::Drop => None,
             Dest::Subject(subject, seq, ack) if record.is_some() => {
                 self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
-                if let (Some(p), Some(key)) = (&self.publisher, record) {
-                    let _ = p.send(PubOp::Final {
-                        key,
-                        step_up: tools::step_up_scopes(&message),
-                        message: payload,
-                        seq,
-                        subject,
-                        ack,
-                    });
-                }
+                record.map(|key| PubOp::Final {
+                    key,
+                    step_up: tools::step_up_scopes(&message),
+                    message: payload,
+                    seq,
+                    subject,
+                    ack,
+                })
             }
             Dest::Subject(subject, seq, ack) => {
                 self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
                 let out = Outbound::new(seq, payload, last).with_step_up(tools::step_up_scopes(&message));
                 match ack {
                     // The first answer rides on the acknowledgement.
-                    Some(reply) => self.send_ack(reply, &proto::Ack::First(out)),
-                    None => self.send(subject, out),
+                    Some(reply) => encode_op(&self.id, &proto::Ack::First(out), |payload| PubOp::Ack {
+                        subject: reply,
+                        payload,
+                    }),
+                    None => encode_op(&self.id, &out, |payload| PubOp::Publish { subject, payload }),
                 }
             }
             Dest::Events => {
                 self.shared.metrics.outbound.with_label_values(&["events"]).inc();
                 self.events_seq += 1;
                 let subject = subjects::events(&self.id);
-                self.send(subject, Outbound::new(self.events_seq, payload, false));
+                encode_op(&self.id, &Outbound::new(self.events_seq, payload, false), |payload| {
+                    PubOp::Publish { subject, payload }
+                })
+            }
+        };
+        match saved_answer {
+            Some(answer) => {
+                self.save_state(Some(answer), op);
+                self.next_stateful();
+            }
+            None => {
+                if let (Some(op), Some(p)) = (op, &self.publisher) {
+                    let _ = p.send(op);
+                }
+                // Other changes of the session state (log level, subscriptions)
+                // are saved once the request that made them is answered.
+                if last && self.persisted && self.state.version() != self.saved_version {
+                    self.save_state(None, None);
+                }
             }
         }
+    }
+
+    /// Write the record with the session state as it is now (and `answer`, kept
+    /// among the latest [`SAVED_ANSWERS`]); `then` is published once it is written,
+    /// and not at all when it cannot be (another worker owns the session now).
+    fn save_state(&mut self, answer: Option<proto::SavedAnswer>, then: Option<PubOp>) {
+        let (state, version) = self.state.snapshot();
+        self.record.state = state;
+        self.saved_version = version;
+        if let Some(answer) = answer {
+            if self.record.answers.len() >= SAVED_ANSWERS {
+                self.record.answers.remove(0);
+            }
+            self.record.answers.push(answer);
+        }
+        self.persist_then(then);
     }
 
     fn send(&self, subject: String, out: Outbound) {
@@ -634,12 +787,19 @@ impl SessionActor {
     }
 
     fn persist(&mut self) {
+        self.persist_then(None);
+    }
+
+    fn persist_then(&mut self, then: Option<PubOp>) {
         self.persisted = true;
         self.last_persist = Instant::now();
         match self.record.to_bytes() {
             Ok(payload) => {
                 if let Some(p) = &self.publisher {
-                    let _ = p.send(PubOp::Persist { payload });
+                    let _ = p.send(PubOp::Persist {
+                        payload,
+                        then: then.map(Box::new),
+                    });
                 }
             }
             Err(err) => warn!(session_id = %self.id, error = %err, "cannot encode session record"),
@@ -801,59 +961,67 @@ fn spawn_publisher(shared: Arc<Shared>, id: String, mut revision: Option<u64>) -
     let (tx, mut rx) = mpsc::unbounded_channel::<PubOp>();
     actix_rt::spawn(async move {
         while let Some(op) = rx.recv().await {
-            match op {
-                PubOp::Publish { subject, payload } => {
-                    if let Err(err) = shared.nats.publish(subject, payload.into()).await {
-                        warn!(session_id = %id, error = %err, "publish failed");
+            let mut next = Some(op);
+            while let Some(op) = next.take() {
+                match op {
+                    PubOp::Publish { subject, payload } => {
+                        if let Err(err) = shared.nats.publish(subject, payload.into()).await {
+                            warn!(session_id = %id, error = %err, "publish failed");
+                        }
                     }
-                }
-                PubOp::Final {
-                    key,
-                    message,
-                    seq,
-                    step_up,
-                    subject,
-                    ack,
-                } => {
-                    let message = record_final(&shared, &id, &key, message).await;
-                    let out = Outbound::new(seq, message, true).with_step_up(step_up);
-                    let sent = match ack {
-                        Some(reply) => match proto::Ack::First(out).to_bytes() {
-                            Ok(b) => shared
-                                .nats
-                                .publish_with_headers(reply, shared.ack_headers(), b.into())
-                                .await
-                                .map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        },
-                        None => match out.to_bytes() {
-                            Ok(b) => shared.nats.publish(subject, b.into()).await.map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        },
-                    };
-                    if let Err(err) = sent {
-                        warn!(session_id = %id, error = %err, "publish failed");
+                    PubOp::Final {
+                        key,
+                        message,
+                        seq,
+                        step_up,
+                        subject,
+                        ack,
+                    } => {
+                        let message = record_final(&shared, &id, &key, message).await;
+                        let out = Outbound::new(seq, message, true).with_step_up(step_up);
+                        let sent = match ack {
+                            Some(reply) => match proto::Ack::First(out).to_bytes() {
+                                Ok(b) => shared
+                                    .nats
+                                    .publish_with_headers(reply, shared.ack_headers(), b.into())
+                                    .await
+                                    .map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            },
+                            None => match out.to_bytes() {
+                                Ok(b) => shared.nats.publish(subject, b.into()).await.map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            },
+                        };
+                        if let Err(err) = sent {
+                            warn!(session_id = %id, error = %err, "publish failed");
+                        }
                     }
-                }
-                PubOp::Ack { subject, payload } => {
-                    if let Err(err) = shared
-                        .nats
-                        .publish_with_headers(subject, shared.ack_headers(), payload.into())
-                        .await
-                    {
-                        warn!(session_id = %id, error = %err, "ack publish failed");
+                    PubOp::Ack { subject, payload } => {
+                        if let Err(err) = shared
+                            .nats
+                            .publish_with_headers(subject, shared.ack_headers(), payload.into())
+                            .await
+                        {
+                            warn!(session_id = %id, error = %err, "ack publish failed");
+                        }
                     }
-                }
-                PubOp::Persist { payload } => {
-                    let Some(rev) = revision else {
-                        warn!(session_id = %id, "no record revision to write at; session record not updated");
-                        continue;
-                    };
-                    match shared.sessions.update(subjects::token(&id), payload.into(), rev).await {
-                        Ok(new) => revision = Some(new),
-                        Err(err) => {
-                            revision = None;
-                            warn!(session_id = %id, error = %err, "session record changed or unwritable; not overwritten");
+                    PubOp::Persist { payload, then } => {
+                        let Some(rev) = revision else {
+                            warn!(session_id = %id, withheld = then.is_some(), "no record revision to write at; session record not updated");
+                            continue;
+                        };
+                        match shared.sessions.update(subjects::token(&id), payload.into(), rev).await {
+                            Ok(new) => {
+                                revision = Some(new);
+                                next = then.map(|op| *op);
+                            }
+                            Err(err) => {
+                                revision = None;
+                                // Another worker owns the session now: what depended on
+                                // this write is not sent (the request is retried there).
+                                warn!(session_id = %id, error = %err, withheld = then.is_some(), "session record changed or unwritable; not overwritten");
+                            }
                         }
                     }
                 }

@@ -39,6 +39,12 @@ pub const ENV_RECORD_TTL: &str = "WORKER_RECORD_TTL";
 pub const DEFAULT_RECORD_TTL_SECS: u64 = 600;
 pub const ENV_RECORDS_MAX_BYTES: &str = "WORKER_RECORDS_MAX_BYTES";
 pub const DEFAULT_RECORDS_MAX_BYTES: i64 = 64 * 1024 * 1024;
+pub const ENV_EVENTS_MAX_AGE: &str = "WORKER_EVENTS_MAX_AGE";
+pub const DEFAULT_EVENTS_MAX_AGE_SECS: u64 = 600;
+pub const ENV_EVENTS_MAX_PER_SESSION: &str = "WORKER_EVENTS_MAX_PER_SESSION";
+pub const DEFAULT_EVENTS_MAX_PER_SESSION: i64 = 1000;
+pub const ENV_EVENTS_MAX_BYTES: &str = "WORKER_EVENTS_MAX_BYTES";
+pub const DEFAULT_EVENTS_MAX_BYTES: i64 = 256 * 1024 * 1024;
 pub const ENV_TASK_TTL: &str = "WORKER_TASK_TTL";
 pub const DEFAULT_TASK_TTL_SECS: u64 = 3600;
 pub const ENV_TASK_POLL_INTERVAL_MS: &str = "WORKER_TASK_POLL_INTERVAL_MS";
@@ -114,6 +120,16 @@ pub struct Config {
     /// Most bytes the request-record bucket may hold.
     #[arg(long, env = ENV_RECORDS_MAX_BYTES, default_value_t = DEFAULT_RECORDS_MAX_BYTES)]
     pub records_max_bytes: i64,
+    /// Seconds a session's server→client event is kept for streams that resume
+    /// with `Last-Event-ID` (the `MCP_EVENTS` stream's max age).
+    #[arg(long, env = ENV_EVENTS_MAX_AGE, default_value_t = DEFAULT_EVENTS_MAX_AGE_SECS)]
+    pub events_max_age_secs: u64,
+    /// Events kept per session; older ones are dropped first.
+    #[arg(long, env = ENV_EVENTS_MAX_PER_SESSION, default_value_t = DEFAULT_EVENTS_MAX_PER_SESSION)]
+    pub events_max_per_session: i64,
+    /// Most bytes the event stream may hold (all sessions); the oldest go first.
+    #[arg(long, env = ENV_EVENTS_MAX_BYTES, default_value_t = DEFAULT_EVENTS_MAX_BYTES)]
+    pub events_max_bytes: i64,
     /// Seconds an MCP task (the tasks extension) and its result are kept after it
     /// was created (`ttlMs`).
     #[arg(long, env = ENV_TASK_TTL, default_value_t = DEFAULT_TASK_TTL_SECS)]

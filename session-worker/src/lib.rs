@@ -16,6 +16,7 @@
 
 pub mod actor;
 pub mod config;
+pub mod events;
 pub mod headers;
 pub mod leases;
 pub mod liveness;
@@ -95,6 +96,15 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         Duration::from_secs(config.session_ttl_secs),
         jetstream::stream::StorageType::File,
         config.sessions_max_bytes,
+    )
+    .await?;
+    events::ensure(
+        &js,
+        events::Retention {
+            max_age: Duration::from_secs(config.events_max_age_secs),
+            max_per_session: config.events_max_per_session,
+            max_bytes: config.events_max_bytes,
+        },
     )
     .await?;
     let owners = leases::bucket(

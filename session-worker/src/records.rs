@@ -3,6 +3,9 @@
 //! gateway retries after its worker died (the envelope's `retry` flag) is
 //! answered from the record instead of running twice.
 //!
+//! Calls of tools that keep state in the session are saved with the session's
+//! record instead, together with the state they changed (see the session actor).
+//!
 //! Only calls that may change something are recorded: `tools/call` of a tool not
 //! annotated read-only or idempotent (every other method, and those tools, can
 //! safely run again). The record is created with `create`, so of two executions
@@ -45,11 +48,26 @@ pub fn wanted(shared: &Shared, session: &str, message: &ClientJsonRpcMessage) ->
     (shared.responses.is_some() && changes_state(shared, message)).then(|| key(session, &request.id))
 }
 
-/// The recorded answer of a retried request, if its first execution finished.
+/// The recorded answer of a retried request, if its first execution finished:
+/// from the session's record (calls of tools with session state, saved with it)
+/// or from the request records.
 pub async fn lookup(shared: &Shared, session: &str, message: &ClientJsonRpcMessage) -> Option<Vec<u8>> {
     let ClientJsonRpcMessage::Request(request) = message else {
         return None;
     };
+    match shared.sessions.get(proto::subjects::token(session)).await {
+        Ok(Some(bytes)) => {
+            let id = serde_json::to_string(&request.id).unwrap_or_default();
+            if let Some(saved) = proto::SessionRecord::from_bytes(&bytes)
+                .ok()
+                .and_then(|r| r.answers.into_iter().find(|a| a.id == id))
+            {
+                return Some(saved.message);
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(session_id = session, error = %err, "cannot read session record"),
+    }
     let kv = shared.responses.as_ref()?;
     match kv.get(key(session, &request.id)).await {
         Ok(found) => found.map(|b| b.to_vec()),

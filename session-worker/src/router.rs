@@ -140,6 +140,8 @@ impl Router {
                     return ("open", Some(rejected(INVALID_REQUEST, "session id already in use")));
                 }
                 let record = SessionRecord {
+                    state: Vec::new(),
+                    answers: Vec::new(),
                     v: ENVELOPE_VERSION,
                     owner: env.principal.binding(),
                     principal: env.principal.clone(),
@@ -189,6 +191,8 @@ impl Router {
             }
             Body::Reserve => {
                 let record = SessionRecord {
+                    state: Vec::new(),
+                    answers: Vec::new(),
                     v: ENVELOPE_VERSION,
                     owner: env.principal.binding(),
                     principal: env.principal.clone(),
@@ -261,31 +265,51 @@ impl Router {
                 ("deliver", Some(rejected(-32000, "session is restarting, retry")))
             }
             Body::Attach => match self.session(&env.key, &env.principal).await {
-                Some(_) => ("attach", Some(Ack::Accepted)),
-                None => ("attach", Some(Ack::NotFound)),
-            },
-            Body::Close => match self.session(&env.key, &env.principal).await {
                 Some(handle) => {
-                    // Delete the record first: messages of this shard are handled
-                    // in order, so none that follows can bring the session back.
-                    if let Err(err) = self.shared.sessions.delete(subjects::token(&env.key)).await {
-                        warn!(session_id = %env.key, error = %err, "cannot delete session record");
-                    }
-                    crate::owners::release(&self.shared.owners, &env.principal.binding(), &env.key).await;
-                    self.shared.registry.remove(&env.key);
-                    handle.close();
-                    ("close", Some(Ack::Accepted))
+                    handle.mark_attached();
+                    ("attach", Some(Ack::Accepted))
                 }
-                // A legacy reservation whose stream ended before `initialize`.
-                None => match self.drop_reservation(&env.key, &env.principal).await {
-                    true => ("close", Some(Ack::Accepted)),
-                    false => ("close", Some(Ack::NotFound)),
+                None => match self.is_reservation(&env.key, &env.principal).await {
+                    true => ("attach", Some(Ack::Accepted)),
+                    false => ("attach", Some(Ack::NotFound)),
                 },
             },
+            Body::Close => ("close", Some(self.close(&env.key, &env.principal, None).await)),
+            Body::Release { since_ms } => (
+                "release",
+                Some(self.close(&env.key, &env.principal, Some(since_ms)).await),
+            ),
             Body::Stateless { .. } => (
                 "stateless",
                 Some(rejected(INVALID_REQUEST, "stateless requests do not go to a shard")),
             ),
+        }
+    }
+
+    /// End a session for good; with `unless_attached_after`, only when no stream was
+    /// attached to it after that time (a legacy session whose stream ended).
+    async fn close(&self, id: &str, principal: &proto::Principal, unless_attached_after: Option<u64>) -> Ack {
+        match self.session(id, principal).await {
+            Some(handle) => {
+                if unless_attached_after.is_some_and(|since| handle.attached_ms() > since) {
+                    debug!(session_id = %id, "session was resumed: kept");
+                    return Ack::Accepted;
+                }
+                // Delete the record first: messages of this shard are handled
+                // in order, so none that follows can bring the session back.
+                if let Err(err) = self.shared.sessions.delete(subjects::token(id)).await {
+                    warn!(session_id = %id, error = %err, "cannot delete session record");
+                }
+                crate::owners::release(&self.shared.owners, &principal.binding(), id).await;
+                self.shared.registry.remove(id);
+                handle.close();
+                Ack::Accepted
+            }
+            // A legacy reservation whose stream ended before `initialize`.
+            None => match self.drop_reservation(id, principal).await {
+                true => Ack::Accepted,
+                false => Ack::NotFound,
+            },
         }
     }
 
@@ -399,6 +423,15 @@ impl Router {
 
     /// Delete the caller's own not-yet-initialized reservation of `id`, if that is
     /// what the record is.
+    /// Whether `id` is a legacy session of `principal` reserved but not yet opened.
+    async fn is_reservation(&self, id: &str, principal: &proto::Principal) -> bool {
+        matches!(
+            self.shared.sessions.entry(subjects::token(id)).await,
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put
+                && SessionRecord::from_bytes(&entry.value).is_ok_and(|r| r.is_reserved() && r.owned_by(principal))
+        )
+    }
+
     async fn drop_reservation(&self, id: &str, principal: &proto::Principal) -> bool {
         let Ok(Some(entry)) = self.shared.sessions.entry(subjects::token(id)).await else {
             return false;

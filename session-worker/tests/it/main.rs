@@ -43,6 +43,9 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         tasks_max_running_per_principal: 4,
         tasks_max_bytes: 16 * 1024 * 1024,
         task_max_record_bytes: 64 * 1024,
+        events_max_age_secs: 600,
+        events_max_per_session: 1000,
+        events_max_bytes: 64 * 1024 * 1024,
         tools: Default::default(),
     }
 }
