@@ -43,6 +43,8 @@ pub const ENV_MAX_INFLIGHT_PER_PRINCIPAL: &str = "GATEWAY_MAX_INFLIGHT_PER_PRINC
 pub const DEFAULT_MAX_INFLIGHT_PER_PRINCIPAL: usize = 64;
 pub const ENV_SSE_BUFFER_BYTES: &str = "GATEWAY_SSE_BUFFER_BYTES";
 pub const DEFAULT_SSE_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+pub const ENV_LEGACY_RESUME_GRACE: &str = "GATEWAY_LEGACY_RESUME_GRACE";
+pub const DEFAULT_LEGACY_RESUME_GRACE_SECS: u64 = 30;
 pub const ENV_SLOW_READER_TIMEOUT: &str = "GATEWAY_SLOW_READER_TIMEOUT";
 pub const DEFAULT_SLOW_READER_TIMEOUT_SECS: u64 = 30;
 pub const ENV_BODY_READ_TIMEOUT: &str = "GATEWAY_BODY_READ_TIMEOUT";
@@ -103,6 +105,10 @@ pub struct Config {
     /// reading; beyond it the stream ends (the client reconnects).
     #[arg(long, env = ENV_SSE_BUFFER_BYTES, default_value_t = DEFAULT_SSE_BUFFER_BYTES)]
     pub sse_buffer_bytes: usize,
+    /// Seconds a legacy `/sse` session outlives its stream, so the client can
+    /// resume it with `Last-Event-ID` (on any gateway) before it is closed.
+    #[arg(long, env = ENV_LEGACY_RESUME_GRACE, default_value_t = DEFAULT_LEGACY_RESUME_GRACE_SECS)]
+    pub legacy_resume_grace_secs: u64,
     /// Seconds a client may leave sent data unread (TCP_USER_TIMEOUT) before its
     /// connection is closed.
     #[arg(long, env = ENV_SLOW_READER_TIMEOUT, default_value_t = DEFAULT_SLOW_READER_TIMEOUT_SECS)]

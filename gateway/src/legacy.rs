@@ -1,7 +1,9 @@
 //! The legacy HTTP+SSE transport (protocol 2024-11-05), as older clients and
 //! the seeds use it: `GET /sse` opens the stream and names the endpoint
 //! `/messages?sessionId=…`; every answer, response or not, comes back on that
-//! stream. The stream's end ends the session.
+//! stream. Events carry ids (`<session>:<sequence>`): a client whose stream broke
+//! reconnects with `Last-Event-ID` and gets what it missed. A session whose stream
+//! ended and was not resumed within `GATEWAY_LEGACY_RESUME_GRACE` is closed.
 
 use std::time::Instant;
 
@@ -13,7 +15,7 @@ use tracing::info;
 use crate::errors::{Kind, McpError};
 use crate::mcp::{
     AppState, Incoming, MessageKind, ack_error, admit, begin_request, check_content_type, event_frames, header,
-    read_body_within, relay_error, trace_of,
+    last_event_id, read_body_within, relay_error, trace_of,
 };
 use crate::metrics::{StreamGuard, method_label};
 use crate::sse;
@@ -42,35 +44,59 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
         Ok(p) => p,
         Err(resp) => return Ok(resp),
     };
-    let session = uuid::Uuid::new_v4().simple().to_string();
-    let sub = st
-        .relay
-        .events(&session)
-        .await
-        .map_err(|e| McpError::new(Kind::Internal).detail(e.to_string()))?;
     let trace = trace_of(req);
-    // The worker records the id as this caller's before the client learns it: only
-    // an id minted here, by its owner, can be opened on /messages.
-    let reserve = Envelope::new(principal.clone(), session.clone(), Body::Reserve);
+    // A reconnecting client (an EventSource does it by itself) names the session and
+    // the last event it got: `<session>:<sequence>`. Its session goes on, on any
+    // gateway, with the events it missed.
+    let resume = match last_event_id(req)? {
+        None => None,
+        Some(id) => Some(
+            id.rsplit_once(':')
+                .and_then(|(session, seq)| Some((session.to_owned(), seq.parse::<u64>().ok()?)))
+                .filter(|(session, _)| !session.is_empty() && session.len() <= 128)
+                .ok_or_else(|| {
+                    McpError::new(Kind::InvalidRequest).detail("Last-Event-ID is not an event id of this server")
+                })?,
+        ),
+    };
+    let (session, after) = match &resume {
+        Some((session, seq)) => (session.clone(), Some(*seq)),
+        None => (uuid::Uuid::new_v4().simple().to_string(), None),
+    };
+    let feed = st.relay.event_feed(&session, after).await.map_err(relay_error)?;
+    // A new id: the worker records it as this caller's before the client learns it,
+    // so only an id minted here, by its owner, can be opened on /messages. A resumed
+    // one: it must exist and be the caller's.
+    let body = if resume.is_some() { Body::Attach } else { Body::Reserve };
+    let env = Envelope::new(principal.clone(), session.clone(), body);
     let ack = st
         .relay
-        .send(subjects::actor(&session), &reserve, &trace)
+        .send(subjects::actor(&session), &env, &trace)
         .await
         .map_err(relay_error)?;
     if let Some(e) = ack_error(ack, None) {
         return Err(e);
     }
     let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
-    let endpoint = sse::named_event("endpoint", &format!("/messages?sessionId={session}"));
+    // The endpoint event carries the stream's cursor so far.
+    let cursor = format!("{session}:{}", after.unwrap_or(feed.floor));
+    let endpoint = sse::named_event("endpoint", &format!("/messages?sessionId={session}"), Some(&cursor));
     let frames = futures::StreamExt::chain(
         futures::stream::once(async move { endpoint }),
-        event_frames(sub, st.sse_buffer),
+        event_frames(feed, st.sse_buffer, format!("{session}:")),
     );
+    // When the stream ends the session waits for the client to resume it; then it
+    // is closed unless a stream was attached to it again meanwhile.
     let relay = st.relay.clone();
     let closing = session.clone();
+    let grace = st.legacy_resume_grace;
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let since_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         tokio::spawn(async move {
-            let env = Envelope::new(principal, closing.clone(), Body::Close);
+            tokio::time::sleep(grace).await;
+            let env = Envelope::new(principal, closing.clone(), Body::Release { since_ms });
             let _ = relay.send(subjects::actor(&closing), &env, &trace).await;
         });
     });

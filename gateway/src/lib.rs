@@ -174,6 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         keepalive: config.sse_keepalive(),
         body_timeout: Duration::from_secs(config.body_read_timeout_secs),
         sse_buffer: config.sse_buffer_bytes,
+        legacy_resume_grace: std::time::Duration::from_secs(config.legacy_resume_grace_secs),
         trusted_proxies: limits::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
         unauthenticated: Arc::new(limits::RateLimiter::new(config.unauth_rate)),
         inflight: limits::InflightLimiter::new(config.max_inflight_per_principal),

@@ -56,6 +56,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// `GATEWAY_SSE_BUFFER_BYTES`.
     pub sse_buffer: usize,
+    /// How long a legacy session outlives its stream (`GATEWAY_LEGACY_RESUME_GRACE`).
+    pub legacy_resume_grace: Duration,
     pub trusted_proxies: crate::limits::TrustedProxies,
     /// Failed authentications per client address (`GATEWAY_UNAUTH_RATE`).
     pub unauthenticated: Arc<crate::limits::RateLimiter>,
@@ -817,9 +819,16 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
         }
         return Err(McpError::new(Kind::SessionRequired));
     };
+    let after = last_event_id(req)?
+        .map(|id| {
+            id.parse::<u64>().map_err(|_| {
+                McpError::new(Kind::InvalidRequest).detail("Last-Event-ID is not an event id of this server")
+            })
+        })
+        .transpose()?;
     let trace = trace_of(req);
-    // Subscribe first so nothing published after the check is missed.
-    let sub = st.relay.events(&session).await.map_err(relay_error)?;
+    // Follow first so nothing published after the check is missed.
+    let feed = st.relay.event_feed(&session, after).await.map_err(relay_error)?;
     let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
     let env = Envelope::new(principal, session.clone(), Body::Attach);
     let ack = st
@@ -830,8 +839,15 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
     if let Some(e) = ack_error(ack, None) {
         return Err(e);
     }
+    // A new stream starts with a priming event (an id, no data: SSE's cursor for
+    // a reconnect, as the 2025-11-25 transport describes); a resumed one with what
+    // the client missed.
+    let priming = after.is_none().then(|| sse::priming_event(&feed.floor.to_string()));
     Ok(sse::response(
-        event_frames(sub, st.sse_buffer),
+        futures::StreamExt::chain(
+            futures::stream::iter(priming),
+            event_frames(feed, st.sse_buffer, String::new()),
+        ),
         st.keepalive,
         st.drain.clone(),
         StreamGuard::new(&st.metrics, "get"),
@@ -841,21 +857,57 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
     ))
 }
 
-/// Frames from a session's event subject, until the session ends.
-pub fn event_frames(sub: async_nats::Subscriber, budget: usize) -> impl futures::Stream<Item = Bytes> + Send + 'static {
-    bounded_frames(
-        futures::StreamExt::filter_map(sub, |msg| async move {
-            match Outbound::from_bytes(&msg.payload) {
-                Ok(out) if out.aborted => Some(None),
-                Ok(out) => Some(Some(sse::message_event(&out.message, None))),
-                Err(err) => {
-                    warn!(error = %err, "undecodable session event");
-                    None
-                }
+/// The `Last-Event-ID` a reconnecting SSE client sends, if any.
+pub fn last_event_id(req: &HttpRequest) -> Result<Option<String>, McpError> {
+    match header(req, "last-event-id") {
+        None | Some("") => Ok(None),
+        Some(v) if v.len() > 256 => Err(McpError::new(Kind::InvalidRequest).detail("Last-Event-ID is too long")),
+        Some(v) => Ok(Some(v.to_owned())),
+    }
+}
+
+/// Frames of a session's events, each with its id (`id_prefix` + its sequence in
+/// the event stream): the stored ones the client missed, then the live ones,
+/// until the session ends.
+pub fn event_frames(
+    feed: crate::relay::EventFeed,
+    budget: usize,
+    id_prefix: String,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    let crate::relay::EventFeed { live, replay, floor } = feed;
+    let frame = move |seq: u64, payload: &[u8]| match Outbound::from_bytes(payload) {
+        Ok(out) if out.aborted => Some(None),
+        Ok(out) => Some(Some(sse::message_event(
+            &out.message,
+            Some(&format!("{id_prefix}{seq}")),
+        ))),
+        Err(err) => {
+            warn!(error = %err, "undecodable session event");
+            None
+        }
+    };
+    let replayed: Vec<Option<Bytes>> = replay
+        .iter()
+        .filter_map(|(seq, payload)| frame(*seq, payload))
+        .collect();
+    let live = futures::StreamExt::filter_map(live, move |msg| {
+        let seq = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(subjects::EVENT_SEQUENCE_HEADER))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        let item = match seq {
+            Some(seq) if seq > floor => frame(seq, &msg.payload),
+            // Read back already, or older than the stream.
+            Some(_) => None,
+            None => {
+                warn!("session event without its sequence");
+                None
             }
-        }),
-        budget,
-    )
+        };
+        async move { item }
+    });
+    bounded_frames(futures::StreamExt::chain(futures::stream::iter(replayed), live), budget)
 }
 
 /// A session's events, pulled from `source` (a NATS subscription) by a task of their

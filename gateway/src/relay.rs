@@ -4,13 +4,15 @@
 //! All HTTP responses a gateway has open share one wildcard subscription,
 //! `mcp.reply.<gateway>.*`; each response registers a stream number and gets
 //! its messages through an in-process channel. Session event streams (GET,
-//! legacy SSE) subscribe to `mcp.events.<session>` for as long as they are open.
+//! legacy SSE) subscribe to `mcp.live.<session>` for as long as they are open,
+//! after reading back from the event stream what a resuming client missed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::{HeaderMap, RequestErrorKind};
 use futures::StreamExt;
 use proto::trace::TraceParent;
@@ -54,6 +56,7 @@ pub struct Relay {
     metrics: Metrics,
     /// Keys of workers declared dead (deleted from [`subjects::WORKER_BUCKET`]).
     deaths: broadcast::Sender<String>,
+    events_stream: tokio::sync::OnceCell<async_nats::jetstream::stream::Stream>,
 }
 
 /// What ended the wait for a request's next message.
@@ -131,6 +134,7 @@ impl Relay {
             no_responders_retry,
             metrics,
             deaths,
+            events_stream: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(watch_deaths(Arc::downgrade(&relay)));
         let weak = Arc::downgrade(&relay);
@@ -213,6 +217,7 @@ impl Relay {
             proto::Body::Attach => "attach",
             proto::Body::Reserve => "reserve",
             proto::Body::Close => "close",
+            proto::Body::Release { .. } => "release",
             proto::Body::Stateless { .. } => "stateless",
         };
         if !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
@@ -256,23 +261,80 @@ impl Relay {
         }
     }
 
-    /// Subscribe to a session's event subject.
-    pub async fn events(&self, session: &str) -> Result<async_nats::Subscriber, RelayError> {
+    /// Open a session's event feed: follow its events live, and read back the
+    /// stored ones after `after` (a client's `Last-Event-ID`). Without `after` the
+    /// feed starts after the session's newest stored event (its sequence is the
+    /// stream's priming id).
+    pub async fn event_feed(&self, session: &str, after: Option<u64>) -> Result<EventFeed, RelayError> {
         if !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
             return Err(RelayError::Disconnected);
         }
-        let sub = self
+        // Subscribe first so nothing stored after the read-back is missed.
+        let live = self
             .nats
-            .subscribe(subjects::events(session))
+            .subscribe(subjects::live(session))
             .await
             .map_err(|e| RelayError::Nats(e.to_string()))?;
-        // Make sure the server has the interest before the caller proceeds.
         tokio::time::timeout(self.ack_timeout, self.nats.flush())
             .await
             .map_err(|_| RelayError::TimedOut(self.ack_timeout))?
             .map_err(|e| RelayError::Nats(e.to_string()))?;
-        Ok(sub)
+        let stream = self.events_stream().await?;
+        let subject = subjects::events(session);
+        let nats_err = |e: async_nats::jetstream::stream::DirectGetError| RelayError::Nats(e.to_string());
+        let mut replay = Vec::new();
+        let floor = match after {
+            None => match stream.direct_get_last_for_subject(subject).await {
+                Ok(m) => m.sequence,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+                Err(e) => return Err(nats_err(e)),
+            },
+            Some(mut seq) => {
+                while replay.len() < MAX_REPLAY {
+                    match stream
+                        .direct_get_next_for_subject(subject.clone(), Some(seq.saturating_add(1)))
+                        .await
+                    {
+                        Ok(m) => {
+                            seq = m.sequence;
+                            replay.push((m.sequence, m.payload));
+                        }
+                        Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                        Err(e) => return Err(nats_err(e)),
+                    }
+                }
+                seq
+            }
+        };
+        Ok(EventFeed { live, replay, floor })
     }
+
+    /// The session event stream (created by the workers), looked up once.
+    async fn events_stream(&self) -> Result<async_nats::jetstream::stream::Stream, RelayError> {
+        self.events_stream
+            .get_or_try_init(|| async {
+                async_nats::jetstream::new(self.nats.clone())
+                    .get_stream(subjects::EVENTS_STREAM)
+                    .await
+                    .map_err(|e| RelayError::Nats(format!("event stream {}: {e}", subjects::EVENTS_STREAM)))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Most stored events one resume reads back (the stream keeps fewer per session
+/// by default: `WORKER_EVENTS_MAX_PER_SESSION`).
+const MAX_REPLAY: usize = 10_000;
+
+/// A session's events for one SSE stream: what was stored after the client's
+/// `Last-Event-ID`, then what arrives live above `floor`.
+pub struct EventFeed {
+    pub live: async_nats::Subscriber,
+    /// Stored events after the client's last one, oldest first: (sequence, payload).
+    pub replay: Vec<(u64, bytes::Bytes)>,
+    /// Live events at or below this sequence were replayed or predate the stream.
+    pub floor: u64,
 }
 
 /// Follow [`subjects::WORKER_BUCKET`]: a deleted key is a worker declared dead (or

@@ -32,9 +32,19 @@ pub fn message_event(json: &[u8], id: Option<&str>) -> Bytes {
     Bytes::from(out)
 }
 
-/// A named event with a text payload (the legacy transport's `endpoint`).
-pub fn named_event(name: &str, data: &str) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+/// A named event with a text payload (the legacy transport's `endpoint`), and
+/// an id when it is the stream's resume cursor.
+pub fn named_event(name: &str, data: &str, id: Option<&str>) -> Bytes {
+    match id {
+        Some(id) => Bytes::from(format!("id: {id}\nevent: {name}\ndata: {data}\n\n")),
+        None => Bytes::from(format!("event: {name}\ndata: {data}\n\n")),
+    }
+}
+
+/// An event with an id and empty data: the cursor a client reconnects from
+/// (`Last-Event-ID`) before any message came.
+pub fn priming_event(id: &str) -> Bytes {
+    Bytes::from(format!("id: {id}\ndata: \n\n"))
 }
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -177,8 +187,13 @@ mod tests {
             Bytes::from_static(b"event: message\ndata: {\ndata: }\n\n")
         );
         assert_eq!(
-            named_event("endpoint", "/messages?sessionId=x"),
+            named_event("endpoint", "/messages?sessionId=x", None),
             Bytes::from_static(b"event: endpoint\ndata: /messages?sessionId=x\n\n")
         );
+        assert_eq!(
+            named_event("endpoint", "/m", Some("x:3")),
+            Bytes::from_static(b"id: x:3\nevent: endpoint\ndata: /m\n\n")
+        );
+        assert_eq!(priming_event("12"), Bytes::from_static(b"id: 12\ndata: \n\n"));
     }
 }
