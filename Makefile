@@ -3,11 +3,13 @@
 #   make test    build, cargo tests, end-to-end suite, conformance suite
 #   make token   a fresh DEVELOPMENT-ONLY bearer token for the running `make run` cluster
 #   make fuzz    fuzz the untrusted-input parsers, FUZZ_SECONDS (60) per target (not in `make test`)
+#   make chaos   fault injection (kill/stop workers, rolling restarts, NATS restart, SSE resume)
+#                against throwaway clusters from target/release; table in tests/chaos/results.md
 
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 
-.PHONY: run token test deps build lint test-cargo test-e2e test-conformance test-authz test-browser bench fuzz clean-run
+.PHONY: run token test deps build lint test-cargo test-e2e test-conformance test-authz test-browser bench fuzz chaos clean-run
 
 run:
 	bash scripts/run-local.sh
@@ -56,6 +58,11 @@ bench:
 # cargo-fuzz targets in fuzz/ (own workspace and target dir); see scripts/fuzz.sh.
 fuzz:
 	bash scripts/fuzz.sh
+
+# Each scenario on its own cluster from the release binaries (assumes `make deps build`);
+# CHAOS_ARGS="--only kill-worker,sse-resume" to run some of them. Not in `make test`.
+chaos:
+	$(PYTHON) tests/chaos/run.py $(CHAOS_ARGS)
 
 clean-run:
 	rm -rf .run

@@ -236,6 +236,27 @@ class NatsServer:
         self.proc.stop()
         shutil.rmtree(self.store, ignore_errors=True)
 
+    def stop_process(self) -> None:
+        """SIGTERM the server (KILL after STOP_TIMEOUT) but keep its store, for `start_again`."""
+        self.proc.stop()
+
+    def start_again(self) -> "NatsServer":
+        """Start the server again after `stop_process`: same port, same store, same log file,
+        so clients holding `url` reconnect to it and JetStream finds its file-backed streams."""
+        assert self.port, "start_again needs a server that was started once"
+        argv = list(self.proc.argv)
+        argv[argv.index("-p") + 1] = str(self.port)
+        skip = self.proc.log_path.stat().st_size if self.proc.log_path.exists() else 0
+        self.proc = Proc(self.proc.name, argv, self.proc.env, self.proc.log_path).start()
+
+        def ready() -> bool:
+            self.proc.check_alive()
+            text = self.proc.log_text()[skip:]
+            return f"127.0.0.1:{self.port}" in text and "Server is ready" in text
+
+        retry_until(ready, READY_TIMEOUT, f"nats-server is ready again on port {self.port}")
+        return self
+
 
 def vault_keys() -> str:
     """AUTH_VAULT_KEYS: one fresh key, `id:base64url(32 random bytes)`."""
@@ -581,6 +602,9 @@ class Gateway:
     # More settings (GATEWAY_*, JWKS_CACHE_TTL, …), applied last.
     env: dict[str, str] = field(default_factory=dict)
     proc: Proc | None = None
+    # RESOURCE_IDENTIFIER when it is not this gateway's own /mcp URL: several gateways behind
+    # one load balancer share the public URL (tests/chaos).
+    resource_identifier: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -597,7 +621,7 @@ class Gateway:
     @property
     def resource(self) -> str:
         """RESOURCE_IDENTIFIER: the audience tokens must carry."""
-        return self.mcp_url
+        return self.resource_identifier or self.mcp_url
 
     @property
     def admin_url(self) -> str:
@@ -648,6 +672,10 @@ class Cluster:
     fixture (started first) as the upstream. `auth_env` adds or overrides auth-service settings
     (e.g. AUTH_REFRESH_GRACE), `gateway_env` and `worker_env` those of the gateway and the
     workers; `oidc_access_token_ttl` shortens the upstream's access tokens.
+
+    `gateways=N` (development issuer only) starts N gateways on the same NATS: `gateway` is the
+    first, `gateways` all of them; `resource` is then the public URL they share (a load
+    balancer's), the audience of minted tokens. `add_worker` starts one more worker.
     """
 
     def __init__(
@@ -664,7 +692,14 @@ class Cluster:
         gateway_env: dict[str, str] | None = None,
         worker_env: dict[str, str] | None = None,
         todo_api: bool = False,
+        gateways: int = 1,
+        resource: str | None = None,
     ) -> None:
+        if gateways != 1 and oauth is not None:
+            raise ValueError("more than one gateway needs the development issuer (oauth=None)")
+        self.n_gateways = gateways
+        self.resource = resource
+        self.gateways: list[Gateway] = []
         self.workdir = workdir
         self.with_todo_api = todo_api
         self.todo_api: TodoApi | None = None
@@ -719,8 +754,16 @@ class Cluster:
                 self.gateway = Gateway(
                     self.workdir, self.nats.url, [self.auth.issuer],
                     max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
-                    env=self.gateway_env,
+                    env=self.gateway_env, resource_identifier=self.resource,
                 )
+                self.gateways = [self.gateway] + [
+                    Gateway(
+                        self.workdir, self.nats.url, [self.auth.issuer], name=f"gateway-{i + 1}",
+                        max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
+                        env=self.gateway_env, resource_identifier=self.resource,
+                    )
+                    for i in range(1, self.n_gateways)
+                ]
             else:
                 # The gateway's origin is the issuer: pick its port first.
                 gw_port = free_port()
@@ -746,6 +789,8 @@ class Cluster:
                     max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
                     auth_upstream=self.auth.url, authorization_servers=[origin], env=self.gateway_env,
                 )
+            if not self.gateways:
+                self.gateways = [self.gateway]
             self.auth.start(self.nats.url, resource=self.gateway.resource)
             self.workers = [
                 Worker(
@@ -754,6 +799,8 @@ class Cluster:
                 for i in range(self.n_workers)
             ]
             self.gateway.start()
+            for g in self.gateways[1:]:
+                g.start()
             for w in self.workers:
                 w.wait_ready()
             if self.workers:
@@ -765,7 +812,9 @@ class Cluster:
 
     def procs(self) -> list[Proc]:
         out: list[Proc] = []
-        for part in [self.nats, self.oidc, self.todo_api, self.auth, *self.workers, self.gateway]:
+        for part in [
+            self.nats, self.oidc, self.todo_api, self.auth, *self.workers, self.gateway, *self.gateways[1:],
+        ]:
             p = getattr(part, "proc", None)
             if p is not None:
                 out.append(p)
@@ -808,8 +857,21 @@ class Cluster:
                     target[k] = v
         return sign_jwt(self.auth.key_file, body, head)
 
+    def add_worker(self, worker_id: str | None = None, wait: bool = True) -> Worker:
+        """Start one more worker like the others (a replacement in a rolling restart)."""
+        assert self.nats is not None
+        w = Worker(
+            self.workdir, worker_id or f"worker-{len(self.workers) + 1}", self.nats.url,
+            profile=self.profile, env=self.worker_env,
+        )
+        self.workers.append(w)
+        return w.start(wait=wait)
+
     def stop(self) -> None:
-        for part in [self.gateway, *reversed(self.workers), self.auth, self.todo_api, self.oidc, self.nats]:
+        for part in [
+            *reversed(self.gateways[1:]), self.gateway, *reversed(self.workers),
+            self.auth, self.todo_api, self.oidc, self.nats,
+        ]:
             if part is not None:
                 try:
                     part.stop()
