@@ -155,6 +155,11 @@ class SseReader:
             h["Authorization"] = f"Bearer {token}"
         h.update(headers or {})
         self.events: "queue.Queue[tuple[str, str]]" = queue.Queue()
+        # The `id:` of each queued event (None when it had none), in the same order, and the
+        # last id the stream carried (priming events included): what a reconnect sends back.
+        self.ids: "queue.Queue[str | None]" = queue.Queue()
+        self.last_id: str | None = None
+        self.event_id: str | None = None  # the id of the event `event()`/`message()` returned last
         self.closed = threading.Event()
         self.error: BaseException | None = None
         self._client = httpx.Client(timeout=httpx.Timeout(open_timeout, read=read_timeout), trust_env=False)
@@ -169,17 +174,22 @@ class SseReader:
             self.closed.set()
 
     def _read(self) -> None:
-        event, data = "message", []
+        event, data, id = "message", [], None
         try:
             for line in self.response.iter_lines():
                 if line == "":
-                    if data:
+                    if id is not None:
+                        self.last_id = id  # a priming event (no data) only moves the cursor
+                    if "".join(data):
+                        self.ids.put(id)  # first, so a reader of the event finds its id
                         self.events.put((event, "\n".join(data)))
-                    event, data = "message", []
+                    event, data, id = "message", [], None
                 elif line.startswith("event:"):
                     event = line[6:].strip()
                 elif line.startswith("data:"):
                     data.append(line[5:].lstrip(" "))
+                elif line.startswith("id:"):
+                    id = line[3:].strip()
         except BaseException as exc:  # noqa: BLE001 - a read timeout or reset ends the stream for us
             self.error = exc
         finally:
@@ -187,7 +197,10 @@ class SseReader:
 
     def event(self, timeout: float = 10.0) -> tuple[str, str]:
         """The next (event name, data); raises queue.Empty after `timeout` seconds."""
-        return self.events.get(timeout=timeout)
+        self.event_id = None
+        item = self.events.get(timeout=timeout)
+        self.event_id = self.ids.get_nowait()
+        return item
 
     def endpoint(self, timeout: float = 10.0) -> str:
         name, data = self.event(timeout)
@@ -213,6 +226,7 @@ class SseReader:
         out = []
         while not self.events.empty():
             name, data = self.events.get_nowait()
+            self.event_id = self.ids.get_nowait()
             if name == "message":
                 out.append(json.loads(data))
         return out
