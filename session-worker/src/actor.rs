@@ -523,6 +523,16 @@ impl SessionActor {
             self.persist();
         }
         self.follow_caller(&caller);
+        if let ClientJsonRpcMessage::Request(req) = &message
+            && self.is_stateful(&message)
+            && let Some(saved) = self.saved_answer(&req.id)
+        {
+            // A client that lost the answer and sent the call again (same id):
+            // answered from the record, never run twice.
+            info!(session_id = %self.id, "repeated call answered from the session's record");
+            self.answer_again(saved, route, ack_to);
+            return;
+        }
         if let ClientJsonRpcMessage::Request(req) = &mut message {
             req.request.extensions_mut().insert(tools::Caller(caller));
         }
@@ -574,6 +584,32 @@ impl SessionActor {
             self.stateful = Some(req.id.clone());
         }
         self.hand_over(message);
+    }
+
+    /// The saved answer of call `id` (calls with session state keep theirs in the record).
+    fn saved_answer(&self, id: &RequestId) -> Option<Vec<u8>> {
+        let id = serde_json::to_string(id).unwrap_or_default();
+        self.record
+            .answers
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.message.clone())
+    }
+
+    /// Send an answer given before to where this request's answers go.
+    fn answer_again(&mut self, payload: Vec<u8>, route: Route, ack_to: Option<String>) {
+        match (route, ack_to) {
+            (Route::Reply { .. }, Some(ack)) => self.send_ack(ack, &proto::Ack::First(Outbound::new(1, payload, true))),
+            (Route::Reply { subject }, None) => self.send(subject, Outbound::new(1, payload, true)),
+            (Route::SessionEvents, _) => {
+                self.events_seq += 1;
+                self.send(
+                    subjects::events(&self.id),
+                    Outbound::new(self.events_seq, payload, false),
+                );
+            }
+            (Route::Nothing, _) => {}
+        }
     }
 
     fn hand_over(&self, message: ClientJsonRpcMessage) {
