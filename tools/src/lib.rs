@@ -256,12 +256,16 @@ fn capabilities(profile: Profile, resources: bool, tasks: bool) -> ServerCapabil
 
 fn base_capabilities(profile: Profile, resources: bool) -> ServerCapabilities {
     match profile {
+        // Logging: the `count` tool reports each change as a log message, and a
+        // client may set the level (kept with the session).
         Profile::Default if resources => ServerCapabilities::builder()
+            .enable_logging()
             .enable_resources()
             .enable_tools()
             .enable_tool_list_changed()
             .build(),
         Profile::Default => ServerCapabilities::builder()
+            .enable_logging()
             .enable_tools()
             .enable_tool_list_changed()
             .build(),
@@ -471,7 +475,6 @@ impl ServerHandler for McpServer {
         request: SetLevelRequestParams,
         _cx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.require_conformance::<rmcp::model::SetLevelRequestMethod>()?;
         self.session.set_log_level(request.level);
         Ok(())
     }
