@@ -671,9 +671,7 @@ async fn relay_request(
     // (see session_worker::records). Stateless requests are not retried.
     let retryable = matches!(env.body, Body::Deliver { .. });
     let mut retries = 0;
-    let (mut ack, mut worker) = st
-        .relay
-        .send_from(subject.clone(), &env, trace)
+    let (mut ack, mut worker) = send_acked(st, &subject, &mut env, trace, &mut deaths, retryable, &mut retries)
         .await
         .map_err(|e| relay_error(e).with_id(id.clone()))?;
     let deadline = tokio::time::Instant::now() + st.request_timeout;
@@ -707,9 +705,7 @@ async fn relay_request(
                         }
                         retries += 1;
                         env.retry = true;
-                        (ack, worker) = st
-                            .relay
-                            .send_from(subject.clone(), &env, trace)
+                        (ack, worker) = send_acked(st, &subject, &mut env, trace, &mut deaths, retryable, &mut retries)
                             .await
                             .map_err(|e| relay_error(e).with_id(id.clone()))?;
                     }
@@ -758,6 +754,54 @@ async fn relay_request(
 
 /// Times a session's request is sent again after its worker died.
 const MAX_RETRIES: u32 = 3;
+
+/// Send `env` and wait for its acknowledgement. A session's request (`retryable`)
+/// may have reached a worker that died before acknowledging it (it sat unread in
+/// the worker's socket): then no acknowledgement names the worker, and no death can
+/// be matched to it. So when any worker is declared dead while the request waits
+/// for its acknowledgement, or none comes in time, it is sent again, flagged as a
+/// retry (up to [`MAX_RETRIES`] in all): the shard's owner answers it from its
+/// record, joins the run in flight (same session, same id), or runs it once.
+async fn send_acked(
+    st: &AppState,
+    subject: &str,
+    env: &mut Envelope,
+    trace: &TraceParent,
+    deaths: &mut tokio::sync::broadcast::Receiver<String>,
+    retryable: bool,
+    retries: &mut u32,
+) -> Result<(Ack, Option<String>), RelayError> {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let outcome = {
+            let send = st.relay.send_from(subject.to_owned(), env, trace);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    biased;
+                    sent = &mut send => break Some(sent),
+                    dead = deaths.recv(), if retryable && *retries < MAX_RETRIES => match dead {
+                        Ok(_) | Err(RecvError::Lagged(_)) => break None,
+                        Err(RecvError::Closed) => break Some((&mut send).await),
+                    },
+                }
+            }
+        };
+        let why = match outcome {
+            Some(Err(RelayError::TimedOut(_))) if retryable && *retries < MAX_RETRIES => "no acknowledgement in time",
+            Some(sent) => return sent,
+            None => "a worker died while the request waited for its acknowledgement",
+        };
+        warn!(
+            retries = *retries,
+            reason = why,
+            "sending a request again, flagged as a retry"
+        );
+        st.metrics.worker_gone.with_label_values(&["retried"]).inc();
+        *retries += 1;
+        env.retry = true;
+    }
+}
 
 /// The SSE frames of one request's answer, ending after its final message.
 fn reply_frames(

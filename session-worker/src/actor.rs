@@ -536,6 +536,10 @@ impl SessionActor {
         if let ClientJsonRpcMessage::Request(req) = &mut message {
             req.request.extensions_mut().insert(tools::Caller(caller));
         }
+        // The same request again while its first run is in flight (a gateway that
+        // got no acknowledgement sent it again): its answers go to the new route,
+        // and it does not run twice.
+        let in_flight = matches!(&message, ClientJsonRpcMessage::Request(req) if self.routes.contains_key(&req.id));
         match &message {
             ClientJsonRpcMessage::Request(req) => {
                 let target = match route {
@@ -556,6 +560,12 @@ impl SessionActor {
                     }
                     Route::SessionEvents => Target::Events,
                 };
+                let mut target = target;
+                if let (Target::Reply { seq, .. }, Some(Target::Reply { seq: sent, .. })) =
+                    (&mut target, self.routes.get(&req.id))
+                {
+                    *seq = *sent; // the same reply stream goes on where it was
+                }
                 self.routes.insert(req.id.clone(), target);
                 if let Some(token) = req.request.get_meta().get_progress_token() {
                     self.progress.insert(token, req.id.clone());
@@ -573,6 +583,10 @@ impl SessionActor {
                 }
             }
             _ => {}
+        }
+        if in_flight {
+            info!(session_id = %self.id, "request sent again while in flight: its answer goes to the new route");
+            return;
         }
         if let ClientJsonRpcMessage::Request(req) = &message
             && self.is_stateful(&message)

@@ -161,3 +161,46 @@ def test_a_request_in_flight_on_a_killed_worker_is_retried_on_the_survivor(fixtu
                    if line.startswith("mcp_gateway_worker_gone_total") and 'outcome="retried"' in line]
         assert retried and float(retried[0].split()[-1]) >= 1, retried
         assert ping(client, url, token, mine[0], id=8)
+
+
+def test_a_request_its_worker_never_acknowledged_is_sent_again_when_the_worker_dies(pair: Cluster) -> None:
+    """A request reaches a worker that is stalled (SIGSTOP) and then killed: no acknowledgement
+    ever comes, so the gateway cannot know which worker had it. It learns of a death while it
+    waits and sends the request again, flagged as a retry, to the shard's new owner: the client
+    gets one answer, and the `count` call ran exactly once, instead of a 504 after the
+    acknowledgement timeout."""
+    import threading
+
+    assert pair.gateway is not None
+    url = pair.gateway.mcp_url
+    token = pair.mint("alice")
+    victim = pair.workers[0]
+    assert victim.proc is not None
+
+    def count(client: httpx.Client, session: str, id: int) -> httpx.Response:
+        call = rpc("tools/call", {"name": "count", "arguments": {}}, id)
+        return client.post(url, json=call, headers=headers(token, session=session, version=SESSIONFUL_VERSION))
+
+    def value(r: httpx.Response, id: int) -> int:
+        assert r.status_code == 200, r.text
+        return int(response_for(r, id)["result"]["structuredContent"]["count"])
+
+    answer: dict[str, httpx.Response] = {}
+    with httpx.Client(timeout=60) as client:
+        sessions = [open_session(client, url, token) for _ in range(8)]
+        for s in sessions:
+            assert value(count(client, s, 2), 2) == 1
+        mine = owned_by(victim, sessions)
+        assert mine, "no session on the victim"
+        os.kill(victim.proc.pid, signal.SIGSTOP)
+        caller = threading.Thread(target=lambda: answer.setdefault("r", count(client, mine[0], 3)))
+        caller.start()
+        time.sleep(0.3)  # the request sits, unread, in the stalled worker's socket
+        victim.proc.kill()
+        caller.join(timeout=30)
+        assert not caller.is_alive(), "the request was still held 30 s after its worker died"
+        assert value(answer["r"], 3) == 2
+        assert value(count(client, mine[0], 4), 4) == 3, "the retried call ran twice"
+        retried = [line for line in pair.gateway.metrics().splitlines()
+                   if line.startswith("mcp_gateway_worker_gone_total") and 'outcome="retried"' in line]
+        assert retried and float(retried[0].split()[-1]) >= 1, retried
