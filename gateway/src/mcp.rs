@@ -776,15 +776,13 @@ async fn send_acked(
         let outcome = {
             let send = st.relay.send_from(subject.to_owned(), env, trace);
             tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    biased;
-                    sent = &mut send => break Some(sent),
-                    dead = deaths.recv(), if retryable && *retries < MAX_RETRIES => match dead {
-                        Ok(_) | Err(RecvError::Lagged(_)) => break None,
-                        Err(RecvError::Closed) => break Some((&mut send).await),
-                    },
-                }
+            tokio::select! {
+                biased;
+                sent = &mut send => Some(sent),
+                dead = deaths.recv(), if retryable && *retries < MAX_RETRIES => match dead {
+                    Ok(_) | Err(RecvError::Lagged(_)) => None,
+                    Err(RecvError::Closed) => Some((&mut send).await),
+                },
             }
         };
         let why = match outcome {
