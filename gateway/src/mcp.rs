@@ -307,6 +307,8 @@ pub(crate) fn ack_error(ack: Ack, id: Option<Value>) -> Option<McpError> {
     match ack {
         Ack::Accepted | Ack::First(_) => None,
         Ack::NotFound => Some(McpError::new(Kind::SessionNotFound).with_id(id)),
+        // Only user-state operations, which gateways never send, are answered so.
+        Ack::Answer(_) => Some(McpError::new(Kind::Internal).with_id(id)),
         Ack::Rejected { code, message } => {
             let kind = match code {
                 proto::mcp::PARSE_ERROR => Kind::ParseError,

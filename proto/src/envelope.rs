@@ -82,7 +82,22 @@ pub enum Body {
         message: Vec<u8>,
         route: Route,
     },
+    /// Apply an operation to a user's state, in the actor `user:<sub>` (key from
+    /// [`crate::subjects::user_key`]); sent by a worker running a tool that keeps
+    /// per-user state. Answered with [`Ack::Answer`] (the tool's answer, JSON), or
+    /// [`Ack::Rejected`]: [`USER_REFUSED`] when the tool refused the operation.
+    /// `op_id` names the operation: sent again, it is answered from its record.
+    User {
+        tool: String,
+        /// The operation, JSON.
+        #[serde(with = "serde_bytes")]
+        op: Vec<u8>,
+        op_id: String,
+    },
 }
+
+/// [`Ack::Rejected`] code of a user-state operation the tool refused.
+pub const USER_REFUSED: i64 = -32602;
 
 /// A worker's immediate answer to an [`Envelope`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +111,8 @@ pub enum Ack {
     NotFound,
     /// The message was refused before reaching the MCP handler.
     Rejected { code: i64, message: String },
+    /// The answer of a [`Body::User`] operation, JSON.
+    Answer(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// One server→client message on a [`Route::Reply`] or session events subject.
@@ -303,6 +320,11 @@ mod tests {
                 message: b"{}".to_vec(),
                 route: Route::Nothing,
             },
+            Body::User {
+                tool: "notes".into(),
+                op: br#"{"add":"x"}"#.to_vec(),
+                op_id: "op-1".into(),
+            },
         ];
         for body in bodies {
             let mut env = Envelope::new(principal(), "sess-1", body);
@@ -338,6 +360,7 @@ mod tests {
                 code: -32600,
                 message: "no".into(),
             },
+            Ack::Answer(br#"{"notes":[]}"#.to_vec()),
         ] {
             let bytes = ack.to_bytes().expect("encode");
             assert_eq!(Ack::from_bytes(&bytes).expect("decode"), ack);

@@ -72,6 +72,14 @@ pub fn token(key: &str) -> String {
     }
 }
 
+/// JetStream KV bucket of per-user state (`token(user:<sub>)` → the user's record).
+pub const USER_BUCKET: &str = "mcp_users";
+
+/// The actor key of user `sub`'s state.
+pub fn user_key(sub: &str) -> String {
+    format!("user:{sub}")
+}
+
 /// The subject a request for actor `key` is sent to.
 pub fn actor(key: &str) -> String {
     format!("{SHARD_PREFIX}.{}.{}", shard(key), token(key))

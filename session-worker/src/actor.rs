@@ -85,6 +85,12 @@ pub struct Shared {
     pub max_sessions_per_principal: usize,
     /// `WORKER_MAX_RECORD_BYTES`.
     pub max_record_bytes: usize,
+    /// [`subjects::USER_BUCKET`]: per-user state ([`crate::users`]).
+    pub users: async_nats::jetstream::kv::Store,
+    /// The user actors of this worker.
+    pub user_actors: crate::users::UserActors,
+    /// How tools reach user actors (on this worker or another).
+    pub user_client: Arc<dyn tools::user::UserStore>,
 }
 
 /// Live session actors of this process, by session id.
@@ -433,6 +439,7 @@ impl Actor for SessionActor {
             .with_toolbox(self.shared.toolbox.clone())
             .with_listen_hub(self.shared.listen.clone())
             .with_vault(self.shared.vault.clone())
+            .with_users(self.shared.user_client.clone())
             .with_tasks(self.shared.tasks.clone())
             .with_session_state(self.state.clone());
         let ct = self.ct.clone();

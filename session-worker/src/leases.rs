@@ -79,10 +79,18 @@ pub async fn bucket(
 }
 
 impl Leases {
-    pub async fn open(js: &jetstream::Context, worker_id: &str, ttl: Duration) -> Result<Self, LeaseError> {
+    /// Open (creating them if missing) the lease and worker buckets: (leases, workers).
+    /// They are memory-backed, so a restarted nats-server has neither until a
+    /// worker creates them again.
+    pub async fn ensure(js: &jetstream::Context, ttl: Duration) -> Result<(kv::Store, kv::Store), LeaseError> {
         let memory = jetstream::stream::StorageType::Memory;
         let leases = bucket(js, subjects::LEASE_BUCKET, ttl, memory, LEASE_BUCKET_MAX_BYTES).await?;
         let workers = bucket(js, subjects::WORKER_BUCKET, ttl, memory, LEASE_BUCKET_MAX_BYTES).await?;
+        Ok((leases, workers))
+    }
+
+    pub async fn open(js: &jetstream::Context, worker_id: &str, ttl: Duration) -> Result<Self, LeaseError> {
+        let (leases, workers) = Self::ensure(js, ttl).await?;
         Ok(Self {
             worker_id: worker_id.to_owned(),
             leases,

@@ -27,6 +27,7 @@ pub mod router;
 pub mod stateless;
 pub mod tasks;
 pub mod transport;
+pub mod users;
 pub mod vault;
 
 use std::net::SocketAddr;
@@ -39,7 +40,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::Config;
 
@@ -66,6 +67,71 @@ impl Worker {
     }
 }
 
+/// The worker's buckets and streams (besides the lease buckets of [`Leases`]).
+struct Stores {
+    sessions: jetstream::kv::Store,
+    owners: jetstream::kv::Store,
+    tasks: jetstream::kv::Store,
+    responses: Option<jetstream::kv::Store>,
+    users: jetstream::kv::Store,
+}
+
+/// Open every bucket and stream the worker uses, creating those missing. Called at
+/// start, and again when a lease round fails: a nats-server restarted without its
+/// memory-backed buckets (leases, heartbeats, request records) gets them back, and
+/// the handles opened at start work again (a handle names its bucket, not a copy).
+async fn open_stores(js: &jetstream::Context, config: &Config) -> anyhow::Result<Stores> {
+    let file = jetstream::stream::StorageType::File;
+    let ttl = Duration::from_secs(config.session_ttl_secs);
+    let sessions = leases::bucket(
+        js,
+        proto::subjects::SESSION_BUCKET,
+        ttl,
+        file,
+        config.sessions_max_bytes,
+    )
+    .await?;
+    events::ensure(
+        js,
+        events::Retention {
+            max_age: Duration::from_secs(config.events_max_age_secs),
+            max_per_session: config.events_max_per_session,
+            max_bytes: config.events_max_bytes,
+        },
+    )
+    .await?;
+    let owners_max = (config.sessions_max_bytes / 4).max(1024 * 1024);
+    let owners = leases::bucket(js, proto::subjects::PRINCIPAL_SESSIONS_BUCKET, ttl, file, owners_max).await?;
+    let task_ttl = Duration::from_secs(config.task_ttl_secs) + tasks::BUCKET_SLACK;
+    let tasks = leases::bucket(js, proto::subjects::TASK_BUCKET, task_ttl, file, config.tasks_max_bytes).await?;
+    let responses = if config.request_records {
+        let ttl = Duration::from_secs(config.record_ttl_secs);
+        let memory = jetstream::stream::StorageType::Memory;
+        Some(
+            leases::bucket(
+                js,
+                proto::subjects::RESPONSE_BUCKET,
+                ttl,
+                memory,
+                config.records_max_bytes,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    // A user's state lasts until the operator's bucket limits say otherwise.
+    let users = leases::bucket(js, proto::subjects::USER_BUCKET, Duration::ZERO, file, owners_max).await?;
+    Leases::ensure(js, config.lease_ttl()).await?;
+    Ok(Stores {
+        sessions,
+        owners,
+        tasks,
+        responses,
+        users,
+    })
+}
+
 /// Run until `shutdown` resolves, then drain.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let worker = start(config).await?;
@@ -90,39 +156,13 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
     let js = jetstream::new(nats.clone());
-    let sessions = leases::bucket(
-        &js,
-        proto::subjects::SESSION_BUCKET,
-        Duration::from_secs(config.session_ttl_secs),
-        jetstream::stream::StorageType::File,
-        config.sessions_max_bytes,
-    )
-    .await?;
-    events::ensure(
-        &js,
-        events::Retention {
-            max_age: Duration::from_secs(config.events_max_age_secs),
-            max_per_session: config.events_max_per_session,
-            max_bytes: config.events_max_bytes,
-        },
-    )
-    .await?;
-    let owners = leases::bucket(
-        &js,
-        proto::subjects::PRINCIPAL_SESSIONS_BUCKET,
-        Duration::from_secs(config.session_ttl_secs),
-        jetstream::stream::StorageType::File,
-        (config.sessions_max_bytes / 4).max(1024 * 1024),
-    )
-    .await?;
-    let task_bucket = leases::bucket(
-        &js,
-        proto::subjects::TASK_BUCKET,
-        Duration::from_secs(config.task_ttl_secs) + tasks::BUCKET_SLACK,
-        jetstream::stream::StorageType::File,
-        config.tasks_max_bytes,
-    )
-    .await?;
+    let Stores {
+        sessions,
+        owners,
+        tasks: task_bucket,
+        responses,
+        users,
+    } = open_stores(&js, &config).await?;
     let task_runtime = tools::tasks::Tasks::new(
         Arc::new(tasks::KvTaskStore::new(
             task_bucket,
@@ -131,20 +171,6 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         )),
         config.task_settings(),
     );
-    let responses = if config.request_records {
-        Some(
-            leases::bucket(
-                &js,
-                proto::subjects::RESPONSE_BUCKET,
-                Duration::from_secs(config.record_ttl_secs),
-                jetstream::stream::StorageType::Memory,
-                config.records_max_bytes,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
     let mut leases = Leases::open(&js, &worker_id, config.lease_ttl()).await?;
     let timing = config.liveness();
     let fence = Arc::new(liveness::Fence::new(timing.fence()));
@@ -197,6 +223,9 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         worker_key: proto::subjects::token(&worker_id),
         session_ttl: Duration::from_secs(config.session_ttl_secs),
         responses,
+        users,
+        user_actors: users::UserActors::default(),
+        user_client: Arc::new(users::UserClient::new(nats.clone())),
     });
     let router = Router::new(
         shared.clone(),
@@ -255,8 +284,23 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                 Some(event) = live_rx.recv() => {
                     let serve = match event {
                         liveness::Event::Fenced => false,
-                        liveness::Event::Restored => true,
+                        liveness::Event::Restored => {
+                            // Back after an outage: the lease bucket may be a new one (a
+                            // restarted nats-server), so watch it afresh and claim now.
+                            match leases.watch().await {
+                                Ok(watch) => lease_changes = watch,
+                                Err(err) => warn!(error = %err, "cannot watch the leases"),
+                            }
+                            interval.reset_immediately();
+                            true
+                        }
                         liveness::Event::Evicted => {
+                            subs.clear().await;
+                            // Leases still at our revision were never taken over (e.g. all
+                            // of them after a nats-server restart): give them back now, so
+                            // they are claimed at once instead of after expiring. Bounded:
+                            // NATS may still be out of reach.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), leases.release_all()).await;
                             leases.forget_all();
                             false
                         }
@@ -314,7 +358,18 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                             metrics.owned_shards.set(subs.owned() as i64);
                             ready.store(subs.owned() > 0, Ordering::Relaxed);
                         }
-                        Err(err) => warn!(error = %err, "lease round failed"),
+                        Err(err) => {
+                            warn!(error = %err, "lease round failed");
+                            // A nats-server restarted without its memory buckets: create
+                            // them again; the watch must start over on the new bucket.
+                            match open_stores(&js, &config).await {
+                                Ok(_) => match leases.watch().await {
+                                    Ok(watch) => lease_changes = watch,
+                                    Err(err) => warn!(error = %err, "cannot watch the leases"),
+                                },
+                                Err(err) => debug!(error = %err, "cannot open the buckets yet"),
+                            }
+                        }
                     }
                 }
             }

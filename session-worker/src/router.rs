@@ -96,7 +96,7 @@ impl Router {
             }
         };
         let outcome = match &ack {
-            None | Some(Ack::Accepted) | Some(Ack::First(_)) => "accepted",
+            None | Some(Ack::Accepted) | Some(Ack::First(_)) | Some(Ack::Answer(_)) => "accepted",
             Some(Ack::NotFound) => "not_found",
             Some(Ack::Rejected { .. }) => "rejected",
         };
@@ -283,6 +283,15 @@ impl Router {
                 "stateless",
                 Some(rejected(INVALID_REQUEST, "stateless requests do not go to a shard")),
             ),
+            body @ Body::User { .. } => {
+                let env = Envelope { body, ..env };
+                (
+                    "user",
+                    self.shared
+                        .user_actors
+                        .dispatch(&self.shared, env, async_nats::Subject::from(reply)),
+                )
+            }
         }
     }
 

@@ -56,6 +56,7 @@ pub async fn serve(
         .with_toolbox(shared.toolbox.clone())
         .with_listen_hub(shared.listen.clone())
         .with_vault(shared.vault.clone())
+        .with_users(shared.user_client.clone())
         .with_tasks(shared.tasks.clone());
     let service = rmcp::service::serve_directly_with_ct(server, transport, Some(peer_info), ct.clone());
     let waiter = tokio::spawn(async move {

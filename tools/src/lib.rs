@@ -12,7 +12,7 @@
 //! needs to carry between rounds of a stateless exchange travels in the
 //! integrity-protected `requestState` instead. What lives elsewhere reaches the
 //! tools through small traits the worker implements: the token vault is a
-//! [`vault::TokenVault`].
+//! [`vault::TokenVault`], per-user state a [`user::UserStore`].
 //!
 //! # Protocol revisions
 //! `2024-11-05` through `2026-07-28` (see [`SUPPORTED_PROTOCOL_VERSIONS`]).
@@ -35,6 +35,7 @@ pub mod image;
 mod listen;
 mod logging;
 mod mrtr;
+pub mod notes;
 pub mod policy;
 mod render;
 pub mod shipped;
@@ -42,6 +43,7 @@ mod task_fixtures;
 pub mod tasks;
 pub mod todo;
 pub mod toolbox;
+pub mod user;
 pub mod vault;
 mod whoami;
 
@@ -144,6 +146,7 @@ pub struct McpServer {
     session: Arc<logging::SessionState>,
     listen: ListenHub,
     vault: Option<Arc<dyn vault::TokenVault>>,
+    users: Option<Arc<dyn user::UserStore>>,
     toolbox: Toolbox,
     tasks: Option<tasks::Tasks>,
 }
@@ -157,6 +160,7 @@ impl McpServer {
             session: Arc::default(),
             listen: ListenHub::default(),
             vault: None,
+            users: None,
             toolbox: basic_toolbox(),
             tasks: None,
         }
@@ -187,6 +191,13 @@ impl McpServer {
     /// no downstream token.
     pub fn with_vault(mut self, vault: Arc<dyn vault::TokenVault>) -> Self {
         self.vault = Some(vault);
+        self
+    }
+
+    /// Where tools keep per-user state (`notes`). Without one, such tools say
+    /// they are unavailable.
+    pub fn with_users(mut self, users: Arc<dyn user::UserStore>) -> Self {
+        self.users = Some(users);
         self
     }
 
@@ -351,6 +362,7 @@ impl ServerHandler for McpServer {
                             tasks: self.tasks.as_ref(),
                             // Stateless requests have no session to keep state in.
                             session: (!is_stateless_era(&cx)).then_some(self.session.as_ref()),
+                            users: self.users.as_ref(),
                         },
                     )
                     .await

@@ -87,6 +87,7 @@ pub fn toolbox(settings: &Settings) -> Result<Toolbox, SetupError> {
         )),
         Arc::new(WhoAmI),
         Arc::new(Count),
+        Arc::new(crate::notes::Notes),
     ];
     if let Some(api) = &settings.api_url {
         tools.extend(

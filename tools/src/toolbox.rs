@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::policy::{Access, Decision, PolicyError, PolicyFile, decide};
 use crate::tasks::{Job, TaskHandle, TaskSupport, Tasks, extension_required, owner_of};
+use crate::user::UserStore;
 use crate::vault::TokenVault;
 
 /// What [`McpTool::call`] returns.
@@ -54,6 +55,15 @@ pub trait McpTool: Send + Sync + 'static {
         false
     }
 
+    /// For a tool that keeps per-user state ([`crate::user`]): apply `op` (what
+    /// its `call` sent to [`ToolCx::users`]) to its `state` (`None` at first);
+    /// the new state and the answer. Runs on the user's owner, one at a time; an
+    /// `Err` is shown to the caller and changes nothing. Keep it pure: it may run
+    /// on any worker, and again on another after a failover.
+    fn update_user_state(&self, _state: Option<&Value>, _op: &Value) -> Result<(Value, Value), String> {
+        Err("this tool keeps no user state".into())
+    }
+
     fn call<'a>(&'a self, cx: ToolCx<'a>) -> ToolFuture<'a>;
 }
 
@@ -70,6 +80,8 @@ pub struct ToolCx<'a> {
     pub cancel: CancellationToken,
     /// The session's state, in a session (none for stateless requests and tasks).
     pub session: Option<&'a crate::SessionState>,
+    /// Where per-user state lives ([`crate::user`]), when the server keeps it.
+    pub users: Option<&'a dyn UserStore>,
     progress: Progress,
     /// `notifications/message` for this request, at its threshold.
     logger: Option<(Peer<RoleServer>, rmcp::model::LoggingLevel)>,
@@ -90,6 +102,7 @@ impl<'a> ToolCx<'a> {
         args: JsonObject,
         vault: Option<&'a dyn TokenVault>,
         session: Option<&'a crate::SessionState>,
+        users: Option<&'a dyn UserStore>,
         rcx: &RequestContext<RoleServer>,
     ) -> Self {
         Self {
@@ -98,6 +111,7 @@ impl<'a> ToolCx<'a> {
             vault,
             cancel: rcx.ct.clone(),
             session,
+            users,
             progress: match rcx.meta.get_progress_token() {
                 Some(token) => Progress::Notify(rcx.peer.clone(), token),
                 None => Progress::None,
@@ -121,6 +135,7 @@ impl<'a> ToolCx<'a> {
         caller: &'a Principal,
         args: JsonObject,
         vault: Option<&'a dyn TokenVault>,
+        users: Option<&'a dyn UserStore>,
         handle: TaskHandle,
     ) -> Self {
         Self {
@@ -129,6 +144,7 @@ impl<'a> ToolCx<'a> {
             vault,
             cancel: handle.cancellation(),
             session: None,
+            users,
             progress: Progress::Task(handle),
             logger: None,
         }
@@ -143,6 +159,7 @@ impl<'a> ToolCx<'a> {
             vault: None,
             cancel,
             session: None,
+            users: None,
             progress: Progress::None,
             logger: None,
         }
@@ -234,13 +251,14 @@ impl std::fmt::Debug for Toolbox {
     }
 }
 
-/// What a call may use besides its arguments: the token vault, the task runtime and
-/// the session's state (none for a stateless request).
+/// What a call may use besides its arguments: the token vault, the task runtime,
+/// the session's state (none for a stateless request) and the users' state.
 #[derive(Clone, Copy, Default)]
 pub struct CallWith<'a> {
     pub vault: Option<&'a Arc<dyn TokenVault>>,
     pub tasks: Option<&'a Tasks>,
     pub session: Option<&'a crate::SessionState>,
+    pub users: Option<&'a Arc<dyn UserStore>>,
 }
 
 impl Toolbox {
@@ -295,6 +313,15 @@ impl Toolbox {
             .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
     }
 
+    /// Apply a user-state operation with tool `name`'s
+    /// [`McpTool::update_user_state`] (`Err` for no such tool).
+    pub fn update_user_state(&self, name: &str, state: Option<&Value>, op: &Value) -> Result<(Value, Value), String> {
+        match self.entry(name) {
+            Some(entry) => entry.tool.update_user_state(state, op),
+            None => Err(format!("no tool {name}")),
+        }
+    }
+
     /// Whether `name` keeps state in the session ([`McpTool::uses_session_state`]).
     pub fn uses_session_state(&self, name: &str) -> bool {
         self.entry(name).is_some_and(|e| e.tool.uses_session_state())
@@ -343,7 +370,12 @@ impl Toolbox {
         rcx: &RequestContext<RoleServer>,
         with: CallWith<'_>,
     ) -> Option<Result<CallToolResponse, ErrorData>> {
-        let CallWith { vault, tasks, session } = with;
+        let CallWith {
+            vault,
+            tasks,
+            session,
+            users,
+        } = with;
         let entry = self.entry(name)?;
         let caller = match (decide(&entry.access, caller), caller) {
             (Decision::Allow, Some(caller)) => caller,
@@ -365,10 +397,10 @@ impl Toolbox {
         match (entry.task_support, runtime) {
             (TaskSupport::Optional | TaskSupport::Required, Some(tasks)) => {
                 let owner = owner_of(Some(caller));
-                let (tool, caller, vault) = (entry.tool.clone(), caller.clone(), vault.cloned());
+                let (tool, caller, vault, users) = (entry.tool.clone(), caller.clone(), vault.cloned(), users.cloned());
                 let job: Job = Box::new(move |handle| {
                     Box::pin(async move {
-                        let cx = ToolCx::for_task(&caller, args, vault.as_deref(), handle);
+                        let cx = ToolCx::for_task(&caller, args, vault.as_deref(), users.as_deref(), handle);
                         tool.call(cx).await
                     })
                 });
@@ -383,7 +415,14 @@ impl Toolbox {
             _ => Some(
                 entry
                     .tool
-                    .call(ToolCx::new(caller, args, vault.map(|v| v.as_ref()), session, rcx))
+                    .call(ToolCx::new(
+                        caller,
+                        args,
+                        vault.map(|v| v.as_ref()),
+                        session,
+                        users.map(|u| u.as_ref()),
+                        rcx,
+                    ))
                     .await
                     .map(Into::into),
             ),

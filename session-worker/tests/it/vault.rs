@@ -184,7 +184,7 @@ async fn worker_serves_who_am_i_from_the_vault_without_the_token() -> anyhow::Re
     let worker = session_worker::start(config(&nats)).await?;
     let mut client = Client::new(&nats).await?;
 
-    // The default profile lists exactly `add` and `whoAmI`.
+    // The default profile lists exactly `add`, `whoAmI` and (stateless: no `count`) `notes`.
     let message = rpc(1, "tools/list", json!({ "_meta": stateless_meta() }));
     let (ack, msgs) = client
         .call(bob(Some("g-token")), "", |route| Body::Stateless { message, route })
@@ -197,7 +197,7 @@ async fn worker_serves_who_am_i_from_the_vault_without_the_token() -> anyhow::Re
         .flatten()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert_eq!(names, ["add", "whoAmI"], "{msgs:?}");
+    assert_eq!(names, ["add", "whoAmI", "notes"], "{msgs:?}");
 
     // Stateless: the principal's grant reaches the vault, the audience comes back.
     let message = rpc(
