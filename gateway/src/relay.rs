@@ -19,7 +19,7 @@ use proto::trace::TraceParent;
 use proto::{Ack, Envelope, Outbound, subjects};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
@@ -219,6 +219,7 @@ impl Relay {
             proto::Body::Close => "close",
             proto::Body::Release { .. } => "release",
             proto::Body::Stateless { .. } => "stateless",
+            proto::Body::User { .. } => "user",
         };
         if !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
             return Err(RelayError::Disconnected);
@@ -327,6 +328,10 @@ impl Relay {
 /// by default: `WORKER_EVENTS_MAX_PER_SESSION`).
 const MAX_REPLAY: usize = 10_000;
 
+/// How often the deaths watcher checks that the workers' bucket is still the one it
+/// watches.
+const BUCKET_CHECK: Duration = Duration::from_secs(2);
+
 /// A session's events for one SSE stream: what was stored after the client's
 /// `Last-Event-ID`, then what arrives live above `floor`.
 pub struct EventFeed {
@@ -345,20 +350,53 @@ async fn watch_deaths(relay: std::sync::Weak<Relay>) {
     let Some(js) = relay.upgrade().map(|r| async_nats::jetstream::new(r.nats.clone())) else {
         return;
     };
+    let stream = format!("KV_{}", subjects::WORKER_BUCKET);
+    // When the bucket's stream was created: another time means another bucket.
+    let created = |js: async_nats::jetstream::Context| {
+        let stream = stream.clone();
+        async move { js.get_stream(stream).await.ok().map(|s| s.cached_info().created) }
+    };
     loop {
-        if let Ok(kv) = js.get_key_value(subjects::WORKER_BUCKET).await
+        if let Some(born) = created(js.clone()).await
+            && let Ok(kv) = js.get_key_value(subjects::WORKER_BUCKET).await
             && let Ok(mut watch) = kv.watch_all().await
         {
-            while let Some(entry) = watch.next().await {
-                let Some(relay) = relay.upgrade() else { return };
-                if let Ok(e) = entry
-                    && matches!(
-                        e.operation,
-                        async_nats::jetstream::kv::Operation::Delete | async_nats::jetstream::kv::Operation::Purge
-                    )
-                {
-                    debug!(worker = %e.key, "worker gone");
-                    let _ = relay.deaths.send(e.key);
+            // The bucket is memory-backed: a restarted nats-server loses it and the
+            // workers create it again. The watch would follow the old one's sequence
+            // numbers and miss every death, so it starts over on the new bucket.
+            let mut check = tokio::time::interval(BUCKET_CHECK);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    entry = watch.next() => {
+                        let Some(entry) = entry else { break };
+                        let Some(relay) = relay.upgrade() else { return };
+                        if let Ok(e) = entry
+                            && matches!(
+                                e.operation,
+                                async_nats::jetstream::kv::Operation::Delete | async_nats::jetstream::kv::Operation::Purge
+                            )
+                        {
+                            debug!(worker = %e.key, "worker gone");
+                            let _ = relay.deaths.send(e.key);
+                        }
+                    }
+                    _ = check.tick() => {
+                        if relay.strong_count() == 0 {
+                            return;
+                        }
+                        match tokio::time::timeout(BUCKET_CHECK, js.get_stream(&stream)).await {
+                            Ok(Ok(s)) if s.cached_info().created != born => {
+                                info!("the workers' bucket was created anew: watching it afresh");
+                                break;
+                            }
+                            Ok(Err(err)) if matches!(err.kind(), async_nats::jetstream::context::GetStreamErrorKind::JetStream(_)) => {
+                                debug!(error = %err, "the workers' bucket is gone");
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
                 }
             }
         }

@@ -192,6 +192,8 @@ async fn run(
     {
         let mut rev = Some(rev);
         let mut fenced = false;
+        // Whether the last heartbeat failed.
+        let mut failing = false;
         // key → (worker id, revision, when last heard of)
         let mut peers: HashMap<String, (String, u64, Instant)> = HashMap::new();
         let mut beat = tokio::time::interval(timing.heartbeat);
@@ -239,10 +241,23 @@ async fn run(
                 }),
                 None => workers.put(&key, value.clone()).await.map_err(|e| Some(e.to_string())),
             };
+            let failed_before = std::mem::replace(&mut failing, outcome.is_err());
             match outcome {
                 Ok(r) => {
                     rev = Some(r);
                     fence.renewed(sent);
+                    if failed_before {
+                        // After an outage the bucket may be a new one (a nats-server
+                        // restarted without its memory buckets): a watch still open
+                        // on the old one would wait for sequences the new one lacks.
+                        match workers.watch_all().await {
+                            Ok(w) => {
+                                watch = w;
+                                peers.clear();
+                            }
+                            Err(err) => warn!(error = %err, "cannot watch workers"),
+                        }
+                    }
                     if fenced {
                         fenced = false;
                         info!("heartbeats work again: serving");

@@ -204,3 +204,57 @@ def test_a_request_its_worker_never_acknowledged_is_sent_again_when_the_worker_d
         retried = [line for line in pair.gateway.metrics().splitlines()
                    if line.startswith("mcp_gateway_worker_gone_total") and 'outcome="retried"' in line]
         assert retried and float(retried[0].split()[-1]) >= 1, retried
+
+
+NATS_RECOVERY = 30.0  # seconds the cluster has to serve again once nats-server is back
+NATS_OUTAGE = 2.0  # seconds nats-server stays down: longer than the fence, so every worker stops serving
+
+
+def test_the_cluster_serves_again_by_itself_after_nats_server_restarts(pair: Cluster) -> None:
+    """nats-server stops for longer than the workers' fence and starts again on its port and
+    store; no service is restarted. Its memory-backed buckets (worker heartbeats, shard leases,
+    request records) are gone with it: the services reconnect and recreate what they need by
+    themselves. Every session answers again with its committed state (the `count` tool's counter,
+    in the file-backed session bucket) intact, new sessions open, and fast failover still works:
+    the survivors and the gateway follow the new heartbeat bucket, not the lost one."""
+    assert pair.gateway is not None and pair.nats is not None
+    url = pair.gateway.mcp_url
+    token = pair.mint("alice")
+
+    def count(client: httpx.Client, session: str, id: int) -> int:
+        call = rpc("tools/call", {"name": "count", "arguments": {}}, id)
+        r = client.post(url, json=call, headers=headers(token, session=session, version=SESSIONFUL_VERSION))
+        assert r.status_code == 200, r.text
+        return int(response_for(r, id)["result"]["structuredContent"]["count"])
+
+    def unserved(client: httpx.Client, sessions: list[str], deadline: float, id: int) -> tuple[set[str], float]:
+        start = time.monotonic()
+        pending = set(sessions)
+        while pending and time.monotonic() - start < deadline:
+            pending = {s for s in pending if not ping(client, url, token, s, id=id)}
+            time.sleep(0.05)
+        return pending, time.monotonic() - start
+
+    with httpx.Client(timeout=10) as client:
+        sessions = [open_session(client, url, token) for _ in range(8)]
+        for s in sessions:
+            assert count(client, s, 2) == 1
+        pair.nats.stop_process()
+        time.sleep(NATS_OUTAGE)  # the outage itself
+        pair.nats.start_again()
+        pending, took = unserved(client, sessions, NATS_RECOVERY, 3)
+        logs = "\n".join(w.proc.tail(15) for w in pair.workers if w.proc)
+        assert not pending, f"{len(pending)} of {len(sessions)} sessions unserved {took:.0f}s after nats-server came back\n{logs}"
+        print(f"\nnats restart: every session served again {took:.2f}s after nats-server came back")
+        assert [count(client, s, 4) for s in sessions] == [2] * len(sessions), "counters lost or doubled"
+        fresh = open_session(client, url, token)
+        assert count(client, fresh, 2) == 1
+        for proc in pair.procs():
+            proc.check_alive()
+
+        victim = pair.workers[0]
+        assert victim.proc is not None
+        victim.proc.kill()
+        pending, took = unserved(client, sessions, LEASE_TTL, 5)
+        assert not pending, f"{len(pending)} sessions unserved {took:.1f}s after a worker was killed"
+        assert took < LEASE_TTL / 2, f"took {took:.1f}s: the leases expired rather than moved"
