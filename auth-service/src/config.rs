@@ -184,6 +184,9 @@ pub struct OAuthArgs {
     /// Most bytes each growing KV bucket (clients, grants, vault) may hold.
     #[arg(long, env = ENV_STORE_MAX_BYTES, default_value_t = crate::store::DEFAULT_STORE_MAX_BYTES)]
     pub store_max_bytes: i64,
+    /// Servers of a JetStream cluster holding each bucket (3 on a three-node cluster).
+    #[arg(long, env = proto::nats::ENV_NATS_REPLICAS, default_value_t = proto::nats::DEFAULT_NATS_REPLICAS)]
+    pub nats_replicas: usize,
     /// Password checks (argon2) of the static-users login running at once; more get 503.
     #[arg(long, env = ENV_MAX_PASSWORD_CHECKS, default_value_t = DEFAULT_MAX_PASSWORD_CHECKS)]
     pub max_password_checks: usize,
@@ -217,6 +220,7 @@ pub struct OAuthConfig {
     pub register_rate: u32,
     pub machine_clients: crate::clients::machine::MachineClients,
     pub store_max_bytes: i64,
+    pub nats_replicas: usize,
     pub max_password_checks: usize,
     pub browser_rate: u32,
     /// Downstream tokens the vault issues for static users (`API_IDENTIFIER`).
@@ -244,6 +248,7 @@ impl OAuthArgs {
             register_rate: DEFAULT_REGISTER_RATE,
             machine_clients_file: None,
             store_max_bytes: crate::store::DEFAULT_STORE_MAX_BYTES,
+            nats_replicas: proto::nats::DEFAULT_NATS_REPLICAS,
             max_password_checks: DEFAULT_MAX_PASSWORD_CHECKS,
             browser_rate: DEFAULT_BROWSER_RATE,
             downstream_audience: None,
@@ -254,8 +259,11 @@ impl OAuthArgs {
     pub fn into_config(self) -> Result<OAuthConfig, ConfigError> {
         use std::time::Duration;
         let nats_url = self.nats_url.trim().to_owned();
-        if !(nats_url.starts_with("nats://") || nats_url.starts_with("tls://")) {
-            return Err(ConfigError::new(ENV_NATS_URL, "must be a nats:// or tls:// URL"));
+        if let Err(e) = proto::nats::check_url(&nats_url) {
+            return Err(ConfigError::new(ENV_NATS_URL, e));
+        }
+        if let Err(e) = proto::nats::check_replicas(self.nats_replicas) {
+            return Err(ConfigError::new(proto::nats::ENV_NATS_REPLICAS, e));
         }
         let resource = self.resource_identifier.trim().to_owned();
         match reqwest::Url::parse(&resource) {
@@ -375,6 +383,7 @@ impl OAuthArgs {
             register_rate: self.register_rate,
             machine_clients,
             store_max_bytes: self.store_max_bytes,
+            nats_replicas: self.nats_replicas,
             max_password_checks: self.max_password_checks,
             browser_rate: self.browser_rate,
             downstream,

@@ -184,7 +184,7 @@ pub async fn bind_oauth(
     let nats = async_nats::ConnectOptions::new()
         .name("auth-service")
         .retry_on_initial_connect()
-        .connect(&oauth_cfg.nats_url);
+        .connect(proto::nats::servers(&oauth_cfg.nats_url));
     let nats = tokio::time::timeout(crate::NATS_CONNECT_TIMEOUT, nats)
         .await
         .map_err(|_| {
@@ -196,7 +196,7 @@ pub async fn bind_oauth(
         })?
         .map_err(|e| RunError::Nats(e.to_string()))?;
     let js = async_nats::jetstream::new(nats.clone());
-    let stores = Stores::open_with(&js, oauth_cfg.store_max_bytes)
+    let stores = Stores::open_with(&js, oauth_cfg.store_max_bytes, oauth_cfg.nats_replicas)
         .await
         .map_err(|e| RunError::Nats(e.to_string()))?;
     let keys = SigningKeys::open(

@@ -94,6 +94,7 @@ impl Bucket {
         name: &'static str,
         max_age: Duration,
         max_bytes: i64,
+        replicas: usize,
     ) -> Result<Self, StoreError> {
         let kv = match js.get_key_value(name).await {
             Ok(kv) => kv,
@@ -105,6 +106,7 @@ impl Bucket {
                     max_bytes,
                     max_value_size: MAX_VALUE_BYTES,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await
@@ -203,24 +205,26 @@ pub struct Stores {
 impl Stores {
     /// Open every bucket, the growing ones at [`DEFAULT_STORE_MAX_BYTES`].
     pub async fn open(js: &jetstream::Context) -> Result<Self, StoreError> {
-        Self::open_with(js, DEFAULT_STORE_MAX_BYTES).await
+        Self::open_with(js, DEFAULT_STORE_MAX_BYTES, 1).await
     }
 
-    /// Open every bucket; `max_bytes` (`AUTH_STORE_MAX_BYTES`) for each growing one.
-    pub async fn open_with(js: &jetstream::Context, max_bytes: i64) -> Result<Self, StoreError> {
+    /// Open every bucket; `max_bytes` (`AUTH_STORE_MAX_BYTES`) for each growing one,
+    /// each held by `replicas` servers of a JetStream cluster (`NATS_REPLICAS`).
+    pub async fn open_with(js: &jetstream::Context, max_bytes: i64, replicas: usize) -> Result<Self, StoreError> {
         Ok(Self {
-            clients: Bucket::open(js, CLIENTS_BUCKET, CLIENT_IDLE_MAX_AGE, max_bytes).await?,
-            pending: Bucket::open(js, PENDING_BUCKET, PENDING_MAX_AGE, SHORT_LIVED_MAX_BYTES).await?,
-            codes: Bucket::open(js, CODES_BUCKET, CODE_MAX_AGE, SHORT_LIVED_MAX_BYTES).await?,
-            grants: Bucket::open(js, GRANTS_BUCKET, GRANT_MAX_AGE, max_bytes).await?,
-            keys: Bucket::open(js, KEYS_BUCKET, Duration::ZERO, SMALL_MAX_BYTES).await?,
-            vault: Bucket::open(js, VAULT_BUCKET, GRANT_MAX_AGE, max_bytes).await?,
-            locks: Bucket::open(js, LOCKS_BUCKET, LOCK_MAX_AGE, SMALL_MAX_BYTES).await?,
+            clients: Bucket::open(js, CLIENTS_BUCKET, CLIENT_IDLE_MAX_AGE, max_bytes, replicas).await?,
+            pending: Bucket::open(js, PENDING_BUCKET, PENDING_MAX_AGE, SHORT_LIVED_MAX_BYTES, replicas).await?,
+            codes: Bucket::open(js, CODES_BUCKET, CODE_MAX_AGE, SHORT_LIVED_MAX_BYTES, replicas).await?,
+            grants: Bucket::open(js, GRANTS_BUCKET, GRANT_MAX_AGE, max_bytes, replicas).await?,
+            keys: Bucket::open(js, KEYS_BUCKET, Duration::ZERO, SMALL_MAX_BYTES, replicas).await?,
+            vault: Bucket::open(js, VAULT_BUCKET, GRANT_MAX_AGE, max_bytes, replicas).await?,
+            locks: Bucket::open(js, LOCKS_BUCKET, LOCK_MAX_AGE, SMALL_MAX_BYTES, replicas).await?,
             revocations: Bucket::open(
                 js,
                 proto::auth::REVOCATION_BUCKET,
                 Duration::from_secs(proto::auth::REVOCATION_MAX_AGE_SECS),
                 proto::auth::REVOCATION_MAX_BYTES,
+                replicas,
             )
             .await?,
         })

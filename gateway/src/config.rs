@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const ENV_ACK_TIMEOUT_MS: &str = "GATEWAY_ACK_TIMEOUT_MS";
 pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 5_000;
 pub const ENV_NO_RESPONDERS_RETRY_MS: &str = "GATEWAY_NO_RESPONDERS_RETRY_MS";
-pub const DEFAULT_NO_RESPONDERS_RETRY_MS: u64 = 1_500;
+pub const DEFAULT_NO_RESPONDERS_RETRY_MS: u64 = 5_000;
 pub const ENV_REQUEST_TIMEOUT: &str = "GATEWAY_REQUEST_TIMEOUT";
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
 pub const ENV_SSE_KEEPALIVE: &str = "GATEWAY_SSE_KEEPALIVE";
@@ -62,9 +62,13 @@ pub struct Config {
     /// Admin address (/healthz, /readyz, /metrics).
     #[arg(long, env = ENV_ADMIN_LISTEN, default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
-    /// NATS server URL.
+    /// NATS server URL, or a comma-separated list of a cluster's servers.
     #[arg(long, env = ENV_NATS_URL, default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
+    /// Servers of a JetStream cluster holding the revocation bucket, when the
+    /// gateway is the one creating it (resource-server mode).
+    #[arg(long, env = proto::nats::ENV_NATS_REPLICAS, default_value_t = proto::nats::DEFAULT_NATS_REPLICAS)]
+    pub nats_replicas: usize,
     /// Comma-separated issuers whose access tokens are accepted.
     #[arg(long, env = ENV_ALLOWED_ISSUERS, value_delimiter = ',', required = true)]
     pub allowed_issuers: Vec<String>,
@@ -205,11 +209,11 @@ impl Config {
         if self.ack_timeout_ms == 0 {
             return Err(err(ENV_ACK_TIMEOUT_MS, "must be positive"));
         }
-        if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
-            return Err(err(
-                ENV_NATS_URL,
-                format!("{:?} is not a nats:// or tls:// URL", self.nats_url),
-            ));
+        if let Err(e) = proto::nats::check_url(&self.nats_url) {
+            return Err(err(ENV_NATS_URL, e));
+        }
+        if let Err(e) = proto::nats::check_replicas(self.nats_replicas) {
+            return Err(err(proto::nats::ENV_NATS_REPLICAS, e));
         }
         self.auth_upstream()?;
         Ok(())

@@ -103,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     let nats = async_nats::ConnectOptions::new()
         .name(format!("gateway {gateway_id}"))
         .request_timeout(Some(config.ack_timeout()))
-        .connect(config.nats_url.as_str())
+        .connect(proto::nats::servers(&config.nats_url))
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
     let (relay, relay_task) = relay::Relay::start(
@@ -264,6 +264,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         revoked,
         metrics.revocations_held.clone(),
         stop_revocations.clone(),
+        config.nats_replicas,
     );
     info!(%gateway_id, %addr, %admin_addr, "gateway listening");
 

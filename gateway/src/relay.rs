@@ -25,6 +25,8 @@ use crate::metrics::Metrics;
 
 /// Pause between attempts while no worker answers a shard (shards moving).
 const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
+/// How often a request waiting for NATS to reconnect looks again.
+const RECONNECT_POLL: Duration = Duration::from_millis(25);
 
 /// Why a worker could not be reached; small and matchable so callers can decide.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -221,10 +223,15 @@ impl Relay {
             proto::Body::Stateless { .. } => "stateless",
             proto::Body::User { .. } => "user",
         };
-        if !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
-            return Err(RelayError::Disconnected);
-        }
         let started = Instant::now();
+        // Reconnecting (e.g. the NATS node this gateway used is gone and it moves to
+        // another): nothing was sent yet, so wait for the connection as for an owner.
+        while !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
+            if started.elapsed() + RECONNECT_POLL > self.no_responders_retry {
+                return Err(RelayError::Disconnected);
+            }
+            tokio::time::sleep(RECONNECT_POLL).await;
+        }
         loop {
             let attempt = tokio::time::timeout(
                 self.ack_timeout,

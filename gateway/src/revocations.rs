@@ -50,8 +50,9 @@ pub enum WatchError {
 }
 
 /// The bucket's configuration; the auth-service creates it with the same.
-pub fn bucket_config() -> kv::Config {
+pub fn bucket_config(replicas: usize) -> kv::Config {
     kv::Config {
+        num_replicas: replicas,
         bucket: REVOCATION_BUCKET.to_owned(),
         history: 1,
         max_age: Duration::from_secs(REVOCATION_MAX_AGE_SECS),
@@ -62,11 +63,11 @@ pub fn bucket_config() -> kv::Config {
 }
 
 /// Open the revocation bucket, creating it if nobody has yet.
-pub async fn open_bucket(js: &jetstream::Context) -> Result<kv::Store, WatchError> {
+pub async fn open_bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, WatchError> {
     if let Ok(store) = js.get_key_value(REVOCATION_BUCKET).await {
         return Ok(store);
     }
-    match js.create_key_value(bucket_config()).await {
+    match js.create_key_value(bucket_config(replicas)).await {
         Ok(store) => Ok(store),
         // The auth-service (or another gateway) may have created it meanwhile.
         Err(create) => js
@@ -77,7 +78,13 @@ pub async fn open_bucket(js: &jetstream::Context) -> Result<kv::Store, WatchErro
 }
 
 /// Start the revocation watch: the task `revocation-watch`, until `stop`.
-pub fn spawn(js: jetstream::Context, set: RevocationSet, held: IntGauge, stop: CancellationToken) -> JoinHandle<()> {
+pub fn spawn(
+    js: jetstream::Context,
+    set: RevocationSet,
+    held: IntGauge,
+    stop: CancellationToken,
+    replicas: usize,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         debug!(task = "revocation-watch", "started");
         let mut pause = RETRY_MIN;
@@ -85,7 +92,7 @@ pub fn spawn(js: jetstream::Context, set: RevocationSet, held: IntGauge, stop: C
             let started = Instant::now();
             let outcome = tokio::select! {
                 _ = stop.cancelled() => break,
-                outcome = watch(&js, &set, &held, &stop) => outcome,
+                outcome = watch(&js, &set, &held, &stop, replicas) => outcome,
             };
             let Err(err) = outcome else { break };
             // A watch that lived a while earns a quick retry; repeated quick
@@ -110,8 +117,9 @@ async fn watch(
     set: &RevocationSet,
     held: &IntGauge,
     stop: &CancellationToken,
+    replicas: usize,
 ) -> Result<(), WatchError> {
-    let store = open_bucket(js).await?;
+    let store = open_bucket(js, replicas).await?;
     // Counted before the watch starts: when the bucket is empty now, whatever is
     // put later arrives through the watch, so the set is synced at once.
     let existing = bucket_messages(&store).await?;

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod codec;
 pub mod envelope;
 pub mod mcp;
+pub mod nats;
 pub mod principal;
 pub mod shard;
 pub mod subjects;

@@ -62,9 +62,13 @@ pub const DEFAULT_TASK_MAX_RECORD_BYTES: usize = 768 * 1024;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "session-worker", version, about = "mcp-cluster session worker")]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL, or a comma-separated list of a cluster's servers.
     #[arg(long, env = ENV_NATS_URL, default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
+    /// Servers of a JetStream cluster holding each bucket and stream this worker
+    /// creates (3 on a three-node cluster).
+    #[arg(long, env = proto::nats::ENV_NATS_REPLICAS, default_value_t = proto::nats::DEFAULT_NATS_REPLICAS)]
+    pub nats_replicas: usize,
     /// Address of the admin server (/healthz, /readyz, /metrics). Port 0 picks one.
     #[arg(long, env = ENV_ADMIN_LISTEN, default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
@@ -307,10 +311,16 @@ impl Config {
                 reason: "must be at least 3 seconds".into(),
             });
         }
-        if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
+        if let Err(reason) = proto::nats::check_url(&self.nats_url) {
             return Err(ConfigError {
                 setting: ENV_NATS_URL,
-                reason: format!("{:?} is not a nats:// or tls:// URL", self.nats_url),
+                reason,
+            });
+        }
+        if let Err(reason) = proto::nats::check_replicas(self.nats_replicas) {
+            return Err(ConfigError {
+                setting: proto::nats::ENV_NATS_REPLICAS,
+                reason,
             });
         }
         self.tool_profile.parse().map_err(|_| ConfigError {

@@ -19,6 +19,8 @@ pub struct Retention {
     pub max_age: Duration,
     pub max_per_session: i64,
     pub max_bytes: i64,
+    /// Servers of a JetStream cluster holding the stream.
+    pub replicas: usize,
 }
 
 pub fn config(retention: Retention) -> stream::Config {
@@ -32,6 +34,7 @@ pub fn config(retention: Retention) -> stream::Config {
         max_messages_per_subject: retention.max_per_session,
         max_bytes: retention.max_bytes,
         allow_direct: true,
+        num_replicas: retention.replicas,
         republish: Some(stream::Republish {
             source: format!("{}.>", subjects::EVENTS_PREFIX),
             destination: format!("{}.>", subjects::LIVE_PREFIX),

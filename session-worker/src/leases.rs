@@ -57,6 +57,7 @@ pub async fn bucket(
     max_age: Duration,
     storage: jetstream::stream::StorageType,
     max_bytes: i64,
+    replicas: usize,
 ) -> Result<kv::Store, LeaseError> {
     let config = kv::Config {
         bucket: name.to_owned(),
@@ -64,6 +65,7 @@ pub async fn bucket(
         max_age,
         storage,
         max_bytes,
+        num_replicas: replicas,
         ..Default::default()
     };
     match js.get_key_value(name).await {
@@ -82,15 +84,40 @@ impl Leases {
     /// Open (creating them if missing) the lease and worker buckets: (leases, workers).
     /// They are memory-backed, so a restarted nats-server has neither until a
     /// worker creates them again.
-    pub async fn ensure(js: &jetstream::Context, ttl: Duration) -> Result<(kv::Store, kv::Store), LeaseError> {
+    pub async fn ensure(
+        js: &jetstream::Context,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<(kv::Store, kv::Store), LeaseError> {
         let memory = jetstream::stream::StorageType::Memory;
-        let leases = bucket(js, subjects::LEASE_BUCKET, ttl, memory, LEASE_BUCKET_MAX_BYTES).await?;
-        let workers = bucket(js, subjects::WORKER_BUCKET, ttl, memory, LEASE_BUCKET_MAX_BYTES).await?;
+        let leases = bucket(
+            js,
+            subjects::LEASE_BUCKET,
+            ttl,
+            memory,
+            LEASE_BUCKET_MAX_BYTES,
+            replicas,
+        )
+        .await?;
+        let workers = bucket(
+            js,
+            subjects::WORKER_BUCKET,
+            ttl,
+            memory,
+            LEASE_BUCKET_MAX_BYTES,
+            replicas,
+        )
+        .await?;
         Ok((leases, workers))
     }
 
-    pub async fn open(js: &jetstream::Context, worker_id: &str, ttl: Duration) -> Result<Self, LeaseError> {
-        let (leases, workers) = Self::ensure(js, ttl).await?;
+    pub async fn open(
+        js: &jetstream::Context,
+        worker_id: &str,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<Self, LeaseError> {
+        let (leases, workers) = Self::ensure(js, ttl, replicas).await?;
         Ok(Self {
             worker_id: worker_id.to_owned(),
             leases,

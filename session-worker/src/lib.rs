@@ -82,6 +82,7 @@ struct Stores {
 /// the handles opened at start work again (a handle names its bucket, not a copy).
 async fn open_stores(js: &jetstream::Context, config: &Config) -> anyhow::Result<Stores> {
     let file = jetstream::stream::StorageType::File;
+    let r = config.nats_replicas;
     let ttl = Duration::from_secs(config.session_ttl_secs);
     let sessions = leases::bucket(
         js,
@@ -89,6 +90,7 @@ async fn open_stores(js: &jetstream::Context, config: &Config) -> anyhow::Result
         ttl,
         file,
         config.sessions_max_bytes,
+        r,
     )
     .await?;
     events::ensure(
@@ -97,13 +99,22 @@ async fn open_stores(js: &jetstream::Context, config: &Config) -> anyhow::Result
             max_age: Duration::from_secs(config.events_max_age_secs),
             max_per_session: config.events_max_per_session,
             max_bytes: config.events_max_bytes,
+            replicas: r,
         },
     )
     .await?;
     let owners_max = (config.sessions_max_bytes / 4).max(1024 * 1024);
-    let owners = leases::bucket(js, proto::subjects::PRINCIPAL_SESSIONS_BUCKET, ttl, file, owners_max).await?;
+    let owners = leases::bucket(js, proto::subjects::PRINCIPAL_SESSIONS_BUCKET, ttl, file, owners_max, r).await?;
     let task_ttl = Duration::from_secs(config.task_ttl_secs) + tasks::BUCKET_SLACK;
-    let tasks = leases::bucket(js, proto::subjects::TASK_BUCKET, task_ttl, file, config.tasks_max_bytes).await?;
+    let tasks = leases::bucket(
+        js,
+        proto::subjects::TASK_BUCKET,
+        task_ttl,
+        file,
+        config.tasks_max_bytes,
+        r,
+    )
+    .await?;
     let responses = if config.request_records {
         let ttl = Duration::from_secs(config.record_ttl_secs);
         let memory = jetstream::stream::StorageType::Memory;
@@ -114,6 +125,7 @@ async fn open_stores(js: &jetstream::Context, config: &Config) -> anyhow::Result
                 ttl,
                 memory,
                 config.records_max_bytes,
+                r,
             )
             .await?,
         )
@@ -121,8 +133,8 @@ async fn open_stores(js: &jetstream::Context, config: &Config) -> anyhow::Result
         None
     };
     // A user's state lasts until the operator's bucket limits say otherwise.
-    let users = leases::bucket(js, proto::subjects::USER_BUCKET, Duration::ZERO, file, owners_max).await?;
-    Leases::ensure(js, config.lease_ttl()).await?;
+    let users = leases::bucket(js, proto::subjects::USER_BUCKET, Duration::ZERO, file, owners_max, r).await?;
+    Leases::ensure(js, config.lease_ttl(), r).await?;
     Ok(Stores {
         sessions,
         owners,
@@ -130,6 +142,26 @@ async fn open_stores(js: &jetstream::Context, config: &Config) -> anyhow::Result
         responses,
         users,
     })
+}
+
+/// How long a starting worker keeps trying to open its buckets and streams.
+const OPEN_STORES_PATIENCE: Duration = Duration::from_secs(30);
+
+/// [`open_stores`], tried again for a while: a JetStream cluster that has just
+/// elected its leader, or is busy creating the same streams for other services,
+/// may time a request out.
+async fn open_stores_patiently(js: &jetstream::Context, config: &Config) -> anyhow::Result<Stores> {
+    let give_up = Instant::now() + OPEN_STORES_PATIENCE;
+    loop {
+        match open_stores(js, config).await {
+            Ok(stores) => return Ok(stores),
+            Err(err) if Instant::now() < give_up => {
+                warn!(error = %err, "cannot open the buckets yet: trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Run until `shutdown` resolves, then drain.
@@ -152,7 +184,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
     let metrics = metrics::Metrics::register(&registry)?;
     let nats = async_nats::ConnectOptions::new()
         .name(format!("session-worker {worker_id}"))
-        .connect(config.nats_url.as_str())
+        .connect(proto::nats::servers(&config.nats_url))
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
     let js = jetstream::new(nats.clone());
@@ -162,7 +194,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         tasks: task_bucket,
         responses,
         users,
-    } = open_stores(&js, &config).await?;
+    } = open_stores_patiently(&js, &config).await?;
     let task_runtime = tools::tasks::Tasks::new(
         Arc::new(tasks::KvTaskStore::new(
             task_bucket,
@@ -171,7 +203,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         )),
         config.task_settings(),
     );
-    let mut leases = Leases::open(&js, &worker_id, config.lease_ttl()).await?;
+    let mut leases = Leases::open(&js, &worker_id, config.lease_ttl(), config.nats_replicas).await?;
     let timing = config.liveness();
     let fence = Arc::new(liveness::Fence::new(timing.fence()));
     let (live_tx, mut live_rx) = tokio::sync::mpsc::channel(64);

@@ -73,6 +73,9 @@ impl Fence {
     }
 }
 
+/// How long a starting worker tries to write its first heartbeat.
+const FIRST_BEAT_PATIENCE: Duration = Duration::from_secs(10);
+
 /// What the liveness task tells the worker's main loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -140,7 +143,7 @@ pub async fn start(
             let workers = async {
                 let nats = async_nats::ConnectOptions::new()
                     .name(format!("session-worker {id} liveness"))
-                    .connect(url.as_str())
+                    .connect(proto::nats::servers(&url))
                     .await?;
                 let kv = async_nats::jetstream::new(nats)
                     .get_key_value(subjects::WORKER_BUCKET)
@@ -174,17 +177,26 @@ async fn run(
 ) {
     let key = subjects::token(&me);
     let value = bytes::Bytes::from(me.clone());
-    let sent = fence.now_ms();
-    let first_beat = async {
-        let rev = workers.put(&key, value.clone()).await?;
-        let watch = workers.watch_all().await?;
-        anyhow::Ok((rev, watch))
-    };
-    let (rev, mut watch) = match first_beat.await {
-        Ok(x) => x,
-        Err(err) => {
-            let _ = first.send(Err(err));
-            return;
+    // Tried for a while: on a JetStream cluster a bucket just created may not be
+    // known yet to the node this connection uses.
+    let give_up = Instant::now() + FIRST_BEAT_PATIENCE;
+    let (sent, rev, mut watch) = loop {
+        let sent = fence.now_ms();
+        let first_beat = async {
+            let rev = workers.put(&key, value.clone()).await?;
+            let watch = workers.watch_all().await?;
+            anyhow::Ok((rev, watch))
+        };
+        match first_beat.await {
+            Ok((rev, watch)) => break (sent, rev, watch),
+            Err(err) if Instant::now() < give_up => {
+                debug!(error = %err, "first heartbeat failed: trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => {
+                let _ = first.send(Err(err));
+                return;
+            }
         }
     };
     fence.renewed(sent);

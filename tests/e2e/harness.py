@@ -205,13 +205,13 @@ _NATS_LISTEN = re.compile(r"Listening for client connections on 127\.0\.0\.1:(\d
 class NatsServer:
     """`nats-server -js` on 127.0.0.1 with a port of its own choosing and its own store."""
 
-    def __init__(self, workdir: Path, name: str = "nats") -> None:
+    def __init__(self, workdir: Path, name: str = "nats", cluster_args: list[str] | None = None) -> None:
         self.store = workdir / f"{name}-store"
         self.store.mkdir(parents=True, exist_ok=True)
         self.proc = Proc(
             name,
             [str(require_binary(NATS_SERVER_BIN)), "-a", "127.0.0.1", "-p", "-1", "-js",
-             "-sd", str(self.store), "-n", name],
+             "-sd", str(self.store), "-n", name, *(cluster_args or [])],
             dict(os.environ),
             workdir / "logs" / f"{name}.log",
         )
@@ -256,6 +256,64 @@ class NatsServer:
 
         retry_until(ready, READY_TIMEOUT, f"nats-server is ready again on port {self.port}")
         return self
+
+
+class NatsCluster:
+    """`nodes` nats-servers routed into one JetStream cluster on 127.0.0.1 (each with its own
+    client port, cluster port and store). `url` names every node, comma-separated, as NATS_URL;
+    the services create their buckets and streams with NATS_REPLICAS = `nodes`."""
+
+    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+        cluster_ports = [free_port() for _ in range(nodes)]
+        self.monitor_ports = [free_port() for _ in range(nodes)]
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
+        self.nodes = [
+            NatsServer(workdir, f"nats-{i + 1}", [
+                "--cluster_name", "mcp", "--cluster", f"nats://127.0.0.1:{cluster_ports[i]}", "--routes", routes,
+                "-m", str(self.monitor_ports[i]),
+            ])
+            for i in range(nodes)
+        ]
+
+    def start(self) -> "NatsCluster":
+        for node in self.nodes:
+            node.start()
+        self.wait_for_leader()
+        return self
+
+    def wait_for_leader(self) -> None:
+        """Until every node knows the JetStream meta leader (buckets can be created)."""
+        def elected() -> bool:
+            for node in self.nodes:
+                node.proc.check_alive()
+            return all("metadata leader" in n.proc.log_text() for n in self.nodes)
+
+        retry_until(elected, READY_TIMEOUT, "the NATS cluster elects a JetStream metadata leader")
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def connections(self, node: int) -> list[str]:
+        """The names of the clients connected to a node (`/connz`)."""
+        url = f"http://127.0.0.1:{self.monitor_ports[node]}/connz?limit=1000"
+        return [c.get("name", "") for c in httpx.get(url, timeout=5).json().get("connections", [])]
+
+    def jsz(self, node: int) -> dict[str, Any]:
+        """The node's JetStream report (`/jsz`) with every stream's configuration."""
+        url = f"http://127.0.0.1:{self.monitor_ports[node]}/jsz?accounts=true&streams=true&config=true"
+        return httpx.get(url, timeout=5).json()
+
+    @property
+    def proc(self) -> Proc:
+        return self.nodes[0].proc
+
+    def procs(self) -> list[Proc]:
+        return [n.proc for n in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def vault_keys() -> str:
@@ -694,6 +752,7 @@ class Cluster:
         todo_api: bool = False,
         gateways: int = 1,
         resource: str | None = None,
+        nats_nodes: int = 1,
     ) -> None:
         if gateways != 1 and oauth is not None:
             raise ValueError("more than one gateway needs the development issuer (oauth=None)")
@@ -713,6 +772,13 @@ class Cluster:
         self.gateway_env = dict(gateway_env or {})
         self.worker_env = dict(worker_env or {})
         self.nats: NatsServer | None = None
+        self.n_nats = nats_nodes
+        self.nats_cluster: NatsCluster | None = None
+        if nats_nodes > 1:
+            replicas = {"NATS_REPLICAS": str(nats_nodes)}
+            self.auth_env = {**replicas, **self.auth_env}
+            self.gateway_env = {**replicas, **self.gateway_env}
+            self.worker_env = {**replicas, **self.worker_env}
         self.oidc: OidcProvider | None = None
         self.auth: AuthService | None = None
         self.workers: list[Worker] = []
@@ -748,17 +814,21 @@ class Cluster:
 
     def start(self) -> "Cluster":
         try:
-            self.nats = NatsServer(self.workdir).start()
+            if self.n_nats > 1:
+                self.nats_cluster = NatsCluster(self.workdir, self.n_nats).start()
+                self.nats = self.nats_cluster.nodes[0]
+            else:
+                self.nats = NatsServer(self.workdir).start()
             if self.oauth is None:
                 self.auth = AuthService(self.workdir, env=self.auth_env)
                 self.gateway = Gateway(
-                    self.workdir, self.nats.url, [self.auth.issuer],
+                    self.workdir, self.nats_url, [self.auth.issuer],
                     max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
                     env=self.gateway_env, resource_identifier=self.resource,
                 )
                 self.gateways = [self.gateway] + [
                     Gateway(
-                        self.workdir, self.nats.url, [self.auth.issuer], name=f"gateway-{i + 1}",
+                        self.workdir, self.nats_url, [self.auth.issuer], name=f"gateway-{i + 1}",
                         max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
                         env=self.gateway_env, resource_identifier=self.resource,
                     )
@@ -768,7 +838,7 @@ class Cluster:
                 # The gateway's origin is the issuer: pick its port first.
                 gw_port = free_port()
                 origin = f"http://localhost:{gw_port}"
-                todo = TodoApi(self.workdir, self.nats.url, [origin]) if self.with_todo_api else None
+                todo = TodoApi(self.workdir, self.nats_url, [origin]) if self.with_todo_api else None
                 if self.oauth == "oidc":
                     self.oidc = OidcProvider(
                         self.workdir, [f"{origin}/callback"], access_token_ttl=self.oidc_access_token_ttl,
@@ -785,16 +855,16 @@ class Cluster:
                     self.worker_env.setdefault("API_URL", todo.url)
                 self.auth = AuthService(self.workdir, issuer_url=origin, dev_key=False, env=auth_env)
                 self.gateway = Gateway(
-                    self.workdir, self.nats.url, [origin], port=gw_port, public_host="localhost",
+                    self.workdir, self.nats_url, [origin], port=gw_port, public_host="localhost",
                     max_body_bytes=self.max_body_bytes, allowed_origins=self.allowed_origins,
                     auth_upstream=self.auth.url, authorization_servers=[origin], env=self.gateway_env,
                 )
             if not self.gateways:
                 self.gateways = [self.gateway]
-            self.auth.start(self.nats.url, resource=self.gateway.resource)
+            self.auth.start(self.nats_url, resource=self.gateway.resource)
             self.workers = [
                 Worker(
-                    self.workdir, f"worker-{i + 1}", self.nats.url, profile=self.profile, env=self.worker_env,
+                    self.workdir, f"worker-{i + 1}", self.nats_url, profile=self.profile, env=self.worker_env,
                 ).start(wait=False)
                 for i in range(self.n_workers)
             ]
@@ -810,10 +880,18 @@ class Cluster:
             raise
         return self
 
+    @property
+    def nats_url(self) -> str:
+        """NATS_URL of the services: the server, or every node of the cluster."""
+        if self.nats_cluster is not None:
+            return self.nats_cluster.url
+        assert self.nats is not None
+        return self.nats.url
+
     def procs(self) -> list[Proc]:
         out: list[Proc] = []
         for part in [
-            self.nats, self.oidc, self.todo_api, self.auth, *self.workers, self.gateway, *self.gateways[1:],
+            *(self.nats_cluster.nodes if self.nats_cluster else [self.nats]), self.oidc, self.todo_api, self.auth, *self.workers, self.gateway, *self.gateways[1:],
         ]:
             p = getattr(part, "proc", None)
             if p is not None:
@@ -861,7 +939,7 @@ class Cluster:
         """Start one more worker like the others (a replacement in a rolling restart)."""
         assert self.nats is not None
         w = Worker(
-            self.workdir, worker_id or f"worker-{len(self.workers) + 1}", self.nats.url,
+            self.workdir, worker_id or f"worker-{len(self.workers) + 1}", self.nats_url,
             profile=self.profile, env=self.worker_env,
         )
         self.workers.append(w)
@@ -870,7 +948,7 @@ class Cluster:
     def stop(self) -> None:
         for part in [
             *reversed(self.gateways[1:]), self.gateway, *reversed(self.workers),
-            self.auth, self.todo_api, self.oidc, self.nats,
+            self.auth, self.todo_api, self.oidc, *(self.nats_cluster.nodes if self.nats_cluster else [self.nats]),
         ]:
             if part is not None:
                 try:

@@ -28,6 +28,7 @@ async fn env_with(config: ClientsConfig, http: GuardedClient) -> Env {
         CLIENTS_BUCKET,
         CLIENT_IDLE_MAX_AGE,
         crate::store::DEFAULT_STORE_MAX_BYTES,
+        1,
     )
     .await
     .unwrap();

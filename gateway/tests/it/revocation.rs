@@ -14,7 +14,7 @@ use super::{Cluster, add, issuer};
 async fn revoke(nats_url: &str, key: &str) -> anyhow::Result<()> {
     let client = async_nats::connect(nats_url).await?;
     let js = async_nats::jetstream::new(client);
-    let store = gateway::revocations::open_bucket(&js).await?;
+    let store = gateway::revocations::open_bucket(&js, 1).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();

@@ -20,6 +20,7 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         .try_init();
     session_worker::Config {
         nats_url: nats.url.clone(),
+        nats_replicas: 1,
         admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         worker_id: None,
         idle_timeout_secs: 60,

@@ -23,6 +23,7 @@ async fn store(nats: &NatsServer, max_record_bytes: usize) -> KvTaskStore {
         Duration::from_secs(600),
         jetstream::stream::StorageType::File,
         16 * 1024 * 1024,
+        1,
     )
     .await
     .expect("bucket");

@@ -1,0 +1,113 @@
+"""A three-node NATS cluster: every service is given all three nodes (NATS_URL, comma-separated)
+and creates its buckets and streams replicated on all three (NATS_REPLICAS=3). Losing one node,
+whichever the services happen to be connected to, loses no state and fails no call: clients keep
+calling `count` through it, and every session's counter ends at the number of calls it answered.
+
+Contract: README "Reliability" (three-node NATS); issue: durable sessions (three-node NATS).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import Cluster
+from mcp_http import SESSIONFUL_VERSION, headers, open_session, response_for, rpc
+
+SESSIONS = 12
+AFTER_LOSS = 6.0  # seconds of calls after the node is gone: past leases, heartbeats and reconnects
+EXPECTED_STREAMS = {
+    "KV_mcp_sessions", "KV_mcp_shard_leases", "KV_mcp_workers", "KV_mcp_responses", "KV_mcp_users",
+    "KV_mcp_principal_sessions", "KV_mcp_tasks", "MCP_EVENTS", "KV_auth_grants", "KV_auth_vault", "KV_auth_revocations",
+}
+
+
+@pytest.fixture()
+def three_nodes(tmp_path: Path) -> Iterator[Cluster]:
+    from conftest import _running
+
+    yield from _running(Cluster(tmp_path, workers=2, nats_nodes=3))
+
+
+def streams(cluster: Cluster) -> dict[str, int]:
+    """Every stream of the cluster: name → replicas."""
+    assert cluster.nats_cluster is not None
+    out: dict[str, int] = {}
+    for account in cluster.nats_cluster.jsz(0).get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            out[stream["name"]] = int(stream["config"].get("num_replicas", 1))
+    return out
+
+
+def test_losing_one_of_three_nats_nodes_fails_no_call(three_nodes: Cluster) -> None:
+    cluster = three_nodes
+    assert cluster.gateway is not None and cluster.nats_cluster is not None
+    replicas = streams(cluster)
+    missing = {s for s in EXPECTED_STREAMS if not any(name.startswith(s) for name in replicas)}
+    assert not missing, f"streams not found: {missing} (have {sorted(replicas)})"
+    assert all(r == 3 for r in replicas.values()), f"not replicated on three nodes: {replicas}"
+
+    url = cluster.gateway.mcp_url
+    token = cluster.mint("alice")
+    stop = threading.Event()
+    answered: dict[str, int] = {}
+    failures: list[str] = []
+    calls = [0]
+
+    def load(session: str) -> None:
+        with httpx.Client(timeout=30) as client:
+            n = 2
+            while not stop.is_set():
+                call = rpc("tools/call", {"name": "count", "arguments": {}}, n)
+                try:
+                    r = client.post(url, json=call, headers=headers(token, session=session, version=SESSIONFUL_VERSION))
+                    value = int(response_for(r, n)["result"]["structuredContent"]["count"]) if r.status_code == 200 else None
+                except (httpx.HTTPError, KeyError) as err:
+                    failures.append(f"{session}: {err!r}")
+                    return
+                if value is None:
+                    failures.append(f"{session}: HTTP {r.status_code} {r.text[:200]}")
+                    return
+                answered[session] = answered.get(session, 0) + 1
+                calls[0] += 1
+                if value != answered[session]:
+                    failures.append(f"{session}: counter {value} after {answered[session]} answered calls")
+                    return
+                n += 1
+
+    with httpx.Client(timeout=30) as client:
+        sessions = [open_session(client, url, token) for _ in range(SESSIONS)]
+    threads = [threading.Thread(target=load, args=(s,), daemon=True) for s in sessions]
+    for t in threads:
+        t.start()
+    try:
+        start = time.monotonic()
+        while calls[0] < 10 * SESSIONS and time.monotonic() - start < 30 and not failures:
+            time.sleep(0.05)
+        before = calls[0]
+        # The hardest node to lose: the one the gateway is connected to (its in-flight requests
+        # and replies cross it), with whatever else is connected there.
+        nodes = cluster.nats_cluster
+        held = [i for i in range(len(nodes.nodes)) if any(n.startswith("gateway") for n in nodes.connections(i))]
+        assert len(held) == 1, held
+        victim = nodes.nodes[held[0]]
+        print(f"\nkilling {victim.proc.name}, serving {nodes.connections(held[0])}")
+        victim.proc.kill()
+        lost = time.monotonic()
+        while time.monotonic() - lost < AFTER_LOSS and not failures:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not failures, f"{len(failures)} calls failed after losing one NATS node: {failures[:5]}"
+    assert calls[0] > before + SESSIONS, f"calls stopped after losing the node ({before} → {calls[0]})"
+    for proc in cluster.procs():
+        if proc is not victim.proc:
+            proc.check_alive()
+    print(f"\nthree-node NATS: {calls[0]} calls, {calls[0] - before} after losing a node, none failed")
