@@ -5,12 +5,18 @@
 #   which is both the MCP resource (/mcp) and the issuer (it forwards the OAuth paths).
 # Installs missing tools (scripts/install-deps.sh) and builds the release binaries first.
 # Ports can be moved with the variables below, e.g. GATEWAY_PORT=18788 make run.
+# NATS_NODES=3 make run: a three-node NATS cluster (client ports NATS_PORT..NATS_PORT+2, stores
+# in .run/nats-1..3) with every bucket and stream replicated on all three (NATS_REPLICAS=3):
+# kill one node and the cluster keeps serving.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
 NATS_PORT="${NATS_PORT:-4222}"
+NATS_NODES="${NATS_NODES:-1}"
+NATS_CLUSTER_PORT="${NATS_CLUSTER_PORT:-6222}"   # route ports of a cluster: this and the next two
+[[ "$NATS_NODES" == 1 || "$NATS_NODES" == 3 ]] || die "NATS_NODES must be 1 or 3"
 AUTH_PORT="${AUTH_PORT:-8790}"
 AUTH_ADMIN_PORT="${AUTH_ADMIN_PORT:-9791}"
 WORKER1_ADMIN_PORT="${WORKER1_ADMIN_PORT:-9790}"
@@ -30,13 +36,23 @@ for b in gateway session-worker auth-service todo-api; do
   [[ -x "$RELEASE_DIR/$b" ]] || die "$RELEASE_DIR/$b missing after the build"
 done
 
-for p in "$NATS_PORT" "$AUTH_PORT" "$AUTH_ADMIN_PORT" "$WORKER1_ADMIN_PORT" "$WORKER2_ADMIN_PORT" \
+nats_ports=()
+for ((n = 0; n < NATS_NODES; n++)); do nats_ports+=("$((NATS_PORT + n))"); done
+((NATS_NODES > 1)) && for ((n = 0; n < NATS_NODES; n++)); do nats_ports+=("$((NATS_CLUSTER_PORT + n))"); done
+for p in "${nats_ports[@]}" "$AUTH_PORT" "$AUTH_ADMIN_PORT" "$WORKER1_ADMIN_PORT" "$WORKER2_ADMIN_PORT" \
   "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT" "$TODO_API_PORT"; do
   port_free "$p" || die "port 127.0.0.1:$p is in use (another 'make run'?); set the *_PORT variables to move"
 done
 
-mkdir -p "$RUN_DIR/logs" "$RUN_DIR/nats"
-export NATS_URL="nats://127.0.0.1:$NATS_PORT"
+mkdir -p "$RUN_DIR/logs"
+if ((NATS_NODES > 1)); then
+  urls=()
+  for ((n = 0; n < NATS_NODES; n++)); do urls+=("nats://127.0.0.1:$((NATS_PORT + n))"); done
+  NATS_URL="$(IFS=,; echo "${urls[*]}")"
+  export NATS_URL NATS_REPLICAS="$NATS_NODES"
+else
+  export NATS_URL="nats://127.0.0.1:$NATS_PORT"
+fi
 # One public origin: the gateway forwards the OAuth paths to the auth-service.
 ORIGIN="http://localhost:$GATEWAY_PORT"
 export AUTH_ISSUER_URL="$ORIGIN"
@@ -109,9 +125,34 @@ ready() {
   log "$name ready ($url)"
 }
 
-start nats "$NATS_SERVER_BIN" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" -n mcp-cluster-local
-wait_port 127.0.0.1 "$NATS_PORT" "$READY_TIMEOUT" "${pids[0]}" || { tail -n 30 "$RUN_DIR/logs/nats.log" >&2; exit 1; }
-log "nats ready ($NATS_URL)"
+if ((NATS_NODES > 1)); then
+  routes=""
+  for ((n = 0; n < NATS_NODES; n++)); do routes+="${routes:+,}nats://127.0.0.1:$((NATS_CLUSTER_PORT + n))"; done
+  for ((n = 0; n < NATS_NODES; n++)); do
+    mkdir -p "$RUN_DIR/nats-$((n + 1))"
+    start "nats-$((n + 1))" "$NATS_SERVER_BIN" -a 127.0.0.1 -p "$((NATS_PORT + n))" -js -sd "$RUN_DIR/nats-$((n + 1))" \
+      -n "mcp-cluster-local-$((n + 1))" --cluster_name mcp-cluster-local \
+      --cluster "nats://127.0.0.1:$((NATS_CLUSTER_PORT + n))" --routes "$routes"
+  done
+  for ((n = 0; n < NATS_NODES; n++)); do
+    wait_port 127.0.0.1 "$((NATS_PORT + n))" "$READY_TIMEOUT" "${pids[$n]}" \
+      || { tail -n 30 "$RUN_DIR/logs/nats-$((n + 1)).log" >&2; exit 1; }
+  done
+  # Buckets can be created once every node knows the JetStream metadata leader.
+  for ((t = 0; t < READY_TIMEOUT * 10; t++)); do
+    elected=0
+    for ((n = 1; n <= NATS_NODES; n++)); do grep -q "metadata leader" "$RUN_DIR/logs/nats-$n.log" && elected=$((elected + 1)); done
+    ((elected == NATS_NODES)) && break
+    sleep 0.1
+  done
+  ((elected == NATS_NODES)) || die "the NATS cluster elected no JetStream leader in ${READY_TIMEOUT}s (see .run/logs/nats-*.log)"
+  log "nats cluster ready ($NATS_URL, every bucket on $NATS_REPLICAS nodes)"
+else
+  mkdir -p "$RUN_DIR/nats"
+  start nats "$NATS_SERVER_BIN" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" -n mcp-cluster-local
+  wait_port 127.0.0.1 "$NATS_PORT" "$READY_TIMEOUT" "${pids[0]}" || { tail -n 30 "$RUN_DIR/logs/nats.log" >&2; exit 1; }
+  log "nats ready ($NATS_URL)"
+fi
 
 AUTH_LISTEN="127.0.0.1:$AUTH_PORT" AUTH_ADMIN_LISTEN="127.0.0.1:$AUTH_ADMIN_PORT" \
   start auth-service "$RELEASE_DIR/auth-service"
@@ -145,7 +186,8 @@ cat <<EOF
   (NATS $NATS_URL, auth-service :$AUTH_PORT behind the gateway, workers :$WORKER1_ADMIN_PORT :$WORKER2_ADMIN_PORT,
    Todo API :$TODO_API_PORT, logs in .run/logs/)
 
-  Tools: add, whoAmI, generateImage (alice has the image_generation permission, bob has not),
+  Tools: add, whoAmI, count (a counter in your session), notes (your notes, in every session and
+  protocol revision), generateImage (alice has the image_generation permission, bob has not),
   listTodos/addTodo/completeTodo/deleteTodo (the Todo API, with a token the client never sees),
   list_checklists/get_checklist/list_processes/get_process/search_processes (their scopes are
   asked for on first use: the client authorizes again).
@@ -174,7 +216,8 @@ cat <<EOF
 EOF
 
 # Run until Ctrl-C. A component that dies is reported and the rest keep running — kill a
-# worker (kill -9 <pid>) and its sessions are served by the other: the cluster's failover.
+# worker (kill -9 <pid>) and its sessions are served by the other: the cluster's failover;
+# with NATS_NODES=3, kill a NATS node and the services move to the others.
 for i in "${!names[@]}"; do log "${names[$i]}: pid ${pids[$i]}"; done
 reported=()
 declare -A status=()

@@ -346,6 +346,30 @@ def restart_nats(ctx: Ctx) -> Result:
     return res
 
 
+def lose_nats_node(ctx: Ctx) -> Result:
+    """Three routed nats-servers, every bucket and stream on all three (NATS_REPLICAS=3): SIGKILL
+    the node the gateway is connected to, mid-load. No call may fail."""
+    res = Result("lose 1 of 3 NATS nodes", zero_failed=True)
+    cluster = start_cluster(ctx, workers=2, nats_nodes=3)
+    assert cluster.gateway is not None and cluster.nats_cluster is not None
+    load = start_load(ctx, cluster.gateway.mcp_url, tokens_for(ctx, cluster))
+    nodes = cluster.nats_cluster
+    held = [i for i in range(len(nodes.nodes)) if any(n.startswith("gateway") for n in nodes.connections(i))]
+    index = held[0] if held else 0
+    victim = nodes.nodes[index]
+    serving = ", ".join(nodes.connections(index))
+    victim.proc.kill()
+    killed = time.monotonic()
+    ctx.log(f"  SIGKILL {victim.proc.name} (serving {serving})")
+    if recover(ctx, res, load, killed, "the kill"):
+        tail(res, load)
+    finish(ctx, res, load)
+    for p in cluster.procs():
+        if p is not victim.proc and not p.alive():
+            res.problems.append(f"{p.name} exited ({p.returncode()}) after losing a NATS node")
+    return res
+
+
 def priming_id(url: str, token: str) -> str | None:
     """The `id:` of the first event of a fresh session's GET /mcp stream, None if it has none."""
     with httpx.Client(timeout=httpx.Timeout(PRIMING_TIMEOUT), trust_env=False) as client:
@@ -436,5 +460,6 @@ SCENARIOS: list[tuple[str, Callable[[Ctx], Result]]] = [
     ("rolling-workers", rolling_workers),
     ("rolling-gateways", rolling_gateways),
     ("nats-restart", restart_nats),
+    ("nats-node-loss", lose_nats_node),
     ("sse-resume", sse_resume),
 ]

@@ -62,7 +62,8 @@ pub async fn start(config: Config) -> anyhow::Result<TodoApi> {
     let issuers = config.allowed_issuers();
     let nats = async_nats::ConnectOptions::new()
         .name("todo-api")
-        .connect(config.nats_url.as_str())
+        // One server, or a cluster's servers comma-separated (as the cluster's own NATS_URL).
+        .connect(config.nats_url.split(',').map(str::trim).collect::<Vec<_>>())
         .await
         .context("cannot connect to NATS")?;
     let js = async_nats::jetstream::new(nats.clone());
