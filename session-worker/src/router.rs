@@ -719,9 +719,15 @@ impl Subscriptions {
         self.tasks.len()
     }
 
-    /// Stop every subscription, handling what was already delivered (drain).
+    /// Stop every subscription, handling what was already delivered (drain), and
+    /// evict every actor: fenced or declared dead, this worker may see its shards
+    /// taken, and an actor kept until they come back would serve a session with
+    /// what it held in memory, not what its new owner committed meanwhile.
     pub async fn clear(&mut self) {
         let all: Vec<u16> = self.tasks.keys().copied().collect();
         self.stop(&all).await;
+        for handle in self.router.shared.registry.all() {
+            handle.evict();
+        }
     }
 }
