@@ -313,6 +313,8 @@ pub(crate) fn ack_error(ack: Ack, id: Option<Value>) -> Option<McpError> {
             let kind = match code {
                 proto::mcp::PARSE_ERROR => Kind::ParseError,
                 proto::mcp::SESSION_LIMIT => Kind::TooManyRequests,
+                // The worker's store is out of reach for now: 503, try again.
+                proto::mcp::INTERNAL_ERROR => Kind::NoWorker,
                 _ => Kind::InvalidRequest,
             };
             Some(McpError::new(kind).code(code).detail(message).with_id(id))
@@ -1156,6 +1158,22 @@ mod tests {
 
     fn parse(s: &str) -> Result<Incoming, McpError> {
         Incoming::parse(Bytes::from(s.to_owned()))
+    }
+
+    #[test]
+    fn a_worker_whose_store_is_unavailable_is_a_retryable_503_not_a_bad_request() {
+        // e.g. a JetStream stream electing a new leader after a NATS node was lost
+        let ack = Ack::Rejected {
+            code: proto::mcp::INTERNAL_ERROR,
+            message: "session store unavailable, retry".into(),
+        };
+        let err = ack_error(ack, Some(serde_json::json!(1))).expect("an error");
+        assert_eq!(err.kind, Kind::NoWorker);
+        let bad = Ack::Rejected {
+            code: proto::mcp::INVALID_REQUEST,
+            message: "a session starts with an initialize request".into(),
+        };
+        assert_eq!(ack_error(bad, None).map(|e| e.kind), Some(Kind::InvalidRequest));
     }
 
     #[test]
