@@ -459,7 +459,12 @@ impl Actor for SessionActor {
             Some(Start::Open { revision, .. }) | Some(Start::Restore { revision }) => Some(*revision),
             None => None,
         };
-        self.publisher = Some(spawn_publisher(self.shared.clone(), self.id.clone(), revision));
+        self.publisher = Some(spawn_publisher(
+            self.shared.clone(),
+            self.id.clone(),
+            revision,
+            ctx.address(),
+        ));
 
         let idle = self.shared.idle_timeout;
         ctx.run_interval(
@@ -1014,7 +1019,12 @@ async fn record_final(shared: &Shared, session: &str, key: &str, message: Vec<u8
 /// the reply that follows it is sent. Record writes are compare-and-swap at the
 /// revision this actor last wrote (`revision`), so a record someone else wrote in
 /// between is never overwritten.
-fn spawn_publisher(shared: Arc<Shared>, id: String, mut revision: Option<u64>) -> mpsc::UnboundedSender<PubOp> {
+fn spawn_publisher(
+    shared: Arc<Shared>,
+    id: String,
+    mut revision: Option<u64>,
+    actor: actix::Addr<SessionActor>,
+) -> mpsc::UnboundedSender<PubOp> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PubOp>();
     actix_rt::spawn(async move {
         while let Some(op) = rx.recv().await {
@@ -1075,9 +1085,13 @@ fn spawn_publisher(shared: Arc<Shared>, id: String, mut revision: Option<u64>) -
                             }
                             Err(err) => {
                                 revision = None;
-                                // Another worker owns the session now: what depended on
-                                // this write is not sent (the request is retried there).
-                                warn!(session_id = %id, error = %err, withheld = then.is_some(), "session record changed or unwritable; not overwritten");
+                                // Another worker owns the session now, or the write may not
+                                // have landed: what depended on it is not sent, and the
+                                // actor stops, its memory no longer the committed state.
+                                // The gateway sends the request again (no acknowledgement)
+                                // and the session is rehydrated from what was committed.
+                                warn!(session_id = %id, error = %err, withheld = then.is_some(), "session record changed or unwritable; not overwritten, actor stops");
+                                actor.do_send(Shutdown { delete: false });
                             }
                         }
                     }
