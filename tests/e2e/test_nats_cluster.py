@@ -20,7 +20,7 @@ from harness import Cluster
 from mcp_http import SESSIONFUL_VERSION, headers, open_session, response_for, rpc
 
 SESSIONS = 12
-AFTER_LOSS = 6.0  # seconds of calls after the node is gone: past leases, heartbeats and reconnects
+AFTER_LOSS = 12.0  # seconds of calls after the node is gone: past raft elections, leases, reconnects
 EXPECTED_STREAMS = {
     "KV_mcp_sessions", "KV_mcp_shard_leases", "KV_mcp_workers", "KV_mcp_responses", "KV_mcp_users",
     "KV_mcp_principal_sessions", "KV_mcp_tasks", "MCP_EVENTS", "KV_auth_grants", "KV_auth_vault", "KV_auth_revocations",
@@ -44,7 +44,39 @@ def streams(cluster: Cluster) -> dict[str, int]:
     return out
 
 
-def test_losing_one_of_three_nats_nodes_fails_no_call(three_nodes: Cluster) -> None:
+def leader_of(cluster: Cluster, stream: str) -> str:
+    """The node name leading a stream's raft group (e.g. `nats-2`)."""
+    assert cluster.nats_cluster is not None
+    for account in cluster.nats_cluster.jsz(0).get("account_details", []):
+        for s in account.get("stream_detail", []):
+            if s["name"] == stream:
+                return str(s.get("cluster", {}).get("leader", ""))
+    raise AssertionError(f"stream {stream} not found")
+
+
+def pick_victim(cluster: Cluster, kind: str) -> int:
+    """Index of the node to kill: the one the gateway is connected to (its in-flight requests and
+    replies cross it, with whatever else is connected there), or the leader of a stream."""
+    nodes = cluster.nats_cluster
+    assert nodes is not None
+    if kind == "gateway":
+        held = [i for i in range(len(nodes.nodes)) if any(n.startswith("gateway") for n in nodes.connections(i))]
+        assert len(held) == 1, held
+        return held[0]
+    leader = leader_of(cluster, kind)
+    names = [n.proc.name for n in nodes.nodes]
+    assert leader in names, f"{kind} is led by {leader!r}, not one of {names}"
+    return names.index(leader)
+
+
+# Which node goes: the gateway's; the leader of the workers' heartbeat bucket (every worker is
+# fenced until a new leader is elected, seconds later); the leader of the shard leases (no lease
+# can be renewed meanwhile); the leader of the session records (no call can commit meanwhile).
+VICTIMS = ["gateway", "KV_mcp_workers", "KV_mcp_shard_leases", "KV_mcp_sessions"]
+
+
+@pytest.mark.parametrize("victim_kind", VICTIMS)
+def test_losing_one_of_three_nats_nodes_fails_no_call(three_nodes: Cluster, victim_kind: str) -> None:
     cluster = three_nodes
     assert cluster.gateway is not None and cluster.nats_cluster is not None
     replicas = streams(cluster)
@@ -90,13 +122,10 @@ def test_losing_one_of_three_nats_nodes_fails_no_call(three_nodes: Cluster) -> N
         while calls[0] < 10 * SESSIONS and time.monotonic() - start < 30 and not failures:
             time.sleep(0.05)
         before = calls[0]
-        # The hardest node to lose: the one the gateway is connected to (its in-flight requests
-        # and replies cross it), with whatever else is connected there.
         nodes = cluster.nats_cluster
-        held = [i for i in range(len(nodes.nodes)) if any(n.startswith("gateway") for n in nodes.connections(i))]
-        assert len(held) == 1, held
-        victim = nodes.nodes[held[0]]
-        print(f"\nkilling {victim.proc.name}, serving {nodes.connections(held[0])}")
+        index = pick_victim(cluster, victim_kind)
+        victim = nodes.nodes[index]
+        print(f"\nkilling {victim.proc.name} ({victim_kind}), serving {nodes.connections(index)}")
         victim.proc.kill()
         lost = time.monotonic()
         while time.monotonic() - lost < AFTER_LOSS and not failures:
