@@ -674,48 +674,52 @@ async fn relay_request(
     // answers from the request's record, or runs it if its first run never finished
     // (see session_worker::records). Stateless requests are not retried.
     let retryable = matches!(env.body, Body::Deliver { .. });
-    let mut retries = 0;
+    let mut retries = Retries::new(st.relay.retry_window());
     let (mut ack, mut worker) = send_acked(st, &subject, &mut env, trace, &mut deaths, retryable, &mut retries)
         .await
         .map_err(|e| relay_error(e).with_id(id.clone()))?;
     let deadline = tokio::time::Instant::now() + st.request_timeout;
     let first = loop {
-        match ack {
+        let next = match ack {
             // A quick answer comes with the acknowledgement.
-            Ack::First(first) => break first,
+            Ack::First(first) => Next::Message(first),
             other => {
                 if let Some(e) = ack_error(other, id.clone()) {
                     return Err(e);
                 }
-                match stream.next_from(worker.as_deref(), &mut deaths, deadline).await {
-                    Next::Message(first) => break first,
-                    Next::Closed => return Err(McpError::new(Kind::Internal).with_id(id)),
-                    Next::TimedOut => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
-                    Next::WorkerGone => {
-                        warn!(
-                            worker = worker.as_deref().unwrap_or(""),
-                            retries, "worker died before answering a request"
-                        );
-                        st.metrics
-                            .worker_gone
-                            .with_label_values(&[if retryable && retries < MAX_RETRIES {
-                                "retried"
-                            } else {
-                                "failed"
-                            }])
-                            .inc();
-                        if !retryable || retries >= MAX_RETRIES {
-                            return Err(McpError::new(Kind::WorkerGone).with_id(id));
-                        }
-                        retries += 1;
-                        env.retry = true;
-                        (ack, worker) = send_acked(st, &subject, &mut env, trace, &mut deaths, retryable, &mut retries)
-                            .await
-                            .map_err(|e| relay_error(e).with_id(id.clone()))?;
-                    }
-                }
+                stream.next_from(worker.as_deref(), &mut deaths, deadline).await
             }
+        };
+        let why = match next {
+            // The session's actor stopped before answering (its worker drains, lost
+            // the shard, or could not commit the session record), the session lives on.
+            Next::Message(first) if first.aborted && first.retry && retryable => {
+                "the session's actor stopped before answering"
+            }
+            Next::Message(first) => break first,
+            Next::Closed => return Err(McpError::new(Kind::Internal).with_id(id)),
+            Next::TimedOut => return Err(McpError::new(Kind::WorkerTimeout).with_id(id)),
+            Next::WorkerGone => "worker died before answering a request",
+        };
+        warn!(
+            worker = worker.as_deref().unwrap_or(""),
+            retries = retries.count,
+            reason = why,
+            "request not answered"
+        );
+        let again = retryable && retries.left();
+        st.metrics
+            .worker_gone
+            .with_label_values(&[if again { "retried" } else { "failed" }])
+            .inc();
+        if !again {
+            return Err(McpError::new(Kind::WorkerGone).with_id(id));
         }
+        retries.pause().await;
+        env.retry = true;
+        (ack, worker) = send_acked(st, &subject, &mut env, trace, &mut deaths, retryable, &mut retries)
+            .await
+            .map_err(|e| relay_error(e).with_id(id.clone()))?;
     };
     if first.aborted {
         return Err(McpError::new(Kind::NoWorker)
@@ -756,15 +760,48 @@ async fn relay_request(
     ))
 }
 
-/// Times a session's request is sent again after its worker died.
-const MAX_RETRIES: u32 = 3;
+/// Most times a session's request is sent again.
+const MAX_RETRIES: u32 = 12;
+/// Pause before the first resend; it doubles up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// What is left of a session's request's retries: at most [`MAX_RETRIES`] resends,
+/// none after the retry window (from the first sending) closes, each after a
+/// back-off, so a session whose store fails for a few seconds (a NATS stream
+/// electing its leader) is waited for, not hammered.
+#[derive(Debug)]
+struct Retries {
+    count: u32,
+    until: tokio::time::Instant,
+}
+
+impl Retries {
+    fn new(window: Duration) -> Self {
+        Self {
+            count: 0,
+            until: tokio::time::Instant::now() + window,
+        }
+    }
+
+    fn left(&self) -> bool {
+        self.count < MAX_RETRIES && tokio::time::Instant::now() < self.until
+    }
+
+    /// Count one resend and wait its back-off.
+    async fn pause(&mut self) {
+        let pause = RETRY_PAUSE.saturating_mul(1 << self.count.min(10)).min(RETRY_PAUSE_MAX);
+        self.count += 1;
+        tokio::time::sleep(pause).await;
+    }
+}
 
 /// Send `env` and wait for its acknowledgement. A session's request (`retryable`)
 /// may have reached a worker that died before acknowledging it (it sat unread in
 /// the worker's socket): then no acknowledgement names the worker, and no death can
 /// be matched to it. So when any worker is declared dead while the request waits
 /// for its acknowledgement, or none comes in time, it is sent again, flagged as a
-/// retry (up to [`MAX_RETRIES`] in all): the shard's owner answers it from its
+/// retry (while [`Retries`] allow): the shard's owner answers it from its
 /// record, joins the run in flight (same session, same id), or runs it once.
 async fn send_acked(
     st: &AppState,
@@ -773,7 +810,7 @@ async fn send_acked(
     trace: &TraceParent,
     deaths: &mut tokio::sync::broadcast::Receiver<String>,
     retryable: bool,
-    retries: &mut u32,
+    retries: &mut Retries,
 ) -> Result<(Ack, Option<String>), RelayError> {
     use tokio::sync::broadcast::error::RecvError;
     loop {
@@ -783,24 +820,24 @@ async fn send_acked(
             tokio::select! {
                 biased;
                 sent = &mut send => Some(sent),
-                dead = deaths.recv(), if retryable && *retries < MAX_RETRIES => match dead {
+                dead = deaths.recv(), if retryable && retries.left() => match dead {
                     Ok(_) | Err(RecvError::Lagged(_)) => None,
                     Err(RecvError::Closed) => Some((&mut send).await),
                 },
             }
         };
         let why = match outcome {
-            Some(Err(RelayError::TimedOut(_))) if retryable && *retries < MAX_RETRIES => "no acknowledgement in time",
+            Some(Err(RelayError::TimedOut(_))) if retryable && retries.left() => "no acknowledgement in time",
             Some(sent) => return sent,
             None => "a worker died while the request waited for its acknowledgement",
         };
         warn!(
-            retries = *retries,
+            retries = retries.count,
             reason = why,
             "sending a request again, flagged as a retry"
         );
         st.metrics.worker_gone.with_label_values(&["retried"]).inc();
-        *retries += 1;
+        retries.pause().await;
         env.retry = true;
     }
 }
@@ -1158,6 +1195,28 @@ mod tests {
 
     fn parse(s: &str) -> Result<Incoming, McpError> {
         Incoming::parse(Bytes::from(s.to_owned()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_and_stop_when_their_window_closes() {
+        let started = tokio::time::Instant::now();
+        let mut retries = Retries::new(Duration::from_secs(3));
+        let mut pauses = Vec::new();
+        while retries.left() {
+            let before = tokio::time::Instant::now();
+            retries.pause().await;
+            pauses.push(before.elapsed().as_millis());
+        }
+        // 50, 100, 200, 400, 800 ms, then 1 s each until 3 s have passed.
+        assert_eq!(pauses, vec![50, 100, 200, 400, 800, 1000, 1000]);
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        // However long the window, no more than MAX_RETRIES resends.
+        let mut retries = Retries::new(Duration::from_secs(3600));
+        while retries.left() {
+            retries.pause().await;
+        }
+        assert_eq!(retries.count, MAX_RETRIES);
+        assert!(!Retries::new(Duration::ZERO).left());
     }
 
     #[test]

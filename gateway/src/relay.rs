@@ -186,6 +186,11 @@ impl Relay {
         }
     }
 
+    /// How long a session's request may be sent again (and wait for an owner).
+    pub fn retry_window(&self) -> Duration {
+        self.no_responders_retry
+    }
+
     /// Workers declared dead from now on (their keys).
     pub fn deaths(&self) -> broadcast::Receiver<String> {
         self.deaths.subscribe()

@@ -129,6 +129,12 @@ pub struct Outbound {
     /// The stream is closed without an answer (session ended, worker draining).
     #[serde(default)]
     pub aborted: bool,
+    /// With `aborted`: the session lives on, only its actor stopped (its worker
+    /// drains, lost the shard, or could not commit the session record). A request
+    /// sent again, flagged as a retry, is answered by the session's next actor,
+    /// from the request's record when it ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
     /// On a final [`crate::mcp::INSUFFICIENT_SCOPE`] error: the scopes to ask for,
     /// so the gateway can answer the HTTP 403 step-up challenge without parsing the
     /// message. Empty otherwise.
@@ -243,6 +249,7 @@ impl Outbound {
             message,
             last,
             aborted: false,
+            retry: false,
             step_up: Vec::new(),
         }
     }
@@ -260,7 +267,17 @@ impl Outbound {
             message: Vec::new(),
             last: true,
             aborted: true,
+            retry: false,
             step_up: Vec::new(),
+        }
+    }
+
+    /// Closed without an answer by an actor that stopped while its session lives
+    /// on: the request may be sent again (see [`Outbound::retry`]).
+    pub fn stopped(seq: u64) -> Self {
+        Self {
+            retry: true,
+            ..Self::aborted(seq)
         }
     }
 
@@ -365,7 +382,11 @@ mod tests {
             let bytes = ack.to_bytes().expect("encode");
             assert_eq!(Ack::from_bytes(&bytes).expect("decode"), ack);
         }
-        for out in [Outbound::new(3, b"{}".to_vec(), true), Outbound::aborted(4)] {
+        for out in [
+            Outbound::new(3, b"{}".to_vec(), true),
+            Outbound::aborted(4),
+            Outbound::stopped(5),
+        ] {
             let bytes = out.to_bytes().expect("encode");
             assert_eq!(Outbound::from_bytes(&bytes).expect("decode"), out);
         }

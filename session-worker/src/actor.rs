@@ -512,7 +512,9 @@ impl Actor for SessionActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.ct.cancel();
-        self.abort_routes();
+        // The session lives on (its record is committed): requests still waiting
+        // are sent again by their gateway, to the session's next actor.
+        self.abort_routes(true);
         self.shared.registry.remove_if(&self.id, self.generation);
     }
 }
@@ -589,7 +591,7 @@ impl SessionActor {
                 {
                     // The client gave up on it: end its HTTP response now.
                     if let Some(target) = self.routes.remove(&request_id) {
-                        self.abort(target);
+                        self.abort(target, false);
                     }
                     self.progress.retain(|_, id| *id != request_id);
                 }
@@ -868,11 +870,17 @@ impl SessionActor {
         }
     }
 
-    fn abort(&mut self, target: Target) {
+    /// Close a request's stream without an answer; `retry`: the session lives on.
+    fn abort(&mut self, target: Target, retry: bool) {
         if let Target::Reply { subject, seq, ack, .. } = target {
+            let out = if retry {
+                Outbound::stopped(seq + 1)
+            } else {
+                Outbound::aborted(seq + 1)
+            };
             match ack {
-                Some(reply) => self.send_ack(reply, &proto::Ack::First(Outbound::aborted(seq + 1))),
-                None => self.send(subject, Outbound::aborted(seq + 1)),
+                Some(reply) => self.send_ack(reply, &proto::Ack::First(out)),
+                None => self.send(subject, out),
             }
         }
     }
@@ -902,10 +910,10 @@ impl SessionActor {
         }
     }
 
-    fn abort_routes(&mut self) {
+    fn abort_routes(&mut self, retry: bool) {
         let routes: Vec<_> = self.routes.drain().map(|(_, t)| t).collect();
         for target in routes {
-            self.abort(target);
+            self.abort(target, retry);
         }
         self.progress.clear();
     }
@@ -939,7 +947,7 @@ impl Handler<Shutdown> for SessionActor {
         if msg.delete {
             info!(session_id = %self.id, "session closed by client");
             self.shared.metrics.sessions_closed.inc();
-            self.abort_routes();
+            self.abort_routes(false);
             self.events_seq += 1;
             self.send(subjects::events(&self.id), Outbound::aborted(self.events_seq));
         }

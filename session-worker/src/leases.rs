@@ -14,15 +14,21 @@
 //! source of truth.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use futures::{StreamExt, TryStreamExt};
 use proto::{SHARD_COUNT, subjects};
 use tracing::{debug, info, warn};
 
-/// Concurrent KV operations while renewing or claiming.
+/// Concurrent KV operations while claiming or taking over.
 const KV_CONCURRENCY: usize = 64;
+
+/// How long a round waits for a bucket's key listing. On a JetStream cluster that
+/// is electing a stream's leader (a NATS node was lost) a listing can hang for
+/// seconds; a round must not, since the worker's main loop handles liveness events
+/// between rounds, and renewals must not wait behind it.
+const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -45,6 +51,20 @@ pub struct Leases {
     target: usize,
     /// Shards given up by the last round whose leases are still to be deleted.
     releasing: Vec<(u16, u64)>,
+    /// The leases' time to live (the bucket's max age).
+    ttl: Duration,
+    /// shard → when its lease was last renewed (or won).
+    renewed_at: HashMap<u16, Instant>,
+}
+
+/// What one renewal found.
+enum Renewal {
+    /// Renewed: the new revision.
+    Renewed(u64),
+    /// The lease is someone else's, or expired.
+    Lost(String),
+    /// Unknown: the bucket did not answer (e.g. its stream is electing a leader).
+    Unknown(String),
 }
 
 /// Most bytes the in-memory lease and worker buckets may hold.
@@ -126,7 +146,18 @@ impl Leases {
             offset: proto::shard(worker_id),
             target: usize::from(SHARD_COUNT),
             releasing: Vec::new(),
+            ttl,
+            renewed_at: HashMap::new(),
         })
+    }
+
+    /// Record shards just won (claimed or taken over) as owned and fresh.
+    fn won(&mut self, won: Vec<(u16, u64)>) {
+        let now = Instant::now();
+        for (n, rev) in won {
+            self.owned.insert(n, rev);
+            self.renewed_at.insert(n, now);
+        }
     }
 
     pub fn owned(&self) -> BTreeSet<u16> {
@@ -134,54 +165,77 @@ impl Leases {
     }
 
     /// One round: renew, release extras, claim free shards. (Heartbeats are
-    /// [`crate::liveness`]'s.)
+    /// [`crate::liveness`]'s.) Renewals come first and wait for nothing else: a
+    /// lease that is not renewed in time expires and may be taken.
     pub async fn tick(&mut self) -> Result<BTreeSet<u16>, LeaseError> {
-        let live: Vec<String> = keys(&self.workers, subjects::WORKER_BUCKET).await?;
-        let workers = live.len().max(1);
-        let target = usize::from(SHARD_COUNT).div_ceil(workers);
-        self.target = target;
-
         self.renew().await;
 
-        if self.owned.len() > target {
-            self.pick_releases(self.owned.len() - target);
+        // Our fair share. When the workers cannot be counted (their bucket is
+        // electing a leader), the last count stands.
+        match keys(&self.workers, subjects::WORKER_BUCKET).await {
+            Ok(live) => self.target = usize::from(SHARD_COUNT).div_ceil(live.len().max(1)),
+            Err(err) => debug!(error = %err, "cannot count the workers: keeping the last share"),
+        }
+        if self.owned.len() > self.target {
+            self.pick_releases(self.owned.len() - self.target);
         }
         // Every shard nobody holds is taken, even past our share: a shard without
         // an owner fails requests, an uneven split only costs balance, and the
         // next round gives extras back (others take them at once from the watch).
         self.claim(usize::from(SHARD_COUNT)).await?;
-        debug!(workers, target, owned = self.owned.len(), "lease round");
+        debug!(target = self.target, owned = self.owned.len(), "lease round");
         Ok(self.owned())
     }
 
+    /// Renew every lease at once (compare-and-set at the revision held). A lease
+    /// whose renewal gets no answer is kept while it was renewed less than half its
+    /// time to live ago (the next round comes a third of it later, before it can
+    /// expire and be claimed); after that it counts as lost.
     async fn renew(&mut self) {
         let value = bytes::Bytes::from(self.worker_id.clone());
-        let leases = &self.leases;
-        let results: Vec<(u16, Option<u64>)> = futures::stream::iter(self.owned.clone())
+        let (leases, me) = (&self.leases, self.worker_id.as_bytes());
+        let results: Vec<(u16, Renewal)> = futures::stream::iter(self.owned.clone())
             .map(|(n, rev)| {
                 let value = value.clone();
-                async move {
-                    match leases.update(subjects::lease_key(n), value, rev).await {
-                        Ok(new_rev) => (n, Some(new_rev)),
-                        Err(err) => {
-                            warn!(shard = n, error = %err, "lease lost");
-                            (n, None)
-                        }
-                    }
-                }
+                async move { (n, renew_one(leases, me, n, rev, value).await) }
             })
-            .buffer_unordered(KV_CONCURRENCY)
+            .buffer_unordered(usize::from(SHARD_COUNT))
             .collect()
             .await;
-        for (n, rev) in results {
-            match rev {
-                Some(rev) => {
+        let now = Instant::now();
+        let mut unanswered = 0;
+        for (n, renewal) in results {
+            match renewal {
+                Renewal::Renewed(rev) => {
                     self.owned.insert(n, rev);
+                    self.renewed_at.insert(n, now);
                 }
-                None => {
+                Renewal::Lost(err) => {
+                    warn!(shard = n, error = %err, "lease lost");
                     self.owned.remove(&n);
+                    self.renewed_at.remove(&n);
+                }
+                Renewal::Unknown(err) => {
+                    let age = self
+                        .renewed_at
+                        .get(&n)
+                        .map_or(Duration::MAX, |at| now.duration_since(*at));
+                    if age < self.ttl / 2 {
+                        unanswered += 1;
+                        debug!(shard = n, error = %err, "lease renewal unanswered: kept for now");
+                    } else {
+                        warn!(shard = n, error = %err, unrenewed_ms = age.as_millis() as u64, "lease not renewed in time: given up");
+                        self.owned.remove(&n);
+                        self.renewed_at.remove(&n);
+                    }
                 }
             }
+        }
+        if unanswered > 0 {
+            warn!(
+                shards = unanswered,
+                "lease renewals unanswered: trying again next round"
+            );
         }
     }
 
@@ -230,16 +284,20 @@ impl Leases {
         if !won.is_empty() {
             info!(claimed = won.len(), "shards claimed");
         }
-        self.owned.extend(won);
+        self.won(won);
         Ok(())
     }
 
     /// Watch the lease bucket, to take shards the moment another worker lets go.
     pub async fn watch(&self) -> Result<kv::Watch, LeaseError> {
-        self.leases.watch_all().await.map_err(|e| LeaseError::List {
+        let list = |reason: String| LeaseError::List {
             bucket: subjects::LEASE_BUCKET,
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        tokio::time::timeout(LIST_TIMEOUT, self.leases.watch_all())
+            .await
+            .map_err(|_| list("timed out".into()))?
+            .map_err(|e| list(e.to_string()))
     }
 
     /// Shards whose leases were just deleted (released by their owner), from watch entries.
@@ -269,7 +327,7 @@ impl Leases {
             return false;
         }
         debug!(taken = won.len(), "released shards taken over");
-        self.owned.extend(won);
+        self.won(won);
         true
     }
 
@@ -334,7 +392,7 @@ impl Leases {
             return false;
         }
         info!(peer = dead, taken = won.len(), "took over a dead worker's shards");
-        self.owned.extend(won);
+        self.won(won);
         true
     }
 
@@ -342,6 +400,7 @@ impl Leases {
     /// may hold them now; whatever is still ours expires or is claimed again).
     pub fn forget_all(&mut self) {
         self.owned.clear();
+        self.renewed_at.clear();
         self.releasing.clear();
     }
 
@@ -350,6 +409,7 @@ impl Leases {
     pub async fn release_all(&mut self) {
         let mut owned: Vec<(u16, u64)> = self.owned.drain().collect();
         owned.append(&mut self.releasing);
+        self.renewed_at.clear();
         let leases = &self.leases;
         futures::stream::iter(owned)
             .for_each_concurrent(KV_CONCURRENCY, |(n, rev)| async move {
@@ -366,17 +426,46 @@ impl Leases {
     }
 }
 
-/// Every live key of a bucket.
+/// Renew one lease at revision `rev`. A renewal refused for its revision may be
+/// ours all the same: an earlier renewal that landed but whose answer was lost (a
+/// timeout while the bucket's stream changed leader). A lease that still names
+/// us is ours (others write their own id to take one), so it is renewed at the
+/// revision found.
+async fn renew_one(leases: &kv::Store, me: &[u8], n: u16, rev: u64, value: bytes::Bytes) -> Renewal {
+    let key = subjects::lease_key(n);
+    match leases.update(&key, value.clone(), rev).await {
+        Ok(rev) => Renewal::Renewed(rev),
+        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => match leases.entry(&key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put && entry.value == me => {
+                match leases.update(&key, value, entry.revision).await {
+                    Ok(rev) => Renewal::Renewed(rev),
+                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Renewal::Lost(err.to_string()),
+                    Err(err) => Renewal::Unknown(err.to_string()),
+                }
+            }
+            Ok(_) => Renewal::Lost(err.to_string()),
+            Err(read) => Renewal::Unknown(read.to_string()),
+        },
+        Err(err) => Renewal::Unknown(err.to_string()),
+    }
+}
+
+/// Every live key of a bucket, within [`LIST_TIMEOUT`].
 async fn keys(store: &kv::Store, bucket: &'static str) -> Result<Vec<String>, LeaseError> {
     let list = |e: &dyn std::fmt::Display| LeaseError::List {
         bucket,
         reason: e.to_string(),
     };
-    store
-        .keys()
+    let listing = async {
+        store
+            .keys()
+            .await
+            .map_err(|e| list(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| list(&e))
+    };
+    tokio::time::timeout(LIST_TIMEOUT, listing)
         .await
-        .map_err(|e| list(&e))?
-        .try_collect()
-        .await
-        .map_err(|e| list(&e))
+        .map_err(|_| list(&"timed out"))?
 }

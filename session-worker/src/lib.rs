@@ -394,12 +394,15 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                             warn!(error = %err, "lease round failed");
                             // A nats-server restarted without its memory buckets: create
                             // them again; the watch must start over on the new bucket.
-                            match open_stores(&js, &config).await {
-                                Ok(_) => match leases.watch().await {
+                            // Bounded: on a JetStream cluster electing leaders each
+                            // bucket could take seconds, and liveness events wait meanwhile.
+                            match tokio::time::timeout(renew_every, open_stores(&js, &config)).await {
+                                Ok(Ok(_)) => match leases.watch().await {
                                     Ok(watch) => lease_changes = watch,
                                     Err(err) => warn!(error = %err, "cannot watch the leases"),
                                 },
-                                Err(err) => debug!(error = %err, "cannot open the buckets yet"),
+                                Ok(Err(err)) => debug!(error = %err, "cannot open the buckets yet"),
+                                Err(_) => debug!("cannot open the buckets yet: timed out"),
                             }
                         }
                     }

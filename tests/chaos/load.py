@@ -37,8 +37,8 @@ from mcp_http import SESSIONFUL_VERSION, headers, initialize_msg, response_for, 
 T = TypeVar("T")
 
 # Seconds one HTTP attempt may take (longer than the gateway's own retry windows: ack timeout 5 s,
-# no-responders 1.5 s, worker-gone retries), so the cluster, not the client, decides a call's fate.
-CALL_TIMEOUT = 30.0
+# no-responders 15 s, worker-gone retries), so the cluster, not the client, decides a call's fate.
+CALL_TIMEOUT = 60.0
 # Pacing of the load generator: pause after a failed call, and between a client's retries.
 FAILED_CALL_PACING = 0.05
 RETRY_PACING = 0.1

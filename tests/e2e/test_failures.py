@@ -16,16 +16,22 @@ import pytest
 from harness import AuthService, Gateway, NatsServer, mint_token, retry_until
 from mcp_http import headers, initialize_msg, messages, stateless_headers, stateless_msg
 
-# A failure must be reported well inside this many seconds (the gateway's own NATS request
-# timeout is expected to be a few seconds; a hang would run to the client's 60 s timeout).
-FAST = 15.0
+# How long the gateway here waits for a worker (or for NATS) before answering 503
+# (GATEWAY_NO_RESPONDERS_RETRY_MS; its default rides out a NATS stream leader election).
+PATIENCE_MS = 3000
+# A failure must be reported well inside this many seconds: the patience and a margin (a hang
+# would run to the client's 60 s timeout).
+FAST = PATIENCE_MS / 1000 + 7.0
 
 
 class Backendless:
     def __init__(self, workdir: Path) -> None:
         self.nats = NatsServer(workdir, "nats-noworkers").start()
         self.auth = AuthService(workdir, name="auth-noworkers").start(self.nats.url)
-        self.gateway = Gateway(workdir, self.nats.url, [self.auth.issuer], name="gateway-noworkers")
+        self.gateway = Gateway(
+            workdir, self.nats.url, [self.auth.issuer], name="gateway-noworkers",
+            env={"GATEWAY_NO_RESPONDERS_RETRY_MS": str(PATIENCE_MS)},
+        )
         # With no worker, readiness may honestly be "no": wait for liveness only.
         self.gateway.start(ready_path="/healthz")
         self.token = mint_token(key_file=self.auth.key_file, issuer=self.auth.issuer, audience=self.gateway.resource)
