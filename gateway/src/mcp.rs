@@ -761,7 +761,7 @@ async fn relay_request(
 }
 
 /// Most times a session's request is sent again.
-const MAX_RETRIES: u32 = 12;
+const MAX_RETRIES: u32 = 20;
 /// Pause before the first resend; it doubles up to [`RETRY_PAUSE_MAX`].
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);

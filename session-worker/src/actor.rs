@@ -356,10 +356,12 @@ enum PubOp {
         subject: String,
         payload: Vec<u8>,
     },
-    /// Write the session record; then, only if it was written, `then`.
+    /// Write the session record; then, only if it was written, `then`; if it
+    /// was not, `otherwise`.
     Persist {
         payload: Vec<u8>,
         then: Option<Box<PubOp>>,
+        otherwise: Option<Box<PubOp>>,
     },
 }
 
@@ -771,6 +773,23 @@ impl SessionActor {
             id: serde_json::to_string(id).unwrap_or_default(),
             message: payload.clone(),
         });
+        // What the client's gateway hears if the answer's commit fails: this actor
+        // stopped, the session lives on, send the request again.
+        let on_failure = match (&dest, &saved_answer) {
+            (Dest::Subject(subject, seq, ack), Some(_)) => match ack {
+                Some(reply) => encode_op(&self.id, &proto::Ack::First(Outbound::stopped(*seq)), |payload| {
+                    PubOp::Ack {
+                        subject: reply.clone(),
+                        payload,
+                    }
+                }),
+                None => encode_op(&self.id, &Outbound::stopped(*seq), |payload| PubOp::Publish {
+                    subject: subject.clone(),
+                    payload,
+                }),
+            },
+            _ => None,
+        };
         let op = match dest {
             Dest::Drop => None,
             Dest::Subject(subject, seq, ack) if record.is_some() => {
@@ -807,7 +826,7 @@ impl SessionActor {
         };
         match saved_answer {
             Some(answer) => {
-                self.save_state(Some(answer), op);
+                self.save_state(Some(answer), op, on_failure);
                 self.next_stateful();
             }
             None => {
@@ -817,7 +836,7 @@ impl SessionActor {
                 // Other changes of the session state (log level, subscriptions)
                 // are saved once the request that made them is answered.
                 if last && self.persisted && self.state.version() != self.saved_version {
-                    self.save_state(None, None);
+                    self.save_state(None, None, None);
                 }
             }
         }
@@ -825,8 +844,9 @@ impl SessionActor {
 
     /// Write the record with the session state as it is now (and `answer`, kept
     /// among the latest [`SAVED_ANSWERS`]); `then` is published once it is written,
-    /// and not at all when it cannot be (another worker owns the session now).
-    fn save_state(&mut self, answer: Option<proto::SavedAnswer>, then: Option<PubOp>) {
+    /// and not at all when it cannot be (another worker owns the session now, or
+    /// the store did not answer): then `otherwise` is.
+    fn save_state(&mut self, answer: Option<proto::SavedAnswer>, then: Option<PubOp>, otherwise: Option<PubOp>) {
         let (state, version) = self.state.snapshot();
         self.record.state = state;
         self.saved_version = version;
@@ -836,7 +856,7 @@ impl SessionActor {
             }
             self.record.answers.push(answer);
         }
-        self.persist_then(then);
+        self.persist_then(then, otherwise);
     }
 
     fn send(&self, subject: String, out: Outbound) {
@@ -851,10 +871,10 @@ impl SessionActor {
     }
 
     fn persist(&mut self) {
-        self.persist_then(None);
+        self.persist_then(None, None);
     }
 
-    fn persist_then(&mut self, then: Option<PubOp>) {
+    fn persist_then(&mut self, then: Option<PubOp>, otherwise: Option<PubOp>) {
         self.persisted = true;
         self.last_persist = Instant::now();
         match self.record.to_bytes() {
@@ -863,6 +883,7 @@ impl SessionActor {
                     let _ = p.send(PubOp::Persist {
                         payload,
                         then: then.map(Box::new),
+                        otherwise: otherwise.map(Box::new),
                     });
                 }
             }
@@ -1081,9 +1102,14 @@ fn spawn_publisher(
                             warn!(session_id = %id, error = %err, "ack publish failed");
                         }
                     }
-                    PubOp::Persist { payload, then } => {
+                    PubOp::Persist {
+                        payload,
+                        then,
+                        otherwise,
+                    } => {
                         let Some(rev) = revision else {
                             warn!(session_id = %id, withheld = then.is_some(), "no record revision to write at; session record not updated");
+                            next = otherwise.map(|op| *op);
                             continue;
                         };
                         match shared.sessions.update(subjects::token(&id), payload.into(), rev).await {
@@ -1096,10 +1122,12 @@ fn spawn_publisher(
                                 // Another worker owns the session now, or the write may not
                                 // have landed: what depended on it is not sent, and the
                                 // actor stops, its memory no longer the committed state.
-                                // The gateway sends the request again (no acknowledgement)
-                                // and the session is rehydrated from what was committed.
+                                // The gateway sends the request again (told so by
+                                // `otherwise`, or for want of an acknowledgement) and the
+                                // session is rehydrated from what was committed.
                                 warn!(session_id = %id, error = %err, withheld = then.is_some(), "session record changed or unwritable; not overwritten, actor stops");
                                 actor.do_send(Shutdown { delete: false });
+                                next = otherwise.map(|op| *op);
                             }
                         }
                     }

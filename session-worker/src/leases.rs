@@ -36,6 +36,20 @@ pub enum LeaseError {
     Bucket { bucket: &'static str, reason: String },
     #[error("cannot list {bucket}: {reason}")]
     List { bucket: &'static str, reason: String },
+    /// The bucket is there but did not answer in time (its stream has no leader).
+    #[error("cannot list {bucket}: timed out")]
+    TimedOut { bucket: &'static str },
+    /// Some renewals got no answer: the round stopped there, to try again soon.
+    #[error("{0} lease renewals unanswered")]
+    Unanswered(usize),
+}
+
+impl LeaseError {
+    /// Whether the bucket may be missing (a nats-server restarted without its
+    /// memory buckets), rather than only slow to answer.
+    pub fn may_be_missing(&self) -> bool {
+        matches!(self, Self::Bucket { .. } | Self::List { .. })
+    }
 }
 
 pub struct Leases {
@@ -55,6 +69,12 @@ pub struct Leases {
     ttl: Duration,
     /// shard → when its lease was last renewed (or won).
     renewed_at: HashMap<u16, Instant>,
+    /// Leases given up for want of an answer (not served, but maybe still ours):
+    /// shard → (revision held, when given up). Each round tries to renew them; one
+    /// that still names us is ours again (nobody else can have written it).
+    doubtful: HashMap<u16, (u64, Instant)>,
+    /// Renewals of the last round that got no answer.
+    unanswered: usize,
 }
 
 /// What one renewal found.
@@ -148,13 +168,22 @@ impl Leases {
             releasing: Vec::new(),
             ttl,
             renewed_at: HashMap::new(),
+            doubtful: HashMap::new(),
+            unanswered: 0,
         })
+    }
+
+    /// Whether the last round left leases in doubt (renewals unanswered, leases
+    /// given up that may still be ours): the next round should come soon.
+    pub fn unsettled(&self) -> bool {
+        self.unanswered > 0 || !self.doubtful.is_empty()
     }
 
     /// Record shards just won (claimed or taken over) as owned and fresh.
     fn won(&mut self, won: Vec<(u16, u64)>) {
         let now = Instant::now();
         for (n, rev) in won {
+            self.doubtful.remove(&n);
             self.owned.insert(n, rev);
             self.renewed_at.insert(n, now);
         }
@@ -169,6 +198,11 @@ impl Leases {
     /// lease that is not renewed in time expires and may be taken.
     pub async fn tick(&mut self) -> Result<BTreeSet<u16>, LeaseError> {
         self.renew().await;
+        if self.unanswered > 0 {
+            // The lease bucket is not answering (e.g. electing its leader): listing
+            // and claiming would only wait; the caller tries again soon.
+            return Err(LeaseError::Unanswered(self.unanswered));
+        }
 
         // Our fair share. When the workers cannot be counted (their bucket is
         // electing a leader), the last count stands.
@@ -189,12 +223,19 @@ impl Leases {
 
     /// Renew every lease at once (compare-and-set at the revision held). A lease
     /// whose renewal gets no answer is kept while it was renewed less than half its
-    /// time to live ago (the next round comes a third of it later, before it can
-    /// expire and be claimed); after that it counts as lost.
+    /// time to live ago (the next round comes before it can expire and be claimed);
+    /// after that it is given up (no longer served) but tried again each round, and
+    /// taken back if it still names us.
     async fn renew(&mut self) {
         let value = bytes::Bytes::from(self.worker_id.clone());
         let (leases, me) = (&self.leases, self.worker_id.as_bytes());
-        let results: Vec<(u16, Renewal)> = futures::stream::iter(self.owned.clone())
+        let wanted: Vec<(u16, u64)> = self
+            .owned
+            .iter()
+            .map(|(n, rev)| (*n, *rev))
+            .chain(self.doubtful.iter().map(|(n, (rev, _))| (*n, *rev)))
+            .collect();
+        let results: Vec<(u16, Renewal)> = futures::stream::iter(wanted)
             .map(|(n, rev)| {
                 let value = value.clone();
                 async move { (n, renew_one(leases, me, n, rev, value).await) }
@@ -203,29 +244,40 @@ impl Leases {
             .collect()
             .await;
         let now = Instant::now();
-        let mut unanswered = 0;
+        let (mut unanswered, mut recovered) = (0, 0);
         for (n, renewal) in results {
+            let was_doubtful = self.doubtful.remove(&n);
             match renewal {
                 Renewal::Renewed(rev) => {
+                    recovered += usize::from(was_doubtful.is_some());
                     self.owned.insert(n, rev);
                     self.renewed_at.insert(n, now);
                 }
                 Renewal::Lost(err) => {
-                    warn!(shard = n, error = %err, "lease lost");
+                    if was_doubtful.is_none() {
+                        warn!(shard = n, error = %err, "lease lost");
+                    }
                     self.owned.remove(&n);
                     self.renewed_at.remove(&n);
                 }
                 Renewal::Unknown(err) => {
+                    unanswered += 1;
+                    if let Some((rev, since)) = was_doubtful {
+                        // Long expired if it ever comes back: forget it.
+                        if now.duration_since(since) < self.ttl * 3 {
+                            self.doubtful.insert(n, (rev, since));
+                        }
+                        continue;
+                    }
                     let age = self
                         .renewed_at
                         .get(&n)
                         .map_or(Duration::MAX, |at| now.duration_since(*at));
-                    if age < self.ttl / 2 {
-                        unanswered += 1;
-                        debug!(shard = n, error = %err, "lease renewal unanswered: kept for now");
-                    } else {
-                        warn!(shard = n, error = %err, unrenewed_ms = age.as_millis() as u64, "lease not renewed in time: given up");
-                        self.owned.remove(&n);
+                    if age >= self.ttl / 2 {
+                        debug!(shard = n, error = %err, unrenewed_ms = age.as_millis() as u64, "lease not renewed in time: given up for now");
+                        if let Some(rev) = self.owned.remove(&n) {
+                            self.doubtful.insert(n, (rev, now));
+                        }
                         self.renewed_at.remove(&n);
                     }
                 }
@@ -234,9 +286,17 @@ impl Leases {
         if unanswered > 0 {
             warn!(
                 shards = unanswered,
-                "lease renewals unanswered: trying again next round"
+                given_up = self.doubtful.len(),
+                "lease renewals unanswered: trying again soon"
             );
         }
+        if recovered > 0 {
+            info!(
+                shards = recovered,
+                "leases given up for want of an answer were still ours: taken back"
+            );
+        }
+        self.unanswered = unanswered;
     }
 
     /// Set aside the shards farthest from our starting offset; they stop counting
@@ -296,7 +356,9 @@ impl Leases {
         };
         tokio::time::timeout(LIST_TIMEOUT, self.leases.watch_all())
             .await
-            .map_err(|_| list("timed out".into()))?
+            .map_err(|_| LeaseError::TimedOut {
+                bucket: subjects::LEASE_BUCKET,
+            })?
             .map_err(|e| list(e.to_string()))
     }
 
@@ -401,6 +463,7 @@ impl Leases {
     pub fn forget_all(&mut self) {
         self.owned.clear();
         self.renewed_at.clear();
+        self.doubtful.clear();
         self.releasing.clear();
     }
 
@@ -409,6 +472,7 @@ impl Leases {
     pub async fn release_all(&mut self) {
         let mut owned: Vec<(u16, u64)> = self.owned.drain().collect();
         owned.append(&mut self.releasing);
+        owned.extend(self.doubtful.drain().map(|(n, (rev, _))| (n, rev)));
         self.renewed_at.clear();
         let leases = &self.leases;
         futures::stream::iter(owned)
@@ -467,5 +531,5 @@ async fn keys(store: &kv::Store, bucket: &'static str) -> Result<Vec<String>, Le
     };
     tokio::time::timeout(LIST_TIMEOUT, listing)
         .await
-        .map_err(|_| list(&"timed out"))?
+        .map_err(|_| LeaseError::TimedOut { bucket })?
 }

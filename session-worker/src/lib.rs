@@ -144,6 +144,12 @@ async fn open_stores(js: &jetstream::Context, config: &Config) -> anyhow::Result
     })
 }
 
+/// When the next lease round comes after one that left leases in doubt.
+const UNSETTLED_ROUND: Duration = Duration::from_millis(500);
+
+/// How long a failed lease round may spend creating missing buckets again.
+const OPEN_STORES_BOUND: Duration = Duration::from_secs(2);
+
 /// How long a starting worker keeps trying to open its buckets and streams.
 const OPEN_STORES_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -389,20 +395,42 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                             leases.finish_release().await;
                             metrics.owned_shards.set(subs.owned() as i64);
                             ready.store(subs.owned() > 0, Ordering::Relaxed);
+                            if leases.unsettled() {
+                                // Renewals went unanswered (a lease bucket electing its
+                                // leader): try again well before the leases can expire.
+                                interval.reset_after(UNSETTLED_ROUND.min(renew_every));
+                            }
                         }
                         Err(err) => {
-                            warn!(error = %err, "lease round failed");
+                            if !matches!(err, leases::LeaseError::Unanswered(_)) {
+                                warn!(error = %err, "lease round failed");
+                            }
+                            // Leases given up meanwhile (renewals unanswered too long) are
+                            // served no more.
+                            if !fence.serving() {
+                                subs.clear().await;
+                            } else if let Err(err) = subs.apply(&leases.owned()).await {
+                                warn!(error = %err, "cannot subscribe to shards");
+                            }
+                            let _ = shared.nats.flush().await;
+                            metrics.owned_shards.set(subs.owned() as i64);
+                            ready.store(subs.owned() > 0, Ordering::Relaxed);
                             // A nats-server restarted without its memory buckets: create
-                            // them again; the watch must start over on the new bucket.
-                            // Bounded: on a JetStream cluster electing leaders each
-                            // bucket could take seconds, and liveness events wait meanwhile.
-                            match tokio::time::timeout(renew_every, open_stores(&js, &config)).await {
-                                Ok(Ok(_)) => match leases.watch().await {
-                                    Ok(watch) => lease_changes = watch,
-                                    Err(err) => warn!(error = %err, "cannot watch the leases"),
-                                },
-                                Ok(Err(err)) => debug!(error = %err, "cannot open the buckets yet"),
-                                Err(_) => debug!("cannot open the buckets yet: timed out"),
+                            // them again; the watch must start over on the new bucket. Not
+                            // when a bucket only answered late (its stream is electing a
+                            // leader), and bounded: liveness events wait meanwhile.
+                            if !matches!(err, leases::LeaseError::TimedOut { .. }) {
+                                match tokio::time::timeout(OPEN_STORES_BOUND, open_stores(&js, &config)).await {
+                                    Ok(Ok(_)) => match leases.watch().await {
+                                        Ok(watch) => lease_changes = watch,
+                                        Err(err) => warn!(error = %err, "cannot watch the leases"),
+                                    },
+                                    Ok(Err(err)) => debug!(error = %err, "cannot open the buckets yet"),
+                                    Err(_) => debug!("cannot open the buckets yet: timed out"),
+                                }
+                            }
+                            if leases.unsettled() {
+                                interval.reset_after(UNSETTLED_ROUND.min(renew_every));
                             }
                         }
                     }

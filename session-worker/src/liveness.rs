@@ -73,6 +73,29 @@ impl Fence {
     }
 }
 
+/// How long one attempt to open the workers' watch again may take.
+const REWATCH_PATIENCE: Duration = Duration::from_secs(5);
+
+/// One heartbeat: compare-and-set at `rev`. A refusal for the revision is not
+/// always an eviction: an earlier beat may have landed though its answer was lost
+/// (a timeout while the bucket's stream changed leader). A key that still names us
+/// is ours (a peer declares us dead by deleting it), so the beat is written again
+/// at the revision found. `Err(None)`: evicted; `Err(Some(_))`: no answer.
+async fn heartbeat(workers: &kv::Store, key: &str, value: &bytes::Bytes, rev: u64) -> Result<u64, Option<String>> {
+    match workers.update(key, value.clone(), rev).await {
+        Ok(rev) => Ok(rev),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => match workers.entry(key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put && entry.value == *value => workers
+                .update(key, value.clone(), entry.revision)
+                .await
+                .map_err(|e| (e.kind() != kv::UpdateErrorKind::WrongLastRevision).then(|| e.to_string())),
+            Ok(_) => Err(None),
+            Err(read) => Err(Some(read.to_string())),
+        },
+        Err(e) => Err(Some(e.to_string())),
+    }
+}
+
 /// How long a starting worker tries to write its first heartbeat.
 const FIRST_BEAT_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -206,6 +229,11 @@ async fn run(
         let mut fenced = false;
         // Whether the last heartbeat failed.
         let mut failing = false;
+        // Whether the watch must be opened again (it follows a bucket that may be gone),
+        // and whether that is under way.
+        let mut stale_watch = false;
+        let mut rewatching = false;
+        let (rewatch_tx, mut rewatch_rx) = mpsc::channel::<Result<kv::Watch, ()>>(1);
         // key → (worker id, revision, when last heard of)
         let mut peers: HashMap<String, (String, u64, Instant)> = HashMap::new();
         let mut beat = tokio::time::interval(timing.heartbeat);
@@ -214,7 +242,19 @@ async fn run(
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = beat.tick() => {}
-                entry = watch.next() => {
+                Some(opened) = rewatch_rx.recv() => {
+                    rewatching = false;
+                    match opened {
+                        Ok(w) => {
+                            watch = w;
+                            stale_watch = false;
+                            peers.clear();
+                        }
+                        Err(()) => debug!("cannot watch the workers yet: trying again"),
+                    }
+                    continue;
+                }
+                entry = watch.next(), if !stale_watch => {
                     match entry {
                         Some(Ok(e)) if e.key != key => match e.operation {
                             kv::Operation::Put => {
@@ -227,11 +267,10 @@ async fn run(
                         },
                         Some(_) => {}
                         None => {
-                            // The watch ended (NATS reconnect): open it again.
-                            match workers.watch_all().await {
-                                Ok(w) => watch = w,
-                                Err(err) => warn!(error = %err, "cannot watch workers"),
-                            }
+                            // The watch ended (NATS reconnect): open it again on the
+                            // next successful beat.
+                            stale_watch = true;
+                            peers.clear();
                         }
                     }
                     continue;
@@ -244,13 +283,7 @@ async fn run(
             // Our heartbeat.
             let sent = fence.now_ms();
             let outcome = match rev {
-                Some(r) => workers.update(&key, value.clone(), r).await.map_err(|e| {
-                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        None
-                    } else {
-                        Some(e.to_string())
-                    }
-                }),
+                Some(r) => heartbeat(&workers, &key, &value, r).await,
                 None => workers.put(&key, value.clone()).await.map_err(|e| Some(e.to_string())),
             };
             let failed_before = std::mem::replace(&mut failing, outcome.is_err());
@@ -258,22 +291,26 @@ async fn run(
                 Ok(r) => {
                     rev = Some(r);
                     fence.renewed(sent);
-                    if failed_before {
-                        // After an outage the bucket may be a new one (a nats-server
-                        // restarted without its memory buckets): a watch still open
-                        // on the old one would wait for sequences the new one lacks.
-                        match workers.watch_all().await {
-                            Ok(w) => {
-                                watch = w;
-                                peers.clear();
-                            }
-                            Err(err) => warn!(error = %err, "cannot watch workers"),
-                        }
-                    }
                     if fenced {
                         fenced = false;
                         info!("heartbeats work again: serving");
                         send(&events, Event::Restored);
+                    }
+                    // After an outage the bucket may be a new one (a nats-server
+                    // restarted without its memory buckets): a watch still open on
+                    // the old one would wait for sequences the new one lacks. Opened
+                    // again beside the beats (a JetStream cluster that just lost a
+                    // node can take seconds to create a consumer, and the beats must
+                    // go on); meanwhile nobody is declared dead (no peer is known).
+                    if (failed_before || stale_watch) && !rewatching {
+                        peers.clear();
+                        stale_watch = true;
+                        rewatching = true;
+                        let (workers, tx) = (workers.clone(), rewatch_tx.clone());
+                        tokio::spawn(async move {
+                            let opened = tokio::time::timeout(REWATCH_PATIENCE, workers.watch_all()).await;
+                            let _ = tx.send(opened.map_err(|_| ()).and_then(|w| w.map_err(|_| ()))).await;
+                        });
                     }
                 }
                 Err(None) => {
