@@ -448,7 +448,7 @@ async fn route_post(
                 ))
                 .with_id(id));
         }
-        let session = uuid::Uuid::new_v4().simple().to_string();
+        let session = new_session_id();
         st.metrics.sessions_opened.inc();
         let raw = msg.raw.to_vec();
         return relay_request(
@@ -648,11 +648,11 @@ async fn relay_request(
     id: Option<Value>,
     trace: &TraceParent,
     stateless: Option<bool>,
-    headers: Vec<(&'static str, String)>,
+    mut headers: Vec<(&'static str, String)>,
     forwarded: Vec<(String, String)>,
 ) -> Result<HttpResponse, McpError> {
     let mut stream = st.relay.open_stream();
-    let subject = if stateless.is_some() {
+    let mut subject = if stateless.is_some() {
         subjects::STATELESS.to_owned()
     } else {
         subjects::actor(&key)
@@ -675,9 +675,32 @@ async fn relay_request(
     // (see session_worker::records). Stateless requests are not retried.
     let retryable = matches!(env.body, Body::Deliver { .. });
     let mut retries = Retries::new(st.relay.retry_window());
-    let (mut ack, mut worker) = send_acked(st, &subject, &mut env, trace, &mut deaths, retryable, &mut retries)
-        .await
-        .map_err(|e| relay_error(e).with_id(id.clone()))?;
+    // A new streamable session whose `initialize` was not acknowledged (it may have
+    // been lost while its shard changed owner) is opened again under a new id: the
+    // same id could meet a session the first attempt did create, unanswered. Such a
+    // session is never told to the client; it expires with the session TTL.
+    let mut opens_left = if matches!(env.body, Body::Open { legacy_sse: false, .. }) {
+        OPEN_AGAIN
+    } else {
+        0
+    };
+    let (mut ack, mut worker) = loop {
+        match send_acked(st, &subject, &mut env, trace, &mut deaths, retryable, &mut retries).await {
+            Err(RelayError::TimedOut(_)) if opens_left > 0 => {
+                opens_left -= 1;
+                let fresh = new_session_id();
+                warn!(abandoned = %env.key, session_id = %fresh, "initialize not acknowledged: opening the session again under a new id");
+                subject = subjects::actor(&fresh);
+                for (name, value) in headers.iter_mut() {
+                    if *name == HEADER_SESSION_ID {
+                        value.clone_from(&fresh);
+                    }
+                }
+                env.key = fresh;
+            }
+            sent => break sent.map_err(|e| relay_error(e).with_id(id.clone()))?,
+        }
+    };
     let deadline = tokio::time::Instant::now() + st.request_timeout;
     let first = loop {
         let next = match ack {
@@ -758,6 +781,14 @@ async fn relay_request(
         headers,
         None,
     ))
+}
+
+/// Times a new session's unacknowledged `initialize` is sent again, under a new id.
+const OPEN_AGAIN: u32 = 2;
+
+/// A new streamable session's id.
+fn new_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Most times a session's request is sent again.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,43 @@ def test_a_stalled_worker_is_fenced_when_it_resumes(pair: Cluster) -> None:
         # And the cluster goes on: every session answers, on whichever worker owns it now.
         assert all(ping(client, url, token, s, id=5) for s in sessions)
         assert survivor.proc is not None and survivor.proc.alive()
+
+
+def test_a_new_session_opened_while_a_worker_stalls_is_opened_elsewhere(pair: Cluster) -> None:
+    """`initialize` requests sent right after a worker stalls (SIGSTOP) reach its socket for the
+    shards it still holds and are never acknowledged. A new session has nothing to lose: the
+    gateway opens it again under a new id (the stalled worker's shards have moved by then), so
+    every client gets a working session, and the abandoned id is never told to anyone."""
+    assert pair.gateway is not None
+    url = pair.gateway.mcp_url
+    token = pair.mint("alice")
+    stalled, survivor = pair.workers
+    assert stalled.proc is not None
+    opened: list[str] = []
+    failures: list[str] = []
+
+    def initialize() -> None:
+        try:
+            with httpx.Client(timeout=60) as client:
+                opened.append(open_session(client, url, token))
+        except (httpx.HTTPError, AssertionError, KeyError) as err:
+            failures.append(repr(err)[:300])
+
+    os.kill(stalled.proc.pid, signal.SIGSTOP)
+    try:
+        # Eight at once: each lands on the stalled worker's half of the shards with even odds.
+        threads = [threading.Thread(target=initialize) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        os.kill(stalled.proc.pid, signal.SIGCONT)
+    assert not failures, f"{len(failures)} of 8 sessions could not be opened while a worker stalled: {failures}"
+    assert len(set(opened)) == 8
+    with httpx.Client(timeout=30) as client:
+        assert all(ping(client, url, token, s) for s in opened)
+    assert survivor.proc is not None and survivor.proc.alive()
 
 
 @pytest.fixture()
