@@ -44,14 +44,6 @@ pub enum LeaseError {
     Unanswered(usize),
 }
 
-impl LeaseError {
-    /// Whether the bucket may be missing (a nats-server restarted without its
-    /// memory buckets), rather than only slow to answer.
-    pub fn may_be_missing(&self) -> bool {
-        matches!(self, Self::Bucket { .. } | Self::List { .. })
-    }
-}
-
 pub struct Leases {
     worker_id: String,
     leases: kv::Store,
@@ -77,11 +69,11 @@ pub struct Leases {
     unanswered: usize,
 }
 
-/// What one renewal found.
-enum Renewal {
-    /// Renewed: the new revision.
+/// What a compare-and-set write of a key naming this worker found ([`update_own`]).
+pub(crate) enum Renewal {
+    /// Written: the new revision.
     Renewed(u64),
-    /// The lease is someone else's, or expired.
+    /// The key is someone else's now, or gone.
     Lost(String),
     /// Unknown: the bucket did not answer (e.g. its stream is electing a leader).
     Unknown(String),
@@ -228,7 +220,7 @@ impl Leases {
     /// taken back if it still names us.
     async fn renew(&mut self) {
         let value = bytes::Bytes::from(self.worker_id.clone());
-        let (leases, me) = (&self.leases, self.worker_id.as_bytes());
+        let leases = &self.leases;
         let wanted: Vec<(u16, u64)> = self
             .owned
             .iter()
@@ -238,7 +230,7 @@ impl Leases {
         let results: Vec<(u16, Renewal)> = futures::stream::iter(wanted)
             .map(|(n, rev)| {
                 let value = value.clone();
-                async move { (n, renew_one(leases, me, n, rev, value).await) }
+                async move { (n, update_own(leases, &subjects::lease_key(n), value, rev).await) }
             })
             .buffer_unordered(usize::from(SHARD_COUNT))
             .collect()
@@ -490,20 +482,21 @@ impl Leases {
     }
 }
 
-/// Renew one lease at revision `rev`. A renewal refused for its revision may be
-/// ours all the same: an earlier renewal that landed but whose answer was lost (a
-/// timeout while the bucket's stream changed leader). A lease that still names
-/// us is ours (others write their own id to take one), so it is renewed at the
+/// Write `value` (this worker's id) to `key` by compare-and-set at `rev`: a lease
+/// renewal or a heartbeat. A refusal for the revision is not always a loss: an
+/// earlier write may have landed though its answer was lost (a timeout while the
+/// bucket's stream changed leader). A key that still names this worker is its own
+/// (others write their own id, or delete the key), so it is written again at the
 /// revision found.
-async fn renew_one(leases: &kv::Store, me: &[u8], n: u16, rev: u64, value: bytes::Bytes) -> Renewal {
-    let key = subjects::lease_key(n);
-    match leases.update(&key, value.clone(), rev).await {
+pub(crate) async fn update_own(store: &kv::Store, key: &str, value: bytes::Bytes, rev: u64) -> Renewal {
+    let refused = |e: &kv::UpdateError| e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+    match store.update(key, value.clone(), rev).await {
         Ok(rev) => Renewal::Renewed(rev),
-        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => match leases.entry(&key).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put && entry.value == me => {
-                match leases.update(&key, value, entry.revision).await {
+        Err(err) if refused(&err) => match store.entry(key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put && entry.value == value => {
+                match store.update(key, value, entry.revision).await {
                     Ok(rev) => Renewal::Renewed(rev),
-                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Renewal::Lost(err.to_string()),
+                    Err(err) if refused(&err) => Renewal::Lost(err.to_string()),
                     Err(err) => Renewal::Unknown(err.to_string()),
                 }
             }

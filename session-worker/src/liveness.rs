@@ -76,23 +76,13 @@ impl Fence {
 /// How long one attempt to open the workers' watch again may take.
 const REWATCH_PATIENCE: Duration = Duration::from_secs(5);
 
-/// One heartbeat: compare-and-set at `rev`. A refusal for the revision is not
-/// always an eviction: an earlier beat may have landed though its answer was lost
-/// (a timeout while the bucket's stream changed leader). A key that still names us
-/// is ours (a peer declares us dead by deleting it), so the beat is written again
-/// at the revision found. `Err(None)`: evicted; `Err(Some(_))`: no answer.
+/// One heartbeat ([`crate::leases::update_own`]: an earlier beat whose answer was
+/// lost is not taken for an eviction). `Err(None)`: evicted; `Err(Some(_))`: no answer.
 async fn heartbeat(workers: &kv::Store, key: &str, value: &bytes::Bytes, rev: u64) -> Result<u64, Option<String>> {
-    match workers.update(key, value.clone(), rev).await {
-        Ok(rev) => Ok(rev),
-        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => match workers.entry(key).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put && entry.value == *value => workers
-                .update(key, value.clone(), entry.revision)
-                .await
-                .map_err(|e| (e.kind() != kv::UpdateErrorKind::WrongLastRevision).then(|| e.to_string())),
-            Ok(_) => Err(None),
-            Err(read) => Err(Some(read.to_string())),
-        },
-        Err(e) => Err(Some(e.to_string())),
+    match crate::leases::update_own(workers, key, value.clone(), rev).await {
+        crate::leases::Renewal::Renewed(rev) => Ok(rev),
+        crate::leases::Renewal::Lost(_) => Err(None),
+        crate::leases::Renewal::Unknown(err) => Err(Some(err)),
     }
 }
 
