@@ -371,7 +371,10 @@ async fn watch_deaths(relay: std::sync::Weak<Relay>) {
     loop {
         if let Some(born) = created(js.clone()).await
             && let Ok(kv) = js.get_key_value(subjects::WORKER_BUCKET).await
-            && let Ok(mut watch) = kv.watch_all().await
+            // From each key's newest entry: a worker deleted before this watch opened
+            // (while it followed a bucket that a restarted nats-server lost, until the
+            // check below saw the new one) is still told to the requests waiting on it.
+            && let Ok(mut watch) = kv.watch_with_history(">").await
         {
             // The bucket is memory-backed: a restarted nats-server loses it and the
             // workers create it again. The watch would follow the old one's sequence

@@ -86,6 +86,15 @@ async fn heartbeat(workers: &kv::Store, key: &str, value: &bytes::Bytes, rev: u6
     }
 }
 
+/// Watch every worker's key, starting with each key's newest entry. A watch of new
+/// entries only would never learn of a peer whose last heartbeat predates it (one
+/// that died just before this worker started, or before the watch was opened again
+/// on a bucket a restarted nats-server lost): such a peer would never be declared
+/// dead, and its shards would wait for their leases to expire.
+async fn watch_peers(workers: &kv::Store) -> Result<kv::Watch, kv::WatchError> {
+    workers.watch_with_history(">").await
+}
+
 /// How long a starting worker tries to write its first heartbeat.
 const FIRST_BEAT_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -197,7 +206,7 @@ async fn run(
         let sent = fence.now_ms();
         let first_beat = async {
             let rev = workers.put(&key, value.clone()).await?;
-            let watch = workers.watch_all().await?;
+            let watch = watch_peers(&workers).await?;
             anyhow::Ok((rev, watch))
         };
         match first_beat.await {
@@ -298,7 +307,7 @@ async fn run(
                         rewatching = true;
                         let (workers, tx) = (workers.clone(), rewatch_tx.clone());
                         tokio::spawn(async move {
-                            let opened = tokio::time::timeout(REWATCH_PATIENCE, workers.watch_all()).await;
+                            let opened = tokio::time::timeout(REWATCH_PATIENCE, watch_peers(&workers)).await;
                             let _ = tx.send(opened.map_err(|_| ()).and_then(|w| w.map_err(|_| ()))).await;
                         });
                     }

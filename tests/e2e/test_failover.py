@@ -42,6 +42,13 @@ def owned_by(worker: Worker, sessions: list[str]) -> list[str]:
     return [s for s in sessions if s in log]
 
 
+def rehydrated_on(worker: Worker, sessions: list[str]) -> list[str]:
+    """The sessions `worker` brought back from the store (its log names each one)."""
+    assert worker.proc is not None
+    lines = [line for line in worker.proc.log_text().splitlines() if "rehydrated" in line]
+    return [s for s in sessions if any(s in line for line in lines)]
+
+
 @pytest.fixture()
 def pair(tmp_path: Path) -> Iterator[Cluster]:
     from conftest import _running
@@ -290,8 +297,10 @@ def test_the_cluster_serves_again_by_itself_after_nats_server_restarts(pair: Clu
         for proc in pair.procs():
             proc.check_alive()
 
-        victim = pair.workers[0]
-        assert victim.proc is not None
+        # The worker now serving most of the sessions (after the restart they were
+        # rehydrated wherever their shards went), so the failover below has sessions to move.
+        victim = max(pair.workers, key=lambda w: len(rehydrated_on(w, sessions)))
+        assert victim.proc is not None and rehydrated_on(victim, sessions)
         victim.proc.kill()
         pending, took = unserved(client, sessions, LEASE_TTL, 5)
         assert not pending, f"{len(pending)} sessions unserved {took:.1f}s after a worker was killed"

@@ -8,6 +8,7 @@ use proto::{Ack, Body, Envelope, Outbound, Principal, Route, subjects};
 use serde_json::{Value, json};
 use testkit::{NatsServer, eventually};
 
+mod liveness;
 mod records;
 mod takeover;
 mod tasks;
