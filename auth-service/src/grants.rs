@@ -49,6 +49,10 @@ pub enum GrantError {
     Contended,
 }
 
+/// The `invalid_grant` reason of a refresh token used again after its rotation
+/// (the grant is revoked; counted in `auth_refresh_reuse_total`).
+pub const REFRESH_REUSED: &str = "refresh token already used";
+
 /// How many rotated-out refresh secrets (before the previous one) a grant remembers,
 /// so that the reuse of any of them is detected rather than taken for a guess.
 pub const RETIRED_SECRETS_KEPT: usize = 8;
@@ -310,7 +314,7 @@ impl Grants {
                         "refresh token reused after rotation; revoking the grant"
                     );
                     self.revoke_grant(gid, "refresh_reuse").await?;
-                    return Err(GrantError::Invalid("refresh token already used"));
+                    return Err(GrantError::Invalid(REFRESH_REUSED));
                 }
                 // Never issued by this grant: a guess or a corrupted token. Refuse it
                 // and change nothing, or anyone could revoke any grant.

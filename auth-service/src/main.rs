@@ -98,9 +98,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             return exit(EXIT_CONFIG);
         }
     };
-    telemetry::init_logging();
+    let tracing = telemetry::init("auth-service");
     let result =
         actix_web::rt::System::new().block_on(auth_service::run(config, oauth, upstream, telemetry::shutdown_signal()));
+    drop(tracing);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

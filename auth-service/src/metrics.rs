@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 pub const HTTP_REQUESTS_TOTAL: &str = "auth_http_requests_total";
 pub const AUTHORIZE_TOTAL: &str = "auth_authorize_total";
@@ -13,6 +13,7 @@ pub const TOKEN_REQUESTS_TOTAL: &str = "auth_token_requests_total";
 pub const UPSTREAM_SECONDS: &str = "auth_upstream_request_duration_seconds";
 pub const VAULT_REQUESTS_TOTAL: &str = "auth_vault_requests_total";
 pub const VAULT_REFRESHES_TOTAL: &str = "auth_vault_refreshes_total";
+pub const REFRESH_REUSE_TOTAL: &str = "auth_refresh_reuse_total";
 
 /// The service's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -31,6 +32,9 @@ pub struct Metrics {
     pub vault: IntCounterVec,
     /// Upstream refreshes the vault made, by outcome (`ok`, `invalid_grant`, `unavailable`).
     pub vault_refreshes: IntCounterVec,
+    /// Refresh tokens presented again after their rotation (RFC 9700 §4.14.2): each
+    /// revoked its grant. A stolen token, or a client that lost a response.
+    pub refresh_reuse: IntCounter,
 }
 
 /// Known label values, so a client cannot create series with arbitrary strings.
@@ -100,7 +104,13 @@ impl Metrics {
                 .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
         )?;
         registry.register(Box::new(upstream.clone()))?;
+        let refresh_reuse = IntCounter::new(
+            REFRESH_REUSE_TOTAL,
+            "Refresh tokens used again after rotation (each revoked its grant).",
+        )?;
+        registry.register(Box::new(refresh_reuse.clone()))?;
         Ok(Self {
+            refresh_reuse,
             http_requests,
             authorize,
             logins,

@@ -181,7 +181,11 @@ pub async fn bind_oauth(
     listener: TcpListener,
 ) -> Result<Bound, RunError> {
     let public_addr = listener.local_addr().map_err(RunError::Server)?;
-    let nats = async_nats::ConnectOptions::new()
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry)?;
+    let nats_metrics = telemetry::NatsMetrics::register(&registry)?;
+    let nats = nats_metrics
+        .follow(async_nats::ConnectOptions::new())
         .name("auth-service")
         .retry_on_initial_connect()
         .connect(proto::nats::servers(&oauth_cfg.nats_url));
@@ -195,6 +199,7 @@ pub async fn bind_oauth(
             ))
         })?
         .map_err(|e| RunError::Nats(e.to_string()))?;
+    nats_metrics.connected();
     let js = async_nats::jetstream::new(nats.clone());
     let stores = Stores::open_with(&js, oauth_cfg.store_max_bytes, oauth_cfg.nats_replicas)
         .await
@@ -233,8 +238,6 @@ pub async fn bind_oauth(
     let clients = web::Data::new(clients);
     let trusted_proxies = web::Data::new(oauth_cfg.trusted_proxies.clone());
     let upstream = Arc::new(upstream);
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::register(&registry)?;
     let vault = Vault::new(
         stores.clone(),
         oauth_cfg.sealer.clone(),

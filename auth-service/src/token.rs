@@ -40,9 +40,11 @@ fn answer(oauth: &OAuth, label: &str, result: Result<HttpResponse, OAuthError>) 
     }
 }
 
-fn grant_error(grant_type: &str, e: &GrantError) -> OAuthError {
-    if !matches!(e, GrantError::Invalid(_)) {
-        tracing::error!(grant_type, error = %e, "token request failed");
+fn grant_error(oauth: &OAuth, grant_type: &str, e: &GrantError) -> OAuthError {
+    match e {
+        GrantError::Invalid(reason) if *reason == crate::grants::REFRESH_REUSED => oauth.metrics.refresh_reuse.inc(),
+        GrantError::Invalid(_) => {}
+        _ => tracing::error!(grant_type, error = %e, "token request failed"),
     }
     OAuthError::from(e)
 }
@@ -180,7 +182,7 @@ async fn grant(
     };
     result
         .map(|answer| no_store_json(&answer))
-        .map_err(|e| grant_error(grant_type, &e))
+        .map_err(|e| grant_error(oauth, grant_type, &e))
 }
 
 /// `POST /revoke` (RFC 7009): always 200 for a token that is unknown, already

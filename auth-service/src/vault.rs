@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use proto::auth::{VaultReply, VaultRequest};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::crypto::Sealer;
 use crate::grants::{Grant, Grants};
@@ -321,32 +322,65 @@ impl Vault {
             };
             let this = self.clone();
             let nats = nats.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                let answer = match rmp_serde::from_slice::<VaultRequest>(&msg.payload) {
-                    Ok(req) if req.v <= proto::auth::AUTH_WIRE_VERSION => this.current_token(&req).await,
-                    Ok(req) => VaultReply::Unavailable {
-                        message: format!("unsupported version {}", req.v),
-                    },
-                    Err(_) => VaultReply::Unavailable {
-                        message: "malformed vault request".into(),
-                    },
-                };
-                match rmp_serde::to_vec_named(&answer) {
-                    Ok(bytes) => {
-                        if let Err(e) = nats.publish(reply_to, bytes.into()).await {
-                            tracing::warn!(error = %e, "cannot answer a vault request");
+            let span = serve_span(&msg);
+            tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    let answer = match rmp_serde::from_slice::<VaultRequest>(&msg.payload) {
+                        Ok(req) if req.v <= proto::auth::AUTH_WIRE_VERSION => this.current_token(&req).await,
+                        Ok(req) => VaultReply::Unavailable {
+                            message: format!("unsupported version {}", req.v),
+                        },
+                        Err(_) => VaultReply::Unavailable {
+                            message: "malformed vault request".into(),
+                        },
+                    };
+                    match rmp_serde::to_vec_named(&answer) {
+                        Ok(bytes) => {
+                            if let Err(e) = nats.publish(reply_to, bytes.into()).await {
+                                tracing::warn!(error = %e, "cannot answer a vault request");
+                            }
                         }
+                        Err(e) => tracing::error!(error = %e, "cannot encode a vault reply"),
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot encode a vault reply"),
                 }
-            });
+                .instrument(span),
+            );
             while tasks.try_join_next().is_some() {}
         }
         let _ = sub.unsubscribe().await;
         while tasks.join_next().await.is_some() {}
         Ok(())
     }
+}
+
+/// The span of one vault request while traces are exported (none otherwise): the
+/// child of the worker's request (W3C context in the NATS headers).
+fn serve_span(msg: &async_nats::Message) -> tracing::Span {
+    if !telemetry::otel::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "vault.serve",
+        otel.name = "vault token",
+        otel.kind = "server",
+        messaging.system = "nats",
+        messaging.destination.name = proto::auth::VAULT_TOKEN,
+        trace_id = tracing::field::Empty,
+    );
+    let header = |name: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    if let Some(parent) = header(proto::trace::TRACEPARENT) {
+        telemetry::otel::set_parent(&span, &parent, header(proto::trace::TRACESTATE).as_deref());
+    }
+    if let Some(id) = telemetry::otel::trace_id(&span) {
+        span.record("trace_id", id);
+    }
+    span
 }
 
 fn reply(tokens: UpstreamTokens) -> VaultReply {

@@ -10,33 +10,29 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use proto::{Body, Envelope, Route, subjects};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use crate::errors::{Kind, McpError};
 use crate::mcp::{
-    AppState, Incoming, MessageKind, ack_error, admit, begin_request, check_content_type, event_frames, header,
-    last_event_id, read_body_within, relay_error, trace_of,
+    AppState, FrameIds, Incoming, MessageKind, ack_error, admit, begin_request, check_content_type, event_frames,
+    header, last_event_id, read_body_within, record, relay_error, request_span, trace_of,
 };
 use crate::metrics::{StreamGuard, method_label};
 use crate::sse;
 
 /// GET /sse
 pub async fn open(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
-    let started = Instant::now();
-    let resp = match open_inner(&req, &st).await {
-        Ok(r) => r,
-        Err(e) => actix_web::ResponseError::error_response(&e),
-    };
-    let status = resp.status().as_u16().to_string();
-    st.metrics
-        .requests
-        .with_label_values(&["/sse", "stream", &status])
-        .inc();
-    st.metrics
-        .duration
-        .with_label_values(&["/sse", "stream"])
-        .observe(started.elapsed().as_secs_f64());
-    resp
+    let span = request_span(&req, "/sse");
+    async move {
+        let started = Instant::now();
+        let resp = match open_inner(&req, &st).await {
+            Ok(r) => r,
+            Err(e) => actix_web::ResponseError::error_response(&e),
+        };
+        record(&st, "/sse", started, (resp, "stream"))
+    }
+    .instrument(span)
+    .await
 }
 
 async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpResponse, McpError> {
@@ -63,7 +59,7 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
         Some((session, seq)) => (session.clone(), Some(*seq)),
         None => (uuid::Uuid::new_v4().simple().to_string(), None),
     };
-    let feed = st.relay.event_feed(&session, after).await.map_err(relay_error)?;
+    let feed = st.relay.event_feed(&session, None, after).await.map_err(relay_error)?;
     // A new id: the worker records it as this caller's before the client learns it,
     // so only an id minted here, by its owner, can be opened on /messages. A resumed
     // one: it must exist and be the caller's.
@@ -83,7 +79,7 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
     let endpoint = sse::named_event("endpoint", &format!("/messages?sessionId={session}"), Some(&cursor));
     let frames = futures::StreamExt::chain(
         futures::stream::once(async move { endpoint }),
-        event_frames(feed, st.sse_buffer, format!("{session}:")),
+        event_frames(feed, st.sse_buffer, FrameIds::Session(format!("{session}:"))),
     );
     // When the stream ends the session waits for the client to resume it; then it
     // is closed unless a stream was attached to it again meanwhile.
@@ -125,21 +121,17 @@ pub async fn message(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> HttpResponse {
-    let started = Instant::now();
-    let (resp, method) = match message_inner(&req, query.into_inner(), payload, &st).await {
-        Ok(r) => r,
-        Err(e) => (actix_web::ResponseError::error_response(&e), "unknown"),
-    };
-    let status = resp.status().as_u16().to_string();
-    st.metrics
-        .requests
-        .with_label_values(&["/messages", method, &status])
-        .inc();
-    st.metrics
-        .duration
-        .with_label_values(&["/messages", method])
-        .observe(started.elapsed().as_secs_f64());
-    resp
+    let span = request_span(&req, "/messages");
+    async move {
+        let started = Instant::now();
+        let answer = match message_inner(&req, query.into_inner(), payload, &st).await {
+            Ok(r) => r,
+            Err(e) => (actix_web::ResponseError::error_response(&e), "unknown"),
+        };
+        record(&st, "/messages", started, answer)
+    }
+    .instrument(span)
+    .await
 }
 
 async fn message_inner(

@@ -100,12 +100,15 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         .unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple()));
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::register(&registry)?;
-    let nats = async_nats::ConnectOptions::new()
+    let nats_metrics = telemetry::NatsMetrics::register(&registry)?;
+    let nats = nats_metrics
+        .follow(async_nats::ConnectOptions::new())
         .name(format!("gateway {gateway_id}"))
         .request_timeout(Some(config.ack_timeout()))
         .connect(proto::nats::servers(&config.nats_url))
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    nats_metrics.connected();
     let (relay, relay_task) = relay::Relay::start(
         nats.clone(),
         gateway_id.clone(),

@@ -6,8 +6,8 @@ fn main() {
         eprintln!("gateway: {err}");
         std::process::exit(telemetry::EXIT_CONFIG);
     }
-    telemetry::init_logging();
-    telemetry::run_system("gateway", async move {
+    let tracing = telemetry::init("gateway");
+    telemetry::run_system("gateway", tracing, async move {
         gateway::run(config, telemetry::shutdown_signal())
             .await
             .map_err(|e| format!("{e:#}"))

@@ -26,7 +26,7 @@ use proto::trace::TraceParent;
 use proto::{Ack, Body, Envelope, Outbound, Principal, Route, subjects};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::auth::Validator;
 use crate::errors::{Kind, McpError, jsonrpc_error};
@@ -172,6 +172,64 @@ pub fn trace_of(req: &HttpRequest) -> TraceParent {
     }
 }
 
+/// The server span of an HTTP request while traces are exported (none otherwise):
+/// the child of the client's `traceparent` if it sent one. Its trace id goes into
+/// the logs of everything done under it.
+pub fn request_span(req: &HttpRequest, route: &'static str) -> tracing::Span {
+    if !telemetry::otel::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(parent) = header(req, proto::trace::TRACEPARENT) {
+        telemetry::otel::set_parent(&span, parent, header(req, proto::trace::TRACESTATE));
+    }
+    if let Some(id) = telemetry::otel::trace_id(&span) {
+        span.record("trace_id", id);
+    }
+    span
+}
+
+/// The span of one MCP message while traces are exported. A message carrying
+/// `params._meta.traceparent` (how 2026-07-28 clients pass their context) with no
+/// `traceparent` header continues that context, linked to the HTTP request's span.
+fn message_span(req: &HttpRequest, msg: &Incoming) -> tracing::Span {
+    if !telemetry::otel::enabled() {
+        return tracing::Span::none();
+    }
+    let method = msg.method.as_deref().unwrap_or("response");
+    let span = tracing::info_span!(
+        "mcp.message",
+        otel.name = %method,
+        otel.kind = "internal",
+        rpc.system = "jsonrpc",
+        rpc.method = %method,
+        trace_id = tracing::field::Empty,
+    );
+    let meta = msg.value.get("params").and_then(|p| p.get("_meta"));
+    let meta_parent = meta.and_then(|m| m.get("traceparent")).and_then(Value::as_str);
+    if header(req, proto::trace::TRACEPARENT).is_none()
+        && let Some(parent) = meta_parent
+    {
+        let state = meta.and_then(|m| m.get("tracestate")).and_then(Value::as_str);
+        if telemetry::otel::set_parent(&span, parent, state) {
+            telemetry::otel::add_link(&span, &tracing::Span::current());
+        }
+    }
+    if let Some(id) = telemetry::otel::trace_id(&span) {
+        span.record("trace_id", id);
+    }
+    span
+}
+
 /// Host/Origin, bearer token, drain: what every MCP endpoint checks first.
 pub async fn admit(req: &HttpRequest, st: &AppState) -> Result<Principal, HttpResponse> {
     if let Err(e) = st.policy.check(req) {
@@ -179,7 +237,22 @@ pub async fn admit(req: &HttpRequest, st: &AppState) -> Result<Principal, HttpRe
         return Err(actix_web::ResponseError::error_response(&e));
     }
     let authorization = header(req, "authorization");
-    match st.validator.validate(authorization).await {
+    let verify = if telemetry::otel::enabled() {
+        tracing::info_span!(
+            "auth.verify",
+            otel.name = "bearer token check",
+            otel.kind = "internal",
+            otel.status_code = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let checked = st.validator.validate(authorization).instrument(verify.clone()).await;
+    if checked.is_err() {
+        verify.record("otel.status_code", "ERROR");
+    }
+    drop(verify);
+    match checked {
         Ok(p) => {
             if st.drain.is_cancelled() {
                 return Err(actix_web::ResponseError::error_response(&McpError::new(Kind::Draining)));
@@ -337,9 +410,16 @@ fn stateless_status(message: &[u8], meta_malformed: bool) -> StatusCode {
 }
 
 /// Status to answer with, and the metric label for the MCP method.
-type Answer = (HttpResponse, &'static str);
+pub(crate) type Answer = (HttpResponse, &'static str);
 
-fn record(st: &AppState, route: &str, started: Instant, (resp, method): Answer) -> HttpResponse {
+pub(crate) fn record(st: &AppState, route: &str, started: Instant, (resp, method): Answer) -> HttpResponse {
+    let span = tracing::Span::current();
+    if !span.is_none() {
+        span.record("http.response.status_code", i64::from(resp.status().as_u16()));
+        if resp.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     let status = resp.status().as_u16().to_string();
     st.metrics.requests.with_label_values(&[route, method, &status]).inc();
     st.metrics
@@ -355,9 +435,14 @@ fn err_answer(e: McpError, method: &'static str) -> Answer {
 
 /// POST /mcp
 pub async fn post(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> HttpResponse {
-    let started = Instant::now();
-    let answer = post_inner(&req, payload, &st).await;
-    record(&st, "/mcp", started, answer)
+    let span = request_span(&req, "/mcp");
+    async move {
+        let started = Instant::now();
+        let answer = post_inner(&req, payload, &st).await;
+        record(&st, "/mcp", started, answer)
+    }
+    .instrument(span)
+    .await
 }
 
 async fn post_inner(req: &HttpRequest, payload: web::Payload, st: &AppState) -> Answer {
@@ -390,7 +475,8 @@ async fn post_inner(req: &HttpRequest, payload: web::Payload, st: &AppState) -> 
         }
     };
     let label = method_label(msg.method.as_deref());
-    match route_post(req, st, principal, msg).await {
+    let span = message_span(req, &msg);
+    match route_post(req, st, principal, msg).instrument(span).await {
         Ok(resp) => (resp, label),
         Err(e) => err_answer(e, label),
     }
@@ -465,6 +551,7 @@ async fn route_post(
             None,
             vec![(HEADER_SESSION_ID, session)],
             vec![],
+            false,
         )
         .await;
     }
@@ -483,6 +570,7 @@ async fn route_post(
                     None,
                     vec![],
                     vec![],
+                    primes(header_version),
                 )
                 .await
             }
@@ -565,9 +653,20 @@ async fn route_post(
         Some(meta_malformed),
         vec![],
         forwarded,
+        false,
     )
     .await
 }
+
+/// Whether a client on protocol `version` gets priming events (an id, no data) on
+/// the SSE answers of its requests: from 2025-11-25 on, which expects them; an
+/// older client may take an empty `data` for a malformed message.
+fn primes(version: Option<&str>) -> bool {
+    version.is_some_and(|v| v >= PRIMING_VERSION)
+}
+
+/// The first protocol revision whose clients expect priming events.
+const PRIMING_VERSION: &str = "2025-11-25";
 
 /// The `Mcp-Param-*` headers, for the worker to check against the tool schema.
 fn param_headers(req: &HttpRequest) -> Vec<(String, String)> {
@@ -638,7 +737,8 @@ fn check_standard_headers(req: &HttpRequest, msg: &Incoming, required: bool) -> 
 }
 
 /// Send a request to its actor (or the stateless queue) and answer with the
-/// worker's messages: JSON when the first one is final, SSE otherwise.
+/// worker's messages: JSON when the first one is final, SSE otherwise (started
+/// with a priming event when `prime`, see [`primes`]).
 #[allow(clippy::too_many_arguments)]
 async fn relay_request(
     st: &AppState,
@@ -650,6 +750,7 @@ async fn relay_request(
     stateless: Option<bool>,
     mut headers: Vec<(&'static str, String)>,
     forwarded: Vec<(String, String)>,
+    prime: bool,
 ) -> Result<HttpResponse, McpError> {
     let mut stream = st.relay.open_stream();
     let mut subject = if stateless.is_some() {
@@ -771,7 +872,21 @@ async fn relay_request(
         }
         return Ok(resp.content_type("application/json").body(first.message));
     }
-    let frames = reply_frames(first, stream, id, deadline, worker, deaths);
+    // The messages of a session's answer stream carry event ids (the worker stored
+    // them): the stream can be resumed with GET and `Last-Event-ID`.
+    let priming = first
+        .event
+        .as_deref()
+        .filter(|_| prime)
+        .and_then(subjects::EventId::parse)
+        .and_then(|e| match e {
+            subjects::EventId::Request { after, stream } => Some(sse::priming_event(&subjects::request_event_id(
+                after.saturating_sub(1),
+                &stream,
+            ))),
+            subjects::EventId::Session(_) => None,
+        });
+    let frames = futures::stream::iter(priming).chain(reply_frames(first, stream, id, deadline, worker, deaths));
     Ok(sse::response(
         frames,
         st.keepalive,
@@ -882,7 +997,7 @@ fn reply_frames(
     worker: Option<String>,
     deaths: tokio::sync::broadcast::Receiver<String>,
 ) -> impl futures::Stream<Item = Bytes> + Send + 'static {
-    let first_frame = sse::message_event(&first.message, None);
+    let first_frame = sse::message_event(&first.message, first.event.as_deref());
     let rest = futures::stream::unfold(Some((stream, id, deaths)), move |state| {
         let worker = worker.clone();
         async move {
@@ -894,7 +1009,7 @@ fn reply_frames(
             match stream.next_from(worker.as_deref(), &mut deaths, deadline).await {
                 Next::Message(out) if out.aborted => end("the session ended before answering"),
                 Next::Message(out) => {
-                    let frame = sse::message_event(&out.message, None);
+                    let frame = sse::message_event(&out.message, out.event.as_deref());
                     let next = if out.last { None } else { Some((stream, id, deaths)) };
                     Some((frame, next))
                 }
@@ -911,12 +1026,17 @@ fn reply_frames(
 
 /// GET /mcp: the session's own stream of server→client messages.
 pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
-    let started = Instant::now();
-    let answer = match get_inner(&req, &st).await {
-        Ok(resp) => (resp, "stream"),
-        Err(e) => err_answer(e, "stream"),
-    };
-    record(&st, "/mcp", started, answer)
+    let span = request_span(&req, "/mcp");
+    async move {
+        let started = Instant::now();
+        let answer = match get_inner(&req, &st).await {
+            Ok(resp) => (resp, "stream"),
+            Err(e) => err_answer(e, "stream"),
+        };
+        record(&st, "/mcp", started, answer)
+    }
+    .instrument(span)
+    .await
 }
 
 async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, McpError> {
@@ -933,26 +1053,25 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
         }
         return Err(McpError::new(Kind::SessionRequired));
     };
-    let after = last_event_id(req)?
+    let resume = last_event_id(req)?
         .map(|id| {
-            id.parse::<u64>().map_err(|_| {
+            subjects::EventId::parse(&id).ok_or_else(|| {
                 McpError::new(Kind::InvalidRequest).detail("Last-Event-ID is not an event id of this server")
             })
         })
         .transpose()?;
+    let after = match resume {
+        None => None,
+        Some(subjects::EventId::Session(after)) => Some(after),
+        Some(subjects::EventId::Request { after, stream }) => {
+            return resume_answer(req, st, principal, &session, after, stream).await;
+        }
+    };
     let trace = trace_of(req);
     // Follow first so nothing published after the check is missed.
-    let feed = st.relay.event_feed(&session, after).await.map_err(relay_error)?;
+    let feed = st.relay.event_feed(&session, None, after).await.map_err(relay_error)?;
     let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
-    let env = Envelope::new(principal, session.clone(), Body::Attach);
-    let ack = st
-        .relay
-        .send(subjects::actor(&session), &env, &trace)
-        .await
-        .map_err(relay_error)?;
-    if let Some(e) = ack_error(ack, None) {
-        return Err(e);
-    }
+    attach(st, principal, &session, &trace).await?;
     // A new stream starts with a priming event (an id, no data: SSE's cursor for
     // a reconnect, as the 2025-11-25 transport describes); a resumed one with what
     // the client missed.
@@ -960,7 +1079,7 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
     Ok(sse::response(
         futures::StreamExt::chain(
             futures::stream::iter(priming),
-            event_frames(feed, st.sse_buffer, String::new()),
+            event_frames(feed, st.sse_buffer, FrameIds::Session(String::new())),
         ),
         st.keepalive,
         st.drain.clone(),
@@ -969,6 +1088,83 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
         vec![],
         Some(auth),
     ))
+}
+
+/// Check that `session` exists and is the caller's (its actor answers), before a
+/// stream of it is opened.
+async fn attach(st: &AppState, principal: Principal, session: &str, trace: &TraceParent) -> Result<(), McpError> {
+    let env = Envelope::new(principal, session.to_owned(), Body::Attach);
+    let ack = st
+        .relay
+        .send(subjects::actor(session), &env, trace)
+        .await
+        .map_err(relay_error)?;
+    match ack_error(ack, None) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// GET /mcp with the `Last-Event-ID` of a request's SSE answer (the POST's stream
+/// broke: the client or its gateway went away): the answer's messages after it,
+/// read back from the event stream, then the rest live, until the final one. The
+/// request is not run again; it went on while the client was away. Nothing of
+/// another stream is replayed. A stream whose end does not come (its request was
+/// lost with its worker and its gateway) closes after `GATEWAY_REQUEST_TIMEOUT`.
+async fn resume_answer(
+    req: &HttpRequest,
+    st: &AppState,
+    principal: Principal,
+    session: &str,
+    after: u64,
+    stream: String,
+) -> Result<HttpResponse, McpError> {
+    let trace = trace_of(req);
+    let feed = st
+        .relay
+        .event_feed(session, Some(&stream), Some(after))
+        .await
+        .map_err(relay_error)?;
+    let auth = st.validator.stream_auth(header(req, "authorization"), &principal);
+    attach(st, principal, session, &trace).await?;
+    info!(session_id = %session, "answer stream resumed");
+    let until = tokio::time::sleep(st.request_timeout);
+    Ok(sse::response(
+        event_frames(feed, st.sse_buffer, FrameIds::Answer(stream)).take_until(until),
+        st.keepalive,
+        st.drain.clone(),
+        StreamGuard::new(&st.metrics, "post"),
+        None,
+        vec![],
+        Some(auth),
+    ))
+}
+
+/// How [`event_frames`] names its events.
+pub enum FrameIds {
+    /// A session's stream: `<prefix><sequence>` (legacy `/sse`: `<session>:`).
+    Session(String),
+    /// A request's answer stream ([`subjects::request_event_id`]); it ends after
+    /// the answer's final message.
+    Answer(String),
+}
+
+/// The JSON-RPC id of the request whose answer stream is `stream` (see
+/// [`subjects::request_stream`]).
+fn answer_id(stream: &str) -> Option<Value> {
+    let json = match stream.strip_prefix('x') {
+        Some(hex) if hex.len() % 2 == 0 => {
+            let bytes: Option<Vec<u8>> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect();
+            String::from_utf8(bytes?).ok()?
+        }
+        _ => stream.to_owned(),
+    };
+    serde_json::from_str::<Value>(&json)
+        .ok()
+        .filter(|v| v.is_string() || v.is_number())
 }
 
 /// The `Last-Event-ID` a reconnecting SSE client sends, if any.
@@ -986,40 +1182,54 @@ pub fn last_event_id(req: &HttpRequest) -> Result<Option<String>, McpError> {
 pub fn event_frames(
     feed: crate::relay::EventFeed,
     budget: usize,
-    id_prefix: String,
+    ids: FrameIds,
 ) -> impl futures::Stream<Item = Bytes> + Send + 'static {
     let crate::relay::EventFeed { live, replay, floor } = feed;
-    let frame = move |seq: u64, payload: &[u8]| match Outbound::from_bytes(payload) {
-        Ok(out) if out.aborted => Some(None),
-        Ok(out) => Some(Some(sse::message_event(
-            &out.message,
-            Some(&format!("{id_prefix}{seq}")),
-        ))),
-        Err(err) => {
-            warn!(error = %err, "undecodable session event");
-            None
+    // Each stored message becomes at most two items: its frame, and `None` when the
+    // stream ends after it (a session closed, an answer complete).
+    let frame = move |seq: u64, payload: &[u8]| -> Vec<Option<Bytes>> {
+        match (Outbound::from_bytes(payload), &ids) {
+            (Ok(out), FrameIds::Session(_)) if out.aborted => vec![None],
+            (Ok(out), FrameIds::Session(prefix)) => {
+                vec![Some(sse::message_event(&out.message, Some(&format!("{prefix}{seq}"))))]
+            }
+            (Ok(out), FrameIds::Answer(stream)) if out.aborted => {
+                // Ended without an answer (its session or its actor stopped).
+                let err = jsonrpc_error(
+                    answer_id(stream).as_ref(),
+                    -32000,
+                    "the session worker serving this request stopped before answering; it may or may not have run",
+                );
+                vec![Some(sse::message_event(err.to_string().as_bytes(), None)), None]
+            }
+            (Ok(out), FrameIds::Answer(stream)) => {
+                let id = subjects::request_event_id(seq, stream);
+                let frame = Some(sse::message_event(&out.message, Some(&id)));
+                if out.last { vec![frame, None] } else { vec![frame] }
+            }
+            (Err(err), _) => {
+                warn!(error = %err, "undecodable session event");
+                vec![]
+            }
         }
     };
-    let replayed: Vec<Option<Bytes>> = replay
-        .iter()
-        .filter_map(|(seq, payload)| frame(*seq, payload))
-        .collect();
-    let live = futures::StreamExt::filter_map(live, move |msg| {
+    let replayed: Vec<Option<Bytes>> = replay.iter().flat_map(|(seq, payload)| frame(*seq, payload)).collect();
+    let live = futures::StreamExt::flat_map(live, move |msg| {
         let seq = msg
             .headers
             .as_ref()
             .and_then(|h| h.get(subjects::EVENT_SEQUENCE_HEADER))
             .and_then(|v| v.as_str().parse::<u64>().ok());
-        let item = match seq {
+        let items = match seq {
             Some(seq) if seq > floor => frame(seq, &msg.payload),
             // Read back already, or older than the stream.
-            Some(_) => None,
+            Some(_) => vec![],
             None => {
                 warn!("session event without its sequence");
-                None
+                vec![]
             }
         };
-        async move { item }
+        futures::stream::iter(items)
     });
     bounded_frames(futures::StreamExt::chain(futures::stream::iter(replayed), live), budget)
 }
@@ -1192,12 +1402,17 @@ mod bounded_tests {
 
 /// DELETE /mcp: end the session.
 pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
-    let started = Instant::now();
-    let answer = match delete_inner(&req, &st).await {
-        Ok(resp) => (resp, "delete"),
-        Err(e) => err_answer(e, "delete"),
-    };
-    record(&st, "/mcp", started, answer)
+    let span = request_span(&req, "/mcp");
+    async move {
+        let started = Instant::now();
+        let answer = match delete_inner(&req, &st).await {
+            Ok(resp) => (resp, "delete"),
+            Err(e) => err_answer(e, "delete"),
+        };
+        record(&st, "/mcp", started, answer)
+    }
+    .instrument(span)
+    .await
 }
 
 async fn delete_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, McpError> {
@@ -1223,6 +1438,7 @@ async fn delete_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse(s: &str) -> Result<Incoming, McpError> {
         Incoming::parse(Bytes::from(s.to_owned()))
@@ -1264,6 +1480,23 @@ mod tests {
             message: "a session starts with an initialize request".into(),
         };
         assert_eq!(ack_error(bad, None).map(|e| e.kind), Some(Kind::InvalidRequest));
+    }
+
+    #[test]
+    fn an_answer_stream_names_its_request() {
+        for id in [json!(7), json!("call-1"), json!("a.b c"), json!(-3)] {
+            let stream = subjects::request_stream(&id.to_string());
+            assert_eq!(answer_id(&stream), Some(id));
+        }
+        assert_eq!(answer_id("xzz"), None);
+        assert_eq!(answer_id("x7b7d"), None, "an object is no request id");
+    }
+
+    #[test]
+    fn priming_events_go_to_clients_that_expect_them() {
+        assert!(primes(Some("2025-11-25")));
+        assert!(!primes(Some("2025-06-18")));
+        assert!(!primes(None));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use proto::trace::TraceParent;
 use proto::{Ack, Envelope, Outbound, subjects};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::metrics::Metrics;
 
@@ -216,8 +216,6 @@ impl Relay {
                 max,
             });
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(proto::trace::TRACEPARENT, trace.header_value().as_str());
         let kind = match &env.body {
             proto::Body::Open { .. } => "open",
             proto::Body::Deliver { .. } => "deliver",
@@ -228,6 +226,42 @@ impl Relay {
             proto::Body::Stateless { .. } => "stateless",
             proto::Body::User { .. } => "user",
         };
+        // The hop to the worker, while traces are exported: the worker's span is the
+        // child of this one (W3C context in the NATS headers).
+        let span = if telemetry::otel::enabled() {
+            tracing::info_span!(
+                "nats.request",
+                otel.name = %format!("{kind} send"),
+                otel.kind = "client",
+                messaging.system = "nats",
+                messaging.operation.type = "send",
+                messaging.destination.name = %subject,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let mut headers = HeaderMap::new();
+        match telemetry::otel::context_of(&span) {
+            Some((parent, state)) => {
+                headers.insert(proto::trace::TRACEPARENT, parent.as_str());
+                if let Some(state) = state {
+                    headers.insert(proto::trace::TRACESTATE, state.as_str());
+                }
+            }
+            None => headers.insert(proto::trace::TRACEPARENT, trace.header_value().as_str()),
+        }
+        self.request_acked(subject, headers, payload, kind)
+            .instrument(span)
+            .await
+    }
+
+    async fn request_acked(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+        kind: &'static str,
+    ) -> Result<(Ack, Option<String>), RelayError> {
         let started = Instant::now();
         // Reconnecting (e.g. the NATS node this gateway used is gone and it moves to
         // another): nothing was sent yet, so wait for the connection as for an owner.
@@ -277,15 +311,28 @@ impl Relay {
     /// Open a session's event feed: follow its events live, and read back the
     /// stored ones after `after` (a client's `Last-Event-ID`). Without `after` the
     /// feed starts after the session's newest stored event (its sequence is the
-    /// stream's priming id).
-    pub async fn event_feed(&self, session: &str, after: Option<u64>) -> Result<EventFeed, RelayError> {
+    /// stream's priming id). `answer`: the feed of that request's answer stream
+    /// ([`subjects::request_stream`]) instead of the session's own.
+    pub async fn event_feed(
+        &self,
+        session: &str,
+        answer: Option<&str>,
+        after: Option<u64>,
+    ) -> Result<EventFeed, RelayError> {
+        let (live_subject, subject) = match answer {
+            None => (subjects::live(session), subjects::events(session)),
+            Some(stream) => (
+                subjects::request_live(session, stream),
+                subjects::request_events(session, stream),
+            ),
+        };
         if !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
             return Err(RelayError::Disconnected);
         }
         // Subscribe first so nothing stored after the read-back is missed.
         let live = self
             .nats
-            .subscribe(subjects::live(session))
+            .subscribe(live_subject)
             .await
             .map_err(|e| RelayError::Nats(e.to_string()))?;
         tokio::time::timeout(self.ack_timeout, self.nats.flush())
@@ -293,7 +340,6 @@ impl Relay {
             .map_err(|_| RelayError::TimedOut(self.ack_timeout))?
             .map_err(|e| RelayError::Nats(e.to_string()))?;
         let stream = self.events_stream().await?;
-        let subject = subjects::events(session);
         let nats_err = |e: async_nats::jetstream::stream::DirectGetError| RelayError::Nats(e.to_string());
         let mut replay = Vec::new();
         let floor = match after {

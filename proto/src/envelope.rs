@@ -140,6 +140,12 @@ pub struct Outbound {
     /// message. Empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_up: Vec<String>,
+    /// The SSE event id of a message of a request's answer stream, once it is
+    /// stored in the event stream ([`crate::subjects::request_event_id`]): a
+    /// client that loses the stream resumes it with this `Last-Event-ID`. `None`
+    /// for an answer sent as plain JSON (and while the store is unavailable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 /// What a worker stores about a session so that another worker can take it over.
@@ -251,6 +257,7 @@ impl Outbound {
             aborted: false,
             retry: false,
             step_up: Vec::new(),
+            event: None,
         }
     }
 
@@ -269,6 +276,7 @@ impl Outbound {
             aborted: true,
             retry: false,
             step_up: Vec::new(),
+            event: None,
         }
     }
 

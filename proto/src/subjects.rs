@@ -6,6 +6,8 @@
 //! | `mcp.stateless` | gateway (request) | any worker, queue group [`STATELESS_QUEUE`] |
 //! | `mcp.events.<session>` | worker | the JetStream stream [`EVENTS_STREAM`], which stores it |
 //! | `mcp.live.<session>` | JetStream (republished from `mcp.events.<session>`, with its sequence) | gateways holding that session's GET or legacy SSE stream |
+//! | `mcp.events.<session>.<request>` | worker: the messages of a request answered as an SSE stream | the JetStream stream [`EVENTS_STREAM`] |
+//! | `mcp.live.<session>.<request>` | JetStream (republished, with its sequence) | a gateway resuming that request's stream (GET with its `Last-Event-ID`) |
 //! | `mcp.reply.<gateway>.<stream>` | worker | the gateway that opened that HTTP response |
 //! | `mcp.broadcast.list_changed` | worker | every worker (listen streams) |
 //!
@@ -100,6 +102,65 @@ pub fn live(session: &str) -> String {
     format!("{LIVE_PREFIX}.{}", token(session))
 }
 
+/// The stream token of a request's answer stream: its JSON-RPC id (in JSON, as
+/// `serde_json` writes it) made subject-safe. A request id is unique within a
+/// session, so this names one stream of the session.
+pub fn request_stream(id_json: &str) -> String {
+    token(id_json)
+}
+
+/// Where the messages of request `stream`'s SSE answer are stored (see
+/// [`request_stream`]).
+pub fn request_events(session: &str, stream: &str) -> String {
+    format!("{EVENTS_PREFIX}.{}.{stream}", token(session))
+}
+
+/// Where a gateway follows request `stream`'s stored messages live.
+pub fn request_live(session: &str, stream: &str) -> String {
+    format!("{LIVE_PREFIX}.{}.{stream}", token(session))
+}
+
+/// The SSE id of a message of a request's answer stream: `<sequence>.<stream>`,
+/// its sequence in [`EVENTS_STREAM`] and the stream it belongs to. A session's
+/// own stream (GET /mcp) uses the bare sequence: both are unique in the session
+/// (sequences are), and a `Last-Event-ID` tells which stream to resume.
+pub fn request_event_id(seq: u64, stream: &str) -> String {
+    format!("{seq}.{stream}")
+}
+
+/// Which stream of a session a streamable-HTTP event id (`Last-Event-ID`) names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventId {
+    /// The session's own stream (GET /mcp), after this sequence.
+    Session(u64),
+    /// A request's answer stream (see [`request_stream`]), after this sequence.
+    Request { after: u64, stream: String },
+}
+
+impl EventId {
+    /// `None` for anything this server did not issue.
+    pub fn parse(id: &str) -> Option<Self> {
+        let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        match id.split_once('.') {
+            None => digits(id).then(|| id.parse().ok().map(Self::Session)).flatten(),
+            Some((seq, stream)) => {
+                let token = !stream.is_empty()
+                    && stream.len() <= 256
+                    && stream
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !digits(seq) || !token {
+                    return None;
+                }
+                Some(Self::Request {
+                    after: seq.parse().ok()?,
+                    stream: stream.to_owned(),
+                })
+            }
+        }
+    }
+}
+
 /// Where a gateway receives the messages of one of its open HTTP responses.
 pub fn reply(gateway: &str, stream: u64) -> String {
     format!("{REPLY_PREFIX}.{}.{stream}", token(gateway))
@@ -127,6 +188,37 @@ mod tests {
         for key in ["a.b", "a*b", "a>b", "a b", "ü"] {
             let t = token(key);
             assert!(!t.contains(['.', '*', '>', ' ']), "{t}");
+        }
+    }
+
+    #[test]
+    fn event_ids_name_their_stream() {
+        let stream = request_stream("\"call-1\"");
+        let id = request_event_id(42, &stream);
+        assert_eq!(
+            EventId::parse(&id),
+            Some(EventId::Request {
+                after: 42,
+                stream: stream.clone()
+            })
+        );
+        assert_eq!(EventId::parse("17"), Some(EventId::Session(17)));
+        assert_eq!(request_stream("7"), "7");
+        assert_eq!(request_events("s1", "7"), "mcp.events.s1.7");
+        assert_eq!(request_live("s1", "7"), "mcp.live.s1.7");
+        for bad in [
+            "",
+            "-1",
+            "x",
+            "1.",
+            ".7",
+            "1.a.b",
+            "1.a b",
+            "a.7",
+            "1e3",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(EventId::parse(bad), None, "{bad:?}");
         }
     }
 

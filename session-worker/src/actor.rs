@@ -56,6 +56,8 @@ impl Shared {
 /// What every actor shares: connections, settings, metrics, the registry.
 pub struct Shared {
     pub nats: async_nats::Client,
+    /// JetStream on `nats`: the answer streams of requests are stored through it.
+    pub js: async_nats::jetstream::Context,
     pub sessions: async_nats::jetstream::kv::Store,
     pub profile: tools::Profile,
     pub metrics: Metrics,
@@ -257,6 +259,7 @@ impl SessionHandle {
                 route,
                 ack_to,
                 caller,
+                span: tracing::Span::current(),
             })
             .await
         {
@@ -308,6 +311,8 @@ struct Inbound {
     route: Route,
     ack_to: Option<String>,
     caller: Arc<proto::Principal>,
+    /// The span the router received it under (the actor runs elsewhere).
+    span: tracing::Span,
 }
 
 #[derive(Message)]
@@ -332,8 +337,22 @@ enum Target {
 
 enum Dest {
     Drop,
-    Subject(String, u64, Option<String>),
+    /// The reply subject, the message's position, the acknowledgement still owed,
+    /// and, when the answer is an SSE stream, its stream token ([`answer_stream`]).
+    Subject(String, u64, Option<String>, Option<String>),
     Events,
+}
+
+/// Whether the message at `seq` of request `id`'s answer (`last`: its final one)
+/// goes on an SSE stream, and then that stream's token
+/// ([`subjects::request_stream`]): every message but a lone final one (sent as
+/// plain JSON) is stored in the event stream so a client that loses the stream
+/// resumes it, on any gateway, with `Last-Event-ID`.
+fn answer_stream(id: &RequestId, seq: u64, last: bool) -> Option<String> {
+    if seq == 1 && last {
+        return None;
+    }
+    Some(subjects::request_stream(&serde_json::to_string(id).unwrap_or_default()))
 }
 
 enum PubOp {
@@ -348,6 +367,17 @@ enum PubOp {
         message: Vec<u8>,
         seq: u64,
         step_up: Vec<String>,
+        subject: String,
+        ack: Option<String>,
+        /// The answer's stream token when the answer is an SSE stream.
+        stream: Option<String>,
+    },
+    /// A message of a request's SSE answer: stored under `stream`
+    /// ([`subjects::request_events`]) first, then sent with its event id to
+    /// `subject`, or on the acknowledgement (`ack`) still owed.
+    Stream {
+        stream: String,
+        out: Outbound,
         subject: String,
         ack: Option<String>,
     },
@@ -492,7 +522,7 @@ impl Actor for SessionActor {
                     self.init_id = Some(req.id.clone());
                 }
                 let caller = Arc::new(self.record.principal.clone());
-                self.accept(*initialize, route, ack_to, caller, ctx);
+                self.accept(*initialize, route, ack_to, caller, tracing::Span::none(), ctx);
             }
             Some(Start::Restore { .. }) => {
                 // Written again on rehydration: the session's TTL counts from its use.
@@ -500,7 +530,7 @@ impl Actor for SessionActor {
                 match serde_json::from_slice::<ClientJsonRpcMessage>(&self.record.initialize) {
                     Ok(initialize) => {
                         let caller = Arc::new(self.record.principal.clone());
-                        self.accept(initialize, Route::Nothing, None, caller, ctx)
+                        self.accept(initialize, Route::Nothing, None, caller, tracing::Span::none(), ctx)
                     }
                     Err(err) => {
                         warn!(session_id = %self.id, error = %err, "stored initialize request is unreadable");
@@ -530,6 +560,7 @@ impl SessionActor {
         route: Route,
         ack_to: Option<String>,
         caller: Arc<proto::Principal>,
+        span: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
         self.last_activity = Instant::now();
@@ -551,6 +582,18 @@ impl SessionActor {
         }
         if let ClientJsonRpcMessage::Request(req) = &mut message {
             req.request.extensions_mut().insert(tools::Caller(caller));
+            if !span.is_none() && telemetry::otel::enabled() {
+                // Traced while exported: the actor's handling, child of the envelope
+                // the router received; what the request runs (a tool) is its child.
+                let handling = tracing::info_span!(
+                    parent: &span,
+                    "actor.handle",
+                    otel.name = %format!("session actor {}", req.request.method()),
+                    otel.kind = "internal",
+                    session_id = %self.id,
+                );
+                req.request.extensions_mut().insert(tools::TraceSpan(handling));
+            }
         }
         // The same request again while its first run is in flight (a gateway that
         // got no acknowledgement sent it again): its answers go to the new route,
@@ -593,7 +636,7 @@ impl SessionActor {
                 {
                     // The client gave up on it: end its HTTP response now.
                     if let Some(target) = self.routes.remove(&request_id) {
-                        self.abort(target, false);
+                        self.abort(&request_id, target, false);
                     }
                     self.progress.retain(|_, id| *id != request_id);
                 }
@@ -746,7 +789,7 @@ impl SessionActor {
                     record: key,
                 }) => {
                     record = key;
-                    Dest::Subject(subject, seq + 1, ack)
+                    Dest::Subject(subject, seq + 1, ack, answer_stream(id, seq + 1, true))
                 }
                 Some(Target::Drop) => Dest::Drop,
                 Some(Target::Events) | None => Dest::Events,
@@ -754,7 +797,7 @@ impl SessionActor {
             Some(id) => match self.routes.get_mut(id) {
                 Some(Target::Reply { subject, seq, ack, .. }) => {
                     *seq += 1;
-                    Dest::Subject(subject.clone(), *seq, ack.take())
+                    Dest::Subject(subject.clone(), *seq, ack.take(), answer_stream(id, *seq, false))
                 }
                 Some(Target::Drop) => Dest::Drop,
                 Some(Target::Events) | None => Dest::Events,
@@ -776,7 +819,7 @@ impl SessionActor {
         // What the client's gateway hears if the answer's commit fails: this actor
         // stopped, the session lives on, send the request again.
         let on_failure = match (&dest, &saved_answer) {
-            (Dest::Subject(subject, seq, ack), Some(_)) => match ack {
+            (Dest::Subject(subject, seq, ack, _), Some(_)) => match ack {
                 Some(reply) => encode_op(&self.id, &proto::Ack::First(Outbound::stopped(*seq)), |payload| {
                     PubOp::Ack {
                         subject: reply.clone(),
@@ -792,7 +835,7 @@ impl SessionActor {
         };
         let op = match dest {
             Dest::Drop => None,
-            Dest::Subject(subject, seq, ack) if record.is_some() => {
+            Dest::Subject(subject, seq, ack, stream) if record.is_some() => {
                 self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
                 record.map(|key| PubOp::Final {
                     key,
@@ -801,18 +844,25 @@ impl SessionActor {
                     seq,
                     subject,
                     ack,
+                    stream,
                 })
             }
-            Dest::Subject(subject, seq, ack) => {
+            Dest::Subject(subject, seq, ack, stream) => {
                 self.shared.metrics.outbound.with_label_values(&["reply"]).inc();
                 let out = Outbound::new(seq, payload, last).with_step_up(tools::step_up_scopes(&message));
-                match ack {
+                match (ack, stream) {
+                    (ack, Some(stream)) => Some(PubOp::Stream {
+                        stream,
+                        out,
+                        subject,
+                        ack,
+                    }),
                     // The first answer rides on the acknowledgement.
-                    Some(reply) => encode_op(&self.id, &proto::Ack::First(out), |payload| PubOp::Ack {
+                    (Some(reply), None) => encode_op(&self.id, &proto::Ack::First(out), |payload| PubOp::Ack {
                         subject: reply,
                         payload,
                     }),
-                    None => encode_op(&self.id, &out, |payload| PubOp::Publish { subject, payload }),
+                    (None, None) => encode_op(&self.id, &out, |payload| PubOp::Publish { subject, payload }),
                 }
             }
             Dest::Events => {
@@ -891,17 +941,29 @@ impl SessionActor {
         }
     }
 
-    /// Close a request's stream without an answer; `retry`: the session lives on.
-    fn abort(&mut self, target: Target, retry: bool) {
+    /// Close request `id`'s stream without an answer; `retry`: the session lives on.
+    /// An answer that was an SSE stream already ends in the event stream too, so a
+    /// client resuming it is not left waiting.
+    fn abort(&mut self, id: &RequestId, target: Target, retry: bool) {
         if let Target::Reply { subject, seq, ack, .. } = target {
             let out = if retry {
                 Outbound::stopped(seq + 1)
             } else {
                 Outbound::aborted(seq + 1)
             };
-            match ack {
-                Some(reply) => self.send_ack(reply, &proto::Ack::First(out)),
-                None => self.send(subject, out),
+            match (ack, seq) {
+                (Some(reply), 0) => self.send_ack(reply, &proto::Ack::First(out)),
+                (None, 0) => self.send(subject, out),
+                (ack, _) => {
+                    if let (Some(stream), Some(p)) = (answer_stream(id, seq + 1, true), &self.publisher) {
+                        let _ = p.send(PubOp::Stream {
+                            stream,
+                            out,
+                            subject,
+                            ack,
+                        });
+                    }
+                }
             }
         }
     }
@@ -932,9 +994,9 @@ impl SessionActor {
     }
 
     fn abort_routes(&mut self, retry: bool) {
-        let routes: Vec<_> = self.routes.drain().map(|(_, t)| t).collect();
-        for target in routes {
-            self.abort(target, retry);
+        let routes: Vec<_> = self.routes.drain().collect();
+        for (id, target) in routes {
+            self.abort(&id, target, retry);
         }
         self.progress.clear();
     }
@@ -947,7 +1009,7 @@ impl Handler<Inbound> for SessionActor {
         if self.closing || ctx.state() != actix::ActorState::Running {
             return Err(Closed);
         }
-        self.accept(msg.message, msg.route, msg.ack_to, msg.caller, ctx);
+        self.accept(msg.message, msg.route, msg.ack_to, msg.caller, msg.span, ctx);
         Ok(())
     }
 }
@@ -1044,6 +1106,64 @@ async fn record_final(shared: &Shared, session: &str, key: &str, message: Vec<u8
     }
 }
 
+/// How long a message of an SSE answer waits for the event stream to store it;
+/// past that it is sent without an event id (it cannot be resumed from), never
+/// held back.
+const STORE_EVENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Store `out` as the next message of answer stream `stream`; its SSE event id,
+/// or `None` (logged) when the event stream did not take it in time.
+async fn store_event(shared: &Shared, session: &str, stream: &str, out: &Outbound) -> Option<String> {
+    let payload = match out.to_bytes() {
+        Ok(b) => b,
+        Err(err) => {
+            warn!(session_id = session, error = %err, "cannot encode outbound");
+            return None;
+        }
+    };
+    let subject = subjects::request_events(session, stream);
+    let stored = tokio::time::timeout(STORE_EVENT_TIMEOUT, async {
+        shared.js.publish(subject, payload.into()).await?.await
+    })
+    .await;
+    match stored {
+        Ok(Ok(ack)) => Some(subjects::request_event_id(ack.sequence, stream)),
+        Ok(Err(err)) => {
+            warn!(session_id = session, error = %err, "answer stream message not stored: sent without an event id");
+            None
+        }
+        Err(_) => {
+            warn!(
+                session_id = session,
+                "answer stream message not stored in time: sent without an event id"
+            );
+            None
+        }
+    }
+}
+
+/// Send `out` to the gateway: on the acknowledgement still owed (`ack`), else to
+/// the request's reply `subject`.
+async fn deliver(shared: &Shared, session: &str, out: Outbound, subject: String, ack: Option<String>) {
+    let sent = match ack {
+        Some(reply) => match proto::Ack::First(out).to_bytes() {
+            Ok(b) => shared
+                .nats
+                .publish_with_headers(reply, shared.ack_headers(), b.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        None => match out.to_bytes() {
+            Ok(b) => shared.nats.publish(subject, b.into()).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    if let Err(err) = sent {
+        warn!(session_id = session, error = %err, "publish failed");
+    }
+}
+
 /// One task per session publishes in order: a record write completes before
 /// the reply that follows it is sent. Record writes are compare-and-swap at the
 /// revision this actor last wrote (`revision`), so a record someone else wrote in
@@ -1072,26 +1192,23 @@ fn spawn_publisher(
                         step_up,
                         subject,
                         ack,
+                        stream,
                     } => {
                         let message = record_final(&shared, &id, &key, message).await;
-                        let out = Outbound::new(seq, message, true).with_step_up(step_up);
-                        let sent = match ack {
-                            Some(reply) => match proto::Ack::First(out).to_bytes() {
-                                Ok(b) => shared
-                                    .nats
-                                    .publish_with_headers(reply, shared.ack_headers(), b.into())
-                                    .await
-                                    .map_err(|e| e.to_string()),
-                                Err(e) => Err(e.to_string()),
-                            },
-                            None => match out.to_bytes() {
-                                Ok(b) => shared.nats.publish(subject, b.into()).await.map_err(|e| e.to_string()),
-                                Err(e) => Err(e.to_string()),
-                            },
-                        };
-                        if let Err(err) = sent {
-                            warn!(session_id = %id, error = %err, "publish failed");
+                        let mut out = Outbound::new(seq, message, true).with_step_up(step_up);
+                        if let Some(stream) = stream {
+                            out.event = store_event(&shared, &id, &stream, &out).await;
                         }
+                        deliver(&shared, &id, out, subject, ack).await;
+                    }
+                    PubOp::Stream {
+                        stream,
+                        mut out,
+                        subject,
+                        ack,
+                    } => {
+                        out.event = store_event(&shared, &id, &stream, &out).await;
+                        deliver(&shared, &id, out, subject, ack).await;
                     }
                     PubOp::Ack { subject, payload } => {
                         if let Err(err) = shared

@@ -7,6 +7,12 @@
 //! sequence, which gateways send as the SSE event id; a client that lost its
 //! stream resumes on any gateway with `Last-Event-ID` and gets exactly the
 //! events after it (the gateway reads them back from the stream).
+//!
+//! The SSE answer of a POST (messages before a request's result) is kept the same
+//! way, one subject per request: `mcp.events.<session>.<request>`
+//! ([`subjects::request_events`]), stored by the session's publisher before each
+//! message goes to the gateway with its event id, so that answer resumes with
+//! `Last-Event-ID` too.
 
 use std::time::Duration;
 

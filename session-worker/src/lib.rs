@@ -188,11 +188,14 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple()));
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::register(&registry)?;
-    let nats = async_nats::ConnectOptions::new()
+    let nats_metrics = telemetry::NatsMetrics::register(&registry)?;
+    let nats = nats_metrics
+        .follow(async_nats::ConnectOptions::new())
         .name(format!("session-worker {worker_id}"))
         .connect(proto::nats::servers(&config.nats_url))
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    nats_metrics.connected();
     let js = jetstream::new(nats.clone());
     let Stores {
         sessions,
@@ -245,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
     });
     let shared = Arc::new(Shared {
         nats: nats.clone(),
+        js: js.clone(),
         sessions,
         profile,
         metrics: metrics.clone(),

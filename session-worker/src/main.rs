@@ -6,8 +6,8 @@ fn main() {
         eprintln!("session-worker: {err}");
         std::process::exit(telemetry::EXIT_CONFIG);
     }
-    telemetry::init_logging();
-    telemetry::run_system("session-worker", async move {
+    let tracing = telemetry::init("session-worker");
+    telemetry::run_system("session-worker", tracing, async move {
         session_worker::run(config, telemetry::shutdown_signal())
             .await
             .map_err(|e| format!("{e:#}"))

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, Outbound, Route, SessionRecord, shard, subjects};
-use rmcp::model::{ClientJsonRpcMessage, ClientRequest};
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +81,7 @@ impl Router {
                     .map(|v| v.as_str().to_owned())
                     .or_else(|| env.trace.clone())
                     .unwrap_or_default();
-                let span = info_span!("envelope", session_id = %env.key, traceparent = %trace);
+                let span = envelope_span(&msg, &env, &trace);
                 self.dispatch(env, reply.as_str()).instrument(span).await
             }
             Err(err) => {
@@ -548,12 +548,28 @@ impl Router {
             .envelopes
             .with_label_values(&["stateless", "accepted"])
             .inc();
+        let mut message = message;
+        let trace = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(proto::trace::TRACEPARENT))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        let span = message_span(&msg, "stateless", &env.key, &trace);
+        if telemetry::otel::enabled()
+            && let ClientJsonRpcMessage::Request(request) = &mut message
+        {
+            request.request.extensions_mut().insert(tools::TraceSpan(span.clone()));
+        }
         let shared = self.shared.clone();
         let timeout = self.stateless_timeout;
-        tokio::spawn(async move {
-            crate::stateless::serve(shared, env.principal, message, route, timeout, reply).await;
-            drop(permit);
-        });
+        tokio::spawn(
+            async move {
+                crate::stateless::serve(shared, env.principal, message, route, timeout, reply).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -586,6 +602,51 @@ impl Router {
 /// answers go to a gateway's reply subject).
 fn actor_acks(route: &Route) -> bool {
     matches!(route, Route::Reply { .. })
+}
+
+/// The span an envelope is handled under. Always one with the session and the
+/// `traceparent` for the logs; while traces are exported, also the server side of
+/// the gateway's NATS request: its child (W3C context from the message's headers),
+/// with the trace id for the logs.
+fn envelope_span(msg: &async_nats::Message, env: &Envelope, trace: &str) -> tracing::Span {
+    let kind = match &env.body {
+        Body::Open { .. } => "open",
+        Body::Deliver { .. } => "deliver",
+        Body::Attach => "attach",
+        Body::Reserve => "reserve",
+        Body::Close => "close",
+        Body::Release { .. } => "release",
+        Body::Stateless { .. } => "stateless",
+        Body::User { .. } => "user",
+    };
+    message_span(msg, kind, &env.key, trace)
+}
+
+/// [`envelope_span`] of an envelope's `kind` for session `key`.
+fn message_span(msg: &async_nats::Message, kind: &str, key: &str, trace: &str) -> tracing::Span {
+    if !telemetry::otel::enabled() {
+        return info_span!("envelope", session_id = %key, traceparent = %trace);
+    }
+    let span = info_span!(
+        "envelope",
+        otel.name = %format!("{kind} process"),
+        otel.kind = "server",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        session_id = %key,
+        traceparent = %trace,
+        trace_id = tracing::field::Empty,
+    );
+    let state = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(proto::trace::TRACESTATE))
+        .map(|v| v.as_str());
+    telemetry::otel::set_parent(&span, trace, state);
+    if let Some(id) = telemetry::otel::trace_id(&span) {
+        span.record("trace_id", id);
+    }
+    span
 }
 
 fn is_initialize(m: &ClientJsonRpcMessage) -> bool {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use proto::Principal;
 use proto::auth::{AUTH_WIRE_VERSION, VAULT_TOKEN, VaultReply, VaultRequest};
 use tools::vault::{TokenVault, UpstreamToken, VaultError, VaultFuture};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 /// How long a vault request may take. Longer than the auth-service's own bounds
 /// (an upstream refresh request, 10 s; waiting for another replica's refresh,
@@ -55,16 +55,47 @@ impl VaultClient {
         };
         let payload = rmp_serde::to_vec_named(&request)
             .map_err(|e| VaultError::Unavailable(format!("cannot encode vault request: {e}")))?;
-        let request = async_nats::Request::new()
+        let mut request = async_nats::Request::new()
             .payload(payload.into())
             .timeout(Some(self.timeout));
-        let answer = match self.nats.send_request(VAULT_TOKEN, request).await {
+        // While traces are exported: the request is a span of its own, and the vault's
+        // handling its child (W3C context in the NATS headers).
+        let span = if telemetry::otel::enabled() {
+            tracing::info_span!(
+                "vault.request",
+                otel.name = "vault token",
+                otel.kind = "client",
+                messaging.system = "nats",
+                messaging.destination.name = VAULT_TOKEN,
+                refresh,
+                otel.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        if let Some((parent, state)) = telemetry::otel::context_of(&span) {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(proto::trace::TRACEPARENT, parent.as_str());
+            if let Some(state) = state {
+                headers.insert(proto::trace::TRACESTATE, state.as_str());
+            }
+            request = request.headers(headers);
+        }
+        let answer = match self
+            .nats
+            .send_request(VAULT_TOKEN, request)
+            .instrument(span.clone())
+            .await
+        {
             Ok(msg) => match rmp_serde::from_slice::<VaultReply>(&msg.payload) {
                 Ok(reply) => tools::vault::from_reply(reply),
                 Err(_) => Err(VaultError::Unavailable("malformed vault reply".into())),
             },
             Err(e) => Err(request_error(e)),
         };
+        if answer.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         match &answer {
             Ok(_) => debug!(grant = grant_id, "vault gave an upstream token"),
             Err(e) => debug!(grant = grant_id, error = %e, "vault gave no upstream token"),

@@ -1,5 +1,5 @@
 //! What every mcp-cluster binary does the same way: JSON logs through
-//! `tracing`, the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) and
+//! `tracing`, OTLP trace export ([`otel`]), the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) and
 //! the shutdown signal (SIGTERM or SIGINT).
 //!
 //! It holds no global state besides the tracing subscriber that `main` installs.
@@ -11,16 +11,48 @@ use std::sync::Arc;
 use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
 use prometheus::{Encoder, TextEncoder};
 
-/// Install JSON logging; `RUST_LOG` filters (default `info`).
-pub fn init_logging() {
+pub mod otel;
+
+/// Install JSON logging (`RUST_LOG` filters, default `info`) and, when the `OTEL_*` variables ask
+/// for it, OTLP trace export of the spans under `service`'s name (see [`otel`]).
+/// Call before starting a runtime; keep the returned value until the service ends
+/// (dropping it flushes the spans still buffered).
+pub fn init(service: &str) -> otel::Tracing {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let (provider, problem) = if otel::wanted() {
+        match otel::provider(service) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, None)
+    };
+    let traces = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned()))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .is_ok();
+    if let Some(problem) = problem {
+        tracing::warn!(error = %problem, "traces are not exported");
+    }
+    if installed && provider.is_some() {
+        otel::set_enabled();
+        tracing::info!("exporting traces over OTLP");
+    }
+    otel::Tracing { provider }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -112,8 +144,13 @@ pub fn admin_server(listen: SocketAddr, registry: prometheus::Registry, ready: R
 
 /// Run a service's future on an actix system backed by a multi-threaded tokio
 /// runtime (actors and HTTP workers get their own threads; tasks spawned with
-/// `tokio::spawn` use the pool). Errors are printed as `program: error`, exit 1.
-pub fn run_system<E: std::fmt::Display>(program: &str, service: impl std::future::Future<Output = Result<(), E>>) {
+/// `tokio::spawn` use the pool). Errors are printed as `program: error`, exit 1;
+/// `tracing` (from [`init`]) is flushed first.
+pub fn run_system<E: std::fmt::Display>(
+    program: &str,
+    tracing: otel::Tracing,
+    service: impl std::future::Future<Output = Result<(), E>>,
+) {
     let system = actix_web::rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -123,7 +160,9 @@ pub fn run_system<E: std::fmt::Display>(program: &str, service: impl std::future
                 std::process::exit(70)
             })
     });
-    if let Err(err) = system.block_on(service) {
+    let outcome = system.block_on(service);
+    drop(tracing);
+    if let Err(err) = outcome {
         eprintln!("{program}: {err}");
         std::process::exit(1);
     }
@@ -169,5 +208,74 @@ mod tests {
             super::one_line(msg),
             "error: the following required arguments were not provided: --allowed-issuers <ALLOWED_ISSUERS>"
         );
+    }
+}
+
+/// Name of the gauge that is 1 while a service is connected to NATS, 0 while not.
+pub const NATS_CONNECTED: &str = "mcp_nats_connected";
+/// Name of the counter of a service's NATS disconnections.
+pub const NATS_DISCONNECTS_TOTAL: &str = "mcp_nats_disconnects_total";
+
+/// A service's NATS connection as metrics, under the same names in every service
+/// ([`NATS_CONNECTED`], [`NATS_DISCONNECTS_TOTAL`]; Prometheus tells them apart by
+/// job), for the `NatsDisconnected` alert.
+#[derive(Clone)]
+pub struct NatsMetrics {
+    connected: prometheus::IntGauge,
+    disconnects: prometheus::IntCounter,
+}
+
+impl NatsMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let connected = prometheus::IntGauge::new(NATS_CONNECTED, "1 while connected to NATS, 0 while not")?;
+        let disconnects = prometheus::IntCounter::new(NATS_DISCONNECTS_TOTAL, "times the NATS connection was lost")?;
+        registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(disconnects.clone()))?;
+        Ok(Self { connected, disconnects })
+    }
+
+    /// `options` with a callback that follows the connection's state (async-nats
+    /// still logs the events itself).
+    pub fn follow(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        let metrics = self.clone();
+        options.event_callback(move |event| {
+            metrics.observe(&event);
+            async {}
+        })
+    }
+
+    /// Count one connection event.
+    pub fn observe(&self, event: &async_nats::Event) {
+        match event {
+            async_nats::Event::Connected => self.connected.set(1),
+            async_nats::Event::Disconnected => {
+                self.connected.set(0);
+                self.disconnects.inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Mark the connection up (once `connect` returned).
+    pub fn connected(&self) {
+        self.connected.set(1);
+    }
+}
+
+#[cfg(test)]
+mod nats_metrics_tests {
+    use super::*;
+
+    #[test]
+    fn follows_connects_and_disconnects() {
+        let registry = prometheus::Registry::new();
+        let m = NatsMetrics::register(&registry).expect("register");
+        m.observe(&async_nats::Event::Connected);
+        assert_eq!(m.connected.get(), 1);
+        m.observe(&async_nats::Event::Disconnected);
+        m.observe(&async_nats::Event::LameDuckMode);
+        assert_eq!((m.connected.get(), m.disconnects.get()), (0, 1));
+        m.observe(&async_nats::Event::Connected);
+        assert_eq!((m.connected.get(), m.disconnects.get()), (1, 1));
     }
 }

@@ -146,11 +146,15 @@ class SseReader:
         headers: dict[str, str] | None = None,
         open_timeout: float = 15.0,
         read_timeout: float = 120.0,
+        post: dict[str, Any] | None = None,
     ) -> None:
         import queue
         import threading
 
-        h = {"Accept": "text/event-stream"}
+        # `post`: a JSON-RPC request whose answer is read as it streams (POST /mcp).
+        h = {"Accept": ACCEPT if post is not None else "text/event-stream"}
+        if post is not None:
+            h["Content-Type"] = "application/json"
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
         h.update(headers or {})
@@ -159,11 +163,15 @@ class SseReader:
         # last id the stream carried (priming events included): what a reconnect sends back.
         self.ids: "queue.Queue[str | None]" = queue.Queue()
         self.last_id: str | None = None
+        self.priming_id: str | None = None  # the id of the stream's first priming event, if any
         self.event_id: str | None = None  # the id of the event `event()`/`message()` returned last
         self.closed = threading.Event()
         self.error: BaseException | None = None
         self._client = httpx.Client(timeout=httpx.Timeout(open_timeout, read=read_timeout), trust_env=False)
-        self._cm = self._client.stream("GET", url, headers=h)
+        if post is None:
+            self._cm = self._client.stream("GET", url, headers=h)
+        else:
+            self._cm = self._client.stream("POST", url, headers=h, json=post)
         self.response = self._cm.__enter__()
         self.status = self.response.status_code
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -180,6 +188,8 @@ class SseReader:
                 if line == "":
                     if id is not None:
                         self.last_id = id  # a priming event (no data) only moves the cursor
+                        if not "".join(data) and self.priming_id is None:
+                            self.priming_id = id
                     if "".join(data):
                         self.ids.put(id)  # first, so a reader of the event finds its id
                         self.events.put((event, "\n".join(data)))

@@ -194,3 +194,110 @@ def test_a_retried_count_is_answered_from_the_record_and_the_counter_survives_it
             time.sleep(0.5)
             logs = [m for m in stream.messages_now() if m.get("method") == "notifications/message"]
             assert logs == [], json.dumps(logs)
+
+
+# --- A request's SSE answer (a POST answered with a stream) resumes too -----------------------
+
+@pytest.fixture()
+def two_gateways_conformance(tmp_path: Path) -> Iterator[Cluster]:
+    """The conformance tools: `test_elicitation` keeps its answer stream open until the client
+    answers the elicitation, which lets a test lose the stream at a chosen point."""
+    from conftest import _running
+
+    yield from _running(Cluster(tmp_path, workers=2, gateways=2, resource=SHARED_RESOURCE, profile="conformance"))
+
+
+def open_eliciting_session(client: httpx.Client, url: str, token: str) -> str:
+    init = rpc("initialize", {"protocolVersion": SESSIONFUL_VERSION, "capabilities": {"elicitation": {}},
+                              "clientInfo": {"name": "resume-e2e", "version": "0"}}, 1)
+    r = client.post(url, json=init, headers=headers(token))
+    assert r.status_code == 200, r.text
+    session = r.headers["mcp-session-id"]
+    r = client.post(url, json=rpc("notifications/initialized", id=None),
+                    headers=headers(token, session=session, version=SESSIONFUL_VERSION))
+    assert r.status_code == 202, r.text
+    return session
+
+
+def call_eliciting(url: str, token: str, session: str, id: int) -> tuple[SseReader, str, dict[str, Any], str]:
+    """POST a `test_elicitation` call and read its stream up to the server's elicitation request:
+    (the stream, its priming id, the elicitation request, that request's event id)."""
+    call = rpc("tools/call", {"name": "test_elicitation", "arguments": {"message": "who are you?"}}, id)
+    stream = SseReader(url, token, post=call,
+                       headers={"Mcp-Session-Id": session, "MCP-Protocol-Version": SESSIONFUL_VERSION})
+    assert stream.status == 200, stream.response.text
+    ask = stream.message()
+    assert ask.get("method") == "elicitation/create", ask
+    ask_id = stream.event_id
+    primed = stream.priming_id
+    assert ask_id and primed, "an answer stream's events carry ids, after a priming event"
+    return stream, primed, ask, ask_id
+
+
+def answer_elicitation(client: httpx.Client, url: str, token: str, session: str, ask: dict[str, Any]) -> None:
+    reply = {"jsonrpc": "2.0", "id": ask["id"],
+             "result": {"action": "accept", "content": {"username": "alice", "email": "alice@example.test"}}}
+    r = client.post(url, json=reply, headers=headers(token, session=session, version=SESSIONFUL_VERSION))
+    assert r.status_code == 202, r.text
+
+
+def test_a_posts_answer_stream_resumes_on_another_gateway_after_its_gateway_is_killed(
+    two_gateways_conformance: Cluster,
+) -> None:
+    a, b = two_gateways_conformance.gateways
+    token = two_gateways_conformance.mint("alice")
+    with httpx.Client(timeout=30) as client:
+        session = open_eliciting_session(client, a.mcp_url, token)
+        stream, primed, ask, ask_id = call_eliciting(a.mcp_url, token, session, id=5)
+        assert primed != ask_id and "." in ask_id, (primed, ask_id)
+        assert a.proc is not None
+        a.proc.kill()  # the stream breaks with its gateway; the call goes on in its worker
+        assert stream.wait_closed(10)
+        stream.close()
+
+        # Resume on the other gateway from the last event seen, then answer the elicitation there:
+        # the call's result comes live on the resumed stream, which then ends.
+        with get_stream(b.mcp_url, token, session, last_event_id=ask_id) as resumed:
+            assert resumed.status == 200
+            answer_elicitation(client, b.mcp_url, token, session, ask)
+            result = resumed.message()
+            assert result.get("id") == 5, result
+            assert "alice@example.test" in json.dumps(result["result"]), result
+            final_id = resumed.event_id
+            assert final_id and int(final_id.split(".")[0]) > int(ask_id.split(".")[0]), (ask_id, final_id)
+            assert resumed.wait_closed(10), "a resumed answer stream ends after the answer"
+            assert resumed.messages_now() == [], "nothing after the answer, the elicitation not again"
+
+
+def test_a_lost_answer_stream_is_replayed_from_its_priming_id_and_nothing_of_another_stream(
+    two_gateways_conformance: Cluster,
+) -> None:
+    a, b = two_gateways_conformance.gateways
+    token = two_gateways_conformance.mint("alice")
+    with httpx.Client(timeout=30) as client:
+        session = open_eliciting_session(client, a.mcp_url, token)
+        stream, primed, ask, ask_id = call_eliciting(a.mcp_url, token, session, id=7)
+        stream.close()  # the client lost its connection (not a cancellation)
+        answer_elicitation(client, b.mcp_url, token, session, ask)
+
+        # From the priming id: the whole answer, in order, with the ids it had, then the end.
+        with get_stream(b.mcp_url, token, session, last_event_id=primed) as resumed:
+            assert resumed.status == 200
+            again = resumed.message()
+            assert again == ask and resumed.event_id == ask_id, (again, resumed.event_id)
+            result = resumed.message()
+            assert result.get("id") == 7 and "result" in result, result
+            assert resumed.wait_closed(10)
+
+        # The same cursor in another session of the same user names that session's stream: empty.
+        other = open_eliciting_session(client, a.mcp_url, token)
+        with get_stream(a.mcp_url, token, other, last_event_id=primed) as elsewhere:
+            assert elsewhere.status == 200
+            with pytest.raises(queue.Empty):
+                elsewhere.message(timeout=1.0)
+
+        # Another user cannot resume alice's answer stream: the session is not theirs.
+        mallory = two_gateways_conformance.mint("mallory")
+        with get_stream(b.mcp_url, mallory, session, last_event_id=primed) as stolen:
+            assert stolen.status == 404, stolen.status
+            assert "alice@example.test" not in stolen.response.text

@@ -138,6 +138,27 @@ impl std::fmt::Display for Profile {
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<proto::Principal>);
 
+/// The span a request is handled under (a request extension the session worker
+/// sets while traces are exported): tool calls are traced as its children, so one
+/// trace goes on from the worker into the tool and what the tool calls (the vault).
+#[derive(Debug, Clone)]
+pub struct TraceSpan(pub tracing::Span);
+
+/// The `tools/call` span of a request, child of its [`TraceSpan`]; none without one.
+fn tool_span(cx: &RequestContext<RoleServer>, name: &str) -> tracing::Span {
+    match cx.extensions.get::<TraceSpan>() {
+        Some(TraceSpan(parent)) if !parent.is_none() => tracing::info_span!(
+            parent: parent,
+            "tool.call",
+            otel.name = %format!("tools/call {name}"),
+            otel.kind = "internal",
+            gen_ai.tool.name = %name,
+            otel.status_code = tracing::field::Empty,
+        ),
+        _ => tracing::Span::none(),
+    }
+}
+
 /// The MCP server handler. Cheap to clone: clones share the same session state.
 #[derive(Clone)]
 pub struct McpServer {
@@ -343,35 +364,12 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        match self.profile {
-            Profile::Conformance if request.name == add::NAME => {
-                Ok(add::sum(&request.arguments.unwrap_or_default()).into())
-            }
-            Profile::Conformance => conformance::call_tool(self, request, cx).await,
-            Profile::Default => {
-                let args = request.arguments.unwrap_or_default();
-                match self
-                    .toolbox
-                    .call(
-                        &request.name,
-                        self.caller(&cx),
-                        args,
-                        &cx,
-                        toolbox::CallWith {
-                            vault: self.vault.as_ref(),
-                            tasks: self.tasks.as_ref(),
-                            // Stateless requests have no session to keep state in.
-                            session: (!is_stateless_era(&cx)).then_some(self.session.as_ref()),
-                            users: self.users.as_ref(),
-                        },
-                    )
-                    .await
-                {
-                    Some(result) => result,
-                    None => Err(unknown_tool(&request.name)),
-                }
-            }
+        let span = tool_span(&cx, &request.name);
+        let outcome = tracing::Instrument::instrument(self.call_tool_inner(request, cx), span.clone()).await;
+        if !span.is_none() && outcome.is_err() {
+            span.record("otel.status_code", "ERROR");
         }
+        outcome
     }
 
     async fn list_resources(
@@ -512,6 +510,42 @@ impl ServerHandler for McpServer {
 }
 
 impl McpServer {
+    async fn call_tool_inner(
+        &self,
+        request: CallToolRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        match self.profile {
+            Profile::Conformance if request.name == add::NAME => {
+                Ok(add::sum(&request.arguments.unwrap_or_default()).into())
+            }
+            Profile::Conformance => conformance::call_tool(self, request, cx).await,
+            Profile::Default => {
+                let args = request.arguments.unwrap_or_default();
+                match self
+                    .toolbox
+                    .call(
+                        &request.name,
+                        self.caller(&cx),
+                        args,
+                        &cx,
+                        toolbox::CallWith {
+                            vault: self.vault.as_ref(),
+                            tasks: self.tasks.as_ref(),
+                            // Stateless requests have no session to keep state in.
+                            session: (!is_stateless_era(&cx)).then_some(self.session.as_ref()),
+                            users: self.users.as_ref(),
+                        },
+                    )
+                    .await
+                {
+                    Some(result) => result,
+                    None => Err(unknown_tool(&request.name)),
+                }
+            }
+        }
+    }
+
     fn capabilities(&self) -> ServerCapabilities {
         capabilities(self.profile, self.toolbox.library().is_some(), self.tasks.is_some())
     }

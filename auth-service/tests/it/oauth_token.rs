@@ -247,6 +247,18 @@ async fn refresh_reuse_after_the_grace_window_revokes_the_grant() {
             .await
             .expect("grant.<gid> revocation written");
         assert_eq!(rev.reason, "refresh_reuse");
+        // Counted for the RefreshTokenReuse alert: the reuse once, not the refusal after it.
+        let metrics = srv
+            .http
+            .get(format!("{}/metrics", srv.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("auth_refresh_reuse_total 1\n"), "{metrics}");
+        assert!(metrics.contains("mcp_nats_connected 1\n"), "{metrics}");
         srv.stop().await;
     })
     .await;

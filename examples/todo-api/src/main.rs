@@ -6,8 +6,8 @@ fn main() {
         eprintln!("todo-api: {err}");
         std::process::exit(telemetry::EXIT_CONFIG);
     }
-    telemetry::init_logging();
-    telemetry::run_system("todo-api", async move {
+    let tracing = telemetry::init("todo-api");
+    telemetry::run_system("todo-api", tracing, async move {
         todo_api::run(config, telemetry::shutdown_signal())
             .await
             .map_err(|e| format!("{e:#}"))
