@@ -3,13 +3,14 @@
 #   make test    build, cargo tests, end-to-end suite, conformance suite
 #   make token   a fresh DEVELOPMENT-ONLY bearer token for the running `make run` cluster
 #   make fuzz    fuzz the untrusted-input parsers, FUZZ_SECONDS (60) per target (not in `make test`)
+#   make image   container image as an OCI layout in target/image/ (no Docker daemon; root; after `make build`)
 #   make chaos   fault injection (kill/stop workers, rolling restarts, NATS restart, SSE resume)
 #                against throwaway clusters from target/release; table in tests/chaos/results.md
 
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 
-.PHONY: run token test deps build lint test-cargo test-e2e test-conformance test-authz test-browser bench fuzz chaos clean-run
+.PHONY: run token test deps build image lint test-cargo test-e2e test-deploy test-conformance test-authz test-browser bench fuzz chaos clean-run
 
 run:
 	bash scripts/run-local.sh
@@ -26,6 +27,11 @@ deps:
 build:
 	cargo build --release --workspace
 
+# The container image (deploy/Dockerfile's layout) from target/release, without a daemon:
+# target/image/mcp-cluster (OCI layout) and .tar; prints size and digest. Needs root and umoci.
+image:
+	bash scripts/image.sh
+
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
@@ -36,6 +42,9 @@ test-cargo:
 
 test-e2e:
 	$(PYTHON) -m pytest tests/e2e -q $(PYTEST_ARGS)
+
+test-deploy:
+	$(PYTHON) -m pytest tests/deploy -q
 
 test-conformance:
 	$(PYTHON) tests/e2e/with_cluster.py --profile conformance -- \

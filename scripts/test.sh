@@ -6,6 +6,8 @@
 #                   (release profile: it shares the build's dependency artifacts)
 #   3. cargo test   cargo test --workspace --release --no-fail-fast (same profile as the build)
 #   4. e2e          pytest tests/e2e (real nats-server, release binaries, Python SDK, Inspector CLI)
+#   4b. deploy      pytest tests/deploy: alert rules with promtool (check + unit tests) and a real
+#                   Prometheus scraping a local cluster
 #   5. conformance  tests/conformance/run.sh <url> --token <t> against a cluster with the
 #                   conformance tool profile (skipped, and said so, while that script is absent)
 #   6. authz conf.  tests/conformance/run-authorization.sh: the suite's authorization-server
@@ -47,6 +49,7 @@ stage clippy cargo clippy --workspace --all-targets --release -- -D warnings || 
 stage "cargo test" cargo test --workspace --release --no-fail-fast || true
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
 stage e2e "$VENV_DIR/bin/python" -m pytest tests/e2e -q ${PYTEST_ARGS:-} || true
+stage deploy "$VENV_DIR/bin/python" -m pytest tests/deploy -q || true
 if [[ -f tests/conformance/run.sh ]]; then
   stage conformance "$VENV_DIR/bin/python" tests/e2e/with_cluster.py --profile conformance -- \
     bash tests/conformance/run.sh '{url}' --token '{token}' || true
