@@ -13,6 +13,10 @@
 #   ts            bench/ts-server: the official TypeScript SDK, same `add` tool
 #   cluster       gateway → NATS → 1 session-worker (+ nats-server, auth-service for the token)
 #   cluster_2w    the same cluster after a second session-worker joined (BENCH_TWO_WORKERS=0 skips)
+#   ts_stateless  bench/ts-server --stateless: the TypeScript SDK's stateless mode (2025-06-18,
+#                 a server per request)
+#   cluster_stateless  the cluster's stateless 2026-07-28 path (no session: gateway → NATS queue
+#                 group → any worker), loadgen --stateless 2026-07-28
 # sse_idle holds BENCH_SSE_STREAMS idle GET /mcp streams on the gateway (and, for context, on
 # inproc and ts) and reads the server's VmRSS; cluster_2w runs last.
 #
@@ -107,7 +111,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # measure TARGET URL TOKEN CONCURRENCY [PROCESS NAMES...] — one loadgen run; records the CPU
-# each named process used during it
+# each named process used during it. loadgen_args: extra loadgen arguments (e.g. --stateless).
+loadgen_args=()
 measure() {
   local target="$1" url="$2" token="$3" c="$4"; shift 4
   local name line cpu="{}" after
@@ -115,7 +120,7 @@ measure() {
   for name in "$@"; do before[$name]="$(cpu_ticks "$(pid_of "$name")")"; done
   line="$(BENCH_TOKEN="$token" timeout $((DURATION + WARMUP + 90)) "$RELEASE_DIR/loadgen" \
     --url "$url" --concurrency "$c" --warmup "$WARMUP" --duration "$DURATION" \
-    --threads "$LOADGEN_THREADS" --label "$target" 2>>"$out_dir/logs/loadgen.log")" \
+    --threads "$LOADGEN_THREADS" --label "$target" "${loadgen_args[@]}" 2>>"$out_dir/logs/loadgen.log")" \
     || { tail -n 3 "$out_dir/logs/loadgen.log" >&2; die "loadgen failed against $target at concurrency $c"; }
   for name in "$@"; do
     after="$(cpu_ticks "$(pid_of "$name")")"
@@ -153,6 +158,9 @@ fi
 ts_port="$(free_port)"
 start ts node bench/ts-server/server.mjs --listen "127.0.0.1:$ts_port"
 ts_url="http://127.0.0.1:$ts_port/mcp"
+tsl_port="$(free_port)"
+start ts_stateless node bench/ts-server/server.mjs --listen "127.0.0.1:$tsl_port" --stateless
+tsl_url="http://127.0.0.1:$tsl_port/mcp"
 
 nats_port="$(free_port)"; auth_port="$(free_port)"; auth_admin_port="$(free_port)"
 w1_admin_port="$(free_port)"; w2_admin_port="$(free_port)"
@@ -182,6 +190,7 @@ gw_url="http://127.0.0.1:$gw_port/mcp"
 wait_port 127.0.0.1 "$inproc_port" 20 "$(pid_of inproc)" || die "rmcp_nodelay did not start"
 [[ "$NAGLE" != 1 ]] || wait_port 127.0.0.1 "$nagle_port" 20 "$(pid_of inproc_nagle)" || die "rmcp_inproc did not start"
 wait_port 127.0.0.1 "$ts_port" 20 "$(pid_of ts)" || die "the TypeScript server did not start"
+wait_port 127.0.0.1 "$tsl_port" 20 "$(pid_of ts_stateless)" || die "the stateless TypeScript server did not start"
 ready auth "http://127.0.0.1:$auth_admin_port/readyz"
 ready worker1 "http://127.0.0.1:$w1_admin_port/readyz"
 ready gateway "http://127.0.0.1:$gw_admin_port/readyz"
@@ -197,6 +206,11 @@ for c in $CONCURRENCY; do
   [[ "$NAGLE" != 1 ]] || measure inproc_nagle "$nagle_url" "" "$c" inproc_nagle
   measure ts "$ts_url" "" "$c" ts
   measure cluster "$gw_url" "$token" "$c" gateway worker1 nats
+  loadgen_args=(--stateless 2025-06-18)
+  measure ts_stateless "$tsl_url" "" "$c" ts_stateless
+  loadgen_args=(--stateless 2026-07-28)
+  measure cluster_stateless "$gw_url" "$token" "$c" gateway worker1 nats
+  loadgen_args=()
 done
 
 # --- idle SSE streams -----------------------------------------------------------------------
@@ -228,7 +242,8 @@ rows = [json.loads(l) for l in open(lines_path) if l.strip()]
 load = {(r["label"], r["concurrency"]): r for r in rows if r["kind"] == "load"}
 sse = {r["label"]: r for r in rows if r["kind"] == "sse_idle"}
 levels = [int(c) for c in concurrency.split()]
-targets = [t for t in ["inproc", "inproc_nagle", "ts", "cluster", "cluster_2w"] if any((t, c) in load for c in levels)]
+targets = [t for t in ["inproc", "inproc_nagle", "ts", "cluster", "cluster_2w", "ts_stateless", "cluster_stateless"]
+           if any((t, c) in load for c in levels)]
 
 def ratio(a, b):
     return a / b if b else None
@@ -245,6 +260,10 @@ for c in levels:
         "hop_added_p50_ms": cl["p50_ms"] - inproc["p50_ms"],
         "hop_added_p99_ms": cl["p99_ms"] - inproc["p99_ms"],
     })
+    tsl, cls = load.get(("ts_stateless", c)), load.get(("cluster_stateless", c))
+    if tsl and cls:
+        summary[-1]["stateless_cluster_over_ts_rps"] = ratio(cls["rps"], tsl["rps"])
+        summary[-1]["stateless_cluster_over_inproc_rps"] = ratio(cls["rps"], inproc["rps"])
 for r in rows:
     if r["kind"] == "load" and r.get("requests"):
         r["cpu_us_per_request"] = {k: v / hz * 1e6 / r["requests"] for k, v in r["cpu_ticks"].items()}
@@ -278,10 +297,12 @@ for t in targets:
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in r.get("cpu_us_per_request", {}).items())
         print(f"{t:<13} {c:>4} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p90_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['max_ms']:>8.2f}  {cpu}")
 print()
-print(f"{'conc':>4} {'cluster/inproc':>15} {'cluster/ts':>11} {'hop +p50 ms':>12} {'hop +p99 ms':>12}")
+print(f"{'conc':>4} {'cluster/inproc':>15} {'cluster/ts':>11} {'hop +p50 ms':>12} {'hop +p99 ms':>12}"
+      f" {'stateless/ts':>13} {'stateless/inproc':>17}")
 for s in summary:
     print(f"{s['concurrency']:>4} {f(s['cluster_over_inproc_rps']):>15} {f(s['cluster_over_ts_rps']):>11} "
-          f"{f(s['hop_added_p50_ms'], '{:+.3f}'):>12} {f(s['hop_added_p99_ms'], '{:+.3f}'):>12}")
+          f"{f(s['hop_added_p50_ms'], '{:+.3f}'):>12} {f(s['hop_added_p99_ms'], '{:+.3f}'):>12}"
+          f" {f(s.get('stateless_cluster_over_ts_rps')):>13} {f(s.get('stateless_cluster_over_inproc_rps')):>17}")
 print()
 for t, r in sse.items():
     print(f"idle SSE {t:<8} {r['opened']}/{r['streams']} streams: {f(r['kib_per_stream'])} KiB per stream "

@@ -18,6 +18,11 @@ use tokio::net::TcpStream;
 
 /// The sessionful revision every benchmark speaks.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
+/// The first stateless revision: no `initialize`, the version and the client's
+/// capabilities ride in each request's `_meta`, `Mcp-Method`/`Mcp-Name` headers.
+pub const STATELESS_VERSION: &str = "2026-07-28";
+const HEADER_METHOD: &str = "mcp-method";
+const HEADER_NAME: &str = "mcp-name";
 const HEADER_SESSION: &str = "mcp-session-id";
 const HEADER_PROTOCOL_VERSION: &str = "mcp-protocol-version";
 const ACCEPT_POST: &str = "application/json, text/event-stream";
@@ -137,6 +142,19 @@ impl Conn {
         session: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Response<Incoming>, Error> {
+        self.send_with(method, accept, session, None, body).await
+    }
+
+    /// [`Conn::send`]; `stateless`: the revision of a request without a session
+    /// (its version header, and for 2026-07-28 the routing headers of `tools/call add`).
+    async fn send_with(
+        &mut self,
+        method: Method,
+        accept: &'static str,
+        session: Option<&HeaderValue>,
+        stateless: Option<&HeaderValue>,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, Error> {
         self.sender.ready().await?;
         let mut req = Request::builder()
             .method(method)
@@ -155,6 +173,12 @@ impl Conn {
                 .header(HEADER_SESSION, session.clone())
                 .header(HEADER_PROTOCOL_VERSION, PROTOCOL_VERSION);
         }
+        if let Some(version) = stateless {
+            req = req.header(HEADER_PROTOCOL_VERSION, version.clone());
+            if version.as_bytes() >= STATELESS_VERSION.as_bytes() {
+                req = req.header(HEADER_METHOD, "tools/call").header(HEADER_NAME, "add");
+            }
+        }
         Ok(self.sender.send_request(req.body(Full::new(body))?).await?)
     }
 }
@@ -165,6 +189,8 @@ pub struct Session {
     /// `None` when the server runs stateless and issued no session id.
     id: Option<HeaderValue>,
     next_id: u64,
+    /// Requests without a session, at this revision ([`Session::stateless`]).
+    stateless: Option<HeaderValue>,
 }
 
 impl Session {
@@ -178,7 +204,12 @@ impl Session {
         let id = resp.headers().get(HEADER_SESSION).cloned();
         let message = read_response(resp, "initialize", 0).await?;
         result_of(message, "initialize")?;
-        let mut session = Self { conn, id, next_id: 1 };
+        let mut session = Self {
+            conn,
+            id,
+            next_id: 1,
+            stateless: None,
+        };
         let body = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         let resp = session.post(body).await?;
         let status = resp.status();
@@ -191,6 +222,18 @@ impl Session {
             });
         }
         Ok(session)
+    }
+
+    /// Connect only: every request stands alone at revision `version` (no
+    /// `initialize`, no session id). At 2026-07-28 or later the version and the
+    /// client's capabilities also ride in each request's `_meta`.
+    pub async fn stateless(target: Arc<Target>, version: &str) -> Result<Self, Error> {
+        Ok(Self {
+            conn: Conn::connect(target).await?,
+            id: None,
+            next_id: 1,
+            stateless: Some(HeaderValue::from_str(version)?),
+        })
     }
 
     pub fn id(&self) -> Option<&HeaderValue> {
@@ -209,7 +252,15 @@ impl Session {
     }
 
     async fn post(&mut self, body: Bytes) -> Result<Response<Incoming>, Error> {
-        self.conn.send(Method::POST, ACCEPT_POST, self.id.as_ref(), body).await
+        self.conn
+            .send_with(
+                Method::POST,
+                ACCEPT_POST,
+                self.id.as_ref(),
+                self.stateless.as_ref(),
+                body,
+            )
+            .await
     }
 
     /// `tools/call add {a, b}`; an answer other than the sum as text is an error.
@@ -217,8 +268,15 @@ impl Session {
         const METHOD: &str = "tools/call";
         let id = self.next_id;
         self.next_id += 1;
+        let meta = match &self.stateless {
+            Some(v) if v.as_bytes() >= STATELESS_VERSION.as_bytes() => format!(
+                r#","_meta":{{"io.modelcontextprotocol/protocolVersion":"{}","io.modelcontextprotocol/clientCapabilities":{{}}}}"#,
+                v.to_str().unwrap_or(STATELESS_VERSION)
+            ),
+            _ => String::new(),
+        };
         let body = Bytes::from(format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"add","arguments":{{"a":{a},"b":{b}}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"add","arguments":{{"a":{a},"b":{b}}}{meta}}}}}"#
         ));
         let resp = self.post(body).await?;
         let result = result_of(read_response(resp, METHOD, id).await?, METHOD)?;

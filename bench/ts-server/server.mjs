@@ -3,11 +3,14 @@
 // (no Express, so the baseline pays only for the SDK). Follows the SDK's
 // examples/server/jsonResponseStreamableHttp.js session handling.
 //
-//   node server.mjs --listen 127.0.0.1:8791 [--sse]
+//   node server.mjs --listen 127.0.0.1:8791 [--sse] [--stateless]
 //   prints http://127.0.0.1:8791/mcp on stdout when listening; stops on SIGTERM/SIGINT.
 //
 // By default POST answers are application/json (`enableJsonResponse: true`), as the cluster's
 // gateway answers a single-response request; `--sse` keeps the SDK's default SSE answers.
+// `--stateless`: the SDK's stateless mode (examples/server/simpleStatelessStreamableHttp.js): no
+// session ids, a fresh server and transport for every POST, no initialize needed; the baseline
+// of the cluster's stateless (2026-07-28) path.
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -21,6 +24,7 @@ const MAX_BODY_BYTES = 4 * 1024 * 1024;
 const args = process.argv.slice(2);
 const listenArg = args.includes('--listen') ? args[args.indexOf('--listen') + 1] : '127.0.0.1:8791';
 const jsonResponse = !args.includes('--sse');
+const stateless = args.includes('--stateless');
 const [host, portText] = listenArg.split(':');
 const port = Number(portText);
 
@@ -68,10 +72,44 @@ function readBody(req) {
   });
 }
 
+/** The request's JSON body; undefined (400 sent) when it does not parse. */
+async function readJson(req, res) {
+  try {
+    return JSON.parse((await readBody(req)).toString('utf8'));
+  } catch {
+    sendJsonError(res, 400, -32700, 'Parse error');
+    return undefined;
+  }
+}
+
+async function handleStateless(req, res) {
+  if (req.method !== 'POST') {
+    sendJsonError(res, 405, -32000, 'Method not allowed: stateless server');
+    return;
+  }
+  const body = await readJson(req, res);
+  if (body === undefined) return;
+  const server = newServer();
+  const transport = new StreamableHTTPServerTransport({
+    sessionIdGenerator: undefined,
+    enableJsonResponse: jsonResponse,
+  });
+  res.on('close', () => {
+    transport.close().catch(() => {});
+    server.close().catch(() => {});
+  });
+  await server.connect(transport);
+  await transport.handleRequest(req, res, body);
+}
+
 async function handle(req, res) {
   const path = (req.url ?? '/').split('?')[0];
   if (path !== MCP_PATH) {
     res.writeHead(404).end();
+    return;
+  }
+  if (stateless) {
+    await handleStateless(req, res);
     return;
   }
   const sessionId = req.headers['mcp-session-id'];
@@ -85,13 +123,8 @@ async function handle(req, res) {
     await existing.handleRequest(req, res);
     return;
   }
-  let body;
-  try {
-    body = JSON.parse((await readBody(req)).toString('utf8'));
-  } catch {
-    sendJsonError(res, 400, -32700, 'Parse error');
-    return;
-  }
+  const body = await readJson(req, res);
+  if (body === undefined) return;
   if (existing) {
     await existing.handleRequest(req, res, body);
     return;

@@ -2,7 +2,8 @@
 //!
 //! Each of `--concurrency` virtual clients opens its own MCP session on its own
 //! HTTP/1.1 connection (`initialize` + `notifications/initialized`, not
-//! timed), then, once every session is open, calls `add(a, b)` back to back and
+//! timed; with `--stateless VERSION` only the connection: every call stands
+//! alone at that revision, e.g. 2026-07-28 with its `_meta`), then, once every session is open, calls `add(a, b)` back to back and
 //! checks the sum in every answer. Answers completing in the `--warmup` seconds
 //! are dropped; the rest, up to `--duration` seconds or `--requests` answers,
 //! give the throughput and the latency percentiles. Any failed or wrong answer
@@ -67,6 +68,10 @@ struct Config {
     /// Name for this run in the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// No sessions: every call stands alone at this protocol revision (2026-07-28
+    /// for the stateless revision; 2025-06-18 for a server in stateless mode).
+    #[arg(long, value_name = "VERSION")]
+    stateless: Option<String>,
 }
 
 /// What every client shares.
@@ -79,6 +84,7 @@ struct Plan {
     timeout: Duration,
     ready: Barrier,
     start: OnceCell<Instant>,
+    stateless: Option<String>,
 }
 
 struct ClientReport {
@@ -144,6 +150,7 @@ fn run(config: Config) -> anyhow::Result<bool> {
         timeout: secs(config.timeout, "timeout")?,
         ready: Barrier::new(config.concurrency),
         start: OnceCell::new(),
+        stateless: config.stateless.clone(),
     });
     let runtime = if config.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -228,7 +235,13 @@ async fn client(n: usize, plan: Arc<Plan>) -> anyhow::Result<ClientReport> {
         first_error: None,
         last_answer: None,
     };
-    let opened = tokio::time::timeout(plan.timeout, Session::open(plan.target.clone())).await;
+    let open = async {
+        match &plan.stateless {
+            Some(version) => Session::stateless(plan.target.clone(), version).await,
+            None => Session::open(plan.target.clone()).await,
+        }
+    };
+    let opened = tokio::time::timeout(plan.timeout, open).await;
     // Every client reaches the barrier, opened or not, so none waits forever.
     plan.ready.wait().await;
     let mut session = match opened {
