@@ -247,7 +247,12 @@ def test_prometheus_evaluates_the_rules_and_the_dashboard_on_a_live_cluster(
     connected = query(prometheus, "mcp_nats_connected")
     assert {s["metric"]["job"] for s in connected} == {"gateway", "session-worker", "auth-service"}, connected
     assert all(s["value"][1] == "1" for s in connected), connected
-    assert query(prometheus, "sum(mcp_worker_owned_shards)")[0]["value"][1] == "1024"
+    # Both workers' shares, once each worker has been scraped since the shards settled (a
+    # scrape of one worker before the other's first one reads 512).
+    wait_for(
+        "every shard owned by a worker, in Prometheus",
+        lambda: [s["value"][1] for s in query(prometheus, "sum(mcp_worker_owned_shards)")] == ["1024"],
+    )
 
     # Prometheus loaded every rule and evaluated each without error.
     names = set(alert_names())
