@@ -41,6 +41,10 @@ pub const ENV_UNAUTH_RATE: &str = "GATEWAY_UNAUTH_RATE";
 pub const DEFAULT_UNAUTH_RATE: u32 = 120;
 pub const ENV_MAX_INFLIGHT_PER_PRINCIPAL: &str = "GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL";
 pub const DEFAULT_MAX_INFLIGHT_PER_PRINCIPAL: usize = 64;
+pub const ENV_MAX_INFLIGHT: &str = "GATEWAY_MAX_INFLIGHT";
+pub const DEFAULT_MAX_INFLIGHT: usize = 2048;
+pub const ENV_MAX_CONNECTIONS: &str = "GATEWAY_MAX_CONNECTIONS";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const ENV_SSE_BUFFER_BYTES: &str = "GATEWAY_SSE_BUFFER_BYTES";
 pub const DEFAULT_SSE_BUFFER_BYTES: usize = 2 * 1024 * 1024;
 pub const ENV_LEGACY_RESUME_GRACE: &str = "GATEWAY_LEGACY_RESUME_GRACE";
@@ -105,6 +109,15 @@ pub struct Config {
     /// Requests one principal (issuer, subject, client) may have in flight at once.
     #[arg(long, env = ENV_MAX_INFLIGHT_PER_PRINCIPAL, default_value_t = DEFAULT_MAX_INFLIGHT_PER_PRINCIPAL)]
     pub max_inflight_per_principal: usize,
+    /// Requests the gateway has in flight at once, all callers together (POST /mcp
+    /// and /messages); beyond it requests are shed with 503 and Retry-After.
+    #[arg(long, env = ENV_MAX_INFLIGHT, default_value_t = DEFAULT_MAX_INFLIGHT)]
+    pub max_inflight: usize,
+    /// Client connections the gateway holds open at once (idle SSE streams
+    /// included); beyond it new connections wait in the listen backlog. Needs an
+    /// open-files limit above it (each connection is a file descriptor).
+    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Bytes of events the gateway holds for one SSE stream whose client is not
     /// reading; beyond it the stream ends (the client reconnects).
     #[arg(long, env = ENV_SSE_BUFFER_BYTES, default_value_t = DEFAULT_SSE_BUFFER_BYTES)]
@@ -193,6 +206,12 @@ impl Config {
         }
         if self.max_inflight_per_principal == 0 {
             return Err(err(ENV_MAX_INFLIGHT_PER_PRINCIPAL, "must be at least 1"));
+        }
+        if self.max_inflight == 0 {
+            return Err(err(ENV_MAX_INFLIGHT, "must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            return Err(err(ENV_MAX_CONNECTIONS, "must be at least 1"));
         }
         if self.sse_buffer_bytes < 64 * 1024 {
             return Err(err(ENV_SSE_BUFFER_BYTES, "must be at least 65536"));

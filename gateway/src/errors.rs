@@ -18,6 +18,8 @@ pub enum Kind {
     PayloadTooLarge,
     RequestTimeout,
     TooManyRequests,
+    /// The gateway (or the worker) is at capacity: shed without running, 503.
+    Overloaded,
     ForbiddenOrigin,
     ForbiddenHost,
     SessionRequired,
@@ -39,8 +41,8 @@ pub enum Kind {
 pub fn describe(kind: Kind) -> (StatusCode, i64, &'static str) {
     use Kind::*;
     use proto::mcp::{
-        HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, SERVER_ERROR,
-        SESSION_NOT_FOUND,
+        HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, OVERLOADED, PARSE_ERROR,
+        SERVER_ERROR, SESSION_NOT_FOUND,
     };
     match kind {
         ParseError => (StatusCode::BAD_REQUEST, PARSE_ERROR, "Parse error"),
@@ -63,6 +65,11 @@ pub fn describe(kind: Kind) -> (StatusCode, i64, &'static str) {
             "Request Timeout: the body did not arrive in time",
         ),
         TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, SERVER_ERROR, "Too Many Requests"),
+        Overloaded => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            OVERLOADED,
+            "Server overloaded: the request was not run, try again shortly",
+        ),
         ForbiddenOrigin => (StatusCode::FORBIDDEN, INVALID_REQUEST, "Forbidden: Origin not allowed"),
         ForbiddenHost => (StatusCode::FORBIDDEN, INVALID_REQUEST, "Forbidden: Host not allowed"),
         SessionRequired => (
@@ -104,6 +111,9 @@ pub fn describe(kind: Kind) -> (StatusCode, i64, &'static str) {
     }
 }
 
+/// `Retry-After` of a request shed for overload: bursts pass in seconds.
+pub const OVERLOAD_RETRY_AFTER_SECS: u64 = 1;
+
 /// A JSON-RPC error object.
 pub fn jsonrpc_error(id: Option<&Value>, code: i64, message: &str) -> Value {
     let mut body = json!({
@@ -123,7 +133,7 @@ pub struct McpError {
     /// Overrides the table's JSON-RPC code (errors a worker reported).
     pub code: Option<i64>,
     pub allow: Option<&'static str>,
-    /// Seconds for `Retry-After` (429).
+    /// Seconds for `Retry-After` (429; 503 for overload).
     pub retry_after: Option<u64>,
 }
 
@@ -191,7 +201,11 @@ impl ResponseError for McpError {
         if let Some(allow) = self.allow {
             resp.insert_header(("Allow", allow));
         }
-        if let Some(seconds) = self.retry_after {
+        // A shed request always says when to come back.
+        let retry_after = self
+            .retry_after
+            .or((self.kind == Kind::Overloaded).then_some(OVERLOAD_RETRY_AFTER_SECS));
+        if let Some(seconds) = retry_after {
             resp.insert_header(("Retry-After", seconds.to_string()));
         }
         resp.content_type("application/json").body(body.to_string())

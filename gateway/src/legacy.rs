@@ -14,8 +14,8 @@ use tracing::{Instrument, info};
 
 use crate::errors::{Kind, McpError};
 use crate::mcp::{
-    AppState, FrameIds, Incoming, MessageKind, ack_error, admit, begin_request, check_content_type, event_frames,
-    header, last_event_id, read_body_within, record, relay_error, request_span, trace_of,
+    AppState, FrameIds, Incoming, MessageKind, ack_error, admit, admit_load, begin_request, check_content_type,
+    event_frames, header, last_event_id, read_body_within, record, relay_error, request_span, trace_of,
 };
 use crate::metrics::{StreamGuard, method_label};
 use crate::sse;
@@ -140,6 +140,7 @@ async fn message_inner(
     payload: web::Payload,
     st: &AppState,
 ) -> Result<(HttpResponse, &'static str), McpError> {
+    let _admitted = admit_load(st)?;
     let principal = match admit(req, st).await {
         Ok(p) => p,
         Err(resp) => return Ok((resp, "unknown")),

@@ -43,6 +43,10 @@ use crate::auth::{AuthConfig, Validator};
 use crate::errors::{Kind, McpError};
 use crate::mcp::AppState;
 
+/// Connections the kernel queues for the gateway while it accepts (a burst of new
+/// clients); capped again by the kernel's `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// A started gateway.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -181,6 +185,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         trusted_proxies: limits::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
         unauthenticated: Arc::new(limits::RateLimiter::new(config.unauth_rate)),
         inflight: limits::InflightLimiter::new(config.max_inflight_per_principal),
+        admission: limits::Admission::new(config.max_inflight, metrics.in_flight.clone()),
     });
     let metadata = web::Data::new(metadata);
     let mcp_path = config.resource_path();
@@ -226,6 +231,9 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             .default_service(web::to(not_found))
     })
     .workers(workers)
+    // Per HTTP worker thread in actix: the gateway's total split evenly.
+    .max_connections(config.max_connections.div_ceil(workers))
+    .backlog(LISTEN_BACKLOG)
     .on_connect(move |conn, _| close_slow_readers(conn, slow_reader))
     // SSE answers go out in several writes; without this the kernel may hold
     // the last one for the client's delayed ACK (~40 ms).

@@ -1,11 +1,13 @@
 //! The gateway's limits on what one caller can hold or send: requests in flight
 //! per principal, unauthenticated requests per client address, and which peers'
-//! `X-Forwarded-For` is believed when telling client addresses apart. Every limit
-//! is a setting (`GATEWAY_*`, see [`crate::config`]); refusals are 429 with
-//! `Retry-After`.
+//! `X-Forwarded-For` is believed when telling client addresses apart; and on what
+//! all callers together can have in flight ([`Admission`]). Every limit is a
+//! setting (`GATEWAY_*`, see [`crate::config`]); refusals are 429 (one caller)
+//! or 503 (the gateway is full) with `Retry-After`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,6 +168,56 @@ impl InflightLimiter {
     }
 }
 
+/// Requests in flight through this gateway at once, all callers together
+/// (`GATEWAY_MAX_INFLIGHT`): the bounded queue in front of the workers. A request
+/// beyond it is shed at once, before any work is spent on it (no token check, no
+/// body read), so a burst costs the gateway little and never turns into a queue
+/// that grows until requests time out.
+#[derive(Clone)]
+pub struct Admission {
+    max: usize,
+    current: Arc<AtomicUsize>,
+    /// What `/metrics` shows of `current` (admitted requests only).
+    gauge: prometheus::IntGauge,
+}
+
+/// One admitted request; dropping it frees its place.
+pub struct Admitted(Arc<AtomicUsize>, prometheus::IntGauge);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.1.dec();
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Admission {
+    pub fn new(max: usize, gauge: prometheus::IntGauge) -> Self {
+        Self {
+            max,
+            current: Arc::default(),
+            gauge,
+        }
+    }
+
+    /// Admit one request; `None` when `max` are already in flight.
+    pub fn try_admit(&self) -> Option<Admitted> {
+        // Optimistic increment: a request that finds the gateway full takes its
+        // count back, so the count never stays above `max`.
+        if self.current.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.current.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.gauge.inc();
+        Some(Admitted(self.current.clone(), self.gauge.clone()))
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -228,5 +280,51 @@ mod tests {
         assert!(l.begin("bob").is_some());
         drop(a);
         assert!(l.begin("alice").is_some());
+    }
+
+    fn gauge() -> prometheus::IntGauge {
+        prometheus::IntGauge::new("in_flight", "test").unwrap()
+    }
+
+    #[test]
+    fn admission_is_bounded_and_frees_on_drop() {
+        let a = Admission::new(2, gauge());
+        let first = a.try_admit().unwrap();
+        let _second = a.try_admit().unwrap();
+        assert!(a.try_admit().is_none(), "a third request is shed");
+        assert_eq!(a.in_flight(), 2, "a shed request leaves no count behind");
+        assert_eq!(a.gauge.get(), 2);
+        drop(first);
+        assert_eq!(a.in_flight(), 1);
+        assert_eq!(a.gauge.get(), 1);
+        assert!(a.try_admit().is_some());
+    }
+
+    #[test]
+    fn admission_never_admits_more_than_its_max_under_contention() {
+        let a = Admission::new(8, gauge());
+        // Counted only while a guard is held: never above the limit if it holds.
+        let (held, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (a, held, peak) = (a.clone(), held.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        if let Some(g) = a.try_admit() {
+                            let now = held.fetch_add(1, Ordering::AcqRel) + 1;
+                            peak.fetch_max(now, Ordering::AcqRel);
+                            held.fetch_sub(1, Ordering::AcqRel);
+                            drop(g);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Ordering::Acquire) <= 8);
+        assert_eq!(a.in_flight(), 0);
+        assert_eq!(a.gauge.get(), 0);
     }
 }

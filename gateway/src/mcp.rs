@@ -63,6 +63,8 @@ pub struct AppState {
     pub unauthenticated: Arc<crate::limits::RateLimiter>,
     /// `GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL`.
     pub inflight: crate::limits::InflightLimiter,
+    /// `GATEWAY_MAX_INFLIGHT`: every caller's requests together.
+    pub admission: crate::limits::Admission,
 }
 
 /// A client JSON-RPC message, parsed just enough to route it.
@@ -282,6 +284,33 @@ pub async fn admit(req: &HttpRequest, st: &AppState) -> Result<Principal, HttpRe
     }
 }
 
+/// Take a place for one request in the gateway's bounded queue, or shed the
+/// request at once: 503 with `Retry-After`, before its token is checked or its
+/// body read. Logged at most once a second (a burst sheds thousands).
+pub fn admit_load(st: &AppState) -> Result<crate::limits::Admitted, McpError> {
+    st.admission.try_admit().ok_or_else(|| {
+        st.metrics.shed.with_label_values(&["gateway"]).inc();
+        if shed_log_due() {
+            warn!(
+                in_flight = st.admission.in_flight(),
+                "gateway at capacity (GATEWAY_MAX_INFLIGHT): shedding requests with 503"
+            );
+        }
+        McpError::new(Kind::Overloaded)
+    })
+}
+
+/// Whether a shed request should be logged: the first in each second.
+fn shed_log_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    LAST.swap(now, Ordering::Relaxed) != now
+}
+
 /// Count a request of `principal` in flight until the guard drops; 429 over
 /// `GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL`.
 pub fn begin_request(st: &AppState, principal: &Principal) -> Result<crate::limits::InflightGuard, McpError> {
@@ -386,6 +415,7 @@ pub(crate) fn ack_error(ack: Ack, id: Option<Value>) -> Option<McpError> {
             let kind = match code {
                 proto::mcp::PARSE_ERROR => Kind::ParseError,
                 proto::mcp::SESSION_LIMIT => Kind::TooManyRequests,
+                proto::mcp::OVERLOADED => Kind::Overloaded,
                 // The worker's store is out of reach for now: 503, try again.
                 proto::mcp::INTERNAL_ERROR => Kind::NoWorker,
                 _ => Kind::InvalidRequest,
@@ -446,6 +476,10 @@ pub async fn post(req: HttpRequest, payload: web::Payload, st: web::Data<AppStat
 }
 
 async fn post_inner(req: &HttpRequest, payload: web::Payload, st: &AppState) -> Answer {
+    let _admitted = match admit_load(st) {
+        Ok(a) => a,
+        Err(e) => return err_answer(e, "unknown"),
+    };
     let principal = match admit(req, st).await {
         Ok(p) => p,
         Err(resp) => return (resp, "unknown"),

@@ -45,6 +45,11 @@ pub struct Metrics {
     pub revocations_held: IntGauge,
     /// Requests whose worker was declared dead before answering, by what followed.
     pub worker_gone: IntCounterVec,
+    /// Requests shed for overload (503, not run), by where: `gateway` (its
+    /// in-flight bound) or `worker` (the worker refused it at capacity).
+    pub shed: IntCounterVec,
+    /// Requests admitted and not yet answered (`GATEWAY_MAX_INFLIGHT` bounds it).
+    pub in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -99,7 +104,21 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            shed: IntCounterVec::new(
+                Opts::new(
+                    "mcp_gateway_requests_shed_total",
+                    "requests shed for overload with 503 and Retry-After, not run, by where (gateway, worker)",
+                ),
+                &["by"],
+            )?,
+            in_flight: IntGauge::new(
+                "mcp_gateway_requests_in_flight",
+                "requests admitted and not yet answered (bounded by GATEWAY_MAX_INFLIGHT)",
+            )?,
         };
+        for by in ["gateway", "worker"] {
+            m.shed.with_label_values(&[by]);
+        }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.nats_rtt.clone()))?;
@@ -108,6 +127,8 @@ impl Metrics {
         registry.register(Box::new(m.sessions_opened.clone()))?;
         registry.register(Box::new(m.revocations_held.clone()))?;
         registry.register(Box::new(m.worker_gone.clone()))?;
+        registry.register(Box::new(m.shed.clone()))?;
+        registry.register(Box::new(m.in_flight.clone()))?;
         Ok(m)
     }
 }

@@ -290,9 +290,17 @@ impl Relay {
                         .as_ref()
                         .and_then(|h| h.get(subjects::WORKER_HEADER))
                         .map(|v| v.as_str().to_owned());
-                    return Ack::from_bytes(&msg.payload)
-                        .map(|ack| (ack, worker))
-                        .map_err(|e| RelayError::Decode(e.to_string()));
+                    let ack = Ack::from_bytes(&msg.payload).map_err(|e| RelayError::Decode(e.to_string()))?;
+                    if matches!(
+                        ack,
+                        Ack::Rejected {
+                            code: proto::mcp::OVERLOADED,
+                            ..
+                        }
+                    ) {
+                        self.metrics.shed.with_label_values(&["worker"]).inc();
+                    }
+                    return Ok((ack, worker));
                 }
                 Ok(Err(err)) => match err.kind() {
                     RequestErrorKind::NoResponders => {

@@ -35,6 +35,9 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub const SESSION_LIMIT: i64 = -32029;
 /// An answer larger than the message bus carries.
 pub const RESPONSE_TOO_LARGE: i64 = -32030;
+/// The server is at capacity and sheds the request without running it: try again
+/// after a moment (the gateway answers 503 with `Retry-After`).
+pub const OVERLOADED: i64 = -32031;
 /// A tool call needs OAuth scopes the token lacks; `data.scope` lists what to ask
 /// for. Over Streamable HTTP the gateway answers it as the HTTP 403
 /// `insufficient_scope` step-up challenge instead.

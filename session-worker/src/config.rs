@@ -49,6 +49,8 @@ pub const ENV_TASK_TTL: &str = "WORKER_TASK_TTL";
 pub const DEFAULT_TASK_TTL_SECS: u64 = 3600;
 pub const ENV_TASK_POLL_INTERVAL_MS: &str = "WORKER_TASK_POLL_INTERVAL_MS";
 pub const DEFAULT_TASK_POLL_INTERVAL_MS: u64 = 500;
+pub const ENV_MAX_STATELESS_INFLIGHT: &str = "WORKER_MAX_STATELESS_INFLIGHT";
+pub const DEFAULT_MAX_STATELESS_INFLIGHT: usize = 1024;
 pub const ENV_TASKS_MAX_RUNNING: &str = "WORKER_TASKS_MAX_RUNNING";
 pub const DEFAULT_TASKS_MAX_RUNNING: usize = 256;
 pub const ENV_TASKS_MAX_RUNNING_PER_PRINCIPAL: &str = "WORKER_TASKS_MAX_RUNNING_PER_PRINCIPAL";
@@ -141,6 +143,11 @@ pub struct Config {
     /// Polling interval suggested to clients for `tasks/get` (`pollIntervalMs`).
     #[arg(long, env = ENV_TASK_POLL_INTERVAL_MS, default_value_t = DEFAULT_TASK_POLL_INTERVAL_MS)]
     pub task_poll_interval_ms: u64,
+    /// Stateless (2026-07-28) requests one worker serves at once; beyond it they
+    /// are shed (the gateway answers 503 with Retry-After, another try may land
+    /// on a less busy worker).
+    #[arg(long, env = ENV_MAX_STATELESS_INFLIGHT, default_value_t = DEFAULT_MAX_STATELESS_INFLIGHT)]
+    pub max_stateless_inflight: usize,
     /// Tasks one worker runs at once; beyond it new tasks are refused (-32603).
     #[arg(long, env = ENV_TASKS_MAX_RUNNING, default_value_t = DEFAULT_TASKS_MAX_RUNNING)]
     pub tasks_max_running: usize,
@@ -282,6 +289,11 @@ impl Config {
                 "must be at least 1",
             ),
             (self.tasks_max_running >= 1, ENV_TASKS_MAX_RUNNING, "must be at least 1"),
+            (
+                self.max_stateless_inflight >= 1,
+                ENV_MAX_STATELESS_INFLIGHT,
+                "must be at least 1",
+            ),
             (
                 self.tasks_max_running_per_principal >= 1,
                 ENV_TASKS_MAX_RUNNING_PER_PRINCIPAL,

@@ -273,6 +273,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         shared.clone(),
         arbiters.iter().map(|a| a.handle()).collect(),
         Duration::from_secs(config.stateless_timeout_secs),
+        config.max_stateless_inflight,
     );
 
     let mut stateless_sub = nats

@@ -21,10 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::actor::{SessionHandle, Shared, Start};
 
-/// Stateless requests served at once by one worker.
-pub const MAX_STATELESS_INFLIGHT: usize = 1024;
-
-use proto::mcp::{HEADER_MISMATCH, INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, SESSION_LIMIT};
+use proto::mcp::{HEADER_MISMATCH, INTERNAL_ERROR, INVALID_REQUEST, OVERLOADED, PARSE_ERROR, SESSION_LIMIT};
 
 pub struct Router {
     shared: Arc<Shared>,
@@ -39,13 +36,14 @@ impl Router {
         shared: Arc<Shared>,
         arbiters: Vec<actix::ArbiterHandle>,
         stateless_timeout: std::time::Duration,
+        max_stateless_inflight: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             shared,
             arbiters,
             next_arbiter: AtomicUsize::new(0),
             stateless_timeout,
-            stateless_slots: Arc::new(Semaphore::new(MAX_STATELESS_INFLIGHT)),
+            stateless_slots: Arc::new(Semaphore::new(max_stateless_inflight)),
         })
     }
 
@@ -540,7 +538,13 @@ impl Router {
             return;
         }
         let Ok(permit) = self.stateless_slots.clone().try_acquire_owned() else {
-            respond(&self.shared, reply, &rejected(-32000, "worker is at capacity")).await;
+            self.shared
+                .metrics
+                .envelopes
+                .with_label_values(&["stateless", "shed"])
+                .inc();
+            debug!("stateless request shed: WORKER_MAX_STATELESS_INFLIGHT in flight");
+            respond(&self.shared, reply, &rejected(OVERLOADED, "worker is at capacity")).await;
             return;
         };
         self.shared

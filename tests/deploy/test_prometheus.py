@@ -50,6 +50,7 @@ RULE_METRICS = [
     "mcp_nats_connected",
     "mcp_nats_disconnects_total",
     "auth_refresh_reuse_total",
+    "mcp_gateway_requests_shed_total",
 ]
 # Metrics the traffic of this test cannot produce (no worker dies, no upstream IdP with refresh
 # tokens or code exchange: the static-users provider signs in locally). Panels over them are only

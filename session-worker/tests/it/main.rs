@@ -42,6 +42,7 @@ fn config(nats: &NatsServer) -> session_worker::Config {
         task_ttl_secs: 600,
         task_poll_interval_ms: 200,
         tasks_max_running: 32,
+        max_stateless_inflight: 1024,
         tasks_max_running_per_principal: 4,
         tasks_max_bytes: 16 * 1024 * 1024,
         task_max_record_bytes: 64 * 1024,
