@@ -48,26 +48,72 @@ pub fn priming_event(id: &str) -> Bytes {
 }
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
-/// How often a long-lived stream re-checks the token it was opened with.
-pub const AUTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// What a long-lived stream (GET /mcp, /sse) re-checks while it is open: it ends
+/// What a long-lived stream (GET /mcp, /sse) watches while it is open: it ends
 /// once the token it was opened with expires or is revoked, so no stream outlives
-/// the rights that opened it.
+/// the rights that opened it. Nothing runs on a timer while neither happens: one
+/// sleep until the expiry, and a wake-up when any revocation arrives (then the
+/// stream checks its own token once). At 100k idle streams a periodic re-check
+/// would wake the gateway tens of thousands of times a second.
 pub struct StreamAuth {
     /// Unix seconds after which the token no longer validates (expiry + leeway).
     pub valid_until: u64,
+    /// Told of every revocation the gateway learns of.
+    pub changes: tokio::sync::watch::Receiver<u64>,
     /// Whether the token (its grant or its id) has been revoked since.
     pub revoked: Box<dyn Fn() -> bool + Send>,
 }
 
-impl StreamAuth {
-    fn ended(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        now >= self.valid_until || (self.revoked)()
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+type Changed = Pin<Box<dyn Future<Output = Option<tokio::sync::watch::Receiver<u64>>> + Send>>;
+
+/// Wait for the next revocation; `None` once no more can come (the set is gone).
+fn next_change(mut changes: tokio::sync::watch::Receiver<u64>) -> Changed {
+    Box::pin(async move { changes.changed().await.ok().map(|()| changes) })
+}
+
+/// [`StreamAuth`] armed: the expiry's sleep and the pending revocation wait.
+struct AuthWatch {
+    expiry: Pin<Box<tokio::time::Sleep>>,
+    change: Option<Changed>,
+    revoked: Box<dyn Fn() -> bool + Send>,
+}
+
+impl AuthWatch {
+    fn new(auth: StreamAuth) -> Self {
+        let left = Duration::from_secs(auth.valid_until.saturating_sub(unix_now()));
+        Self {
+            expiry: Box::pin(tokio::time::sleep(left)),
+            // Checked once at the first poll: a revocation that arrived after the
+            // request's own check and before this subscription is not missed.
+            change: Some(Box::pin(std::future::ready(Some(auth.changes)))),
+            revoked: auth.revoked,
+        }
+    }
+
+    /// Ready once the stream must end.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
+        if self.expiry.as_mut().poll(cx).is_ready() {
+            return Poll::Ready("expired");
+        }
+        while let Some(change) = &mut self.change {
+            match change.as_mut().poll(cx) {
+                Poll::Pending => break,
+                Poll::Ready(next) => {
+                    if (self.revoked)() {
+                        return Poll::Ready("revoked");
+                    }
+                    self.change = next.map(next_change);
+                }
+            }
+        }
+        Poll::Pending
     }
 }
 /// Sent when the gateway drains: the client should reconnect elsewhere.
@@ -82,7 +128,7 @@ struct SseBody {
     ticker: tokio::time::Interval,
     drain: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     done: bool,
-    auth: Option<(StreamAuth, tokio::time::Interval)>,
+    auth: Option<AuthWatch>,
     _guard: StreamGuard,
     on_close: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -99,14 +145,12 @@ impl Stream for SseBody {
             this.done = true;
             return Poll::Ready(Some(Ok(Bytes::from_static(DRAINING))));
         }
-        if let Some((auth, check)) = &mut this.auth {
-            while check.poll_tick(cx).is_ready() {
-                if auth.ended() {
-                    tracing::info!("stream ended: its token expired or was revoked");
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-            }
+        if let Some(auth) = &mut this.auth
+            && let Poll::Ready(why) = auth.poll_ended(cx)
+        {
+            tracing::info!(why, "stream ended: its token expired or was revoked");
+            this.done = true;
+            return Poll::Ready(None);
         }
         match this.source.as_mut().poll_next(cx) {
             Poll::Ready(Some(frame)) => {
@@ -154,11 +198,7 @@ pub fn response(
         ticker,
         drain: Box::pin(drain.cancelled_owned()),
         done: false,
-        auth: auth.map(|a| {
-            let mut check = tokio::time::interval(AUTH_CHECK_INTERVAL);
-            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            (a, check)
-        }),
+        auth: auth.map(AuthWatch::new),
         _guard: guard,
         on_close,
     };

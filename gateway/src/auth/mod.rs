@@ -203,6 +203,7 @@ impl Validator {
         let me = self.clone();
         crate::sse::StreamAuth {
             valid_until: principal.expires_at.saturating_add(LEEWAY),
+            changes: self.inner.revocations.changes(),
             revoked: Box::new(move || {
                 me.inner
                     .revocations

@@ -18,12 +18,24 @@ pub struct RevocationSet {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     /// KV key → `until` (seconds since the epoch).
     entries: RwLock<HashMap<String, u64>>,
     /// Set once the bucket's existing entries have all been read.
     synced: AtomicBool,
+    /// Counts revocations inserted: long-lived streams wait on it instead of
+    /// re-checking their token on a timer ([`RevocationSet::changes`]).
+    epoch: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            synced: AtomicBool::default(),
+            epoch: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl std::fmt::Debug for RevocationSet {
@@ -48,6 +60,13 @@ impl RevocationSet {
     /// as in the bucket).
     pub fn insert(&self, key: &str, until: u64) {
         self.write().insert(key.to_owned(), until);
+        self.inner.epoch.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Told of every revocation inserted from now on (a stream then checks its own
+    /// token once, instead of polling).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.epoch.subscribe()
     }
 
     /// Forget a key (deleted or purged in the bucket).
@@ -150,5 +169,17 @@ mod tests {
         assert!(!clone.is_synced());
         set.mark_synced();
         assert!(clone.is_synced());
+    }
+
+    #[tokio::test]
+    async fn an_insert_is_told_to_the_waiting_streams() {
+        let set = RevocationSet::default();
+        let mut changes = set.changes();
+        assert!(!changes.has_changed().unwrap());
+        set.insert(&revoked_grant_key("g"), NOW + 60);
+        tokio::time::timeout(std::time::Duration::from_secs(1), changes.changed())
+            .await
+            .expect("told at once")
+            .unwrap();
     }
 }
