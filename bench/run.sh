@@ -67,48 +67,8 @@ if [[ ! -d bench/ts-server/node_modules/@modelcontextprotocol/sdk ]]; then
 fi
 
 # --- processes ------------------------------------------------------------------------------
-pids=()
-names=()
-stopping=0
-stop_all() {
-  ((stopping)) && return
-  stopping=1
-  local i pid
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    pid="${pids[$i]}"
-    [[ -n "$pid" ]] || continue
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-}
-trap stop_all EXIT
-trap 'exit 130' INT TERM
-
-# start NAME CMD... — background process, output in the run's logs
-start() {
-  local name="$1"; shift
-  "$@" >"$out_dir/logs/$name.log" 2>&1 &
-  pids+=("$!")
-  names+=("$name")
-}
-pid_of() {
-  local i
-  for i in "${!names[@]}"; do [[ "${names[$i]}" == "$1" && -n "${pids[$i]}" ]] && { echo "${pids[$i]}"; return; }; done
-  return 0
-}
-ready() {
-  local name="$1" url="$2"
-  if ! wait_http "$url" "$READY_TIMEOUT" "$(pid_of "$name")"; then
-    tail -n 30 "$out_dir/logs/$name.log" >&2 || true
-    die "$name is not ready"
-  fi
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# cpu_ticks PID — user+system clock ticks the process has used so far
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# shellcheck source=bench/lib.sh disable=SC1091
+source "$REPO_ROOT/bench/lib.sh"
 
 # measure TARGET URL TOKEN CONCURRENCY [PROCESS NAMES...] — one loadgen run; records the CPU
 # each named process used during it. loadgen_args: extra loadgen arguments (e.g. --stateless).
@@ -162,42 +122,13 @@ tsl_port="$(free_port)"
 start ts_stateless node bench/ts-server/server.mjs --listen "127.0.0.1:$tsl_port" --stateless
 tsl_url="http://127.0.0.1:$tsl_port/mcp"
 
-nats_port="$(free_port)"; auth_port="$(free_port)"; auth_admin_port="$(free_port)"
-w1_admin_port="$(free_port)"; w2_admin_port="$(free_port)"
-gw_port="$(free_port)"; gw_admin_port="$(free_port)"
-export NATS_URL="nats://127.0.0.1:$nats_port"
-export AUTH_ISSUER_URL="http://127.0.0.1:$auth_port"
-export RESOURCE_IDENTIFIER="http://localhost:$gw_port/mcp"
-export AUTH_DEV_KEY_FILE="$out_dir/dev-issuer-ed25519.pem"
-# The auth-service's vault and cookie keys (fresh for this throwaway store).
-set -a
-eval "$("$RELEASE_DIR/auth-service" gen-keys)"
-set +a
-export WORKER_TOOL_PROFILE=default
-# One bench principal opens every session and runs every call: lift the per-principal
-# caps (README "Security"), which exist against one caller hoarding a shared cluster.
-export WORKER_MAX_SESSIONS_PER_PRINCIPAL=1000000 GATEWAY_MAX_INFLIGHT_PER_PRINCIPAL=100000
-start nats "$NATS_SERVER_BIN" -a 127.0.0.1 -p "$nats_port" -js -sd "$out_dir/nats" -n mcp-cluster-bench
-wait_port 127.0.0.1 "$nats_port" "$READY_TIMEOUT" "$(pid_of nats)" || die "nats-server did not start"
-AUTH_LISTEN="127.0.0.1:$auth_port" AUTH_ADMIN_LISTEN="127.0.0.1:$auth_admin_port" \
-  start auth "$RELEASE_DIR/auth-service"
-WORKER_ID=bench-worker-1 WORKER_ADMIN_LISTEN="127.0.0.1:$w1_admin_port" \
-  start worker1 "$RELEASE_DIR/session-worker"
-GATEWAY_LISTEN="127.0.0.1:$gw_port" GATEWAY_ADMIN_LISTEN="127.0.0.1:$gw_admin_port" \
-  ALLOWED_ISSUERS="$AUTH_ISSUER_URL" start gateway "$RELEASE_DIR/gateway"
-gw_url="http://127.0.0.1:$gw_port/mcp"
-
+start_cluster 1
 wait_port 127.0.0.1 "$inproc_port" 20 "$(pid_of inproc)" || die "rmcp_nodelay did not start"
 [[ "$NAGLE" != 1 ]] || wait_port 127.0.0.1 "$nagle_port" 20 "$(pid_of inproc_nagle)" || die "rmcp_inproc did not start"
 wait_port 127.0.0.1 "$ts_port" 20 "$(pid_of ts)" || die "the TypeScript server did not start"
 wait_port 127.0.0.1 "$tsl_port" 20 "$(pid_of ts_stateless)" || die "the stateless TypeScript server did not start"
-ready auth "http://127.0.0.1:$auth_admin_port/readyz"
-ready worker1 "http://127.0.0.1:$w1_admin_port/readyz"
-ready gateway "http://127.0.0.1:$gw_admin_port/readyz"
-token="$("$RELEASE_DIR/auth-service" mint-token --key-file "$AUTH_DEV_KEY_FILE" --issuer "$AUTH_ISSUER_URL" \
-  --audience "$RESOURCE_IDENTIFIER" --sub bench --ttl 3600 2>>"$out_dir/logs/mint-token.log")"
 ts_version="$(node -p 'require("./bench/ts-server/node_modules/@modelcontextprotocol/sdk/package.json").version')"
-log "ready: inproc (rmcp_nodelay) :$inproc_port, ts (@modelcontextprotocol/sdk $ts_version) :$ts_port, cluster gateway :$gw_port (nats :$nats_port, 1 worker); load average $loadavg_start"
+log "ready: inproc (rmcp_nodelay) :$inproc_port, ts (@modelcontextprotocol/sdk $ts_version) :$ts_port, cluster $gw_url (nats :$nats_port, 1 worker); load average $loadavg_start"
 
 # --- load -----------------------------------------------------------------------------------
 for c in $CONCURRENCY; do
@@ -221,9 +152,7 @@ sse ts "$ts_url" "" "$(pid_of ts)"
 
 # --- a second worker ------------------------------------------------------------------------
 if [[ "$TWO_WORKERS" == 1 ]]; then
-  WORKER_ID=bench-worker-2 WORKER_ADMIN_LISTEN="127.0.0.1:$w2_admin_port" \
-    start worker2 "$RELEASE_DIR/session-worker"
-  ready worker2 "http://127.0.0.1:$w2_admin_port/readyz"
+  add_worker 2
   log "cluster_2w: a second worker joined"
   for c in $CONCURRENCY; do
     measure cluster_2w "$gw_url" "$token" "$c" gateway worker1 worker2 nats

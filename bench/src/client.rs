@@ -76,6 +76,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The URL's path (and query).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     pub fn new(url: &str, token: Option<&str>) -> Result<Self, Error> {
         let bad = |reason| Error::Url {
             url: url.to_owned(),
@@ -115,12 +120,35 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(target: Arc<Target>) -> Result<Self, Error> {
-        let stream = TcpStream::connect(&target.addr)
-            .await
-            .map_err(|source| Error::Connect {
-                addr: target.addr.clone(),
-                source,
-            })?;
+        Self::connect_from(target, None).await
+    }
+
+    /// [`Conn::connect`] from local address `source` (any port): clients spread
+    /// over many loopback addresses (127.0.0.0/8) are not limited to one address's
+    /// ~28k ephemeral ports towards one server port.
+    pub async fn connect_from(target: Arc<Target>, source: Option<std::net::IpAddr>) -> Result<Self, Error> {
+        let connect_err = |source| Error::Connect {
+            addr: target.addr.clone(),
+            source,
+        };
+        let stream = match source {
+            None => TcpStream::connect(&target.addr).await.map_err(connect_err)?,
+            Some(ip) => {
+                let peer = tokio::net::lookup_host(&target.addr)
+                    .await
+                    .map_err(connect_err)?
+                    .next()
+                    .ok_or_else(|| connect_err(std::io::Error::other("no address")))?;
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }
+                .map_err(connect_err)?;
+                socket.bind((ip, 0).into()).map_err(connect_err)?;
+                socket.connect(peer).await.map_err(connect_err)?
+            }
+        };
         // Requests are small and latency is what we measure.
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
@@ -133,6 +161,33 @@ impl Conn {
     /// True once the server (or an error) closed the connection.
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
+    }
+
+    /// Send `method path` with the target's host and token, `headers` and `body`
+    /// (JSON when not empty): for requests the typed helpers do not cover (the
+    /// legacy HTTP+SSE transport's `/sse` and `/messages`).
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Response<Incoming>, Error> {
+        self.sender.ready().await?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.target.host.clone());
+        if !body.is_empty() {
+            req = req.header(header::CONTENT_TYPE, CONTENT_JSON);
+        }
+        if let Some(auth) = &self.target.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value.clone());
+        }
+        Ok(self.sender.send_request(req.body(Full::new(body))?).await?)
     }
 
     async fn send(
@@ -196,7 +251,12 @@ pub struct Session {
 impl Session {
     /// Connect, `initialize`, then `notifications/initialized`.
     pub async fn open(target: Arc<Target>) -> Result<Self, Error> {
-        let mut conn = Conn::connect(target).await?;
+        Self::open_on(Conn::connect(target).await?).await
+    }
+
+    /// [`Session::open`] on a connection already made (see [`Session::into_parts`]
+    /// to use it again).
+    pub async fn open_on(mut conn: Conn) -> Result<Self, Error> {
         let body = Bytes::from(format!(
             r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{PROTOCOL_VERSION}","capabilities":{{}},"clientInfo":{{"name":"mcp-cluster-bench","version":"0.1.0"}}}}}}"#
         ));
@@ -238,6 +298,11 @@ impl Session {
 
     pub fn id(&self) -> Option<&HeaderValue> {
         self.id.as_ref()
+    }
+
+    /// The session's connection and id: the connection can carry another session.
+    pub fn into_parts(self) -> (Conn, Option<HeaderValue>) {
+        (self.conn, self.id)
     }
 
     /// True when the connection is gone and [`Session::reconnect`] is needed.
@@ -319,7 +384,11 @@ impl Session {
 /// own. The caller holds the returned connection and response body for as
 /// long as the stream should stay open.
 pub async fn open_stream(target: Arc<Target>, id: &HeaderValue) -> Result<(Conn, Response<Incoming>), Error> {
-    let mut conn = Conn::connect(target).await?;
+    open_stream_on(Conn::connect(target).await?, id).await
+}
+
+/// [`open_stream`] on a connection already made (e.g. [`Conn::connect_from`]).
+pub async fn open_stream_on(mut conn: Conn, id: &HeaderValue) -> Result<(Conn, Response<Incoming>), Error> {
     let resp = conn.send(Method::GET, ACCEPT_SSE, Some(id), Bytes::new()).await?;
     check_status(&resp, "GET /mcp")?;
     if !is_sse(&resp) {
