@@ -1,5 +1,8 @@
 //! gateway binary: parse config, set up logging, run until SIGTERM, drain.
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let config: gateway::Config = telemetry::parse_config("gateway");
     if let Err(err) = config.validate() {

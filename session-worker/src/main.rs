@@ -1,5 +1,8 @@
 //! session-worker binary: parse config, set up logging, run until SIGTERM, drain.
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let config: session_worker::Config = telemetry::parse_config("session-worker");
     if let Err(err) = config.validate() {
