@@ -161,6 +161,6 @@ if "burst" in s:
     print(f"burst: sustainable {r['sustainable_rps']:.0f}/s; offered {b['offered_per_s']:.0f}/s for {r['burst_s']:.0f} s: "
           f"{b['ok_per_s']:.0f} ok/s, {b['shed_per_s']:.0f} shed/s, {b['error']} errors, {b['timeout']} timeouts; "
           f"p99 before {f((r['before']['latency_ok'] or {}).get('p99_ms'))} ms, during {f((b['latency_ok'] or {}).get('p99_ms'))} ms; "
-          f"recovered {f(r['recovered_after_s'])} s after; RSS peak {r['rss_kib_peak']}")
+          f"first normal bucket {f(r.get('first_normal_after_s'))} s after, normal for good {f(r['recovered_after_s'])} s after; RSS peak {r['rss_kib_peak']}")
 print(f"written: {os.path.relpath(out)}")
 PY

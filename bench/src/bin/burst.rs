@@ -172,6 +172,8 @@ struct Report {
     /// before-burst envelope (the larger of 2x its p99 and its worst bucket) and no
     /// later call was shed; `None`: never in the run.
     recovered_after_s: Option<f64>,
+    /// Seconds from the burst's end to the first bucket back within that envelope.
+    first_normal_after_s: Option<f64>,
     rss_kib_before_burst: std::collections::BTreeMap<String, u64>,
     rss_kib_peak: std::collections::BTreeMap<String, u64>,
     rss_kib_end: std::collections::BTreeMap<String, u64>,
@@ -385,12 +387,18 @@ async fn main() -> anyhow::Result<()> {
         .fold(0.0, f64::max);
     let base_p99 = before.latency_ok.map(|l| (2.0 * l.p99_ms).max(worst_before));
     // The first bucket after the burst from which on every bucket is back to normal.
+    let normal = |b: &Bucket, limit: f64| b.shed == 0 && b.timeout == 0 && b.p99_ms.is_some_and(|p| p <= limit);
+    let after_burst: Vec<&Bucket> = timeline.iter().filter(|b| b.start_s >= burst_end).collect();
     let recovered_after_s = base_p99.and_then(|limit| {
-        let normal = |b: &Bucket| b.shed == 0 && b.timeout == 0 && b.p99_ms.is_some_and(|p| p <= limit);
-        let after: Vec<&Bucket> = timeline.iter().filter(|b| b.start_s >= burst_end).collect();
-        (0..after.len())
-            .find(|&i| after[i..].iter().all(|b| normal(b)))
-            .map(|i| (after[i].start_s - burst_end).max(0.0))
+        (0..after_burst.len())
+            .find(|&i| after_burst[i..].iter().all(|b| normal(b, limit)))
+            .map(|i| (after_burst[i].start_s - burst_end).max(0.0))
+    });
+    let first_normal_after_s = base_p99.and_then(|limit| {
+        after_burst
+            .iter()
+            .find(|b| normal(b, limit))
+            .map(|b| (b.start_s - burst_end).max(0.0))
     });
     let rss_before = rss_samples
         .iter()
@@ -420,6 +428,7 @@ async fn main() -> anyhow::Result<()> {
         burst,
         after,
         recovered_after_s,
+        first_normal_after_s,
         rss_kib_before_burst: rss_before,
         rss_kib_peak: rss_peak,
         rss_kib_end: end_rss,
