@@ -70,8 +70,8 @@ pub struct Shared {
     pub vault: Arc<dyn tools::vault::TokenVault>,
     /// The tools of the default profile, with the operator's policy.
     pub toolbox: tools::Toolbox,
-    /// [`proto::subjects::PRINCIPAL_SESSIONS_BUCKET`] (see [`crate::owners`]).
-    pub owners: async_nats::jetstream::kv::Store,
+    /// Live sessions per principal, `WORKER_MAX_SESSIONS_PER_PRINCIPAL` ([`crate::owners`]).
+    pub owners: crate::owners::Index,
     /// The MCP tasks this worker runs, over [`crate::tasks::KvTaskStore`].
     pub tasks: tools::tasks::Tasks,
     /// Whether heartbeats allow serving the shards now ([`crate::liveness`]).
@@ -83,8 +83,6 @@ pub struct Shared {
     pub session_ttl: Duration,
     /// [`subjects::RESPONSE_BUCKET`] when request records are on ([`crate::records`]).
     pub responses: Option<async_nats::jetstream::kv::Store>,
-    /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL`.
-    pub max_sessions_per_principal: usize,
     /// `WORKER_MAX_RECORD_BYTES`.
     pub max_record_bytes: usize,
     /// [`subjects::USER_BUCKET`]: per-user state ([`crate::users`]).

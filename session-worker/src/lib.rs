@@ -246,6 +246,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
             }
         }
     });
+    let owners = owners::Index::new(owners, sessions.clone(), config.max_sessions_per_principal);
     let shared = Arc::new(Shared {
         nats: nats.clone(),
         js: js.clone(),
@@ -258,7 +259,6 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         vault: Arc::new(vault::VaultClient::new(nats.clone())),
         toolbox,
         owners,
-        max_sessions_per_principal: config.max_sessions_per_principal,
         max_record_bytes: config.max_record_bytes,
         tasks: task_runtime,
         fence: fence.clone(),

@@ -307,7 +307,7 @@ impl Router {
                 if let Err(err) = self.shared.sessions.delete(subjects::token(id)).await {
                     warn!(session_id = %id, error = %err, "cannot delete session record");
                 }
-                crate::owners::release(&self.shared.owners, &principal.binding(), id).await;
+                self.shared.owners.release(&principal.binding(), id).await;
                 self.shared.registry.remove(id);
                 handle.close();
                 Ack::Accepted
@@ -325,16 +325,8 @@ impl Router {
     /// `WORKER_MAX_SESSIONS_PER_PRINCIPAL` sessions.
     async fn create_record(&self, id: &str, record: &SessionRecord) -> Result<u64, Ack> {
         let bytes = self.encode_record(id, record)?;
-        match crate::owners::admit(
-            &self.shared.owners,
-            &self.shared.sessions,
-            &record.owner,
-            id,
-            self.shared.max_sessions_per_principal,
-        )
-        .await
-        {
-            Ok(()) => {}
+        let admitted = match self.shared.owners.admit(&record.owner, id).await {
+            Ok(admitted) => admitted,
             Err(crate::owners::AdmitError::Full(max)) => {
                 warn!(session_id = %id, iss = %record.principal.iss, sub = %record.principal.sub, max, "session refused: principal at its session limit");
                 return Err(rejected(
@@ -345,14 +337,15 @@ impl Router {
             Err(crate::owners::AdmitError::Unavailable) => {
                 return Err(rejected(INTERNAL_ERROR, "session store unavailable, retry"));
             }
-        }
+        };
         let created = self.shared.sessions.create(subjects::token(id), bytes.into()).await;
+        drop(admitted);
         // Not stored: stop counting it (an id that exists keeps its own entry).
         if created
             .as_ref()
             .is_err_and(|e| e.kind() != kv::CreateErrorKind::AlreadyExists)
         {
-            crate::owners::release(&self.shared.owners, &record.owner, id).await;
+            self.shared.owners.release(&record.owner, id).await;
         }
         match created {
             Ok(rev) => Ok(rev),
@@ -457,7 +450,7 @@ impl Router {
             .delete_expect_revision(subjects::token(id), Some(entry.revision))
             .await;
         if deleted.is_ok() {
-            crate::owners::release(&self.shared.owners, &principal.binding(), id).await;
+            self.shared.owners.release(&principal.binding(), id).await;
         }
         deleted.is_ok()
     }

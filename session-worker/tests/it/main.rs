@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use testkit::{NatsServer, eventually};
 
 mod liveness;
+mod principals;
 mod records;
 mod takeover;
 mod tasks;
