@@ -112,6 +112,21 @@ pub async fn bucket(
     }
 }
 
+/// Remove every message of `key` from its bucket's stream, leaving no tombstone
+/// (a KV delete or purge leaves a marker that lives as long as the bucket's max
+/// age: a day for session records, one per closed session). Reads then find
+/// nothing, `create` succeeds, and an `update` at an older revision fails, as
+/// after a delete.
+pub async fn erase(store: &kv::Store, key: &str) -> Result<(), String> {
+    store
+        .stream
+        .purge()
+        .filter(format!("{}{key}", store.prefix))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 impl Leases {
     /// Open (creating them if missing) the lease and worker buckets: (leases, workers).
     /// They are memory-backed, so a restarted nats-server has neither until a

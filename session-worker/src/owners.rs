@@ -263,10 +263,14 @@ impl Index {
                 return;
             }
         };
-        // Only the release that removes the entry counts down.
+        // Only the release that removes the entry counts down; then its purge
+        // marker goes too (one per closed session would live a day).
         if let Err(err) = inner.owners.purge_expect_revision(&key, Some(entry.revision)).await {
             debug!(error = %err, "closed session's index entry already removed");
             return;
+        }
+        if let Err(err) = crate::leases::erase(&inner.owners, &key).await {
+            debug!(error = %err, "closed session's index marker left (it expires)");
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(&principal, |local| local.closes.push(tx));

@@ -304,7 +304,7 @@ impl Router {
                 }
                 // Delete the record first: messages of this shard are handled
                 // in order, so none that follows can bring the session back.
-                if let Err(err) = self.shared.sessions.delete(subjects::token(id)).await {
+                if let Err(err) = crate::leases::erase(&self.shared.sessions, &subjects::token(id)).await {
                     warn!(session_id = %id, error = %err, "cannot delete session record");
                 }
                 self.shared.owners.release(&principal.binding(), id).await;

@@ -163,3 +163,37 @@ async fn counting_an_open_lists_nothing_until_the_limit() -> anyhow::Result<()> 
     worker.shutdown().await;
     Ok(())
 }
+
+#[actix_rt::test]
+async fn a_closed_session_leaves_nothing_in_the_stores() -> anyhow::Result<()> {
+    // Tombstones of closed sessions would pile up for the buckets' max age (a day):
+    // at a few sessions a second, millions of markers in nats-server's memory.
+    let nats = NatsServer::start()?;
+    let worker = session_worker::start(config(&nats)).await?;
+    let client = Client::new(&nats).await?;
+    let acks = open_at_once(&client, 1, "gone").await?;
+    assert_eq!(acks, vec![Ack::Accepted]);
+    let id = format!("gone{:0>28}", 0);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url.as_str()).await?);
+    let subjects_of = async |bucket: &str| -> anyhow::Result<usize> {
+        let mut stream = js.get_stream(format!("KV_{bucket}")).await?;
+        let info = stream.info_with_subjects(format!("$KV.{bucket}.>")).await?;
+        Ok(info.count().await)
+    };
+    // Its record, its place in the principal's index and the principal's count.
+    assert_eq!(subjects_of(subjects::SESSION_BUCKET).await?, 1);
+    assert_eq!(subjects_of(subjects::PRINCIPAL_SESSIONS_BUCKET).await?, 2);
+    assert_eq!(close(&client, &id).await?, Ack::Accepted);
+    assert_eq!(
+        subjects_of(subjects::SESSION_BUCKET).await?,
+        0,
+        "session record or its tombstone left"
+    );
+    assert_eq!(
+        subjects_of(subjects::PRINCIPAL_SESSIONS_BUCKET).await?,
+        1,
+        "index entry or its tombstone left (only the count stays)"
+    );
+    worker.shutdown().await;
+    Ok(())
+}
