@@ -176,7 +176,7 @@ async fn a_closed_session_leaves_nothing_in_the_stores() -> anyhow::Result<()> {
     let id = format!("gone{:0>28}", 0);
     let js = async_nats::jetstream::new(async_nats::connect(nats.url.as_str()).await?);
     let subjects_of = async |bucket: &str| -> anyhow::Result<usize> {
-        let mut stream = js.get_stream(format!("KV_{bucket}")).await?;
+        let stream = js.get_stream(format!("KV_{bucket}")).await?;
         let info = stream.info_with_subjects(format!("$KV.{bucket}.>")).await?;
         Ok(info.count().await)
     };
