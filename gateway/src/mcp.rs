@@ -42,7 +42,10 @@ pub use proto::mcp::{
 /// Longest session id accepted (ours are 32 hex digits).
 const MAX_SESSION_ID: usize = 128;
 
-/// Shared by every handler.
+/// What the handlers of one HTTP worker thread share. Every field but `relay`
+/// is shared by all of them (cheap clones of the same limits, caches and
+/// metrics); `relay` is the thread's own NATS connection (see [`crate::run`]).
+#[derive(Clone)]
 pub struct AppState {
     pub relay: Arc<Relay>,
     pub validator: Validator,
