@@ -105,13 +105,39 @@ struct Local {
     /// Whether a task is writing the count: it takes the next batch when done.
     writing: bool,
     cached: Cached,
+    /// Entries of opens here that are not counted (being written, queued, or
+    /// refused and being withdrawn): a recount must not count them.
+    pending: HashSet<String>,
     /// Entries counted whose session record is not written yet.
     unstored: HashSet<String>,
 }
 
 impl Local {
     fn idle(&self) -> bool {
-        !self.writing && self.opens.is_empty() && self.closes.is_empty() && self.unstored.is_empty()
+        !self.writing
+            && self.opens.is_empty()
+            && self.closes.is_empty()
+            && self.pending.is_empty()
+            && self.unstored.is_empty()
+    }
+}
+
+/// An open's entry while it is not counted; dropping it forgets the entry.
+struct Pending {
+    inner: Arc<Inner>,
+    principal: String,
+    key: String,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut principals = self.inner.lock();
+        if let Some(local) = principals.get_mut(&self.principal) {
+            local.pending.remove(&self.key);
+            if local.idle() {
+                principals.remove(&self.principal);
+            }
+        }
     }
 }
 
@@ -219,6 +245,17 @@ impl Index {
         }
         let principal = principal_key(binding);
         let mine = entry_key(&principal, session);
+        inner
+            .lock()
+            .entry(principal.clone())
+            .or_default()
+            .pending
+            .insert(mine.clone());
+        let _pending = Pending {
+            inner: Arc::clone(inner),
+            principal: principal.clone(),
+            key: mine.clone(),
+        };
         match inner.owners.create(&mine, bytes::Bytes::new()).await {
             Ok(_) => {}
             // A retried open: counted with its entry.
@@ -327,18 +364,32 @@ impl Inner {
                 let mut principals = self.lock();
                 if let Some(local) = principals.get_mut(principal) {
                     local.cached = cached;
-                    local
-                        .unstored
-                        .extend(keys[..outcome.admitted].iter().map(|k| (*k).to_owned()));
+                    for key in &keys[..outcome.admitted] {
+                        local.pending.remove(*key);
+                        local.unstored.insert((*key).to_owned());
+                    }
                 }
             }
-            for (n, (_, answer)) in opens.into_iter().enumerate() {
+            let mut abandoned = Vec::new();
+            for (n, (key, answer)) in opens.into_iter().enumerate() {
                 let result = match &outcome.error {
                     _ if n < outcome.admitted => Ok(()),
                     Some(AdmitError::Unavailable) => Err(AdmitError::Unavailable),
                     _ => Err(AdmitError::Full(self.max)),
                 };
-                let _ = answer.send(result);
+                // Counted for an open whose caller is gone: it will never store its
+                // record (the entry is removed by a recount once old).
+                if answer.send(result).is_err() && n < outcome.admitted {
+                    abandoned.push(key);
+                }
+            }
+            if !abandoned.is_empty() {
+                let mut principals = self.lock();
+                if let Some(local) = principals.get_mut(principal) {
+                    for key in &abandoned {
+                        local.unstored.remove(key);
+                    }
+                }
             }
             for done in closes {
                 let _ = done.send(());
@@ -441,21 +492,21 @@ impl Inner {
     }
 
     /// How many of the principal's sessions exist besides `opens` (those being
-    /// counted) and the opens queued behind them here: entries with a session
+    /// counted) and the other opens here not counted yet: entries with a session
     /// record, or counted here and not stored yet, or younger than the minimum age
     /// (an open under way on another worker, counted or not: counted, so the limit
     /// holds; at worst a place stays taken until the next recount). An entry
     /// older than that without a record died before storing it: removed.
     async fn recount(&self, principal: &str, opens: &[&str], unstored: &HashSet<String>) -> Result<usize, AdmitError> {
         let entries = self.list(principal).await?;
-        let queued: HashSet<String> = self
+        let pending: HashSet<String> = self
             .lock()
             .get(principal)
-            .map(|local| local.opens.iter().map(|(key, _)| key.clone()).collect())
+            .map(|local| local.pending.clone())
             .unwrap_or_default();
         let checks = entries
             .into_iter()
-            .filter(|(key, _)| !opens.contains(&key.as_str()) && !queued.contains(key))
+            .filter(|(key, _)| !opens.contains(&key.as_str()) && !pending.contains(key))
             .map(|(key, created)| async move {
                 if unstored.contains(&key) {
                     return true;
