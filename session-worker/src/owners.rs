@@ -337,7 +337,7 @@ impl Inner {
     /// until the queue is empty.
     async fn write_batches(&self, principal: &str) {
         loop {
-            let (opens, closes, mut cached, unstored) = {
+            let (opens, closes, mut cached) = {
                 let mut principals = self.lock();
                 let Some(local) = principals.get_mut(principal) else {
                     return;
@@ -353,13 +353,10 @@ impl Inner {
                     std::mem::take(&mut local.opens),
                     std::mem::take(&mut local.closes),
                     local.cached.take(),
-                    local.unstored.clone(),
                 )
             };
             let keys: Vec<&str> = opens.iter().map(|(key, _)| key.as_str()).collect();
-            let outcome = self
-                .write_count(principal, &keys, closes.len(), &unstored, &mut cached)
-                .await;
+            let outcome = self.write_count(principal, &keys, closes.len(), &mut cached).await;
             {
                 let mut principals = self.lock();
                 if let Some(local) = principals.get_mut(principal) {
@@ -399,14 +396,7 @@ impl Inner {
 
     /// One compare-and-set write of the count: `closes` fewer sessions, and as many
     /// of `opens` (in order) as fit, after a recount when they do not all fit.
-    async fn write_count(
-        &self,
-        principal: &str,
-        opens: &[&str],
-        closes: usize,
-        unstored: &HashSet<String>,
-        cached: &mut Cached,
-    ) -> Outcome {
+    async fn write_count(&self, principal: &str, opens: &[&str], closes: usize, cached: &mut Cached) -> Outcome {
         let unavailable = Outcome {
             admitted: 0,
             error: Some(AdmitError::Unavailable),
@@ -427,7 +417,7 @@ impl Inner {
                     continue;
                 }
                 if now_ms().saturating_sub(count.recounted_ms) >= millis(self.recount_every) {
-                    let Ok(live) = self.recount(principal, opens, unstored).await else {
+                    let Ok(live) = self.recount(principal).await else {
                         return unavailable;
                     };
                     next = Count {
@@ -491,22 +481,23 @@ impl Inner {
         }
     }
 
-    /// How many of the principal's sessions exist besides `opens` (those being
-    /// counted) and the other opens here not counted yet: entries with a session
+    /// How many of the principal's sessions exist, besides the opens here not
+    /// counted yet (the batch being written among them): entries with a session
     /// record, or counted here and not stored yet, or younger than the minimum age
     /// (an open under way on another worker, counted or not: counted, so the limit
     /// holds; at worst a place stays taken until the next recount). An entry
     /// older than that without a record died before storing it: removed.
-    async fn recount(&self, principal: &str, opens: &[&str], unstored: &HashSet<String>) -> Result<usize, AdmitError> {
+    async fn recount(&self, principal: &str) -> Result<usize, AdmitError> {
         let entries = self.list(principal).await?;
-        let pending: HashSet<String> = self
+        let (pending, unstored) = self
             .lock()
             .get(principal)
-            .map(|local| local.pending.clone())
+            .map(|local| (local.pending.clone(), local.unstored.clone()))
             .unwrap_or_default();
+        let (pending, unstored) = (&pending, &unstored);
         let checks = entries
             .into_iter()
-            .filter(|(key, _)| !opens.contains(&key.as_str()) && !pending.contains(key))
+            .filter(|(key, _)| !pending.contains(key))
             .map(|(key, created)| async move {
                 if unstored.contains(&key) {
                     return true;
