@@ -171,7 +171,7 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// Start an actor for a new session (from `initialize`) or a stored one.
     pub fn start(
-        arbiter: &actix::ArbiterHandle,
+        lane: &crate::router::Lane,
         shared: Arc<Shared>,
         id: String,
         record: SessionRecord,
@@ -190,7 +190,9 @@ impl SessionHandle {
                 tools::SessionState::default()
             }
         };
-        let addr = SessionActor::start_in_arbiter(arbiter, move |_ctx| SessionActor {
+        let bus = lane.nats.clone();
+        let addr = SessionActor::start_in_arbiter(&lane.arbiter, move |_ctx| SessionActor {
+            bus,
             state: Arc::new(state),
             saved_version: 0,
             stateful: None,
@@ -425,6 +427,9 @@ impl ToBytes for proto::Ack {
 }
 
 pub struct SessionActor {
+    /// The connection of this actor's lane: what the actor sends goes out on it,
+    /// in order with the acknowledgements of its shard ([`crate::router::Lane`]).
+    bus: async_nats::Client,
     id: String,
     generation: u64,
     record: SessionRecord,
@@ -491,6 +496,7 @@ impl Actor for SessionActor {
         };
         self.publisher = Some(spawn_publisher(
             self.shared.clone(),
+            self.bus.clone(),
             self.id.clone(),
             revision,
             ctx.address(),
@@ -774,7 +780,7 @@ impl SessionActor {
                 return;
             }
         };
-        let Some(payload) = fit_bus(&self.shared.nats, &self.id, &message, payload) else {
+        let Some(payload) = fit_bus(&self.bus, &self.id, &message, payload) else {
             return;
         };
         let mut record = None;
@@ -1142,18 +1148,24 @@ async fn store_event(shared: &Shared, session: &str, stream: &str, out: &Outboun
 
 /// Send `out` to the gateway: on the acknowledgement still owed (`ack`), else to
 /// the request's reply `subject`.
-async fn deliver(shared: &Shared, session: &str, out: Outbound, subject: String, ack: Option<String>) {
+async fn deliver(
+    shared: &Shared,
+    bus: &async_nats::Client,
+    session: &str,
+    out: Outbound,
+    subject: String,
+    ack: Option<String>,
+) {
     let sent = match ack {
         Some(reply) => match proto::Ack::First(out).to_bytes() {
-            Ok(b) => shared
-                .nats
+            Ok(b) => bus
                 .publish_with_headers(reply, shared.ack_headers(), b.into())
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
         None => match out.to_bytes() {
-            Ok(b) => shared.nats.publish(subject, b.into()).await.map_err(|e| e.to_string()),
+            Ok(b) => bus.publish(subject, b.into()).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
     };
@@ -1168,6 +1180,7 @@ async fn deliver(shared: &Shared, session: &str, out: Outbound, subject: String,
 /// between is never overwritten.
 fn spawn_publisher(
     shared: Arc<Shared>,
+    bus: async_nats::Client,
     id: String,
     mut revision: Option<u64>,
     actor: actix::Addr<SessionActor>,
@@ -1179,7 +1192,7 @@ fn spawn_publisher(
             while let Some(op) = next.take() {
                 match op {
                     PubOp::Publish { subject, payload } => {
-                        if let Err(err) = shared.nats.publish(subject, payload.into()).await {
+                        if let Err(err) = bus.publish(subject, payload.into()).await {
                             warn!(session_id = %id, error = %err, "publish failed");
                         }
                     }
@@ -1197,7 +1210,7 @@ fn spawn_publisher(
                         if let Some(stream) = stream {
                             out.event = store_event(&shared, &id, &stream, &out).await;
                         }
-                        deliver(&shared, &id, out, subject, ack).await;
+                        deliver(&shared, &bus, &id, out, subject, ack).await;
                     }
                     PubOp::Stream {
                         stream,
@@ -1206,11 +1219,10 @@ fn spawn_publisher(
                         ack,
                     } => {
                         out.event = store_event(&shared, &id, &stream, &out).await;
-                        deliver(&shared, &id, out, subject, ack).await;
+                        deliver(&shared, &bus, &id, out, subject, ack).await;
                     }
                     PubOp::Ack { subject, payload } => {
-                        if let Err(err) = shared
-                            .nats
+                        if let Err(err) = bus
                             .publish_with_headers(subject, shared.ack_headers(), payload.into())
                             .await
                         {

@@ -224,6 +224,27 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         config.arbiters
     };
     let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
+    // Each actor thread gets a NATS connection of its own, made on that thread so
+    // the connection's task runs there too (see `router::Lane`).
+    let mut lanes = Vec::with_capacity(arbiters.len());
+    for (n, arbiter) in arbiters.iter().enumerate() {
+        let options = nats_metrics
+            .follow(async_nats::ConnectOptions::new())
+            .name(format!("session-worker {worker_id} lane-{n}"));
+        let url = config.nats_url.clone();
+        let (tx, rx) = oneshot::channel();
+        arbiter.spawn(async move {
+            let _ = tx.send(options.connect(proto::nats::servers(&url)).await);
+        });
+        let nats = rx
+            .await
+            .context("an actor thread stopped while starting")?
+            .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+        lanes.push(router::Lane {
+            arbiter: arbiter.handle(),
+            nats,
+        });
+    }
     let listen = tools::ListenHub::default();
     let publisher = nats.clone();
     listen.set_broadcast(Arc::new(move |what: tools::ListChanged| {
@@ -271,10 +292,10 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
     });
     let router = Router::new(
         shared.clone(),
-        arbiters.iter().map(|a| a.handle()).collect(),
+        lanes,
         Duration::from_secs(config.stateless_timeout_secs),
         config.max_stateless_inflight,
-    );
+    )?;
 
     let mut stateless_sub = nats
         .queue_subscribe(proto::subjects::STATELESS, proto::subjects::STATELESS_QUEUE.into())
@@ -308,6 +329,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
     let owned = leases.tick().await?;
     subs.apply(&owned).await?;
     nats.flush().await?;
+    subs.flush().await;
     metrics.owned_shards.set(subs.owned() as i64);
     ready.store(!owned.is_empty(), Ordering::Relaxed);
     info!(%worker_id, %admin_addr, shards = owned.len(), "session worker started");
@@ -358,7 +380,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                         if let Err(err) = subs.apply(&leases.owned()).await {
                             warn!(error = %err, "cannot subscribe to shards");
                         }
-                        let _ = shared.nats.flush().await;
+                        subs.flush().await;
                     } else {
                         subs.clear().await;
                     }
@@ -380,7 +402,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                         if let Err(err) = subs.apply(&leases.owned()).await {
                             warn!(error = %err, "cannot subscribe to shards");
                         }
-                        let _ = shared.nats.flush().await;
+                        subs.flush().await;
                         metrics.owned_shards.set(subs.owned() as i64);
                         ready.store(subs.owned() > 0, Ordering::Relaxed);
                     }
@@ -395,7 +417,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                             } else if let Err(err) = subs.apply(&owned).await {
                                 warn!(error = %err, "cannot subscribe to shards");
                             }
-                            let _ = shared.nats.flush().await;
+                            subs.flush().await;
                             // Unsubscribed first, so the next owner never shares a shard with us.
                             leases.finish_release().await;
                             metrics.owned_shards.set(subs.owned() as i64);
@@ -417,7 +439,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
                             } else if let Err(err) = subs.apply(&leases.owned()).await {
                                 warn!(error = %err, "cannot subscribe to shards");
                             }
-                            let _ = shared.nats.flush().await;
+                            subs.flush().await;
                             metrics.owned_shards.set(subs.owned() as i64);
                             ready.store(subs.owned() > 0, Ordering::Relaxed);
                             // A nats-server restarted without its memory buckets: create
@@ -464,6 +486,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         drop(live_rx);
         let _ = tokio::time::timeout(Duration::from_secs(2), leases.leave()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.nats.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), subs.flush()).await;
         admin_handle.stop(true).await;
         let _ = admin_task.await;
         for arbiter in arbiters {

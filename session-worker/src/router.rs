@@ -4,18 +4,21 @@
 //! Messages of one shard are handled in order by one task, so the messages of a
 //! session reach its actor in the order the gateway sent them. Every envelope
 //! gets an immediate [`Ack`]; answers follow on the route the envelope names.
+//!
+//! Shards are spread over [`Lane`]s: an actor thread with a NATS connection of its
+//! own. A shard's subscription is made on its lane's connection and handled on its
+//! lane's thread, where the actors of its sessions live and publish: a call stays on
+//! one thread from the message that brings it to the answer that leaves.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use proto::{Ack, Body, ENVELOPE_VERSION, Envelope, Outbound, Route, SessionRecord, shard, subjects};
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -23,10 +26,17 @@ use crate::actor::{SessionHandle, Shared, Start};
 
 use proto::mcp::{HEADER_MISMATCH, INTERNAL_ERROR, INVALID_REQUEST, OVERLOADED, PARSE_ERROR, SESSION_LIMIT};
 
+/// An actor thread and its own NATS connection (see the module's documentation).
+#[derive(Clone)]
+pub struct Lane {
+    pub arbiter: actix::ArbiterHandle,
+    pub nats: async_nats::Client,
+}
+
 pub struct Router {
     shared: Arc<Shared>,
-    arbiters: Vec<actix::ArbiterHandle>,
-    next_arbiter: AtomicUsize,
+    /// Never empty.
+    lanes: Vec<Lane>,
     stateless_timeout: std::time::Duration,
     stateless_slots: Arc<Semaphore>,
 }
@@ -34,26 +44,53 @@ pub struct Router {
 impl Router {
     pub fn new(
         shared: Arc<Shared>,
-        arbiters: Vec<actix::ArbiterHandle>,
+        lanes: Vec<Lane>,
         stateless_timeout: std::time::Duration,
         max_stateless_inflight: usize,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> anyhow::Result<Arc<Self>> {
+        anyhow::ensure!(!lanes.is_empty(), "a worker needs at least one actor thread");
+        Ok(Arc::new(Self {
             shared,
-            arbiters,
-            next_arbiter: AtomicUsize::new(0),
+            lanes,
             stateless_timeout,
             stateless_slots: Arc::new(Semaphore::new(max_stateless_inflight)),
-        })
+        }))
     }
 
-    fn arbiter(&self) -> &actix::ArbiterHandle {
-        let i = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len().max(1);
-        &self.arbiters[i]
+    /// The lane of shard `n`.
+    fn lane_of(&self, n: u16) -> &Lane {
+        &self.lanes[usize::from(n) % self.lanes.len()]
     }
 
-    /// Handle one message from a shard subject.
-    pub async fn handle_actor_message(self: &Arc<Self>, msg: async_nats::Message) {
+    /// The lane of a session: its shard's.
+    fn lane(&self, session: &str) -> &Lane {
+        self.lane_of(shard(session))
+    }
+
+    /// Wait until the server has handled what every lane's connection sent before
+    /// (its subscriptions and unsubscriptions): a request nobody answers, on each
+    /// connection, comes back as "no responders" only after the server processed
+    /// everything that connection sent ahead of it. (`Client::flush` only writes
+    /// to the socket.) Bounded by [`LANE_ROUND_TRIP`].
+    pub async fn flush(&self) {
+        let lanes = self.lanes.iter().map(|l| async move {
+            let subject = l.nats.new_inbox();
+            tokio::time::timeout(LANE_ROUND_TRIP, l.nats.request(subject, bytes::Bytes::new())).await
+        });
+        for result in futures::future::join_all(lanes).await {
+            match result {
+                Err(_) => debug!("lane round trip timed out"),
+                Ok(Err(err)) if err.kind() != async_nats::RequestErrorKind::NoResponders => {
+                    debug!(error = %err, "lane round trip failed")
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Handle one message from a shard subject, on that shard's lane (`bus`: its
+    /// connection, which acknowledges).
+    pub async fn handle_actor_message(self: &Arc<Self>, msg: async_nats::Message, bus: &async_nats::Client) {
         // Fenced (heartbeats failing, or stalled past them): another worker may own
         // this shard by now. Unanswered, the gateway's request goes to whoever
         // answers, or times out; answering could run a request twice.
@@ -101,7 +138,7 @@ impl Router {
         self.shared.metrics.envelopes.with_label_values(&[kind, outcome]).inc();
         // `None`: the actor acknowledges, with the first answer when it is quick.
         if let Some(ack) = ack {
-            respond(&self.shared, reply, &ack).await;
+            respond_on(bus, &self.shared, reply, &ack).await;
         }
     }
 
@@ -164,7 +201,7 @@ impl Router {
                     }
                 };
                 let handle = SessionHandle::start(
-                    self.arbiter(),
+                    self.lane(&env.key),
                     self.shared.clone(),
                     env.key.clone(),
                     record,
@@ -485,7 +522,7 @@ impl Router {
             return None;
         }
         let handle = SessionHandle::start(
-            self.arbiter(),
+            self.lane(id),
             self.shared.clone(),
             id.to_owned(),
             record,
@@ -670,10 +707,15 @@ fn rejected(code: i64, message: &str) -> Ack {
 /// Acknowledge an envelope, naming this worker ([`subjects::WORKER_HEADER`]) so the
 /// gateway notices if it dies before answering.
 pub(crate) async fn respond(shared: &Shared, reply: async_nats::Subject, ack: &Ack) {
+    respond_on(&shared.nats, shared, reply, ack).await
+}
+
+/// [`respond`] on a given connection: a lane's, where the session's actor
+/// publishes what follows the acknowledgement (one connection keeps their order).
+async fn respond_on(nats: &async_nats::Client, shared: &Shared, reply: async_nats::Subject, ack: &Ack) {
     match ack.to_bytes() {
         Ok(bytes) => {
-            if let Err(err) = shared
-                .nats
+            if let Err(err) = nats
                 .publish_with_headers(reply, shared.ack_headers(), bytes.into())
                 .await
             {
@@ -694,8 +736,12 @@ fn now_secs() -> u64 {
 /// The shard subscriptions of this worker, following the leases it holds.
 pub struct Subscriptions {
     router: Arc<Router>,
-    tasks: HashMap<u16, (JoinHandle<()>, CancellationToken)>,
+    /// Per shard: a receiver told when its task ended, and what stops it.
+    tasks: HashMap<u16, (oneshot::Receiver<()>, CancellationToken)>,
 }
+
+/// Longest wait for the server to confirm a lane's subscriptions ([`Router::flush`]).
+const LANE_ROUND_TRIP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Longest wait for a released shard's buffered messages to be handled.
 const SHARD_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
@@ -740,17 +786,22 @@ impl Subscriptions {
             if self.tasks.contains_key(n) {
                 continue;
             }
-            let mut sub = self.router.shared.nats.subscribe(subjects::shard_filter(*n)).await?;
+            let lane = self.router.lane_of(*n).clone();
+            let mut sub = lane.nats.subscribe(subjects::shard_filter(*n)).await?;
             let router = self.router.clone();
             let stop = CancellationToken::new();
             let stopped = stop.clone();
-            let task = tokio::spawn(async move {
+            let (done, ended) = oneshot::channel();
+            let bus = lane.nats;
+            let spawned = lane.arbiter.spawn(async move {
+                // Told when this future ends or is dropped (its thread stopping).
+                let _done = done;
                 loop {
                     tokio::select! {
                         biased;
                         _ = stopped.cancelled() => break,
                         msg = sub.next() => match msg {
-                            Some(msg) => router.handle_actor_message(msg).await,
+                            Some(msg) => router.handle_actor_message(msg, &bus).await,
                             None => return,
                         },
                     }
@@ -764,17 +815,26 @@ impl Subscriptions {
                 // lost at a release; closing that is the shard handover of issue 10.
                 if sub.drain().await.is_ok() {
                     while let Some(msg) = sub.next().await {
-                        router.handle_actor_message(msg).await;
+                        router.handle_actor_message(msg, &bus).await;
                     }
                 }
             });
-            self.tasks.insert(*n, (task, stop));
+            if !spawned {
+                warn!(shard = n, "actor thread stopped: shard not served");
+                continue;
+            }
+            self.tasks.insert(*n, (ended, stop));
         }
         Ok(())
     }
 
     pub fn owned(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Wait until the server has seen the subscriptions made and ended so far.
+    pub async fn flush(&self) {
+        self.router.flush().await;
     }
 
     /// Stop every subscription, handling what was already delivered (drain), and
