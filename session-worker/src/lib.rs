@@ -297,15 +297,8 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         config.max_stateless_inflight,
     )?;
 
-    let mut stateless_sub = nats
-        .queue_subscribe(proto::subjects::STATELESS, proto::subjects::STATELESS_QUEUE.into())
-        .await?;
-    let stateless_router = router.clone();
-    let stateless_task = tokio::spawn(async move {
-        while let Some(msg) = stateless_sub.next().await {
-            stateless_router.handle_stateless_message(msg).await;
-        }
-    });
+    let stateless_stop = tokio_util::sync::CancellationToken::new();
+    router.serve_stateless(stateless_stop.clone()).await?;
 
     let ready = Arc::new(AtomicBool::new(false));
     let probe_ready = ready.clone();
@@ -466,7 +459,7 @@ pub async fn start(config: Config) -> anyhow::Result<Worker> {
         }
         info!(worker_id = %id, "draining");
         ready.store(false, Ordering::Relaxed);
-        stateless_task.abort();
+        stateless_stop.cancel();
         changes_task.abort();
         // Heartbeats go on until the in-flight requests are answered (below).
         subs.clear().await;

@@ -57,6 +57,34 @@ impl Router {
         }))
     }
 
+    /// Join the stateless queue group on every lane: each lane's connection is a
+    /// member, its requests served on its thread. Ends the subscriptions when
+    /// `stop` is cancelled.
+    pub async fn serve_stateless(self: &Arc<Self>, stop: CancellationToken) -> Result<(), async_nats::SubscribeError> {
+        for lane in &self.lanes {
+            let mut sub = lane
+                .nats
+                .queue_subscribe(subjects::STATELESS, subjects::STATELESS_QUEUE.into())
+                .await?;
+            let router = self.clone();
+            let bus = lane.nats.clone();
+            let stop = stop.clone();
+            lane.arbiter.spawn(async move {
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        msg = sub.next() => match msg {
+                            Some(msg) => router.handle_stateless_message(msg, &bus).await,
+                            None => break,
+                        },
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// The lane of shard `n`.
     fn lane_of(&self, n: u16) -> &Lane {
         &self.lanes[usize::from(n) % self.lanes.len()]
@@ -534,8 +562,9 @@ impl Router {
         Some(handle)
     }
 
-    /// Handle one message from the stateless queue group.
-    pub async fn handle_stateless_message(self: &Arc<Self>, msg: async_nats::Message) {
+    /// Handle one message from the stateless queue group, on a lane (`bus`: its
+    /// connection, where the request arrived and its answers leave).
+    pub async fn handle_stateless_message(self: &Arc<Self>, msg: async_nats::Message, bus: &async_nats::Client) {
         let Some(reply) = msg.reply.clone() else {
             return;
         };
@@ -543,12 +572,13 @@ impl Router {
             Ok(env) => env,
             Err(err) => {
                 warn!(error = %err, "undecodable stateless envelope");
-                respond(&self.shared, reply, &rejected(INVALID_REQUEST, &err.to_string())).await;
+                respond_on(bus, &self.shared, reply, &rejected(INVALID_REQUEST, &err.to_string())).await;
                 return;
             }
         };
         let Body::Stateless { message, route } = env.body else {
-            respond(
+            respond_on(
+                bus,
                 &self.shared,
                 reply,
                 &rejected(INVALID_REQUEST, "expected a stateless request"),
@@ -559,12 +589,18 @@ impl Router {
         let message = match parse(&message) {
             Ok(m) => m,
             Err(ack) => {
-                respond(&self.shared, reply, &ack).await;
+                respond_on(bus, &self.shared, reply, &ack).await;
                 return;
             }
         };
         if let Err(mismatch) = self.check_param_headers(&env.principal, &env.headers, &message) {
-            respond(&self.shared, reply, &rejected(HEADER_MISMATCH, &mismatch.to_string())).await;
+            respond_on(
+                bus,
+                &self.shared,
+                reply,
+                &rejected(HEADER_MISMATCH, &mismatch.to_string()),
+            )
+            .await;
             return;
         }
         let Ok(permit) = self.stateless_slots.clone().try_acquire_owned() else {
@@ -574,7 +610,7 @@ impl Router {
                 .with_label_values(&["stateless", "shed"])
                 .inc();
             debug!("stateless request shed: WORKER_MAX_STATELESS_INFLIGHT in flight");
-            respond(&self.shared, reply, &rejected(OVERLOADED, "worker is at capacity")).await;
+            respond_on(bus, &self.shared, reply, &rejected(OVERLOADED, "worker is at capacity")).await;
             return;
         };
         self.shared
@@ -597,9 +633,11 @@ impl Router {
         }
         let shared = self.shared.clone();
         let timeout = self.stateless_timeout;
+        let bus = bus.clone();
+        // On this lane's thread.
         tokio::spawn(
             async move {
-                crate::stateless::serve(shared, env.principal, message, route, timeout, reply).await;
+                crate::stateless::serve(shared, bus, env.principal, message, route, timeout, reply).await;
                 drop(permit);
             }
             .instrument(span),
@@ -712,7 +750,7 @@ pub(crate) async fn respond(shared: &Shared, reply: async_nats::Subject, ack: &A
 
 /// [`respond`] on a given connection: a lane's, where the session's actor
 /// publishes what follows the acknowledgement (one connection keeps their order).
-async fn respond_on(nats: &async_nats::Client, shared: &Shared, reply: async_nats::Subject, ack: &Ack) {
+pub(crate) async fn respond_on(nats: &async_nats::Client, shared: &Shared, reply: async_nats::Subject, ack: &Ack) {
     match ack.to_bytes() {
         Ok(bytes) => {
             if let Err(err) = nats

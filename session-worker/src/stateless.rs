@@ -18,12 +18,13 @@ use tracing::warn;
 
 use crate::actor::{ACK_DELAY, Shared};
 use crate::metrics::GaugeGuard;
-use crate::router::respond;
+use crate::router::respond_on;
 use crate::transport::{ChannelTransport, Outlet};
 
 /// Serve one stateless request; returns when its final message is published.
 pub async fn serve(
     shared: Arc<Shared>,
+    bus: async_nats::Client,
     principal: Principal,
     message: ClientJsonRpcMessage,
     route: Route,
@@ -35,7 +36,7 @@ pub async fn serve(
     let ClientJsonRpcMessage::Request(request) = &message else {
         // Notifications and responses have nothing to answer without a session.
         if let Some(reply) = ack_to.take() {
-            respond(&shared, reply, &Ack::Accepted).await;
+            respond_on(&bus, &shared, reply, &Ack::Accepted).await;
         }
         return;
     };
@@ -66,7 +67,7 @@ pub async fn serve(
     if in_tx.send(message).is_err() {
         ct.cancel();
         if let Some(reply) = ack_to.take() {
-            respond(&shared, reply, &Ack::First(Outbound::aborted(1))).await;
+            respond_on(&bus, &shared, reply, &Ack::First(Outbound::aborted(1))).await;
         }
         return;
     }
@@ -85,7 +86,7 @@ pub async fn serve(
             m = out_rx.recv() => m,
             _ = &mut ack_wait, if ack_to.is_some() => {
                 if let Some(reply) = ack_to.take() {
-                    respond(&shared, reply, &Ack::Accepted).await;
+                    respond_on(&bus, &shared, reply, &Ack::Accepted).await;
                 }
                 continue;
             }
@@ -97,10 +98,10 @@ pub async fn serve(
         seq += 1;
         let Some(message) = next else {
             match ack_to.take() {
-                Some(reply) => respond(&shared, reply, &Ack::First(Outbound::aborted(seq))).await,
+                Some(reply) => respond_on(&bus, &shared, reply, &Ack::First(Outbound::aborted(seq))).await,
                 None => {
                     if let Some(subject) = &subject {
-                        publish(&shared, subject, Outbound::aborted(seq)).await;
+                        publish(&shared, &bus, subject, Outbound::aborted(seq)).await;
                     }
                 }
             }
@@ -113,16 +114,16 @@ pub async fn serve(
         };
         match serde_json::to_vec(&message) {
             Ok(payload) => {
-                let Some(payload) = crate::actor::fit_bus(&shared.nats, "stateless", &message, payload) else {
+                let Some(payload) = crate::actor::fit_bus(&bus, "stateless", &message, payload) else {
                     continue;
                 };
                 let out = Outbound::new(seq, payload, last).with_step_up(tools::step_up_scopes(&message));
                 match ack_to.take() {
                     // The first answer rides on the acknowledgement.
-                    Some(reply) => respond(&shared, reply, &Ack::First(out)).await,
+                    Some(reply) => respond_on(&bus, &shared, reply, &Ack::First(out)).await,
                     None => {
                         if let Some(subject) = &subject {
-                            publish(&shared, subject, out).await;
+                            publish(&shared, &bus, subject, out).await;
                         }
                     }
                 }
@@ -138,11 +139,11 @@ pub async fn serve(
     let _ = waiter.await;
 }
 
-async fn publish(shared: &Shared, subject: &str, out: Outbound) {
+async fn publish(shared: &Shared, bus: &async_nats::Client, subject: &str, out: Outbound) {
     shared.metrics.outbound.with_label_values(&["stateless"]).inc();
     match out.to_bytes() {
         Ok(bytes) => {
-            if let Err(err) = shared.nats.publish(subject.to_owned(), bytes.into()).await {
+            if let Err(err) = bus.publish(subject.to_owned(), bytes.into()).await {
                 warn!(error = %err, "publish failed");
             }
         }
