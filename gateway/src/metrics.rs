@@ -50,6 +50,9 @@ pub struct Metrics {
     pub shed: IntCounterVec,
     /// Requests admitted and not yet answered (`GATEWAY_MAX_INFLIGHT` bounds it).
     pub in_flight: IntGauge,
+    /// Live session events received on the shared `mcp.live.*` subscriptions, by
+    /// whether a stream of this gateway held the session.
+    pub live_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -115,9 +118,19 @@ impl Metrics {
                 "mcp_gateway_requests_in_flight",
                 "requests admitted and not yet answered (bounded by GATEWAY_MAX_INFLIGHT)",
             )?,
+            live_events: IntCounterVec::new(
+                Opts::new(
+                    "mcp_gateway_live_events_total",
+                    "session events received live, by outcome (delivered to a stream of this gateway, not_held)",
+                ),
+                &["outcome"],
+            )?,
         };
         for by in ["gateway", "worker"] {
             m.shed.with_label_values(&[by]);
+        }
+        for outcome in ["delivered", "not_held"] {
+            m.live_events.with_label_values(&[outcome]);
         }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -129,6 +142,7 @@ impl Metrics {
         registry.register(Box::new(m.worker_gone.clone()))?;
         registry.register(Box::new(m.shed.clone()))?;
         registry.register(Box::new(m.in_flight.clone()))?;
+        registry.register(Box::new(m.live_events.clone()))?;
         Ok(m)
     }
 }

@@ -4,8 +4,10 @@
 //! All HTTP responses a gateway has open share one wildcard subscription,
 //! `mcp.reply.<gateway>.*`; each response registers a stream number and gets
 //! its messages through an in-process channel. Session event streams (GET,
-//! legacy SSE) subscribe to `mcp.live.<session>` for as long as they are open,
-//! after reading back from the event stream what a resuming client missed.
+//! legacy SSE) likewise share one subscription, `mcp.live.*` (every session's
+//! live events: a stream costs a map entry, not a NATS subscription of its own),
+//! registered before reading back from the event stream what a resuming client
+//! missed. A resumed request's answer stream subscribes to its own subject.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +61,13 @@ pub struct Relay {
     /// Keys of workers declared dead (deleted from [`subjects::WORKER_BUCKET`]).
     deaths: broadcast::Sender<String>,
     events_stream: tokio::sync::OnceCell<async_nats::jetstream::stream::Stream>,
+    /// Open session event streams by session token, fed by the one `mcp.live.*`
+    /// subscription (made at the first stream: a relay that serves none has none).
+    taps: Mutex<Taps>,
+    live: tokio::sync::OnceCell<()>,
 }
+
+type Taps = HashMap<String, Vec<(u64, futures::channel::mpsc::UnboundedSender<async_nats::Message>)>>;
 
 /// What ended the wait for a request's next message.
 #[derive(Debug)]
@@ -137,6 +145,8 @@ impl Relay {
             metrics,
             deaths,
             events_stream: tokio::sync::OnceCell::new(),
+            taps: Mutex::new(HashMap::new()),
+            live: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(watch_deaths(Arc::downgrade(&relay)));
         let weak = Arc::downgrade(&relay);
@@ -167,6 +177,38 @@ impl Relay {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Outbound>>> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn taps(&self) -> std::sync::MutexGuard<'_, Taps> {
+        self.taps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follow a session's live events (`mcp.live.<session>`) on the shared
+    /// subscription, which is made the first time; the returned tap unregisters
+    /// when dropped.
+    async fn tap(self: &Arc<Self>, session: &str) -> Result<LiveTap, RelayError> {
+        self.live
+            .get_or_try_init(|| async {
+                let sub = self
+                    .nats
+                    .subscribe(format!("{}.*", subjects::LIVE_PREFIX))
+                    .await
+                    .map_err(|e| RelayError::Nats(e.to_string()))?;
+                // On this relay's thread; ends with the subscription (the connection).
+                tokio::spawn(dispatch_live(Arc::downgrade(self), sub));
+                Ok::<(), RelayError>(())
+            })
+            .await?;
+        let token = subjects::token(session);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.taps().entry(token.clone()).or_default().push((id, tx));
+        Ok(LiveTap {
+            rx,
+            relay: Arc::downgrade(self),
+            token,
+            id,
+        })
     }
 
     pub fn nats(&self) -> &async_nats::Client {
@@ -322,7 +364,7 @@ impl Relay {
     /// stream's priming id). `answer`: the feed of that request's answer stream
     /// ([`subjects::request_stream`]) instead of the session's own.
     pub async fn event_feed(
-        &self,
+        self: &Arc<Self>,
         session: &str,
         answer: Option<&str>,
         after: Option<u64>,
@@ -337,16 +379,18 @@ impl Relay {
         if !matches!(self.nats.connection_state(), async_nats::connection::State::Connected) {
             return Err(RelayError::Disconnected);
         }
-        // Subscribe first so nothing stored after the read-back is missed.
-        let live = self
-            .nats
-            .subscribe(live_subject)
-            .await
-            .map_err(|e| RelayError::Nats(e.to_string()))?;
-        tokio::time::timeout(self.ack_timeout, self.nats.flush())
-            .await
-            .map_err(|_| RelayError::TimedOut(self.ack_timeout))?
-            .map_err(|e| RelayError::Nats(e.to_string()))?;
+        // Follow first so nothing stored after the read-back is missed. The read-back
+        // below is a request on this same connection: the server has handled the
+        // subscription (sent before it) by the time it answers.
+        let live: futures::stream::BoxStream<'static, async_nats::Message> = match answer {
+            None => Box::pin(self.tap(session).await?),
+            Some(_) => Box::pin(
+                self.nats
+                    .subscribe(live_subject)
+                    .await
+                    .map_err(|e| RelayError::Nats(e.to_string()))?,
+            ),
+        };
         let stream = self.events_stream().await?;
         let nats_err = |e: async_nats::jetstream::stream::DirectGetError| RelayError::Nats(e.to_string());
         let mut replay = Vec::new();
@@ -401,11 +445,75 @@ const BUCKET_CHECK: Duration = Duration::from_secs(2);
 /// A session's events for one SSE stream: what was stored after the client's
 /// `Last-Event-ID`, then what arrives live above `floor`.
 pub struct EventFeed {
-    pub live: async_nats::Subscriber,
+    pub live: futures::stream::BoxStream<'static, async_nats::Message>,
     /// Stored events after the client's last one, oldest first: (sequence, payload).
     pub replay: Vec<(u64, bytes::Bytes)>,
     /// Live events at or below this sequence were replayed or predate the stream.
     pub floor: u64,
+}
+
+/// One stream's share of the relay's `mcp.live.*` subscription: its session's
+/// live events, in the order they arrived. Unregisters when dropped.
+pub struct LiveTap {
+    rx: futures::channel::mpsc::UnboundedReceiver<async_nats::Message>,
+    relay: std::sync::Weak<Relay>,
+    token: String,
+    id: u64,
+}
+
+impl futures::Stream for LiveTap {
+    type Item = async_nats::Message;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_next_unpin(cx)
+    }
+}
+
+impl Drop for LiveTap {
+    fn drop(&mut self) {
+        let Some(relay) = self.relay.upgrade() else { return };
+        let mut taps = relay.taps();
+        if let Some(list) = taps.get_mut(&self.token) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                taps.remove(&self.token);
+            }
+        }
+    }
+}
+
+/// Hand each message of the shared `mcp.live.*` subscription to the streams of its
+/// session on this relay; the others' events are dropped here (every gateway
+/// thread receives every session's live events: see bench/README.md).
+async fn dispatch_live(relay: std::sync::Weak<Relay>, mut sub: async_nats::Subscriber) {
+    let prefix = format!("{}.", subjects::LIVE_PREFIX);
+    while let Some(msg) = sub.next().await {
+        let Some(relay) = relay.upgrade() else { return };
+        let Some(token) = msg.subject.strip_prefix(prefix.as_str()) else {
+            continue;
+        };
+        let mut taps = relay.taps();
+        let delivered = match taps.get_mut(token) {
+            Some(list) => {
+                // A tap whose stream ended is removed by its drop; a failed send only
+                // means that drop is under way.
+                for (_, tx) in list.iter() {
+                    let _ = tx.unbounded_send(msg.clone());
+                }
+                true
+            }
+            None => false,
+        };
+        drop(taps);
+        relay
+            .metrics
+            .live_events
+            .with_label_values(&[if delivered { "delivered" } else { "not_held" }])
+            .inc();
+    }
 }
 
 /// Follow [`subjects::WORKER_BUCKET`]: a deleted key is a worker declared dead (or

@@ -21,6 +21,8 @@ pub const NATS_START_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct NatsServer {
     pub url: String,
     pub port: u16,
+    /// `http://127.0.0.1:<port>`: the server's monitoring endpoint (`/connz`, `/subsz`).
+    pub monitor: String,
     child: Child,
     store: PathBuf,
 }
@@ -51,7 +53,7 @@ impl NatsServer {
         std::fs::create_dir_all(&store)?;
         let bin = nats_server_bin();
         let mut child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "--http_port", "0", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-m", "-1", "-sd"])
             .arg(&store)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -62,17 +64,22 @@ impl NatsServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut sent = false;
+            // Announced before the client port.
+            let mut monitor = String::new();
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(rest) = line.split("Starting http monitor on ").nth(1) {
+                    monitor = rest.trim().to_owned();
+                }
                 if !sent && let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                    let _ = tx.send(rest.trim().to_owned());
+                    let _ = tx.send((rest.trim().to_owned(), monitor.clone()));
                     sent = true;
                 }
                 // keep draining so the server never blocks on a full pipe
             }
         });
-        let addr = match rx.recv_timeout(NATS_START_TIMEOUT) {
-            Ok(addr) => addr,
+        let (addr, monitor) = match rx.recv_timeout(NATS_START_TIMEOUT) {
+            Ok(found) => found,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -87,6 +94,7 @@ impl NatsServer {
         Ok(Self {
             url: format!("nats://127.0.0.1:{port}"),
             port,
+            monitor: format!("http://{monitor}"),
             child,
             store,
         })

@@ -421,3 +421,128 @@ async fn drain_ends_sse_streams_with_a_reconnect_hint() -> anyhow::Result<()> {
     c.stop().await;
     Ok(())
 }
+
+/// The server-sent events of one response, read as JSON messages.
+struct Events {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Events {
+    fn new(resp: reqwest::Response) -> Self {
+        Self {
+            body: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event carrying a JSON message (keep-alives and priming events skipped).
+    async fn next_message(&mut self) -> anyhow::Result<Value> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if let Ok(message) = serde_json::from_str::<Value>(&data) {
+                    return Ok(message);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no event within 10 s"))?
+                .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The value of the next `count` log message on the stream.
+    async fn next_count(&mut self) -> anyhow::Result<i64> {
+        loop {
+            let message = self.next_message().await?;
+            if message["method"] == "notifications/message" {
+                return message["params"]["data"]["count"]
+                    .as_i64()
+                    .ok_or_else(|| anyhow::anyhow!("not a count: {message}"));
+            }
+        }
+    }
+}
+
+/// Subscriptions the gateway's connections hold at the nats-server (its `/connz`).
+async fn gateway_subscriptions(c: &Cluster) -> anyhow::Result<u64> {
+    let connz: Value = c
+        .http
+        .get(format!("{}/connz?subs=1&limit=1000", c.nats.monitor))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let conns = connz["connections"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no connections in {connz}"))?;
+    Ok(conns
+        .iter()
+        .filter(|conn| conn["name"].as_str().is_some_and(|n| n.starts_with("gateway ")))
+        .filter_map(|conn| conn["subscriptions"].as_u64())
+        .sum())
+}
+
+#[actix_rt::test]
+async fn session_streams_share_a_subscription_and_get_only_their_own_events() -> anyhow::Result<()> {
+    let c = Cluster::start(true).await?;
+    let alice = c.issuer.token("alice")?;
+    let get = |session: String| {
+        c.http
+            .get(&c.url)
+            .bearer_auth(&alice)
+            .header("Accept", "text/event-stream")
+            .header("Mcp-Session-Id", session)
+            .send()
+    };
+    let count = |session: String, id: u64, by: i64| {
+        let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"count","arguments":{"by":by}}});
+        c.post(&alice, Some(&session), &call).send()
+    };
+    let first = c.open(&alice).await?;
+    let before = gateway_subscriptions(&c).await?;
+    // A stream costs the gateway no NATS subscription of its own: ten streams add at
+    // most the one they share.
+    let mut sessions = vec![first];
+    for _ in 1..10 {
+        sessions.push(c.open(&alice).await?);
+    }
+    let mut streams = Vec::new();
+    for session in &sessions {
+        let resp = get(session.clone()).await?;
+        assert_eq!(resp.status(), 200);
+        streams.push(Events::new(resp));
+    }
+    let after = gateway_subscriptions(&c).await?;
+    assert!(
+        after <= before + 1,
+        "{before} subscriptions before ten streams, {after} with them"
+    );
+
+    // Each stream gets its own session's events, and only those.
+    assert_eq!(count(sessions[0].clone(), 1, 1).await?.status(), 200);
+    assert_eq!(count(sessions[1].clone(), 2, 5).await?.status(), 200);
+    assert_eq!(count(sessions[0].clone(), 3, 1).await?.status(), 200);
+    assert_eq!(streams[0].next_count().await?, 1);
+    assert_eq!(streams[0].next_count().await?, 2);
+    assert_eq!(streams[1].next_count().await?, 5);
+
+    // What was handed to the streams is counted.
+    let metrics = c.metrics().await?;
+    let delivered = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp_gateway_live_events_total{outcome=\"delivered\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(delivered.is_some_and(|n| n >= 3), "{metrics}");
+    c.stop().await;
+    Ok(())
+}
