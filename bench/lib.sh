@@ -11,13 +11,23 @@ READY_TIMEOUT="${READY_TIMEOUT:-60}"
 stop_all() {
   ((stopping)) && return
   stopping=1
-  local i pid
+  local i pid kids p alive
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     pid="${pids[$i]}"
     [[ -n "$pid" ]] || continue
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
+    # A wrapper (BENCH_GATEWAY_WRAPPER, e.g. heaptrack's script) does not pass signals on to the
+    # program it runs: stop its children too.
+    kids="$(pgrep -P "$pid" || true)"
+    # shellcheck disable=SC2086
+    kill -TERM "$pid" $kids 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      alive=0
+      for p in $pid $kids; do kill -0 "$p" 2>/dev/null && alive=1; done
+      ((alive)) || break
+      sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    kill -KILL "$pid" $kids 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
 }
