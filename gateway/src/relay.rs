@@ -490,29 +490,31 @@ impl Drop for LiveTap {
 /// thread receives every session's live events: see bench/README.md).
 async fn dispatch_live(relay: std::sync::Weak<Relay>, mut sub: async_nats::Subscriber) {
     let prefix = format!("{}.", subjects::LIVE_PREFIX);
+    let Some((delivered, not_held)) = relay.upgrade().map(|r| {
+        let counter = |outcome| r.metrics.live_events.with_label_values(&[outcome]);
+        (counter("delivered"), counter("not_held"))
+    }) else {
+        return;
+    };
     while let Some(msg) = sub.next().await {
         let Some(relay) = relay.upgrade() else { return };
         let Some(token) = msg.subject.strip_prefix(prefix.as_str()) else {
             continue;
         };
-        let mut taps = relay.taps();
-        let delivered = match taps.get_mut(token) {
-            Some(list) => {
-                // A tap whose stream ended is removed by its drop; a failed send only
-                // means that drop is under way.
-                for (_, tx) in list.iter() {
+        let taps = relay.taps();
+        match taps.get(token).and_then(|list| list.split_last()) {
+            // A tap whose stream ended is removed by its drop; a failed send only
+            // means that drop is under way. The last (usually the only) tap takes
+            // the message itself.
+            Some(((_, last), others)) => {
+                for (_, tx) in others {
                     let _ = tx.unbounded_send(msg.clone());
                 }
-                true
+                let _ = last.unbounded_send(msg);
+                delivered.inc();
             }
-            None => false,
-        };
-        drop(taps);
-        relay
-            .metrics
-            .live_events
-            .with_label_values(&[if delivered { "delivered" } else { "not_held" }])
-            .inc();
+            None => not_held.inc(),
+        }
     }
 }
 
