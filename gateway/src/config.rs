@@ -45,6 +45,9 @@ pub const ENV_MAX_INFLIGHT: &str = "GATEWAY_MAX_INFLIGHT";
 pub const DEFAULT_MAX_INFLIGHT: usize = 2048;
 pub const ENV_MAX_CONNECTIONS: &str = "GATEWAY_MAX_CONNECTIONS";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const ENV_MAX_STREAMS: &str = "GATEWAY_MAX_STREAMS";
+pub const DEFAULT_MAX_STREAMS: usize = 100_000;
+pub const ENV_HTTP2: &str = "GATEWAY_HTTP2";
 pub const ENV_SSE_BUFFER_BYTES: &str = "GATEWAY_SSE_BUFFER_BYTES";
 pub const DEFAULT_SSE_BUFFER_BYTES: usize = 2 * 1024 * 1024;
 pub const ENV_LEGACY_RESUME_GRACE: &str = "GATEWAY_LEGACY_RESUME_GRACE";
@@ -118,6 +121,17 @@ pub struct Config {
     /// open-files limit above it (each connection is a file descriptor).
     #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Long-lived SSE streams (GET /mcp, legacy /sse) the gateway holds at once;
+    /// beyond it a new one is refused with 503 and Retry-After. Over HTTP/2 many
+    /// streams share one connection, so this, not GATEWAY_MAX_CONNECTIONS, bounds
+    /// the memory idle streams take (12 KiB or less each; bench/README.md).
+    #[arg(long, env = ENV_MAX_STREAMS, default_value_t = DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
+    /// Also accept HTTP/2 without TLS (h2c, prior knowledge) on the public port,
+    /// next to HTTP/1.1: a proxy in front (Envoy, a load balancer with HTTP/2
+    /// back ends) then carries many clients' streams on a few connections.
+    #[arg(long, env = ENV_HTTP2, default_value_t = true, action = clap::ArgAction::Set)]
+    pub http2: bool,
     /// Bytes of events the gateway holds for one SSE stream whose client is not
     /// reading; beyond it the stream ends (the client reconnects).
     #[arg(long, env = ENV_SSE_BUFFER_BYTES, default_value_t = DEFAULT_SSE_BUFFER_BYTES)]
@@ -212,6 +226,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(err(ENV_MAX_CONNECTIONS, "must be at least 1"));
+        }
+        if self.max_streams == 0 {
+            return Err(err(ENV_MAX_STREAMS, "must be at least 1"));
         }
         if self.sse_buffer_bytes < 64 * 1024 {
             return Err(err(ENV_SSE_BUFFER_BYTES, "must be at least 65536"));

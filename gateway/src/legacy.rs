@@ -14,8 +14,9 @@ use tracing::{Instrument, info};
 
 use crate::errors::{Kind, McpError};
 use crate::mcp::{
-    AppState, FrameIds, Incoming, MessageKind, ack_error, admit, admit_load, begin_request, check_content_type,
-    event_frames, header, last_event_id, read_body_within, record, relay_error, request_span, trace_of,
+    AppState, FrameIds, Incoming, MessageKind, ack_error, admit, admit_load, admit_stream, begin_request,
+    check_content_type, event_frames, header, last_event_id, read_body_within, record, relay_error, request_span,
+    trace_of,
 };
 use crate::metrics::{StreamGuard, method_label};
 use crate::sse;
@@ -40,6 +41,7 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
         Ok(p) => p,
         Err(resp) => return Ok(resp),
     };
+    let slot = admit_stream(st)?;
     let trace = trace_of(req);
     // A reconnecting client (an EventSource does it by itself) names the session and
     // the last event it got: `<session>:<sequence>`. Its session goes on, on any
@@ -101,7 +103,7 @@ async fn open_inner(req: &HttpRequest, st: &web::Data<AppState>) -> Result<HttpR
         frames,
         st.keepalive,
         st.drain.clone(),
-        StreamGuard::new(&st.metrics, "legacy"),
+        StreamGuard::new(&st.metrics, "legacy").holding(slot),
         Some(on_close),
         vec![],
         Some(auth),

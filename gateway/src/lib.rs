@@ -205,6 +205,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         unauthenticated: Arc::new(limits::RateLimiter::new(config.unauth_rate)),
         inflight: limits::InflightLimiter::new(config.max_inflight_per_principal),
         admission: limits::Admission::new(config.max_inflight, metrics.in_flight.clone()),
+        streams: limits::Admission::unmetered(config.max_streams),
     };
     let metadata = web::Data::new(metadata);
     let mcp_path = config.resource_path();
@@ -281,8 +282,12 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     // the last one for the client's delayed ACK (~40 ms).
     .tcp_nodelay(true)
     .disable_signals()
-    .shutdown_timeout(config.drain_timeout_secs)
-    .bind(config.listen)
+    .shutdown_timeout(config.drain_timeout_secs);
+    let server = if config.http2 {
+        server.bind_auto_h2c(config.listen)
+    } else {
+        server.bind(config.listen)
+    }
     .with_context(|| format!("cannot bind {}", config.listen))?;
     let addr = server
         .addrs()

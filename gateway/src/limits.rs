@@ -177,16 +177,18 @@ impl InflightLimiter {
 pub struct Admission {
     max: usize,
     current: Arc<AtomicUsize>,
-    /// What `/metrics` shows of `current` (admitted requests only).
-    gauge: prometheus::IntGauge,
+    /// What `/metrics` shows of `current` (admitted requests only), if anything.
+    gauge: Option<prometheus::IntGauge>,
 }
 
 /// One admitted request; dropping it frees its place.
-pub struct Admitted(Arc<AtomicUsize>, prometheus::IntGauge);
+pub struct Admitted(Arc<AtomicUsize>, Option<prometheus::IntGauge>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.1.dec();
+        if let Some(g) = &self.1 {
+            g.dec();
+        }
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -196,7 +198,17 @@ impl Admission {
         Self {
             max,
             current: Arc::default(),
-            gauge,
+            gauge: Some(gauge),
+        }
+    }
+
+    /// An admission whose count a metric of its holders already shows (the SSE
+    /// streams: `mcp_gateway_sse_streams`).
+    pub fn unmetered(max: usize) -> Self {
+        Self {
+            max,
+            current: Arc::default(),
+            gauge: None,
         }
     }
 
@@ -208,7 +220,9 @@ impl Admission {
             self.current.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        self.gauge.inc();
+        if let Some(g) = &self.gauge {
+            g.inc();
+        }
         Some(Admitted(self.current.clone(), self.gauge.clone()))
     }
 
@@ -288,21 +302,28 @@ mod tests {
 
     #[test]
     fn admission_is_bounded_and_frees_on_drop() {
-        let a = Admission::new(2, gauge());
+        let g = gauge();
+        let a = Admission::new(2, g.clone());
         let first = a.try_admit().unwrap();
         let _second = a.try_admit().unwrap();
         assert!(a.try_admit().is_none(), "a third request is shed");
         assert_eq!(a.in_flight(), 2, "a shed request leaves no count behind");
-        assert_eq!(a.gauge.get(), 2);
+        assert_eq!(g.get(), 2);
         drop(first);
         assert_eq!(a.in_flight(), 1);
-        assert_eq!(a.gauge.get(), 1);
+        assert_eq!(g.get(), 1);
         assert!(a.try_admit().is_some());
+        let streams = Admission::unmetered(1);
+        let held = streams.try_admit().unwrap();
+        assert!(streams.try_admit().is_none());
+        drop(held);
+        assert!(streams.try_admit().is_some());
     }
 
     #[test]
     fn admission_never_admits_more_than_its_max_under_contention() {
-        let a = Admission::new(8, gauge());
+        let g = gauge();
+        let a = Admission::new(8, g.clone());
         // Counted only while a guard is held: never above the limit if it holds.
         let (held, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let threads: Vec<_> = (0..16)
@@ -325,6 +346,6 @@ mod tests {
         }
         assert!(peak.load(Ordering::Acquire) <= 8);
         assert_eq!(a.in_flight(), 0);
-        assert_eq!(a.gauge.get(), 0);
+        assert_eq!(g.get(), 0);
     }
 }

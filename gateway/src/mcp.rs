@@ -68,6 +68,8 @@ pub struct AppState {
     pub inflight: crate::limits::InflightLimiter,
     /// `GATEWAY_MAX_INFLIGHT`: every caller's requests together.
     pub admission: crate::limits::Admission,
+    /// `GATEWAY_MAX_STREAMS`: long-lived SSE streams, every caller's together.
+    pub streams: crate::limits::Admission,
 }
 
 /// A client JSON-RPC message, parsed just enough to route it.
@@ -300,6 +302,22 @@ pub fn admit_load(st: &AppState) -> Result<crate::limits::Admitted, McpError> {
             );
         }
         McpError::new(Kind::Overloaded)
+    })
+}
+
+/// Take a place for one long-lived SSE stream (GET /mcp, legacy /sse), or refuse
+/// it: 503 with `Retry-After`. Asked after the token check, so only a caller
+/// who may open a stream can find the gateway full.
+pub fn admit_stream(st: &AppState) -> Result<crate::limits::Admitted, McpError> {
+    st.streams.try_admit().ok_or_else(|| {
+        st.metrics.shed.with_label_values(&["streams"]).inc();
+        if shed_log_due() {
+            warn!(
+                streams = st.streams.in_flight(),
+                "gateway holds its most SSE streams (GATEWAY_MAX_STREAMS): refusing new ones with 503"
+            );
+        }
+        McpError::new(Kind::Overloaded).detail("the gateway holds as many SSE streams as it may")
     })
 }
 
@@ -1104,6 +1122,7 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
             return resume_answer(req, st, principal, &session, after, stream).await;
         }
     };
+    let slot = admit_stream(st)?;
     let trace = trace_of(req);
     // Follow first so nothing published after the check is missed.
     let feed = st.relay.event_feed(&session, None, after).await.map_err(relay_error)?;
@@ -1120,7 +1139,7 @@ async fn get_inner(req: &HttpRequest, st: &AppState) -> Result<HttpResponse, Mcp
         ),
         st.keepalive,
         st.drain.clone(),
-        StreamGuard::new(&st.metrics, "get"),
+        StreamGuard::new(&st.metrics, "get").holding(slot),
         None,
         vec![],
         Some(auth),

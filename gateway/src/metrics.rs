@@ -46,7 +46,8 @@ pub struct Metrics {
     /// Requests whose worker was declared dead before answering, by what followed.
     pub worker_gone: IntCounterVec,
     /// Requests shed for overload (503, not run), by where: `gateway` (its
-    /// in-flight bound) or `worker` (the worker refused it at capacity).
+    /// in-flight bound), `streams` (an SSE stream over `GATEWAY_MAX_STREAMS`) or
+    /// `worker` (the worker refused it at capacity).
     pub shed: IntCounterVec,
     /// Requests admitted and not yet answered (`GATEWAY_MAX_INFLIGHT` bounds it).
     pub in_flight: IntGauge,
@@ -110,7 +111,7 @@ impl Metrics {
             shed: IntCounterVec::new(
                 Opts::new(
                     "mcp_gateway_requests_shed_total",
-                    "requests shed for overload with 503 and Retry-After, not run, by where (gateway, worker)",
+                    "requests shed for overload with 503 and Retry-After, not run, by where (gateway, streams, worker)",
                 ),
                 &["by"],
             )?,
@@ -126,7 +127,7 @@ impl Metrics {
                 &["outcome"],
             )?,
         };
-        for by in ["gateway", "worker"] {
+        for by in ["gateway", "streams", "worker"] {
             m.shed.with_label_values(&[by]);
         }
         for outcome in ["delivered", "not_held"] {
@@ -148,13 +149,19 @@ impl Metrics {
 }
 
 /// Keeps an SSE-stream gauge up while alive.
-pub struct StreamGuard(IntGauge);
+pub struct StreamGuard(IntGauge, Option<crate::limits::Admitted>);
 
 impl StreamGuard {
     pub fn new(metrics: &Metrics, kind: &str) -> Self {
         let g = metrics.sse_streams.with_label_values(&[kind]);
         g.inc();
-        Self(g)
+        Self(g, None)
+    }
+
+    /// The stream also holds `slot`, its place under `GATEWAY_MAX_STREAMS`.
+    pub fn holding(mut self, slot: crate::limits::Admitted) -> Self {
+        self.1 = Some(slot);
+        self
     }
 }
 

@@ -546,3 +546,101 @@ async fn session_streams_share_a_subscription_and_get_only_their_own_events() ->
     c.stop().await;
     Ok(())
 }
+
+/// The value of the sample `name{labels}` in a `/metrics` text.
+fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[actix_rt::test]
+async fn http2_clients_multiplex_sessions_and_streams_and_streams_are_bounded() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let issuer = issuer(&nats).await?;
+    let mut c = Cluster::start_on(nats, issuer, true, |g| {
+        g.max_streams = 2;
+        g.sse_keepalive_secs = 1;
+        g.allowed_hosts = vec!["localhost".into()];
+    })
+    .await?;
+    let metrics_client = c.http.clone();
+    let metrics_url = format!("http://{}/metrics", c.gateway()?.admin_addr);
+    let metrics = || async { anyhow::Ok(metrics_client.get(&metrics_url).send().await?.text().await?) };
+    // HTTP/2 without TLS, prior knowledge (h2c): every request below shares one connection.
+    c.http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let alice = c.issuer.token("alice")?;
+    let session = c.open(&alice).await?;
+    let resp = c.post(&alice, Some(&session), &add(1)).send().await?;
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await?["result"]["content"][0]["text"], "5");
+
+    // The Host check reads HTTP/2's :authority.
+    let elsewhere = c.url.replace("localhost", "127.0.0.1");
+    let resp = c
+        .http
+        .post(&elsewhere)
+        .bearer_auth(&alice)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .body(add(2).to_string())
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 403, "{:?}", resp.text().await);
+
+    let get = |session: String| {
+        c.http
+            .get(&c.url)
+            .bearer_auth(&alice)
+            .header("Accept", "text/event-stream")
+            .header("Mcp-Session-Id", session)
+            .send()
+    };
+    let other = c.open(&alice).await?;
+    let first = get(session.clone()).await?;
+    assert_eq!(
+        (first.version(), first.status()),
+        (reqwest::Version::HTTP_2, reqwest::StatusCode::OK)
+    );
+    let mut first = Events::new(first);
+    let second = get(other.clone()).await?;
+    assert_eq!(second.status(), 200);
+    let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"count","arguments":{"by":4}}});
+    assert_eq!(c.post(&alice, Some(&session), &call).send().await?.status(), 200);
+    assert_eq!(first.next_count().await?, 4);
+
+    // GATEWAY_MAX_STREAMS: a third stream is refused, whatever connection it comes on.
+    let third = get(session.clone()).await?;
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    let m = metrics().await?;
+    assert_eq!(
+        sample(&m, "mcp_gateway_requests_shed_total{by=\"streams\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "mcp_gateway_sse_streams{kind=\"get\"}"), Some(2.0), "{m}");
+
+    // A stream the client cancels (RST_STREAM, the connection stays) gives its place back
+    // by its next keep-alive at the latest.
+    drop(second);
+    let mut freed = false;
+    for _ in 0..100 {
+        if sample(&metrics().await?, "mcp_gateway_sse_streams{kind=\"get\"}") == Some(1.0) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a cancelled HTTP/2 stream still held its place");
+    let again = get(other).await?;
+    assert_eq!(again.status(), 200);
+    drop((first, again));
+    c.stop().await;
+    Ok(())
+}
