@@ -18,6 +18,8 @@ cd "$REPO_ROOT"
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 command -v make >/dev/null || need_apt+=(make)
+# curl (with nghttp2): tests/e2e/test_http2.py
+command -v curl >/dev/null || need_apt+=(curl)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v python3 >/dev/null || need_apt+=(python3)
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then need_apt+=(python3-venv); fi

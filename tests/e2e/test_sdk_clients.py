@@ -32,6 +32,7 @@ class Recorder:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.responses: list[tuple[int, dict[str, str]]] = []
+        self.versions: list[str] = []
 
     async def on_request(self, request: httpx2.Request) -> None:
         body = request.content if request.method == "POST" else b""
@@ -39,12 +40,16 @@ class Recorder:
 
     async def on_response(self, response: httpx2.Response) -> None:
         self.responses.append((response.status_code, {k.lower(): v for k, v in response.headers.items()}))
+        self.versions.append(response.http_version)
 
-    def client(self, token: str) -> httpx2.AsyncClient:
+    def client(self, token: str, *, h2c: bool = False) -> httpx2.AsyncClient:
+        """`h2c`: HTTP/2 only, without TLS (prior knowledge), as a proxy in front of the gateway speaks it."""
         return httpx2.AsyncClient(
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx2.Timeout(30.0, read=60.0),
             event_hooks={"request": [self.on_request], "response": [self.on_response]},
+            http1=not h2c,
+            http2=h2c,
         )
 
 
@@ -80,6 +85,27 @@ def test_streamable_http_sessionful(cluster: Cluster, token: str) -> None:
     assert len(session_ids) == 1, rec.responses
     later = [h for m, h, _ in rec.requests[1:] if m == "POST"]
     assert later and all(h.get("mcp-session-id") in session_ids for h in later)
+
+
+def test_stateless_over_h2c(cluster: Cluster, token: str) -> None:
+    """HTTP/2 without TLS (prior knowledge), the SDK in the stateless revision: every request on
+    one HTTP/2 connection. (Its sessionful mode holds a GET stream open; over HTTP/2 this client
+    sends one request at a time until the server names SETTINGS_MAX_CONCURRENT_STREAMS, which
+    actix-http does not, so that mode stays on HTTP/1.1: see README, HTTP/2.)"""
+    assert cluster.gateway is not None
+    rec = Recorder()
+
+    async def flow() -> str:
+        async with rec.client(token, h2c=True) as http:
+            async with Client(
+                streamable_http_client(cluster.gateway.mcp_url, http_client=http), mode=STATELESS_VERSION
+            ) as client:
+                await list_and_add(client, 40, 2)
+                return client.protocol_version
+
+    assert run(flow) == STATELESS_VERSION
+    assert rec.versions and set(rec.versions) == {"HTTP/2"}, rec.versions
+    assert all(status == 200 for status, _ in rec.responses), rec.responses
 
 
 def test_stateless_2026_pinned(cluster: Cluster, token: str) -> None:
