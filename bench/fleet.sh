@@ -2,12 +2,15 @@
 # bench/fleet.sh — fleet-scale figures, each stage on a throwaway cluster of its own
 # (nats-server, auth-service, session workers, one gateway, on loopback):
 #
-#   bash bench/fleet.sh [STAGE...]      stages: streams sessions burst (default: all three)
+#   bash bench/fleet.sh [STAGE...]      stages: streams streams-h2 sessions burst (default: all)
 #
 #   streams   FLEET_STREAMS idle SSE streams on one gateway, half GET /mcp and half legacy
 #             GET /sse, from FLEET_SOURCES loopback source addresses, while FLEET_CALLERS of
 #             those clients call tools (1/s each): gateway KiB per stream, worker KiB per
 #             session, p99 of the calls with the streams open over p99 without (2 workers).
+#   streams-h2  the same over HTTP/2 without TLS (h2c), as a proxy in front carries it:
+#             FLEET_H2_STREAMS (100000) streams, FLEET_PER_CONNECTION (100) on each connection,
+#             each with its session (GATEWAY_MAX_STREAMS is raised to fit them).
 #   sessions  FLEET_SESSIONS sessions on 2 workers: initialize per second, worker KiB per live
 #             actor, then (WORKER_IDLE_TIMEOUT=FLEET_IDLE_TIMEOUT) the actors stop when idle and
 #             one call per session brings each back from the session store: rehydrations per
@@ -33,9 +36,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$REPO_ROOT"
 
 stages=("$@")
-((${#stages[@]})) || stages=(streams sessions burst)
+((${#stages[@]})) || stages=(streams streams-h2 sessions burst)
 for s in "${stages[@]}"; do
-  [[ "$s" =~ ^(streams|sessions|burst)$ ]] || die "unknown stage '$s' (streams, sessions, burst)"
+  [[ "$s" =~ ^(streams|streams-h2|sessions|burst)$ ]] || die "unknown stage '$s' (streams, streams-h2, sessions, burst)"
 done
 
 ulimit -n "$(ulimit -Hn)"
@@ -46,6 +49,8 @@ CALLERS="${FLEET_CALLERS:-1000}"
 STREAMS="${FLEET_STREAMS:-$(( (nofile - 2 * CALLERS - 500) / 2 * 2 ))}"
 SOURCES="${FLEET_SOURCES:-64}"
 HOLD="${FLEET_HOLD:-20}"
+H2_STREAMS="${FLEET_H2_STREAMS:-100000}"
+PER_CONNECTION="${FLEET_PER_CONNECTION:-100}"
 SESSIONS="${FLEET_SESSIONS:-100000}"
 IDLE_TIMEOUT="${FLEET_IDLE_TIMEOUT:-20}"
 BURST_FACTOR="${FLEET_BURST_FACTOR:-10}"
@@ -76,7 +81,7 @@ stage() {
   (
     # shellcheck source=bench/lib.sh disable=SC1091
     source "$REPO_ROOT/bench/lib.sh"
-    "stage_$name"
+    "stage_${name//-/_}"
   ) || die "stage $name failed; logs in $out_dir/logs"
   rm -rf "$out_dir/nats"  # the throwaway JetStream store (up to gigabytes after the sessions stage)
 }
@@ -91,6 +96,18 @@ stage_streams() {
     --gateway-pid "$(pid_of gateway)" --worker-pid "$(pid_of worker1)" --worker-pid "$(pid_of worker2)" --label streams)
   BENCH_TOKEN="$token" "$RELEASE_DIR/${cmd[0]}" "${cmd[@]:1}" 2>>"$out_dir/logs/fleet.log" \
     | record streams "${cmd[*]}"
+  tail -n 2 "$out_dir/logs/fleet.log" | sed 's/^/  /' >&2
+}
+
+stage_streams_h2() {
+  GATEWAY_MAX_STREAMS="$(( H2_STREAMS + CALLERS ))" start_cluster 2
+  log "streams-h2: $H2_STREAMS idle streams (half legacy) over HTTP/2, $PER_CONNECTION per connection, from $SOURCES addresses, $CALLERS callers"
+  local cmd=(fleet streams --url "$gw_url" --streams "$H2_STREAMS" --legacy-share 0.5 --sources "$SOURCES"
+    --http2 --streams-per-connection "$PER_CONNECTION"
+    --callers "$CALLERS" --call-rate 1 --call-duration 10 --hold "$HOLD"
+    --gateway-pid "$(pid_of gateway)" --worker-pid "$(pid_of worker1)" --worker-pid "$(pid_of worker2)" --label streams-h2)
+  BENCH_TOKEN="$token" "$RELEASE_DIR/${cmd[0]}" "${cmd[@]:1}" 2>>"$out_dir/logs/fleet.log" \
+    | record streams-h2 "GATEWAY_MAX_STREAMS=$(( H2_STREAMS + CALLERS )) ${cmd[*]}"
   tail -n 2 "$out_dir/logs/fleet.log" | sed 's/^/  /' >&2
 }
 
@@ -140,9 +157,12 @@ json.dump(doc, open(out, "w"), indent=2)
 s = doc["stages"]
 def f(v, fmt="{:.2f}"):
     return "n/a" if v is None else fmt.format(v)
-if "streams" in s:
-    r = s["streams"]
-    print(f"streams: {r['mcp_streams']} GET /mcp + {r['legacy_streams']} /sse from {r['sources']} addresses: "
+for name in ("streams", "streams-h2"):
+    if name not in s:
+        continue
+    r = s[name]
+    proto = "HTTP/2" if r.get("http2") else "HTTP/1.1"
+    print(f"{name}: {r['mcp_streams']} GET /mcp + {r['legacy_streams']} /sse on {r.get('connections')} {proto} connections from {r['sources']} addresses: "
           f"gateway {f(r['gateway_kib_per_stream'])} KiB/stream, workers {f(r['workers_kib_per_session'])} KiB/session; "
           f"{r['callers']} callers p99 {f((r['calls_without_streams'] or {}).get('p99_ms'))} ms without streams, "
           f"{f((r['calls_with_streams'] or {}).get('p99_ms'))} ms with (x{f(r['p99_ratio'])}); "

@@ -1,5 +1,6 @@
 //! A minimal MCP Streamable HTTP client, built for measuring servers rather
-//! than for general use: one HTTP/1.1 connection, one request at a time,
+//! than for general use: one HTTP/1.1 connection, one request at a time, or an
+//! HTTP/2 connection without TLS (prior knowledge) that many sessions share;
 //! answers read whole (JSON or SSE) and checked.
 
 use std::sync::Arc;
@@ -9,10 +10,10 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
-    client::conn::http1,
+    client::conn::{http1, http2},
     header::{self, HeaderValue},
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpStream;
 
@@ -111,11 +112,39 @@ impl Target {
     }
 }
 
-/// One HTTP/1.1 connection (no pool). Its driver task ends when the
-/// connection closes or the `Conn` is dropped.
+/// One HTTP/1.1 connection (no pool), or a share of an HTTP/2 one. Its driver
+/// task ends when the connection closes or the last `Conn` on it is dropped.
 pub struct Conn {
     target: Arc<Target>,
-    sender: http1::SendRequest<Full<Bytes>>,
+    sender: Sender,
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    /// Clones of one sender: requests (streams) multiplexed on one connection.
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Error> {
+        Ok(match self {
+            Self::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Self::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_closed(),
+            Self::H2(s) => s.is_closed(),
+        }
+    }
 }
 
 impl Conn {
@@ -127,6 +156,43 @@ impl Conn {
     /// over many loopback addresses (127.0.0.0/8) are not limited to one address's
     /// ~28k ephemeral ports towards one server port.
     pub async fn connect_from(target: Arc<Target>, source: Option<std::net::IpAddr>) -> Result<Self, Error> {
+        let stream = Self::tcp(&target, source).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            target,
+            sender: Sender::H1(sender),
+        })
+    }
+
+    /// An HTTP/2 connection without TLS (prior knowledge) from `source`; [`Conn::share`]
+    /// puts more sessions and streams on it.
+    pub async fn connect_h2_from(target: Arc<Target>, source: Option<std::net::IpAddr>) -> Result<Self, Error> {
+        let stream = Self::tcp(&target, source).await?;
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            target,
+            sender: Sender::H2(sender),
+        })
+    }
+
+    /// Another handle on this HTTP/2 connection (`None` for HTTP/1.1: one request at a time).
+    pub fn share(&self) -> Option<Self> {
+        match &self.sender {
+            Sender::H1(_) => None,
+            Sender::H2(s) => Some(Self {
+                target: self.target.clone(),
+                sender: Sender::H2(s.clone()),
+            }),
+        }
+    }
+
+    async fn tcp(target: &Target, source: Option<std::net::IpAddr>) -> Result<TcpStream, Error> {
         let connect_err = |source| Error::Connect {
             addr: target.addr.clone(),
             source,
@@ -151,11 +217,7 @@ impl Conn {
         };
         // Requests are small and latency is what we measure.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Self { target, sender })
+        Ok(stream)
     }
 
     /// True once the server (or an error) closed the connection.
@@ -173,10 +235,9 @@ impl Conn {
         headers: &[(&'static str, HeaderValue)],
         body: Bytes,
     ) -> Result<Response<Incoming>, Error> {
-        self.sender.ready().await?;
         let mut req = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(self.uri(path))
             .header(header::HOST, self.target.host.clone());
         if !body.is_empty() {
             req = req.header(header::CONTENT_TYPE, CONTENT_JSON);
@@ -187,7 +248,15 @@ impl Conn {
         for (name, value) in headers {
             req = req.header(*name, value.clone());
         }
-        Ok(self.sender.send_request(req.body(Full::new(body))?).await?)
+        self.sender.send(req.body(Full::new(body))?).await
+    }
+
+    /// HTTP/2 wants an absolute URI (its :scheme and :authority); HTTP/1.1 the path.
+    fn uri(&self, path: &str) -> String {
+        match self.sender {
+            Sender::H1(_) => path.to_owned(),
+            Sender::H2(_) => format!("http://{}{path}", self.target.host.to_str().unwrap_or_default()),
+        }
     }
 
     async fn send(
@@ -210,10 +279,9 @@ impl Conn {
         stateless: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Response<Incoming>, Error> {
-        self.sender.ready().await?;
         let mut req = Request::builder()
             .method(method)
-            .uri(self.target.path.as_str())
+            .uri(self.uri(&self.target.path))
             .header(header::HOST, self.target.host.clone())
             .header(header::ACCEPT, accept);
         if !body.is_empty() {
@@ -234,7 +302,7 @@ impl Conn {
                 req = req.header(HEADER_METHOD, "tools/call").header(HEADER_NAME, "add");
             }
         }
-        Ok(self.sender.send_request(req.body(Full::new(body))?).await?)
+        self.sender.send(req.body(Full::new(body))?).await
     }
 }
 

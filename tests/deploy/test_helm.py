@@ -182,6 +182,7 @@ ALL_ON: dict[str, Any] = {
         "issuersWithoutTyp": ["https://login.microsoftonline.com/0f1e2d3c-0000-4000-8000-000000000000/v2.0"],
         "extraEnv": [{"name": "GATEWAY_REQUEST_TIMEOUT", "value": "120"}],
         "nodeSelector": {"kubernetes.io/os": "linux"},
+        "service": {"appProtocol": "kubernetes.io/h2c"},
     },
     "worker": {
         "extraEnv": [
@@ -256,6 +257,15 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
     "unknown-idp-preset": (merged(BASE, {"auth": {"idp": {"preset": "okta"}}}), "/auth/idp/preset"),
     "static-as-preset-name": (merged(BASE, {"auth": {"idp": {"preset": "static"}}}), "/auth/idp/preset"),
     "unknown-key": (merged(BASE, {"gateway": {"replica": 3}}), "replica"),
+    "gateway-app-protocol-it-does-not-speak": (
+        merged(BASE, {"gateway": {"service": {"appProtocol": "kubernetes.io/wss"}}}),
+        "/gateway/service/appProtocol",
+    ),
+    # Only the gateway speaks HTTP/2 without TLS.
+    "auth-service-app-protocol": (
+        merged(BASE, {"auth": {"service": {"appProtocol": "kubernetes.io/h2c"}}}),
+        "appProtocol",
+    ),
     "public-url-with-path": (merged(BASE, {"publicUrl": "https://mcp.example.com/mcp"}), "/publicUrl"),
     "nats-url-not-nats": (merged(BASE, {"nats": {"url": "http://nats:4222"}}), "/nats/url"),
     "no-nats-url": (merged(BASE, {"nats": {"url": ""}}), "nats.url is required"),
@@ -701,6 +711,17 @@ def test_gateway_forwarding_is_the_alternative_to_the_ingress(chart: Any) -> Non
     assert url == f"http://{auth_svc['metadata']['name']}.{NAMESPACE}.svc:{auth_svc['spec']['ports'][0]['port']}"
     off, _ = _rendered("defaults")
     assert "GATEWAY_AUTH_UPSTREAM" not in env(deployment(off, "gateway"))
+
+
+def test_the_gateway_port_can_ask_proxies_for_h2c() -> None:
+    """gateway.service.appProtocol reaches the MCP port of the gateway's Service (http unless set)."""
+    for name, want in (("defaults", "http"), ("all-on", "kubernetes.io/h2c")):
+        objs, _ = _rendered(name)
+        svc = by_name(objs, "Service", deployment(objs, "gateway")["metadata"]["name"])
+        assert svc, name
+        ports = {p["name"]: p for p in svc["spec"]["ports"]}
+        assert ports["http"]["appProtocol"] == want, (name, ports)
+        assert ports["admin"]["appProtocol"] == "http", (name, ports)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@
 //! held `--hold` seconds (longer than the gateway's keep-alive interval) and every
 //! one must see a keep-alive. RSS of the gateway and the workers is read before
 //! and after the streams: KiB per stream (gateway), KiB per session (workers).
+//! With `--http2` the sessions and streams go over HTTP/2 without TLS (prior
+//! knowledge), `--streams-per-connection` on each connection, as a proxy in front
+//! of the gateway carries them (the connections are opened after the first RSS
+//! reading: their cost is in the figure per stream).
 //!
 //! `fleet sessions`: `--sessions` sessions opened over `--connections` kept-alive
 //! connections (the `initialize` rate), worker RSS per live session actor; then,
@@ -115,6 +119,14 @@ struct StreamsConfig {
     /// The gateway's PID (its RSS is read).
     #[arg(long)]
     gateway_pid: Option<u32>,
+    /// Streams and their sessions over HTTP/2 without TLS (prior knowledge), as a proxy
+    /// in front of the gateway would carry them: `--streams-per-connection` on each
+    /// connection (the callers' calls stay on HTTP/1.1 connections of their own).
+    #[arg(long)]
+    http2: bool,
+    /// With `--http2`: streams multiplexed on one connection.
+    #[arg(long, default_value_t = 100)]
+    streams_per_connection: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -192,6 +204,10 @@ async fn main() -> std::process::ExitCode {
 #[derive(Debug, Serialize)]
 struct StreamsReport {
     label: String,
+    /// Streams over HTTP/2 (prior knowledge), `connections` of them.
+    http2: bool,
+    /// Client connections the streams came on.
+    connections: usize,
     streams: usize,
     mcp_streams: usize,
     legacy_streams: usize,
@@ -274,14 +290,14 @@ async fn timed<T>(what: &str, f: impl Future<Output = Result<T, bench::client::E
     }
 }
 
-/// A legacy HTTP+SSE client: `GET /sse`, `initialize` and `notifications/initialized`
-/// through the endpoint it names (on a connection of their own, closed after).
+/// A legacy HTTP+SSE client: `GET /sse` on `conn`, `initialize` and
+/// `notifications/initialized` through the endpoint it names on `post` (HTTP/1.1: a
+/// connection of their own, closed after).
 async fn open_legacy(
-    target: Arc<Target>,
-    src: Option<IpAddr>,
+    mut conn: Conn,
+    mut post: Conn,
     set_tx: tokio::sync::mpsc::UnboundedSender<(Conn, hyper::Response<hyper::body::Incoming>, LegacyHooks)>,
 ) -> Result<Arc<AtomicBool>, String> {
-    let mut conn = timed("connect", Conn::connect_from(target.clone(), src)).await?;
     let accept = [("accept", HeaderValue::from_static("text/event-stream"))];
     let resp = timed("GET /sse", conn.request(Method::GET, "/sse", &accept, Bytes::new())).await?;
     if resp.status() != 200 {
@@ -298,7 +314,6 @@ async fn open_legacy(
         .await
         .map_err(|_| "no endpoint event".to_owned())?
         .map_err(|_| "stream ended before its endpoint event".to_owned())?;
-    let mut post = timed("connect", Conn::connect_from(target, src)).await?;
     let init = Bytes::from_static(
         br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"mcp-cluster-fleet","version":"0.1.0"}}}"#,
     );
@@ -383,6 +398,15 @@ async fn call_run(
     Ok((back, (!h.is_empty()).then(|| Latency::of(&h)), errors))
 }
 
+/// The connection the `i`th client's requests go on: one of its own from its source
+/// address (HTTP/1.1), or a share of one of the HTTP/2 connections.
+async fn connection(target: &Arc<Target>, shared: &[Conn], i: usize, sources: usize) -> Result<Conn, String> {
+    match shared.get(i % shared.len().max(1)) {
+        Some(conn) => conn.share().ok_or_else(|| "not an HTTP/2 connection".to_owned()),
+        None => timed("connect", Conn::connect_from(target.clone(), source(i, sources))).await,
+    }
+}
+
 async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
     let c = &cfg.common;
     anyhow::ensure!((0.0..=1.0).contains(&cfg.legacy_share), "--legacy-share is a fraction");
@@ -416,6 +440,16 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
     tokio::time::sleep(SETTLE).await;
     let gw_before = cfg.gateway_pid.and_then(|p| rss_kib(p).ok());
     let workers_before = rss_sum(&c.worker_pids);
+    // HTTP/2: the connections are opened after the reading above, so what they cost
+    // is in the figure per stream.
+    let mut shared = Vec::new();
+    if cfg.http2 {
+        let n = cfg.streams.div_ceil(cfg.streams_per_connection.max(1));
+        for i in 0..n {
+            shared.push(Conn::connect_h2_from(target.clone(), source(i, c.sources)).await?);
+        }
+    }
+    let shared = Arc::new(shared);
 
     // Streamable HTTP: initialize (timed), then GET /mcp on the same connection.
     eprintln!("fleet streams: {mcp_n} Streamable HTTP sessions and streams, {legacy_n} legacy");
@@ -423,10 +457,9 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
     let new_sessions = mcp_n - cfg.callers;
     let opened: Vec<Result<(Conn, HeaderValue), String>> = stream::iter(0..new_sessions)
         .map(|i| {
-            let target = target.clone();
-            let src = source(cfg.callers + i, c.sources);
+            let (target, shared) = (target.clone(), shared.clone());
             async move {
-                let conn = timed("connect", Conn::connect_from(target, src)).await?;
+                let conn = connection(&target, &shared, cfg.callers + i, c.sources).await?;
                 let s = timed("initialize", Session::open_on(conn)).await?;
                 let (conn, id) = s.into_parts();
                 Ok((conn, id.ok_or("no session id")?))
@@ -451,7 +484,9 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
     for (i, s) in callers.iter().enumerate() {
         if let Some(id) = s.id() {
             conns.push((
-                Conn::connect_from(target.clone(), source(i, c.sources)).await?,
+                connection(&target, &shared, i, c.sources)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
                 id.clone(),
             ));
         }
@@ -477,9 +512,17 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let legacy_target = target.clone();
     let sources = c.sources;
+    let legacy_shared = shared.clone();
     // The closure owns the sender: the channel closes when the last opening ends.
     let legacy = stream::iter(0..legacy_n)
-        .map(move |i| open_legacy(legacy_target.clone(), source(mcp_n + i, sources), tx.clone()))
+        .map(move |i| {
+            let (target, shared, tx) = (legacy_target.clone(), legacy_shared.clone(), tx.clone());
+            async move {
+                let get = connection(&target, &shared, mcp_n + i, sources).await?;
+                let post = connection(&target, &shared, mcp_n + i, sources).await?;
+                open_legacy(get, post, tx).await
+            }
+        })
         .buffer_unordered(c.open_concurrency)
         .collect::<Vec<_>>();
     tokio::pin!(legacy);
@@ -528,6 +571,12 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
 
     let report = StreamsReport {
         label: c.label.clone(),
+        http2: cfg.http2,
+        connections: if cfg.http2 {
+            shared.len()
+        } else {
+            mcp_open + legacy_open
+        },
         streams: cfg.streams,
         mcp_streams: mcp_open,
         legacy_streams: legacy_open,
@@ -557,7 +606,7 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
     println!("{}", serde_json::to_string(&report)?);
     let f = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}"));
     eprintln!(
-        "fleet streams {}: {}+{} streams ({} failed, {} ended early, {} without keep-alive) from {} addresses; \
+        "fleet streams {}: {}+{} streams ({} failed, {} ended early, {} without keep-alive) on {} {} connections from {} addresses; \
          gateway {} KiB/stream, workers {} KiB/session; calls p99 {} ms without streams, {} ms with (x{}), {} errors; \
          initialize {}/s",
         report.label,
@@ -566,6 +615,8 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
         report.failed,
         report.ended_early,
         report.without_keepalive,
+        report.connections,
+        if report.http2 { "HTTP/2" } else { "HTTP/1.1" },
         report.sources,
         f(report.gateway_kib_per_stream),
         f(report.workers_kib_per_session),
