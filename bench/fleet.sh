@@ -8,7 +8,8 @@
 #             GET /sse, from FLEET_SOURCES loopback source addresses, while FLEET_CALLERS of
 #             those clients call tools (1/s each): gateway KiB per stream, worker KiB per
 #             session, p99 of the calls with the streams open over p99 without (2 workers).
-#   streams-h2  the same over HTTP/2 without TLS (h2c), as a proxy in front carries it:
+#   streams-h2  the same over the gateway's HTTP/2-without-TLS listener (GATEWAY_H2C_LISTEN), as a
+#             proxy in front carries it:
 #             FLEET_H2_STREAMS (100000) streams, FLEET_PER_CONNECTION (100) on each connection,
 #             each with its session (GATEWAY_MAX_STREAMS is raised to fit them).
 #   sessions  FLEET_SESSIONS sessions on 2 workers: initialize per second, worker KiB per live
@@ -100,14 +101,16 @@ stage_streams() {
 }
 
 stage_streams_h2() {
-  GATEWAY_MAX_STREAMS="$(( H2_STREAMS + CALLERS ))" start_cluster 2
+  local h2c_port
+  h2c_port="$(free_port)"
+  GATEWAY_H2C_LISTEN="127.0.0.1:$h2c_port" GATEWAY_MAX_STREAMS="$(( H2_STREAMS + CALLERS ))" start_cluster 2
   log "streams-h2: $H2_STREAMS idle streams (half legacy) over HTTP/2, $PER_CONNECTION per connection, from $SOURCES addresses, $CALLERS callers"
   local cmd=(fleet streams --url "$gw_url" --streams "$H2_STREAMS" --legacy-share 0.5 --sources "$SOURCES"
-    --http2 --streams-per-connection "$PER_CONNECTION"
+    --h2c-url "http://127.0.0.1:$h2c_port/mcp" --streams-per-connection "$PER_CONNECTION"
     --callers "$CALLERS" --call-rate 1 --call-duration 10 --hold "$HOLD"
     --gateway-pid "$(pid_of gateway)" --worker-pid "$(pid_of worker1)" --worker-pid "$(pid_of worker2)" --label streams-h2)
   BENCH_TOKEN="$token" "$RELEASE_DIR/${cmd[0]}" "${cmd[@]:1}" 2>>"$out_dir/logs/fleet.log" \
-    | record streams-h2 "GATEWAY_MAX_STREAMS=$(( H2_STREAMS + CALLERS )) ${cmd[*]}"
+    | record streams-h2 "GATEWAY_H2C_LISTEN=127.0.0.1:$h2c_port GATEWAY_MAX_STREAMS=$(( H2_STREAMS + CALLERS )) ${cmd[*]}"
   tail -n 2 "$out_dir/logs/fleet.log" | sed 's/^/  /' >&2
 }
 

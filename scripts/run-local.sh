@@ -22,6 +22,7 @@ AUTH_ADMIN_PORT="${AUTH_ADMIN_PORT:-9791}"
 WORKER1_ADMIN_PORT="${WORKER1_ADMIN_PORT:-9790}"
 WORKER2_ADMIN_PORT="${WORKER2_ADMIN_PORT:-9792}"
 GATEWAY_PORT="${GATEWAY_PORT:-8788}"
+GATEWAY_H2C_PORT="${GATEWAY_H2C_PORT:-8789}"
 GATEWAY_ADMIN_PORT="${GATEWAY_ADMIN_PORT:-9788}"
 TODO_API_PORT="${TODO_API_PORT:-8791}"
 READY_TIMEOUT="${READY_TIMEOUT:-60}"   # seconds each component gets to become ready
@@ -40,7 +41,7 @@ nats_ports=()
 for ((n = 0; n < NATS_NODES; n++)); do nats_ports+=("$((NATS_PORT + n))"); done
 ((NATS_NODES > 1)) && for ((n = 0; n < NATS_NODES; n++)); do nats_ports+=("$((NATS_CLUSTER_PORT + n))"); done
 for p in "${nats_ports[@]}" "$AUTH_PORT" "$AUTH_ADMIN_PORT" "$WORKER1_ADMIN_PORT" "$WORKER2_ADMIN_PORT" \
-  "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT" "$TODO_API_PORT"; do
+  "$GATEWAY_PORT" "$GATEWAY_H2C_PORT" "$GATEWAY_ADMIN_PORT" "$TODO_API_PORT"; do
   port_free "$p" || die "port 127.0.0.1:$p is in use (another 'make run'?); set the *_PORT variables to move"
 done
 
@@ -168,6 +169,7 @@ WORKER_ID=worker-2 WORKER_ADMIN_LISTEN="127.0.0.1:$WORKER2_ADMIN_PORT" \
   start worker-2 "$RELEASE_DIR/session-worker"
 
 GATEWAY_LISTEN="127.0.0.1:$GATEWAY_PORT" GATEWAY_ADMIN_LISTEN="127.0.0.1:$GATEWAY_ADMIN_PORT" \
+  GATEWAY_H2C_LISTEN="127.0.0.1:$GATEWAY_H2C_PORT" \
   ALLOWED_ISSUERS="$ORIGIN" AUTHORIZATION_SERVERS="$ORIGIN" \
   GATEWAY_AUTH_UPSTREAM="http://127.0.0.1:$AUTH_PORT" \
   start gateway "$RELEASE_DIR/gateway"
@@ -211,6 +213,10 @@ cat <<EOF
         --method tools/call --tool-name add --tool-arg a=1 b=2
 
   Legacy HTTP+SSE clients: http://localhost:$GATEWAY_PORT/sse
+  HTTP/2 without TLS (what a proxy in front would speak): http://localhost:$GATEWAY_H2C_PORT/mcp
+    curl --http2-prior-knowledge http://localhost:$GATEWAY_H2C_PORT/mcp -H "Authorization: Bearer \$(cat .run/dev-token)" \
+        -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+        -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}'
 
   Press Ctrl-C to stop.
 EOF

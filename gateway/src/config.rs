@@ -47,7 +47,7 @@ pub const ENV_MAX_CONNECTIONS: &str = "GATEWAY_MAX_CONNECTIONS";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const ENV_MAX_STREAMS: &str = "GATEWAY_MAX_STREAMS";
 pub const DEFAULT_MAX_STREAMS: usize = 100_000;
-pub const ENV_HTTP2: &str = "GATEWAY_HTTP2";
+pub const ENV_H2C_LISTEN: &str = "GATEWAY_H2C_LISTEN";
 pub const ENV_SSE_BUFFER_BYTES: &str = "GATEWAY_SSE_BUFFER_BYTES";
 pub const DEFAULT_SSE_BUFFER_BYTES: usize = 2 * 1024 * 1024;
 pub const ENV_LEGACY_RESUME_GRACE: &str = "GATEWAY_LEGACY_RESUME_GRACE";
@@ -127,11 +127,12 @@ pub struct Config {
     /// the memory idle streams take (12 KiB or less each; bench/README.md).
     #[arg(long, env = ENV_MAX_STREAMS, default_value_t = DEFAULT_MAX_STREAMS)]
     pub max_streams: usize,
-    /// Also accept HTTP/2 without TLS (h2c, prior knowledge) on the public port,
-    /// next to HTTP/1.1: a proxy in front (Envoy, a load balancer with HTTP/2
-    /// back ends) then carries many clients' streams on a few connections.
-    #[arg(long, env = ENV_HTTP2, default_value_t = true, action = clap::ArgAction::Set)]
-    pub http2: bool,
+    /// Address for HTTP/2 without TLS (h2c, prior knowledge), serving what
+    /// GATEWAY_LISTEN serves: for a proxy in front that speaks HTTP/2 to its back
+    /// ends (Envoy, a load balancer with HTTP/2 back ends), which then carries many
+    /// clients' sessions and streams on a few connections. Default: none.
+    #[arg(long, env = ENV_H2C_LISTEN)]
+    pub h2c_listen: Option<SocketAddr>,
     /// Bytes of events the gateway holds for one SSE stream whose client is not
     /// reading; beyond it the stream ends (the client reconnects).
     #[arg(long, env = ENV_SSE_BUFFER_BYTES, default_value_t = DEFAULT_SSE_BUFFER_BYTES)]

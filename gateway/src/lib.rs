@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpResponse, web};
 use anyhow::Context as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -46,10 +46,16 @@ use crate::mcp::AppState;
 /// Connections the kernel queues for the gateway while it accepts (a burst of new
 /// clients); capped again by the kernel's `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
+/// What actix-web's HttpServer gives a client to send its request head, and to
+/// close after a shutdown began (its defaults).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A started gateway.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The HTTP/2-without-TLS listener (`GATEWAY_H2C_LISTEN`), when configured.
+    pub h2c_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub gateway_id: String,
     stop: Option<oneshot::Sender<()>>,
@@ -223,7 +229,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     // per call, a third of the gateway's CPU per call in `bench/profile.sh`).
     let threads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let id = gateway_id.clone();
-    let server = HttpServer::new(move || {
+    let app = move || {
         let forwarder = forwarder.clone();
         let (base, connect, start_relay, threads, gateway_id) = (
             state.clone(),
@@ -272,29 +278,70 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
                 web::get().to(legacy_resource_metadata),
             )
             .default_service(web::to(not_found))
-    })
-    .workers(workers)
-    // Per HTTP worker thread in actix: the gateway's total split evenly.
-    .max_connections(config.max_connections.div_ceil(workers))
-    .backlog(LISTEN_BACKLOG)
-    .on_connect(move |conn, _| close_slow_readers(conn, slow_reader))
-    // SSE answers go out in several writes; without this the kernel may hold
-    // the last one for the client's delayed ACK (~40 ms).
-    .tcp_nodelay(true)
-    .disable_signals()
-    .shutdown_timeout(config.drain_timeout_secs);
-    let server = if config.http2 {
-        server.bind_auto_h2c(config.listen)
-    } else {
-        server.bind(config.listen)
+    };
+    // What actix-web's HttpServer builds for a listener, less its HTTP/2 detection:
+    // HttpServer's connection type holds an HTTP/2 dispatcher inline, which made every
+    // HTTP/1.1 connection (an idle SSE stream) 1.8 KiB larger once HTTP/2 was compiled
+    // in (bench/README.md, "Fleet scale"). HTTP/1.1 connections get actix-http's
+    // HTTP/1-only service; HTTP/2 has a port of its own (GATEWAY_H2C_LISTEN).
+    macro_rules! http_service {
+        ($addr:expr, $shutdown:expr) => {{
+            let shutdown = $shutdown.clone();
+            actix_http::HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
+                })
+                .keep_alive(actix_http::KeepAlive::default())
+                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .local_addr($addr)
+                // SSE answers go out in several writes; without this the kernel may hold
+                // the last one for the client's delayed ACK (~40 ms).
+                .tcp_nodelay(true)
+                .on_connect_ext(move |io: &actix_rt::net::TcpStream, _| close_slow_readers(io, slow_reader))
+        }};
     }
-    .with_context(|| format!("cannot bind {}", config.listen))?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .context("public server bound no address")?;
-    let server = server.run();
+    macro_rules! app_service {
+        ($app:expr) => {
+            actix_service::map_config(
+                actix_service::ServiceFactoryExt::map_err(
+                    actix_service::IntoServiceFactory::into_factory($app()),
+                    |err: actix_web::Error| err.error_response(),
+                ),
+                |_| actix_web::dev::AppConfig::default(),
+            )
+        };
+    }
+    let per_thread = config.max_connections.div_ceil(workers);
+    let mut servers = actix_server::Server::build()
+        .workers(workers)
+        // Per HTTP worker thread in actix: the gateway's total split evenly.
+        .max_concurrent_connections(per_thread)
+        .backlog(LISTEN_BACKLOG)
+        .disable_signals()
+        .shutdown_timeout(config.drain_timeout_secs);
+    let shutdown = servers.graceful_shutdown_signal();
+    let listener = listen(config.listen).with_context(|| format!("cannot bind {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    {
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        servers = servers.listen("mcp-http1", listener, move || {
+            http_service!(addr, shutdown).h1(app_service!(app)).tcp()
+        })?;
+    }
+    let h2c_addr = match config.h2c_listen {
+        None => None,
+        Some(want) => {
+            let listener = listen(want).with_context(|| format!("cannot bind {want}"))?;
+            let h2c_addr = listener.local_addr()?;
+            servers = servers.listen("mcp-h2c", listener, move || {
+                http_service!(h2c_addr, shutdown).h2(app_service!(app)).tcp()
+            })?;
+            Some(h2c_addr)
+        }
+    };
+    let server = servers.run();
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);
 
@@ -324,7 +371,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         stop_revocations.clone(),
         config.nats_replicas,
     );
-    info!(%gateway_id, %addr, %admin_addr, "gateway listening");
+    info!(%gateway_id, %addr, h2c_addr = ?h2c_addr, %admin_addr, "gateway listening");
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let id = gateway_id.clone();
@@ -349,6 +396,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     });
     Ok(Gateway {
         addr,
+        h2c_addr,
         admin_addr,
         gateway_id,
         stop: Some(stop_tx),
@@ -359,12 +407,20 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
 /// A client that leaves sent data unread (a full receive window) for `timeout` has
 /// its connection closed by the kernel (TCP_USER_TIMEOUT also covers data held back
 /// by a zero window): a stalled SSE reader holds no socket and no buffers for long.
-fn close_slow_readers(conn: &dyn std::any::Any, timeout: Duration) {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
-        && let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout))
-    {
+fn close_slow_readers(tcp: &actix_rt::net::TcpStream, timeout: Duration) {
+    if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout)) {
         tracing::debug!(error = %err, "cannot set TCP_USER_TIMEOUT");
     }
+}
+
+/// A listening socket on `addr` (`SO_REUSEADDR`, backlog [`LISTEN_BACKLOG`]), as
+/// actix-web's HttpServer makes it.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(LISTEN_BACKLOG).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// The protected-resource metadata of the legacy endpoints (resource: the origin).

@@ -182,7 +182,7 @@ ALL_ON: dict[str, Any] = {
         "issuersWithoutTyp": ["https://login.microsoftonline.com/0f1e2d3c-0000-4000-8000-000000000000/v2.0"],
         "extraEnv": [{"name": "GATEWAY_REQUEST_TIMEOUT", "value": "120"}],
         "nodeSelector": {"kubernetes.io/os": "linux"},
-        "service": {"appProtocol": "kubernetes.io/h2c"},
+        "h2cPort": 8789,
     },
     "worker": {
         "extraEnv": [
@@ -257,15 +257,7 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
     "unknown-idp-preset": (merged(BASE, {"auth": {"idp": {"preset": "okta"}}}), "/auth/idp/preset"),
     "static-as-preset-name": (merged(BASE, {"auth": {"idp": {"preset": "static"}}}), "/auth/idp/preset"),
     "unknown-key": (merged(BASE, {"gateway": {"replica": 3}}), "replica"),
-    "gateway-app-protocol-it-does-not-speak": (
-        merged(BASE, {"gateway": {"service": {"appProtocol": "kubernetes.io/wss"}}}),
-        "/gateway/service/appProtocol",
-    ),
-    # Only the gateway speaks HTTP/2 without TLS.
-    "auth-service-app-protocol": (
-        merged(BASE, {"auth": {"service": {"appProtocol": "kubernetes.io/h2c"}}}),
-        "appProtocol",
-    ),
+    "h2c-port-out-of-range": (merged(BASE, {"gateway": {"h2cPort": 70000}}), "/gateway/h2cPort"),
     "public-url-with-path": (merged(BASE, {"publicUrl": "https://mcp.example.com/mcp"}), "/publicUrl"),
     "nats-url-not-nats": (merged(BASE, {"nats": {"url": "http://nats:4222"}}), "/nats/url"),
     "no-nats-url": (merged(BASE, {"nats": {"url": ""}}), "nats.url is required"),
@@ -713,15 +705,28 @@ def test_gateway_forwarding_is_the_alternative_to_the_ingress(chart: Any) -> Non
     assert "GATEWAY_AUTH_UPSTREAM" not in env(deployment(off, "gateway"))
 
 
-def test_the_gateway_port_can_ask_proxies_for_h2c() -> None:
-    """gateway.service.appProtocol reaches the MCP port of the gateway's Service (http unless set)."""
-    for name, want in (("defaults", "http"), ("all-on", "kubernetes.io/h2c")):
-        objs, _ = _rendered(name)
-        svc = by_name(objs, "Service", deployment(objs, "gateway")["metadata"]["name"])
-        assert svc, name
-        ports = {p["name"]: p for p in svc["spec"]["ports"]}
-        assert ports["http"]["appProtocol"] == want, (name, ports)
-        assert ports["admin"]["appProtocol"] == "http", (name, ports)
+def test_the_gateway_can_serve_http2_to_a_proxy() -> None:
+    """gateway.h2cPort: GATEWAY_H2C_LISTEN, a container port, a Service port that tells proxies to
+    speak HTTP/2 without TLS (appProtocol kubernetes.io/h2c), and the network policy lets the
+    ingress controller reach it. Off by default."""
+    objs, _ = _rendered("defaults")
+    gw = deployment(objs, "gateway")
+    assert "GATEWAY_H2C_LISTEN" not in env(gw)
+    svc = by_name(objs, "Service", gw["metadata"]["name"])
+    assert svc and {p["name"] for p in svc["spec"]["ports"]} == {"http", "admin"}
+
+    objs, _ = _rendered("all-on")
+    gw = deployment(objs, "gateway")
+    assert env_value(gw, "GATEWAY_H2C_LISTEN") == "0.0.0.0:8789"
+    assert {"name": "h2c", "containerPort": 8789, "protocol": "TCP"} in container(gw)["ports"]
+    svc = by_name(objs, "Service", gw["metadata"]["name"])
+    assert svc
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert ports["h2c"]["appProtocol"] == "kubernetes.io/h2c" and ports["h2c"]["targetPort"] == "h2c"
+    assert ports["http"]["appProtocol"] == "http"
+    policy = by_name(objs, "NetworkPolicy", gw["metadata"]["name"])
+    assert policy
+    assert {"port": "h2c", "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
 
 
 # ---------------------------------------------------------------------------------------------

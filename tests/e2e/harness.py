@@ -651,6 +651,8 @@ class Gateway:
     allowed_origins: list[str] | None = None
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    # GATEWAY_H2C_LISTEN: the same endpoints over HTTP/2 without TLS (prior knowledge).
+    h2c_port: int = field(default_factory=free_port)
     # Host name of the public origin (base_url, resource): "localhost" when it is also the issuer.
     public_host: str = "127.0.0.1"
     # GATEWAY_AUTH_UPSTREAM: the auth-service the OAuth paths are forwarded to.
@@ -677,6 +679,11 @@ class Gateway:
         return f"{self.base_url}/sse"
 
     @property
+    def h2c_mcp_url(self) -> str:
+        """/mcp on the HTTP/2-without-TLS listener."""
+        return f"http://{self.public_host}:{self.h2c_port}/mcp"
+
+    @property
     def resource(self) -> str:
         """RESOURCE_IDENTIFIER: the audience tokens must carry."""
         return self.resource_identifier or self.mcp_url
@@ -689,6 +696,7 @@ class Gateway:
         env = dict(os.environ)
         env.update(
             GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
+            GATEWAY_H2C_LISTEN=f"127.0.0.1:{self.h2c_port}",
             GATEWAY_ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
             NATS_URL=self.nats_url,
             ALLOWED_ISSUERS=",".join(self.allowed_issuers),

@@ -1,6 +1,7 @@
-"""HTTP/2 without TLS (h2c, prior knowledge) at the gateway, driven by Node's http2 client and curl
-(both nghttp2): what a proxy in front that speaks HTTP/2 to its back ends does, many requests and a
-held stream on one connection. The Python SDK over h2c: tests/e2e/test_sdk_clients.py."""
+"""The gateway's HTTP/2-without-TLS listener (GATEWAY_H2C_LISTEN, prior knowledge), driven by Node's
+http2 client and curl (both nghttp2): what a proxy in front that speaks HTTP/2 to its back ends
+does, many requests and a held stream on one connection. The Python SDK over h2c:
+tests/e2e/test_sdk_clients.py."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_a_stream_and_calls_share_one_connection(cluster: Cluster, token: str) -
     HTTP2 framing layer" before sending them, so the multiplexing client here is Node's.)"""
     assert cluster.gateway is not None
     out = subprocess.run(
-        [str(node_binary()), str(MULTIPLEX_JS), cluster.gateway.mcp_url, token, str(HOLD_SECONDS * 1000)],
+        [str(node_binary()), str(MULTIPLEX_JS), cluster.gateway.h2c_mcp_url, token, str(HOLD_SECONDS * 1000)],
         capture_output=True,
         text=True,
         timeout=HOLD_SECONDS + 60,
@@ -55,7 +56,7 @@ def test_the_host_check_reads_the_authority(cluster: Cluster, token: str) -> Non
     assert cluster.gateway is not None
     out = curl(
         "-m", "10", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
-        "-X", "POST", cluster.gateway.mcp_url,
+        "-X", "POST", cluster.gateway.h2c_mcp_url,
         "-H", "Host: rebound.example",
         "-H", f"Authorization: Bearer {token}",
         "-H", "Content-Type: application/json",
@@ -63,3 +64,10 @@ def test_the_host_check_reads_the_authority(cluster: Cluster, token: str) -> Non
         "-d", '{"jsonrpc":"2.0","id":1,"method":"ping"}',
     )  # fmt: skip
     assert out.stdout == "403 2", (out.stdout, out.stderr)
+
+
+def test_the_http1_port_does_not_speak_http2(cluster: Cluster) -> None:
+    """HTTP/2 has its own listener; the HTTP/1.1 one refuses a prior-knowledge preface."""
+    assert cluster.gateway is not None
+    out = curl("-m", "10", "-o", "/dev/null", "-w", "%{http_code}", cluster.gateway.mcp_url)
+    assert out.returncode != 0 and out.stdout in ("", "000"), (out.returncode, out.stdout, out.stderr)

@@ -88,17 +88,18 @@ def test_streamable_http_sessionful(cluster: Cluster, token: str) -> None:
 
 
 def test_stateless_over_h2c(cluster: Cluster, token: str) -> None:
-    """HTTP/2 without TLS (prior knowledge), the SDK in the stateless revision: every request on
-    one HTTP/2 connection. (Its sessionful mode holds a GET stream open; over HTTP/2 this client
-    sends one request at a time until the server names SETTINGS_MAX_CONCURRENT_STREAMS, which
-    actix-http does not, so that mode stays on HTTP/1.1: see README, HTTP/2.)"""
+    """The gateway's HTTP/2-without-TLS listener (GATEWAY_H2C_LISTEN), the SDK in the stateless
+    revision: every request on one HTTP/2 connection. (Its sessionful mode holds a GET stream
+    open; over HTTP/2 this client sends one request at a time until the server names
+    SETTINGS_MAX_CONCURRENT_STREAMS, which actix-http does not, so that mode belongs on HTTP/1.1:
+    ARCHITECTURE.md, HTTP/2.)"""
     assert cluster.gateway is not None
     rec = Recorder()
 
     async def flow() -> str:
         async with rec.client(token, h2c=True) as http:
             async with Client(
-                streamable_http_client(cluster.gateway.mcp_url, http_client=http), mode=STATELESS_VERSION
+                streamable_http_client(cluster.gateway.h2c_mcp_url, http_client=http), mode=STATELESS_VERSION
             ) as client:
                 await list_and_add(client, 40, 2)
                 return client.protocol_version

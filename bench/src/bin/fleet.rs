@@ -12,10 +12,10 @@
 //! held `--hold` seconds (longer than the gateway's keep-alive interval) and every
 //! one must see a keep-alive. RSS of the gateway and the workers is read before
 //! and after the streams: KiB per stream (gateway), KiB per session (workers).
-//! With `--http2` the sessions and streams go over HTTP/2 without TLS (prior
-//! knowledge), `--streams-per-connection` on each connection, as a proxy in front
-//! of the gateway carries them (the connections are opened after the first RSS
-//! reading: their cost is in the figure per stream).
+//! With `--h2c-url` (the gateway's GATEWAY_H2C_LISTEN) the sessions and streams go
+//! over HTTP/2 without TLS (prior knowledge), `--streams-per-connection` on each
+//! connection, as a proxy in front of the gateway carries them (the connections are
+//! opened after the first RSS reading: their cost is in the figure per stream).
 //!
 //! `fleet sessions`: `--sessions` sessions opened over `--connections` kept-alive
 //! connections (the `initialize` rate), worker RSS per live session actor; then,
@@ -119,12 +119,14 @@ struct StreamsConfig {
     /// The gateway's PID (its RSS is read).
     #[arg(long)]
     gateway_pid: Option<u32>,
-    /// Streams and their sessions over HTTP/2 without TLS (prior knowledge), as a proxy
-    /// in front of the gateway would carry them: `--streams-per-connection` on each
-    /// connection (the callers' calls stay on HTTP/1.1 connections of their own).
+    /// The gateway's HTTP/2-without-TLS endpoint (GATEWAY_H2C_LISTEN), e.g.
+    /// http://127.0.0.1:8789/mcp: the streams and their sessions go there over HTTP/2
+    /// (prior knowledge), as a proxy in front of the gateway would carry them,
+    /// `--streams-per-connection` on each connection (the callers' calls stay on
+    /// HTTP/1.1 connections of their own, to `--url`).
     #[arg(long)]
-    http2: bool,
-    /// With `--http2`: streams multiplexed on one connection.
+    h2c_url: Option<String>,
+    /// With `--h2c-url`: streams multiplexed on one connection.
     #[arg(long, default_value_t = 100)]
     streams_per_connection: usize,
 }
@@ -443,10 +445,11 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
     // HTTP/2: the connections are opened after the reading above, so what they cost
     // is in the figure per stream.
     let mut shared = Vec::new();
-    if cfg.http2 {
+    if let Some(url) = &cfg.h2c_url {
+        let h2c = Arc::new(Target::new(url, c.token.as_deref())?);
         let n = cfg.streams.div_ceil(cfg.streams_per_connection.max(1));
         for i in 0..n {
-            shared.push(Conn::connect_h2_from(target.clone(), source(i, c.sources)).await?);
+            shared.push(Conn::connect_h2_from(h2c.clone(), source(i, c.sources)).await?);
         }
     }
     let shared = Arc::new(shared);
@@ -571,8 +574,8 @@ async fn streams(cfg: StreamsConfig) -> anyhow::Result<bool> {
 
     let report = StreamsReport {
         label: c.label.clone(),
-        http2: cfg.http2,
-        connections: if cfg.http2 {
+        http2: cfg.h2c_url.is_some(),
+        connections: if cfg.h2c_url.is_some() {
             shared.len()
         } else {
             mcp_open + legacy_open

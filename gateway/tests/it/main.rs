@@ -563,16 +563,26 @@ async fn http2_clients_multiplex_sessions_and_streams_and_streams_are_bounded() 
         g.max_streams = 2;
         g.sse_keepalive_secs = 1;
         g.allowed_hosts = vec!["localhost".into()];
+        g.h2c_listen = Some("127.0.0.1:0".parse().expect("an address"));
     })
     .await?;
+    // The HTTP/1.1 port does not speak HTTP/2, the h2c port does (what follows).
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    assert!(h2c.get(&c.url).send().await.is_err(), "HTTP/2 on the HTTP/1.1 port");
+    let h2c_port = c
+        .gateway()?
+        .h2c_addr
+        .ok_or_else(|| anyhow::anyhow!("no h2c listener"))?
+        .port();
+    c.url = format!("http://localhost:{h2c_port}/mcp");
     let metrics_client = c.http.clone();
     let metrics_url = format!("http://{}/metrics", c.gateway()?.admin_addr);
     let metrics = || async { anyhow::Ok(metrics_client.get(&metrics_url).send().await?.text().await?) };
     // HTTP/2 without TLS, prior knowledge (h2c): every request below shares one connection.
-    c.http = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    c.http = h2c;
     let alice = c.issuer.token("alice")?;
     let session = c.open(&alice).await?;
     let resp = c.post(&alice, Some(&session), &add(1)).send().await?;
@@ -614,8 +624,19 @@ async fn http2_clients_multiplex_sessions_and_streams_and_streams_are_bounded() 
     assert_eq!(c.post(&alice, Some(&session), &call).send().await?.status(), 200);
     assert_eq!(first.next_count().await?, 4);
 
-    // GATEWAY_MAX_STREAMS: a third stream is refused, whatever connection it comes on.
-    let third = get(session.clone()).await?;
+    // GATEWAY_MAX_STREAMS: a third stream is refused, whatever port or connection it
+    // comes on.
+    let third = metrics_client
+        .get(
+            c.url
+                .replace(&format!(":{h2c_port}/"), &format!(":{}/", c.gateway()?.addr.port())),
+        )
+        .bearer_auth(&alice)
+        .header("Accept", "text/event-stream")
+        .header("Mcp-Session-Id", session.clone())
+        .send()
+        .await?;
+    assert_eq!(third.version(), reqwest::Version::HTTP_11);
     assert_eq!(third.status(), 503);
     assert!(third.headers().contains_key("retry-after"));
     let m = metrics().await?;
