@@ -681,14 +681,24 @@ mod tests {
             results.iter().all(|r| matches!(r, Ok(()) | Err(AdmitError::Full(30)))),
             "{results:?}"
         );
-        assert_eq!(admitted, 30);
-        // Closes on both workers at once give back exactly their places (a recount
-        // during the burst may have counted the other worker's refused opens: the
-        // next recount, at the next refusal, drops them).
-        let admitted_ids: Vec<String> = (0..120)
+        // Never more than the limit. Fewer is possible during the burst: a recount on
+        // one worker counts the other's opens under way (young entries), which may be
+        // refused in the end (see the module's documentation); their places come back
+        // at the next recount, here the next refusal: one by one, on either worker, the
+        // opens after the burst fill the limit exactly.
+        assert!(admitted <= 30, "{admitted} admitted over a limit of 30");
+        let mut admitted_ids: Vec<String> = (0..120)
             .filter(|i| results[*i].is_ok())
             .map(|i| format!("s{i}"))
             .collect();
+        for i in 0..40 {
+            let id = format!("f{i}");
+            if open(if i % 2 == 0 { &a } else { &b }, id.clone()).await.is_ok() {
+                admitted_ids.push(id);
+            }
+        }
+        assert_eq!(admitted_ids.len(), 30, "the burst's places did not all come back");
+        // Closes on both workers at once give back exactly their places.
         let closes = admitted_ids.iter().take(20).enumerate().map(|(n, id)| {
             let index = if n % 2 == 0 { &a } else { &b };
             index.release(ALICE, id)

@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import pytest
 from mcp.client.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -87,42 +88,26 @@ def test_streamable_http_sessionful(cluster: Cluster, token: str) -> None:
     assert later and all(h.get("mcp-session-id") in session_ids for h in later)
 
 
-def test_stateless_over_h2c(cluster: Cluster, token: str) -> None:
-    """The gateway's HTTP/2-without-TLS listener (GATEWAY_H2C_LISTEN), the SDK in the stateless
-    revision: every request on one HTTP/2 connection. (Its sessionful mode holds a GET stream
-    open; over HTTP/2 this client sends one request at a time until the server names
-    SETTINGS_MAX_CONCURRENT_STREAMS, which actix-http does not, so that mode belongs on HTTP/1.1:
-    ARCHITECTURE.md, HTTP/2.)"""
+@pytest.mark.parametrize("h2c", [False, True], ids=["http1", "h2c"])
+def test_stateless_2026_pinned(cluster: Cluster, token: str, h2c: bool) -> None:
+    """mode='2026-07-28': no initialize, no session id, every request stamped with the version.
+
+    h2c: on the gateway's HTTP/2-without-TLS listener (GATEWAY_H2C_LISTEN), every request on one
+    HTTP/2 connection. (The SDK's sessionful mode holds a GET stream open; over HTTP/2 its HTTP
+    client sends one request at a time until the server names SETTINGS_MAX_CONCURRENT_STREAMS,
+    which actix-http does not, so that mode belongs on HTTP/1.1: ARCHITECTURE.md, HTTP/2.)"""
     assert cluster.gateway is not None
     rec = Recorder()
+    url = cluster.gateway.h2c_mcp_url if h2c else cluster.gateway.mcp_url
 
     async def flow() -> str:
-        async with rec.client(token, h2c=True) as http:
-            async with Client(
-                streamable_http_client(cluster.gateway.h2c_mcp_url, http_client=http), mode=STATELESS_VERSION
-            ) as client:
-                await list_and_add(client, 40, 2)
-                return client.protocol_version
-
-    assert run(flow) == STATELESS_VERSION
-    assert rec.versions and set(rec.versions) == {"HTTP/2"}, rec.versions
-    assert all(status == 200 for status, _ in rec.responses), rec.responses
-
-
-def test_stateless_2026_pinned(cluster: Cluster, token: str) -> None:
-    """mode='2026-07-28': no initialize, no session id, every request stamped with the version."""
-    assert cluster.gateway is not None
-    rec = Recorder()
-
-    async def flow() -> str:
-        async with rec.client(token) as http:
-            async with Client(
-                streamable_http_client(cluster.gateway.mcp_url, http_client=http), mode=STATELESS_VERSION
-            ) as client:
+        async with rec.client(token, h2c=h2c) as http:
+            async with Client(streamable_http_client(url, http_client=http), mode=STATELESS_VERSION) as client:
                 await list_and_add(client, 2, 3)
                 return client.protocol_version
 
     assert run(flow) == STATELESS_VERSION
+    assert set(rec.versions) == {"HTTP/2" if h2c else "HTTP/1.1"}, rec.versions
     posts = [(h, body) for m, h, body in rec.requests if m == "POST"]
     assert len(posts) >= 2
     assert all(h.get("mcp-protocol-version") == STATELESS_VERSION for h, _ in posts), posts

@@ -207,6 +207,14 @@ impl Cluster {
         req
     }
 
+    /// GET `url` (an MCP endpoint) for `session`'s event stream, through `http`.
+    fn stream(&self, http: &reqwest::Client, url: &str, token: &str, session: &str) -> reqwest::RequestBuilder {
+        http.get(url)
+            .bearer_auth(token)
+            .header("Accept", "text/event-stream")
+            .header("Mcp-Session-Id", session)
+    }
+
     async fn open(&self, token: &str) -> anyhow::Result<String> {
         let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
             "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"it","version":"1"}}});
@@ -495,14 +503,7 @@ async fn gateway_subscriptions(c: &Cluster) -> anyhow::Result<u64> {
 async fn session_streams_share_a_subscription_and_get_only_their_own_events() -> anyhow::Result<()> {
     let c = Cluster::start(true).await?;
     let alice = c.issuer.token("alice")?;
-    let get = |session: String| {
-        c.http
-            .get(&c.url)
-            .bearer_auth(&alice)
-            .header("Accept", "text/event-stream")
-            .header("Mcp-Session-Id", session)
-            .send()
-    };
+    let get = |session: String| c.stream(&c.http, &c.url, &alice, &session).send();
     let count = |session: String, id: u64, by: i64| {
         let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
             "params":{"name":"count","arguments":{"by":by}}});
@@ -603,14 +604,7 @@ async fn http2_clients_multiplex_sessions_and_streams_and_streams_are_bounded() 
         .await?;
     assert_eq!(resp.status(), 403, "{:?}", resp.text().await);
 
-    let get = |session: String| {
-        c.http
-            .get(&c.url)
-            .bearer_auth(&alice)
-            .header("Accept", "text/event-stream")
-            .header("Mcp-Session-Id", session)
-            .send()
-    };
+    let get = |session: String| c.stream(&c.http, &c.url, &alice, &session).send();
     let other = c.open(&alice).await?;
     let first = get(session.clone()).await?;
     assert_eq!(
@@ -626,16 +620,10 @@ async fn http2_clients_multiplex_sessions_and_streams_and_streams_are_bounded() 
 
     // GATEWAY_MAX_STREAMS: a third stream is refused, whatever port or connection it
     // comes on.
-    let third = metrics_client
-        .get(
-            c.url
-                .replace(&format!(":{h2c_port}/"), &format!(":{}/", c.gateway()?.addr.port())),
-        )
-        .bearer_auth(&alice)
-        .header("Accept", "text/event-stream")
-        .header("Mcp-Session-Id", session.clone())
-        .send()
-        .await?;
+    let http1_url = c
+        .url
+        .replace(&format!(":{h2c_port}/"), &format!(":{}/", c.gateway()?.addr.port()));
+    let third = c.stream(&metrics_client, &http1_url, &alice, &session).send().await?;
     assert_eq!(third.version(), reqwest::Version::HTTP_11);
     assert_eq!(third.status(), 503);
     assert!(third.headers().contains_key("retry-after"));
