@@ -96,7 +96,7 @@ stage_streams() {
     --callers "$CALLERS" --call-rate 1 --call-duration 10 --hold "$HOLD"
     --gateway-pid "$(pid_of gateway)" --worker-pid "$(pid_of worker1)" --worker-pid "$(pid_of worker2)" --label streams)
   BENCH_TOKEN="$token" "$RELEASE_DIR/${cmd[0]}" "${cmd[@]:1}" 2>>"$out_dir/logs/fleet.log" \
-    | record streams "${cmd[*]}"
+    | record streams "GATEWAY_SSE_KEEPALIVE=${GATEWAY_SSE_KEEPALIVE:-15} ${cmd[*]}"
   tail -n 2 "$out_dir/logs/fleet.log" | sed 's/^/  /' >&2
 }
 
@@ -110,7 +110,7 @@ stage_streams_h2() {
     --callers "$CALLERS" --call-rate 1 --call-duration 10 --hold "$HOLD"
     --gateway-pid "$(pid_of gateway)" --worker-pid "$(pid_of worker1)" --worker-pid "$(pid_of worker2)" --label streams-h2)
   BENCH_TOKEN="$token" "$RELEASE_DIR/${cmd[0]}" "${cmd[@]:1}" 2>>"$out_dir/logs/fleet.log" \
-    | record streams-h2 "GATEWAY_H2C_LISTEN=127.0.0.1:$h2c_port GATEWAY_MAX_STREAMS=$(( H2_STREAMS + CALLERS )) ${cmd[*]}"
+    | record streams-h2 "GATEWAY_H2C_LISTEN=127.0.0.1:$h2c_port GATEWAY_MAX_STREAMS=$(( H2_STREAMS + CALLERS )) GATEWAY_SSE_KEEPALIVE=${GATEWAY_SSE_KEEPALIVE:-15} ${cmd[*]}"
   tail -n 2 "$out_dir/logs/fleet.log" | sed 's/^/  /' >&2
 }
 
